@@ -1,0 +1,408 @@
+"""The conversation engine: one incoming message in, one persona reply out.
+
+It knows nothing of Discord or terminals. A transport builds an :class:`IncomingMessage`, awaits
+:meth:`ConversationEngine.respond`, delivers the :class:`Reply` and reports back with
+:meth:`ConversationEngine.mark_sent`. On the way the engine resolves the persona, loads the
+conversation's history, recalls memories, builds the prompt, generates, cleans up, checks the
+reply and stores the user turn and the reply with the exact prompt that produced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from bot.llm import GenerationError, describe_model, generate
+from bot.text import clean_reply, neutralise_user_text, normalise_incoming, split_message
+from feedback.store import SnapshotData
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from langchain_core.language_models import BaseChatModel
+
+    from feedback.store import ConversationStore, HistoryTurn
+    from personas import Persona, PersonaRegistry
+
+__all__ = [
+    "ConversationEngine",
+    "EngineLimits",
+    "IncomingMessage",
+    "MemoryPort",
+    "Refusal",
+    "Reply",
+    "UserDataOwner",
+]
+
+_log = logging.getLogger(__name__)
+
+
+class UserDataOwner(Protocol):
+    """The deletion contract every store of personal data answers (see Red-DiscordBot)."""
+
+    async def delete_data_for_user(self, *, requester: str, user_id: str) -> int: ...
+
+
+class MemoryPort(UserDataOwner, Protocol):
+    """What the engine needs from vector memory (implemented by :mod:`memory`)."""
+
+    async def recall(
+        self,
+        *,
+        persona: str,
+        user_id: str,
+        query_texts: Sequence[str],
+        k: int,
+        token_budget: int,
+    ) -> list[Any]: ...
+
+    async def remember_turn(
+        self,
+        *,
+        persona: str,
+        user_id: str,
+        conversation_id: str,
+        turn_id: str,
+        role: Literal["user", "assistant"],
+        text: str,
+        speaker: str,
+    ) -> Any: ...
+
+    async def check_reply(self, *, persona: str, user_id: str, reply: str) -> list[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A message from a user, as any transport sees it.
+
+    ``scope`` names the conversation within the transport (a DM, a channel, a terminal user);
+    with ``persona`` it identifies one conversation.
+    """
+
+    transport: str
+    scope: str
+    user_id: str
+    user_name: str
+    text: str
+    persona: str
+    external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The engine declined a message before generation; ``notice`` says why, politely."""
+
+    reason: Literal["empty", "too_long"]
+    notice: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A stored candidate reply, split into parts that fit the transport's limit."""
+
+    persona: str
+    text: str
+    parts: list[str]
+    conversation_id: int
+    user_turn_id: int
+    candidate_id: int
+    fallback: bool = False
+    flags: list[dict[str, Any]] = field(default_factory=list)
+    memories: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    """Bounds the engine enforces. ``max_reply_chars`` is a part's size (Discord: 2,000)."""
+
+    max_message_chars: int = 4000
+    max_reply_chars: int = 2000
+    history_turns: int = 40
+    context_tokens: int = 2048
+    max_new_tokens: int = 160
+    timeout_s: float = 60.0
+    recall_k: int = 6
+    recall_token_budget: int = 200
+
+
+def approx_tokens(text: str) -> int:
+    """A cheap, slightly pessimistic token estimate (about 3.5 characters a token)."""
+    return len(text) * 2 // 7 + 4
+
+
+class ConversationEngine:
+    """Turns incoming messages into stored, persona-consistent replies.
+
+    Messages of one conversation are answered one at a time, in arrival order; different
+    conversations run concurrently.
+    """
+
+    def __init__(
+        self,
+        *,
+        personas: PersonaRegistry,
+        store: ConversationStore,
+        model: BaseChatModel,
+        memory: MemoryPort | None = None,
+        limits: EngineLimits | None = None,
+    ) -> None:
+        self.personas = personas
+        self.store = store
+        self.model = model
+        self.memory = memory
+        self.limits = limits or EngineLimits()
+        self._model_name, self._model_params = describe_model(model)
+        self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def _lock_for(self, key: tuple[str, str, str]) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
+
+    def check(self, text: str) -> str | Refusal:
+        """Normalise ``text`` or say why it cannot be answered (nothing is stored either way)."""
+        cleaned = normalise_incoming(text)
+        if not cleaned:
+            return Refusal("empty", "Say something and I'll answer.")
+        if len(cleaned) > self.limits.max_message_chars:
+            return Refusal(
+                "too_long",
+                f"That message is {len(cleaned):,} characters; the limit is "
+                f"{self.limits.max_message_chars:,}. Please send it in shorter pieces.",
+            )
+        return cleaned
+
+    async def respond(
+        self,
+        incoming: IncomingMessage,
+        *,
+        on_token: Callable[[str], Awaitable[None]] | None = None,
+    ) -> Reply | Refusal:
+        """Answer ``incoming``: a stored :class:`Reply`, or a :class:`Refusal` for bad input.
+
+        Raises :class:`personas.UnknownPersonaError` for an unknown persona. Model failures do not
+        raise: they become the persona's fallback line, flagged for actors.
+        """
+        checked = self.check(incoming.text)
+        if isinstance(checked, Refusal):
+            return checked
+        persona = self.personas.get(incoming.persona)
+        key = (incoming.transport, incoming.scope, persona.name)
+        async with self._lock_for(key):
+            return await self._respond_locked(incoming, persona, checked, on_token)
+
+    async def _respond_locked(
+        self,
+        incoming: IncomingMessage,
+        persona: Persona,
+        text: str,
+        on_token: Callable[[str], Awaitable[None]] | None,
+    ) -> Reply:
+        conversation_id = await self.store.conversation_id(
+            incoming.transport, incoming.scope, persona.name
+        )
+        history = await self.store.history(conversation_id, self.limits.history_turns)
+        user_turn_id = await self.store.add_user_turn(
+            conversation_id=conversation_id,
+            parent_id=history[-1].id if history else None,
+            user_id=incoming.user_id,
+            user_name=incoming.user_name,
+            text=text,
+            external_id=incoming.external_id,
+        )
+        flags: list[dict[str, Any]] = []
+        memories = await self._recall(persona, incoming, history, text, flags)
+        messages = self.build_prompt(
+            persona,
+            user_name=incoming.user_name,
+            history=history,
+            text=text,
+            memories=memories,
+            group=incoming.scope.startswith("channel:"),
+        )
+        fallback = False
+        try:
+            result = await generate(
+                self.model,
+                messages,
+                timeout_s=self.limits.timeout_s,
+                on_token=on_token,
+            )
+            reply_text = clean_reply(
+                result.text, speaker=persona.name, others=(incoming.user_name,)
+            )
+            if not reply_text:
+                raise GenerationError("empty", "the reply was empty after clean-up")
+        except GenerationError as error:
+            _log.warning("generation failed for %s (%s): %s", persona.name, error.reason, error)
+            reply_text = persona.fallback_line(seed=user_turn_id)
+            fallback = True
+            flags.append({"kind": "generation_failed", "reason": error.reason})
+        if not fallback:
+            flags.extend(await self._check(persona, incoming, reply_text))
+        parts = split_message(reply_text, self.limits.max_reply_chars)
+        reply_text = "\n".join(parts) if len(parts) > 1 else reply_text
+        snapshot = SnapshotData(
+            messages=[_message_dict(message) for message in messages],
+            persona=persona.name,
+            persona_version=persona.version_hash,
+            model_name=self._model_name,
+            params=self._model_params,
+            memories=memories,
+        )
+        candidate_id = await self.store.add_candidate(
+            conversation_id=conversation_id,
+            user_turn_id=user_turn_id,
+            persona=persona.name,
+            text=reply_text,
+            origin="fallback" if fallback else "model",
+            snapshot=snapshot,
+            flags=flags,
+        )
+        return Reply(
+            persona=persona.name,
+            text=reply_text,
+            parts=parts,
+            conversation_id=conversation_id,
+            user_turn_id=user_turn_id,
+            candidate_id=candidate_id,
+            fallback=fallback,
+            flags=flags,
+            memories=memories,
+        )
+
+    async def mark_sent(self, reply: Reply, *, external_id: str | None = None) -> None:
+        """Record that ``reply`` went out (and remember both turns, if memory is on)."""
+        await self.store.mark_sent(reply.candidate_id, external_id)
+
+    def build_prompt(
+        self,
+        persona: Persona,
+        *,
+        user_name: str,
+        history: Sequence[HistoryTurn],
+        text: str,
+        memories: Sequence[str] = (),
+        group: bool = False,
+    ) -> list[BaseMessage]:
+        """The messages for the model, fitted to its context window.
+
+        Order: the card's system prompt (stable, so the model's prompt cache reuses it), then
+        triggered lore and memories, then example dialogue, then history trimmed oldest-first,
+        then the new message. In a group channel each user line carries the speaker's name.
+        """
+        recent = [turn.content for turn in history[-4:]] + [text]
+        system = persona.system_prompt(user_name)
+        lore = persona.triggered_lore(recent, user_name)
+        if lore:
+            system += "\n\nWhat you know about this:\n" + "\n".join(f"- {line}" for line in lore)
+        if memories:
+            system += "\n\nWhat you remember:\n" + "\n".join(memories)
+        head: list[BaseMessage] = [SystemMessage(content=system)]
+        for role, line in persona.example_dialogue(user_name):
+            head.append(HumanMessage(content=line) if role == "user" else AIMessage(content=line))
+        tail = [HumanMessage(content=self._user_line(user_name, text, group))]
+        budget = (
+            self.limits.context_tokens
+            - self.limits.max_new_tokens
+            - sum(approx_tokens(str(message.content)) for message in head + tail)
+        )
+        kept: list[BaseMessage] = []
+        for turn in reversed(history):
+            if turn.role == "user":
+                message: BaseMessage = HumanMessage(
+                    content=self._user_line(turn.author_name, turn.content, group)
+                )
+            else:
+                message = AIMessage(content=turn.content)
+            budget -= approx_tokens(str(message.content))
+            if budget < 0:
+                break
+            kept.append(message)
+        kept.reverse()
+        # A history that starts with the persona's line reads as a continuation; drop it.
+        while kept and isinstance(kept[0], AIMessage):
+            kept.pop(0)
+        return head + kept + tail
+
+    @staticmethod
+    def _user_line(name: str, text: str, group: bool) -> str:
+        safe = neutralise_user_text(text)
+        return f"{name}: {safe}" if group else safe
+
+    async def _recall(
+        self,
+        persona: Persona,
+        incoming: IncomingMessage,
+        history: Sequence[HistoryTurn],
+        text: str,
+        flags: list[dict[str, Any]],
+    ) -> list[str]:
+        if self.memory is None or self.limits.recall_k == 0:
+            return []
+        from memory import format_memory_lines
+
+        query = [turn.content for turn in history[-2:] if turn.role == "user"] + [text]
+        try:
+            hits = await self.memory.recall(
+                persona=persona.name,
+                user_id=incoming.user_id,
+                query_texts=query,
+                k=self.limits.recall_k,
+                token_budget=self.limits.recall_token_budget,
+            )
+        except Exception as error:  # memory must never cost the user their reply
+            _log.exception("memory recall failed; answering without memories")
+            flags.append({"kind": "memory_unavailable", "error": str(error)[:200]})
+            return []
+        return format_memory_lines(hits)
+
+    async def _check(
+        self, persona: Persona, incoming: IncomingMessage, reply: str
+    ) -> list[dict[str, Any]]:
+        if self.memory is None:
+            return []
+        try:
+            found = await self.memory.check_reply(
+                persona=persona.name, user_id=incoming.user_id, reply=reply
+            )
+        except Exception as error:
+            _log.exception("consistency check failed")
+            return [{"kind": "check_unavailable", "error": str(error)[:200]}]
+        return [_flag_dict(flag) for flag in found]
+
+    async def delete_data_for_user(self, *, requester: str, user_id: str) -> int:
+        """Erase everything ``user_id`` is remembered by, in every store that holds it."""
+        owners: list[UserDataOwner] = [self.store]
+        if self.memory is not None:
+            owners.append(self.memory)
+        removed = 0
+        for owner in owners:
+            removed += await owner.delete_data_for_user(requester=requester, user_id=user_id)
+        return removed
+
+
+def _message_dict(message: BaseMessage) -> dict[str, str]:
+    role = {"system": "system", "human": "user", "ai": "assistant"}.get(message.type, message.type)
+    return {"role": role, "content": str(message.content)}
+
+
+def _flag_dict(flag: Any) -> dict[str, Any]:
+    if isinstance(flag, dict):
+        return flag
+    return {
+        "kind": flag.kind,
+        "score": round(float(flag.score), 4),
+        "threshold": flag.threshold,
+        "over_threshold": flag.over_threshold,
+        "evidence": flag.evidence,
+    }

@@ -1,0 +1,121 @@
+"""The composition root: builds the engine and its dependencies from :class:`Settings`.
+
+Transports (Discord, terminal) and CLI jobs call :func:`open_runtime`; nothing else reads
+settings, so every other package receives what it needs through its constructor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bot.engine import ConversationEngine, EngineLimits
+from bot.llm import build_chat_model
+from feedback.database import create_engine, migrate, session_factory
+from feedback.store import ConversationStore
+from personas import PersonaRegistry
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from langchain_core.language_models import BaseChatModel
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from bot.engine import MemoryPort
+    from bot.settings import Settings
+
+__all__ = ["Runtime", "engine_limits", "open_memory", "open_runtime"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything a transport needs, opened together and closed together."""
+
+    settings: Settings
+    db: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    store: ConversationStore
+    personas: PersonaRegistry
+    model: BaseChatModel
+    memory: MemoryPort | None
+    engine: ConversationEngine
+
+
+def engine_limits(settings: Settings) -> EngineLimits:
+    """The engine's bounds from the settings."""
+    return EngineLimits(
+        max_message_chars=settings.chat.max_message_chars,
+        history_turns=settings.chat.history_turns,
+        context_tokens=settings.model.context_tokens,
+        max_new_tokens=settings.model.max_tokens,
+        timeout_s=settings.model.timeout_s,
+        recall_k=settings.memory.recall_k,
+        recall_token_budget=settings.memory.recall_token_budget,
+    )
+
+
+def open_memory(settings: Settings) -> MemoryPort | None:
+    """The vector memory the settings ask for, or ``None`` when it is switched off."""
+    if not settings.memory.enabled:
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from memory import MemoryService, SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder()
+    if settings.memory.chroma_host:
+        return MemoryService.open(
+            host=settings.memory.chroma_host, port=settings.memory.chroma_port, embedder=embedder
+        )
+    return MemoryService.open(path=settings.data_dir / "chroma", embedder=embedder)
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    *,
+    model: BaseChatModel | None = None,
+    memory: MemoryPort | None | bool = True,
+) -> AsyncIterator[Runtime]:
+    """Open the database (migrated), personas, model and memory; close them on exit.
+
+    ``model`` and ``memory`` may be passed in (tests, benchmarks); ``memory=False`` turns it off.
+    """
+    personas = PersonaRegistry.load(settings.persona_search_dirs)
+    for error in personas.errors:
+        _log.warning("%s", error)
+    db = create_engine(settings.resolved_database_url)
+    try:
+        await migrate(db)
+        sessions = session_factory(db)
+        store = ConversationStore(sessions)
+        chat_model = model if model is not None else build_chat_model(settings.model)
+        if memory is True:
+            memory_port = open_memory(settings)
+        elif memory is False:
+            memory_port = None
+        else:
+            memory_port = memory
+        engine = ConversationEngine(
+            personas=personas,
+            store=store,
+            model=chat_model,
+            memory=memory_port,
+            limits=engine_limits(settings),
+        )
+        yield Runtime(
+            settings=settings,
+            db=db,
+            sessions=sessions,
+            store=store,
+            personas=personas,
+            model=chat_model,
+            memory=memory_port,
+            engine=engine,
+        )
+    finally:
+        await db.dispose()

@@ -1,0 +1,175 @@
+"""Greenroom's configuration.
+
+Which source wins: environment variables (``GREENROOM_...``, nested groups with ``__``, e.g.
+``GREENROOM_MODEL__PROVIDER=openai``), then ``greenroom.toml`` in the working directory (or the file
+named by ``GREENROOM_CONFIG``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = [
+    "ChatLimits",
+    "ConfigError",
+    "DiscordSettings",
+    "MemorySettings",
+    "ModelSettings",
+    "Settings",
+    "get_settings",
+    "load_settings",
+]
+
+
+class ConfigError(Exception):
+    """A setting has a value that is not allowed; the message is one line naming it."""
+
+
+class ModelSettings(BaseModel):
+    """Which language model writes the persona's replies."""
+
+    provider: Literal["local", "openai", "fake"] = "local"
+    #: For ``openai``: the model name the server knows; ignored for ``local``.
+    name: str = "gpt-4o-mini"
+    #: For ``openai``: any OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, Ollama).
+    base_url: str | None = None
+    #: Environment variable holding the API key (the key itself never sits in a config file).
+    api_key_env: str = "OPENAI_API_KEY"
+    #: For ``local``: a GGUF file; empty means the bundled SmolLM2-135M-Instruct.
+    gguf_path: Path | None = None
+    context_tokens: int = Field(default=2048, ge=256, le=131072)
+    max_tokens: int = Field(default=160, ge=1, le=4096)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    threads: int = Field(default=2, ge=1, le=64)
+    #: Seconds one generation may take before it is abandoned for an in-persona fallback.
+    timeout_s: float = Field(default=60.0, gt=0.0, le=600.0)
+
+
+class MemorySettings(BaseModel):
+    """Vector memory (chromadb + sentence-transformers)."""
+
+    enabled: bool = True
+    #: Empty: embedded ``PersistentClient`` under ``data_dir/chroma``. Set: a Chroma server.
+    chroma_host: str | None = None
+    chroma_port: int = Field(default=8000, ge=1, le=65535)
+    recall_k: int = Field(default=6, ge=0, le=50)
+    recall_token_budget: int = Field(default=200, ge=0, le=4000)
+
+
+class ChatLimits(BaseModel):
+    """Bounds on what a user may send."""
+
+    max_message_chars: int = Field(default=4000, ge=1, le=100_000)
+    history_turns: int = Field(default=40, ge=1, le=1000)
+
+
+class DiscordSettings(BaseModel):
+    """Discord transport."""
+
+    token: SecretStr | None = None
+    default_persona: str = "Marlowe"
+    #: Messages per ``cooldown_seconds`` a user may send before one polite notice.
+    cooldown_messages: int = Field(default=5, ge=1, le=1000)
+    cooldown_seconds: float = Field(default=10.0, gt=0.0, le=3600.0)
+    #: What to do with attachment- or sticker-only messages.
+    non_text: Literal["ignore", "reply"] = "reply"
+    #: Seconds SIGTERM waits for replies in flight.
+    shutdown_grace_s: float = Field(default=20.0, ge=0.0, le=600.0)
+
+
+class Settings(BaseSettings):
+    """All of Greenroom's settings, read once per process by :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GREENROOM_",
+        env_nested_delimiter="__",
+        toml_file="greenroom.toml",
+        extra="forbid",
+    )
+
+    data_dir: Path = Path("./data")
+    #: Empty: SQLite at ``data_dir/greenroom.sqlite3``. PostgreSQL: ``postgresql+asyncpg://...``.
+    database_url: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: More persona card folders; the bundled cards and ``data_dir/personas`` load first.
+    persona_dirs: list[Path] = Field(default_factory=list)
+    default_persona: str = "Marlowe"
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    chat: ChatLimits = Field(default_factory=ChatLimits)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
+
+    @model_validator(mode="after")
+    def _check_database_url(self) -> Settings:
+        url = self.database_url
+        if url is not None and not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside :attr:`data_dir`."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'greenroom.sqlite3').resolve()}"
+
+    @property
+    def persona_search_dirs(self) -> list[Path]:
+        """Where persona cards load from after the bundled ones: imported cards, then yours."""
+        return [self.data_dir / "personas", *self.persona_dirs]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("GREENROOM_CONFIG", "greenroom.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+        )
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "settings"
+    env_name = "GREENROOM_" + "__".join(str(p).upper() for p in first["loc"])
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return f"invalid setting {where} ({env_name}): {message}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; a wrong value raises :class:`ConfigError` with one line naming it."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise ConfigError(_one_line(error)) from None
+    except ValueError as error:  # e.g. a broken greenroom.toml
+        raise ConfigError(f"invalid configuration: {error}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests build their own with :func:`load_settings`)."""
+    return load_settings()

@@ -1,0 +1,131 @@
+"""Greenroom's database tables (SQLAlchemy 2.0 typed models).
+
+Conversations are kept as trees, like OpenAssistant's exports: a user turn's parent is the reply
+sent before it, and under each user turn the candidates the model produced and the actors'
+rewrites are siblings. The reply that went out carries ``state == "sent"``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "AssistantState",
+    "Base",
+    "Conversation",
+    "MessageNode",
+    "PromptSnapshot",
+    "UserTurnState",
+]
+
+#: A user turn: waiting for an answer, answered, or refused before generation.
+UserTurnState = ("pending", "answered")
+#: An assistant node: produced, waiting for an actor, went out, passed over, or never sent.
+AssistantState = ("candidate", "held", "sent", "rejected", "dropped")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp on every backend (SQLite stores naive UTC; we restore the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    """The one declarative base of Greenroom's tables."""
+
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads this class attribute
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
+
+
+class Conversation(Base):
+    """One conversation: a transport scope (a DM, a channel, a terminal user) with one persona."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("transport", "scope", "persona"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transport: Mapped[str] = mapped_column(String(32))
+    scope: Mapped[str] = mapped_column(String(128))
+    persona: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class PromptSnapshot(Base):
+    """Exactly what the model saw for one candidate: messages, card version, memories, params."""
+
+    __tablename__ = "prompt_snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    persona: Mapped[str] = mapped_column(String(64))
+    persona_version: Mapped[str] = mapped_column(String(64))
+    memories: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    model_name: Mapped[str] = mapped_column(String(200))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class MessageNode(Base):
+    """A node of the conversation tree: a user turn, a model candidate or an actor's text."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        Index("ix_messages_parent_id", "parent_id"),
+        Index("ix_messages_author_id", "author_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), default=None
+    )
+    #: ``user`` or ``assistant``.
+    role: Mapped[str] = mapped_column(String(16))
+    #: ``user``, ``model``, ``fallback``, ``rewrite``, ``takeover`` or ``greeting``.
+    origin: Mapped[str] = mapped_column(String(16))
+    #: The user's id, the actor's id, or the persona's name for model output.
+    author_id: Mapped[str] = mapped_column(String(128))
+    author_name: Mapped[str] = mapped_column(String(128))
+    content: Mapped[str] = mapped_column(Text)
+    #: See :data:`UserTurnState` and :data:`AssistantState`.
+    state: Mapped[str] = mapped_column(String(16))
+    #: The transport's id of the delivered message (e.g. a Discord message id).
+    external_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    prompt_snapshot_id: Mapped[int | None] = mapped_column(
+        ForeignKey("prompt_snapshots.id", ondelete="SET NULL"), default=None
+    )
+    #: Consistency and generation flags, each ``{"kind": ..., "score": ..., "evidence": ...}``.
+    flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

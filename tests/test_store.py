@@ -1,0 +1,135 @@
+"""The conversation store on SQLite and PostgreSQL: tree shape, history, snapshots, erasure."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import func, select
+
+from feedback.models import MessageNode, PromptSnapshot
+from feedback.store import ERASED_TEXT, ConversationStore, SnapshotData
+
+
+def _snapshot(messages: list[dict[str, str]]) -> SnapshotData:
+    return SnapshotData(
+        messages=messages,
+        persona="Marlowe",
+        persona_version="abc123",
+        model_name="fake",
+        params={"temperature": 0.7},
+        memories=["- sister: Maya"],
+    )
+
+
+async def _turn(store: ConversationStore, conversation: int, user: str, text: str) -> tuple[int, int]:
+    history = await store.history(conversation, 50)
+    user_turn = await store.add_user_turn(
+        conversation_id=conversation,
+        parent_id=history[-1].id if history else None,
+        user_id=user,
+        user_name=user.split(":")[-1],
+        text=text,
+    )
+    candidate = await store.add_candidate(
+        conversation_id=conversation,
+        user_turn_id=user_turn,
+        persona="Marlowe",
+        text=f"re: {text}",
+        origin="model",
+        snapshot=_snapshot([{"role": "user", "content": text}]),
+    )
+    await store.mark_sent(candidate, external_id=f"ext-{candidate}")
+    return user_turn, candidate
+
+
+async def test_conversation_id_is_stable_and_scoped(store: ConversationStore) -> None:
+    first = await store.conversation_id("discord", "dm:1", "Marlowe")
+    assert await store.conversation_id("discord", "dm:1", "Marlowe") == first
+    assert await store.conversation_id("discord", "dm:1", "Juniper") != first
+    assert await store.conversation_id("terminal", "dm:1", "Marlowe") != first
+
+
+async def test_concurrent_creation_yields_one_conversation(store: ConversationStore) -> None:
+    stores = [ConversationStore(store._sessions) for _ in range(5)]
+    ids = await asyncio.gather(*(s.conversation_id("discord", "c:9", "Vex") for s in stores))
+    assert len(set(ids)) == 1
+
+
+async def test_history_is_the_sent_path_as_a_tree(store: ConversationStore) -> None:
+    conversation = await store.conversation_id("terminal", "terminal:ann", "Marlowe")
+    first_user, first_reply = await _turn(store, conversation, "terminal:ann", "hello")
+    second_user = await store.add_user_turn(
+        conversation_id=conversation,
+        parent_id=first_reply,
+        user_id="terminal:ann",
+        user_name="ann",
+        text="again",
+    )
+    rejected = await store.add_candidate(
+        conversation_id=conversation,
+        user_turn_id=second_user,
+        persona="Marlowe",
+        text="never sent",
+        origin="model",
+        snapshot=None,
+    )
+    history = await store.history(conversation, 10)
+    assert [(t.role, t.content) for t in history] == [
+        ("user", "hello"),
+        ("assistant", "re: hello"),
+        ("user", "again"),
+    ]
+    node = await store.get_node(rejected)
+    assert node is not None and node.parent_id == second_user and node.state == "candidate"
+    user_node = await store.get_node(second_user)
+    assert user_node is not None and user_node.state == "answered"
+    assert (await store.get_node(first_reply)).parent_id == first_user  # type: ignore[union-attr]
+    assert len(await store.history(conversation, 2)) == 2
+
+
+async def test_candidate_keeps_its_exact_prompt(store: ConversationStore) -> None:
+    conversation = await store.conversation_id("terminal", "terminal:bo", "Marlowe")
+    _, candidate = await _turn(store, conversation, "terminal:bo", "what's up")
+    node = await store.get_node(candidate)
+    assert node is not None and node.state == "sent" and node.external_id == f"ext-{candidate}"
+    snapshot = await store.get_snapshot(node.prompt_snapshot_id)  # type: ignore[arg-type]
+    assert snapshot is not None
+    assert snapshot.messages == [{"role": "user", "content": "what's up"}]
+    assert snapshot.persona_version == "abc123"
+    assert snapshot.params == {"temperature": 0.7}
+    assert snapshot.memories == ["- sister: Maya"]
+    assert snapshot.created_at.tzinfo is not None
+
+
+async def test_erase_removes_the_user_and_scrubs_shared_snapshots(
+    store: ConversationStore,
+) -> None:
+    channel = await store.conversation_id("discord", "channel:5", "Marlowe")
+    await _turn(store, channel, "discord:1", "my secret is 42")
+    user_turn = await store.add_user_turn(
+        conversation_id=channel, parent_id=None, user_id="discord:2", user_name="two", text="hi"
+    )
+    await store.add_candidate(
+        conversation_id=channel,
+        user_turn_id=user_turn,
+        persona="Marlowe",
+        text="hey",
+        origin="model",
+        snapshot=_snapshot(
+            [
+                {"role": "user", "content": "one: my secret is 42"},
+                {"role": "user", "content": "two: hi"},
+            ]
+        ),
+    )
+    removed = await store.delete_data_for_user(requester="user", user_id="discord:1")
+    assert removed >= 3
+    async with store._sessions() as session:
+        texts = (await session.scalars(select(MessageNode.content))).all()
+        snapshots = (await session.scalars(select(PromptSnapshot))).all()
+    assert all("secret" not in t for t in texts)
+    assert all("secret" not in m["content"] for s in snapshots for m in s.messages)
+    assert any(m["content"] == ERASED_TEXT for s in snapshots for m in s.messages)
+    assert await store.delete_data_for_user(requester="user", user_id="discord:1") == 0
+    async with store._sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(MessageNode)) == 2
