@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
+import discord
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -28,7 +29,9 @@ __all__ = ["app"]
 
 _log = logging.getLogger(__name__)
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Greenroom: personas kept honest by actors.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Greenroom: personas kept honest by actors."
+)
 personas_app = typer.Typer(no_args_is_help=True, help="Manage persona cards.")
 app.add_typer(personas_app, name="personas")
 
@@ -79,6 +82,23 @@ def chat(
     run_async(_chat(settings, persona or settings.default_persona, user or _login_name()))
 
 
+@app.command()
+def run() -> None:
+    """Run the Discord bot (token from DISCORD_TOKEN or discord.token in the config)."""
+    settings = settings_or_exit()
+    _configure_logging(settings, quiet=False)
+    from bot.discord_transport.runner import MissingTokenError, discord_token, run_bot
+
+    try:
+        token = discord_token(settings)
+    except MissingTokenError as error:
+        fail(str(error))
+    try:
+        run_async(run_bot(settings, token))
+    except discord.LoginFailure:
+        fail("Discord refused the token (401): check DISCORD_TOKEN")
+
+
 def _login_name() -> str:
     try:
         return getpass.getuser()
@@ -111,9 +131,7 @@ def personas_list() -> None:
     registry = _registry(settings_or_exit())
     table = Table("name", "card", "version", "mode")
     for persona in registry:
-        table.add_row(
-            persona.name, persona.card.spec, persona.version_hash, persona.greenroom.mode
-        )
+        table.add_row(persona.name, persona.card.spec, persona.version_hash, persona.greenroom.mode)
     Console().print(table)
 
 

@@ -20,6 +20,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from bot.llm import GenerationError, describe_model, generate
 from bot.text import clean_reply, neutralise_user_text, normalise_incoming, split_message
 from feedback.store import SnapshotData
+from personas import approx_tokens
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -130,11 +131,6 @@ class EngineLimits:
     recall_token_budget: int = 200
 
 
-def approx_tokens(text: str) -> int:
-    """A cheap, slightly pessimistic token estimate (about 3.5 characters a token)."""
-    return len(text) * 2 // 7 + 4
-
-
 class ConversationEngine:
     """Turns incoming messages into stored, persona-consistent replies.
 
@@ -241,7 +237,7 @@ class ConversationEngine:
                 result.text, speaker=persona.name, others=(incoming.user_name,)
             )
             if not reply_text:
-                raise GenerationError("empty", "the reply was empty after clean-up")
+                raise GenerationError("the reply was empty after clean-up", reason="empty")
         except GenerationError as error:
             _log.warning("generation failed for %s (%s): %s", persona.name, error.reason, error)
             reply_text = persona.fallback_line(seed=user_turn_id)

@@ -79,7 +79,7 @@ async def open_runtime(
     settings: Settings,
     *,
     model: BaseChatModel | None = None,
-    memory: MemoryPort | None | bool = True,
+    memory: MemoryPort | bool | None = True,
 ) -> AsyncIterator[Runtime]:
     """Open the database (migrated), personas, model and memory; close them on exit.
 

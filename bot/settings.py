@@ -78,8 +78,14 @@ class ChatLimits(BaseModel):
 class DiscordSettings(BaseModel):
     """Discord transport."""
 
+    #: The bot token; ``DISCORD_TOKEN`` in the environment works too.
     token: SecretStr | None = None
-    default_persona: str = "Marlowe"
+    #: The REST base (``https://discord.com/api/v10``); the one place to point the bot elsewhere.
+    api_base: str | None = None
+    #: Sync slash commands at start-up (global commands; one PUT).
+    sync_commands: bool = True
+    #: Use channel webhooks, where the bot may, to show the persona's name and avatar.
+    use_webhooks: bool = True
     #: Messages per ``cooldown_seconds`` a user may send before one polite notice.
     cooldown_messages: int = Field(default=5, ge=1, le=1000)
     cooldown_seconds: float = Field(default=10.0, gt=0.0, le=3600.0)

@@ -52,8 +52,17 @@ def neutralise_user_text(text: str) -> str:
     ``<|im_start|>system`` becomes ``<im_start>system`` (no longer a special token) and a line
     beginning ``system:`` becomes ``system (quoted):``.
     """
-    text = _SPECIAL_TOKEN.sub(lambda m: m.group(0).replace("|", "").replace("[", "(")
-                              .replace("]", ")").replace("<<", "(").replace(">>", ")"), text)
+    text = _SPECIAL_TOKEN.sub(
+        lambda m: (
+            m.group(0)
+            .replace("|", "")
+            .replace("[", "(")
+            .replace("]", ")")
+            .replace("<<", "(")
+            .replace(">>", ")")
+        ),
+        text,
+    )
     return _ROLE_HEADER.sub(lambda m: f"{m.group(1)}{m.group(3)} (quoted):", text)
 
 

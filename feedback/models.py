@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "AssistantState",
     "Base",
+    "ChannelSetting",
     "Conversation",
     "MessageNode",
     "PromptSnapshot",
@@ -40,7 +41,7 @@ AssistantState = ("candidate", "held", "sent", "rejected", "dropped")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware timestamp on every backend (SQLite stores naive UTC; we restore the zone)."""
+    """A timezone-aware timestamp on every backend (SQLite keeps naive UTC; we add the zone)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -105,9 +106,7 @@ class MessageNode(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    conversation_id: Mapped[int] = mapped_column(
-        ForeignKey("conversations.id", ondelete="CASCADE")
-    )
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     parent_id: Mapped[int | None] = mapped_column(
         ForeignKey("messages.id", ondelete="SET NULL"), default=None
     )
@@ -121,11 +120,25 @@ class MessageNode(Base):
     content: Mapped[str] = mapped_column(Text)
     #: See :data:`UserTurnState` and :data:`AssistantState`.
     state: Mapped[str] = mapped_column(String(16))
-    #: The transport's id of the delivered message (e.g. a Discord message id).
-    external_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    #: The transport's ids of the delivered message, space-separated when it was split
+    #: (e.g. Discord message ids); for a user turn, the id of the message the user sent.
+    external_id: Mapped[str | None] = mapped_column(String(255), default=None)
     prompt_snapshot_id: Mapped[int | None] = mapped_column(
         ForeignKey("prompt_snapshots.id", ondelete="SET NULL"), default=None
     )
     #: Consistency and generation flags, each ``{"kind": ..., "score": ..., "evidence": ...}``.
     flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ChannelSetting(Base):
+    """What a transport channel is bound to: a persona (and, later, a moderation mode)."""
+
+    __tablename__ = "channel_settings"
+
+    #: ``transport:channel id``, e.g. ``discord:1234``.
+    channel_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    guild_key: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    persona: Mapped[str | None] = mapped_column(String(64), default=None)
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())

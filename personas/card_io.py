@@ -266,11 +266,13 @@ def _validate(payload: Any, path: Path | None) -> CharacterCard:
         return CharacterCard.model_validate(payload)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        first = errors[0]
-        problem = _describe(first)
-        if len(errors) > 1:
-            problem += f" (and {len(errors) - 1} more problem(s))"
-        raise CardError(problem, path=path, field=_field_path(first, payload)) from None
+        fields = list(dict.fromkeys(_field_path(error, payload) for error in errors))
+        problem = _describe(errors[0])
+        if len(fields) > 1:
+            problem += (
+                f" (also wrong: {', '.join(fields[1:4])}{', ...' if len(fields) > 4 else ''})"
+            )
+        raise CardError(problem, path=path, field=fields[0]) from None
 
 
 def _describe(error: ErrorDetails) -> str:

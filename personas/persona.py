@@ -13,13 +13,15 @@ from .prompting import Role, parse_example_dialogue, render_system_prompt, subst
 if TYPE_CHECKING:
     from .schema import CharacterCard, GreenroomExtension
 
-__all__ = ["DEFAULT_FALLBACK_LINES", "DEFAULT_HOLDING_LINES", "Persona"]
+__all__ = ["DEFAULT_FALLBACK_LINES", "DEFAULT_HOLDING_LINES", "DEFAULT_NON_TEXT_LINES", "Persona"]
 
 #: Used when a card has no ``fallback_lines``.
 DEFAULT_FALLBACK_LINES = (
     "*{{char}} pauses, searching for the right words.* Give me a moment.",
     "*{{char}} frowns.* Sorry, I lost my train of thought. Say that again?",
 )
+#: Used when a card has no ``non_text_lines``.
+DEFAULT_NON_TEXT_LINES = ("*{{char}} squints.* I can only read words here. Tell me about it?",)
 #: Used when a card has no ``holding_lines``.
 DEFAULT_HOLDING_LINES = (
     "*{{char}} takes a moment to think that over.*",
@@ -119,6 +121,10 @@ class Persona:
     def holding_line(self, seed: int = 0, *, user_name: str = "you") -> str:
         """An in-persona line for when a reply is held or dropped; deterministic per seed."""
         return self._pick(self._greenroom.holding_lines, DEFAULT_HOLDING_LINES, seed, user_name)
+
+    def non_text_line(self, seed: int = 0, *, user_name: str = "you") -> str:
+        """An in-persona line for a message with no text (only an attachment or a sticker)."""
+        return self._pick(self._greenroom.non_text_lines, DEFAULT_NON_TEXT_LINES, seed, user_name)
 
     def _pick(
         self, lines: Sequence[str], defaults: Sequence[str], seed: int, user_name: str

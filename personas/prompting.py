@@ -65,19 +65,19 @@ def parse_example_dialogue(
         role: Role | None = None
         lines: list[str] = []
         for line in block.splitlines():
-            speaker = _SPEAKER.match(line)
-            named = None if speaker else own_name.match(line)
-            if speaker or named:
-                _flush(messages, role, lines, char_name, user_name)
-                if speaker:
-                    word = speaker.group(1).strip("{}<> \t").lower()
-                    role = "assistant" if word in ("char", "bot") else "user"
-                    lines = [line[speaker.end() :]]
-                else:
-                    role = "assistant"
-                    lines = [line[named.end() :]] if named else []
-            elif role is not None:
-                lines.append(line)
+            new_role: Role
+            match = _SPEAKER.match(line)
+            if match is not None:
+                word = match.group(1).strip("{}<> \t").lower()
+                new_role = "assistant" if word in ("char", "bot") else "user"
+            elif (match := own_name.match(line)) is not None:
+                new_role = "assistant"
+            else:
+                if role is not None:
+                    lines.append(line)
+                continue
+            _flush(messages, role, lines, char_name, user_name)
+            role, lines = new_role, [line[match.end() :]]
         _flush(messages, role, lines, char_name, user_name)
     return messages
 

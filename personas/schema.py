@@ -56,8 +56,12 @@ class GreenroomExtension(BaseModel):
     fallback_lines: list[str] = Field(default_factory=list)
     #: In-persona lines used when a reply is held for review or dropped.
     holding_lines: list[str] = Field(default_factory=list)
+    #: In-persona lines for a message with only an attachment or a sticker.
+    non_text_lines: list[str] = Field(default_factory=list)
     #: ``auto`` sends model replies directly; ``review`` holds every reply for an actor.
     mode: Literal["auto", "review"] = "auto"
+    #: An image URL transports may show as the persona's avatar (Discord webhooks).
+    avatar_url: str | None = None
 
 
 class CardExtensions(BaseModel):
@@ -162,7 +166,8 @@ class CharacterCard(BaseModel):
     model_config = _CARD_CONFIG
 
     spec: Literal["chara_card_v2", "chara_card_v3"]
-    spec_version: str
+    #: ``"2.0"`` or ``"3.0"`` by the specs; not checked, since nothing depends on it.
+    spec_version: str | Number | None = None
     data: CardData
 
     @property
@@ -207,9 +212,13 @@ class CharacterCard(BaseModel):
             data["group_only_greetings"] = []
         data.update(fields)
         if greenroom is not None:
-            extensions = dict(data["extensions"])
-            extensions["greenroom"] = greenroom.model_dump(exclude_unset=True)
-            data["extensions"] = extensions
+            extensions = data["extensions"]
+            if isinstance(extensions, BaseModel):
+                extensions = extensions.model_dump(exclude_unset=True)
+            data["extensions"] = {
+                **extensions,
+                "greenroom": greenroom.model_dump(exclude_unset=True),
+            }
         return cls.model_validate(
             {
                 "spec": SPEC_V3 if v3 else SPEC_V2,

@@ -21,7 +21,9 @@ def _snapshot(messages: list[dict[str, str]]) -> SnapshotData:
     )
 
 
-async def _turn(store: ConversationStore, conversation: int, user: str, text: str) -> tuple[int, int]:
+async def _turn(
+    store: ConversationStore, conversation: int, user: str, text: str
+) -> tuple[int, int]:
     history = await store.history(conversation, 50)
     user_turn = await store.add_user_turn(
         conversation_id=conversation,

@@ -824,7 +824,7 @@ class DiscordTestServer:
         mentions, role_ids, everyone = self._resolve_mentions(
             content, guild, allowed_mentions, extra_mentions, extra_role_mentions
         )
-        replied_allowed = allowed_mentions is None or allowed_mentions.get("replied_user", True)
+        replied_allowed = allowed_mentions is None or allowed_mentions.get("replied_user", False)
         if referenced is not None and replied_allowed:
             replied = self.users.get(int(referenced["author"]["id"]))
             if replied is not None and all(m["id"] != str(replied.id) for m in mentions):

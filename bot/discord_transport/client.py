@@ -1,0 +1,78 @@
+"""The Greenroom Discord bot: dependencies in through the constructor, features as cogs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from bot.engine import ConversationEngine
+    from bot.settings import Settings
+    from feedback.channels import ChannelSettingsStore
+
+__all__ = ["EXTENSIONS", "GreenroomBot"]
+
+_log = logging.getLogger(__name__)
+
+#: The features, one cog each, loaded in this order by :meth:`GreenroomBot.setup_hook`.
+EXTENSIONS = (
+    "bot.discord_transport.cogs.conversation",
+    "bot.discord_transport.cogs.persona_commands",
+    "bot.discord_transport.cogs.memory_commands",
+    "bot.discord_transport.cogs.help",
+)
+
+
+class GreenroomBot(commands.Bot):
+    """Greenroom's bot. It never pings anyone: mentions are off for everything it sends."""
+
+    def __init__(
+        self,
+        *,
+        engine: ConversationEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        channels: ChannelSettingsStore,
+        settings: Settings,
+    ) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            allowed_mentions=discord.AllowedMentions.none(),
+            help_command=None,
+        )
+        self.engine = engine
+        self.sessions = sessions
+        self.channels = channels
+        self.settings = settings
+        #: Replies being produced or delivered; SIGTERM waits for them.
+        self.in_flight: set[asyncio.Task[object]] = set()
+        self.accepting = True
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        if self.settings.discord.sync_commands:
+            synced = await self.tree.sync()
+            _log.info("synced %d application commands", len(synced))
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        """Prefix commands are not used; the conversation cog listens to messages."""
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop taking messages, let replies in flight finish (up to ``grace_s``), close."""
+        self.accepting = False
+        pending = [task for task in self.in_flight if not task.done()]
+        if pending:
+            _log.info("waiting up to %.0fs for %d replies in flight", grace_s, len(pending))
+            _done, still = await asyncio.wait(pending, timeout=grace_s)
+            if still:
+                _log.warning("%d replies did not finish before shutdown", len(still))
+        await self.close()

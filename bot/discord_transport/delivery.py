@@ -1,0 +1,104 @@
+"""Sending a persona's words into a Discord channel.
+
+Every send carries ``AllowedMentions.none()`` (model output never pings anyone) and respects the
+2,000-character message limit. Where the bot may manage webhooks in a text channel, the reply is
+posted through a channel webhook under the persona's name (and avatar, if the card has one);
+elsewhere the name leads the message in bold.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.text import split_message
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["MESSAGE_LIMIT", "PersonaVoice"]
+
+_log = logging.getLogger(__name__)
+
+#: Discord's limit on a message's content.
+MESSAGE_LIMIT = 2000
+_WEBHOOK_NAME = "Greenroom"
+_NO_PINGS = discord.AllowedMentions.none()
+
+
+class PersonaVoice:
+    """Delivers text as a persona; remembers the webhooks it made so it can recognise them."""
+
+    def __init__(self, *, use_webhooks: bool) -> None:
+        self.use_webhooks = use_webhooks
+        self._webhooks: dict[int, discord.Webhook] = {}
+        self.webhook_ids: set[int] = set()
+
+    async def _webhook_for(self, channel: discord.abc.Messageable) -> discord.Webhook | None:
+        if not self.use_webhooks or not isinstance(channel, discord.TextChannel):
+            return None
+        if not channel.permissions_for(channel.guild.me).manage_webhooks:
+            return None
+        cached = self._webhooks.get(channel.id)
+        if cached is not None:
+            return cached
+        try:
+            found = next(
+                (hook for hook in await channel.webhooks() if hook.name == _WEBHOOK_NAME), None
+            )
+            webhook = found or await channel.create_webhook(name=_WEBHOOK_NAME)
+        except discord.HTTPException:
+            _log.warning("cannot use webhooks in channel %s; naming the persona inline", channel.id)
+            return None
+        self._webhooks[channel.id] = webhook
+        self.webhook_ids.add(webhook.id)
+        return webhook
+
+    async def send(
+        self,
+        channel: discord.abc.Messageable,
+        persona: str,
+        text: str,
+        *,
+        reference: discord.Message | None = None,
+        avatar_url: str | None = None,
+    ) -> Sequence[discord.Message]:
+        """Send ``text`` as ``persona``, split to fit; returns the messages sent, in order."""
+        webhook = await self._webhook_for(channel)
+        sent: list[discord.Message] = []
+        if webhook is not None:
+            for part in split_message(text, MESSAGE_LIMIT):
+                sent.append(
+                    await webhook.send(
+                        part,
+                        username=persona[:80],
+                        avatar_url=avatar_url,
+                        allowed_mentions=_NO_PINGS,
+                        wait=True,
+                    )
+                )
+            return sent
+        prefix = f"**{discord.utils.escape_markdown(persona)}:** "
+        for index, part in enumerate(split_message(text, MESSAGE_LIMIT - len(prefix))):
+            sent.append(
+                await channel.send(
+                    prefix + part,
+                    allowed_mentions=_NO_PINGS,
+                    reference=reference if index == 0 else None,
+                    mention_author=False if reference is not None else None,
+                )
+            )
+        return sent
+
+    async def notice(
+        self, channel: discord.abc.Messageable, text: str, *, reference: discord.Message | None
+    ) -> discord.Message:
+        """A short notice from the bot itself (not a persona), never pinging."""
+        return await channel.send(
+            text[:MESSAGE_LIMIT],
+            allowed_mentions=_NO_PINGS,
+            reference=reference,
+            mention_author=False if reference is not None else None,
+        )
