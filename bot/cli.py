@@ -18,7 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bot.llm import ModelUnavailableError
 from bot.settings import ConfigError, Settings, load_settings
+from feedback.database import DatabaseError
 from personas import CardError, PersonaRegistry, UnknownPersonaError
 
 if TYPE_CHECKING:
@@ -56,7 +58,13 @@ def run_async(coroutine: Coroutine[Any, Any, Any]) -> Any:
     """Run a command's coroutine with the errors users can fix shown as one line."""
     try:
         return asyncio.run(coroutine)
-    except (UnknownPersonaError, CardError, ConfigError) as error:
+    except (
+        UnknownPersonaError,
+        CardError,
+        ConfigError,
+        ModelUnavailableError,
+        DatabaseError,
+    ) as error:
         fail(str(error))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -76,6 +76,10 @@ class MemoryPort(UserDataOwner, Protocol):
 
     async def check_reply(self, *, persona: str, user_id: str, reply: str) -> list[Any]: ...
 
+    async def sync_persona(
+        self, persona: str, *, canon_facts: Sequence[str], voice_examples: Sequence[str]
+    ) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
@@ -109,6 +113,7 @@ class Reply:
     persona: str
     text: str
     parts: list[str]
+    incoming: IncomingMessage
     conversation_id: int
     user_turn_id: int
     candidate_id: int
@@ -268,6 +273,7 @@ class ConversationEngine:
             persona=persona.name,
             text=reply_text,
             parts=parts,
+            incoming=replace(incoming, text=text),
             conversation_id=conversation_id,
             user_turn_id=user_turn_id,
             candidate_id=candidate_id,
@@ -277,8 +283,43 @@ class ConversationEngine:
         )
 
     async def mark_sent(self, reply: Reply, *, external_id: str | None = None) -> None:
-        """Record that ``reply`` went out (and remember both turns, if memory is on)."""
+        """Record that ``reply`` went out, then remember both turns (if memory is on).
+
+        Only what was sent is remembered; a memory failure is logged and costs nothing else.
+        """
         await self.store.mark_sent(reply.candidate_id, external_id)
+        if self.memory is None:
+            return
+        incoming = reply.incoming
+        turns = (
+            (reply.user_turn_id, "user", incoming.text, incoming.user_name),
+            (reply.candidate_id, "assistant", reply.text, reply.persona),
+        )
+        try:
+            for turn_id, role, text, speaker in turns:
+                await self.memory.remember_turn(
+                    persona=reply.persona,
+                    user_id=incoming.user_id,
+                    conversation_id=str(reply.conversation_id),
+                    turn_id=str(turn_id),
+                    role=role,  # type: ignore[arg-type]
+                    text=text,
+                    speaker=speaker,
+                )
+        except Exception:
+            _log.exception("could not remember turn %s", reply.user_turn_id)
+
+    async def sync_personas(self) -> None:
+        """Give memory every persona's canon facts and voice (idempotent; at start-up)."""
+        if self.memory is None:
+            return
+        for persona in self.personas:
+            voice = [line for role, line in persona.example_dialogue("you") if role == "assistant"]
+            await self.memory.sync_persona(
+                persona.name,
+                canon_facts=persona.greenroom.canon_facts,
+                voice_examples=voice or [persona.greeting("you")],
+            )
 
     def build_prompt(
         self,

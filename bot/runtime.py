@@ -107,6 +107,7 @@ async def open_runtime(
             memory=memory_port,
             limits=engine_limits(settings),
         )
+        await engine.sync_personas()
         yield Runtime(
             settings=settings,
             db=db,

@@ -135,8 +135,10 @@ class Settings(BaseSettings):
 
     @property
     def persona_search_dirs(self) -> list[Path]:
-        """Where persona cards load from after the bundled ones: imported cards, then yours."""
-        return [self.data_dir / "personas", *self.persona_dirs]
+        """Where persona cards load from after the bundled ones: imported cards (if any were
+        imported), then the configured folders (a missing one is reported)."""
+        imported = self.data_dir / "personas"
+        return [imported, *self.persona_dirs] if imported.is_dir() else list(self.persona_dirs)
 
     @classmethod
     def settings_customise_sources(

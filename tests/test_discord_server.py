@@ -6,7 +6,9 @@ websocket gateway on loopback, and the tests assert on what the server recorded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,12 +41,17 @@ class PanelView(discord.ui.View):
         super().__init__(timeout=None)
 
     @discord.ui.button(label="Approve", custom_id="panel:approve")
-    async def approve(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+    async def approve(
+        self, interaction: discord.Interaction, button: discord.ui.Button[Any]
+    ) -> None:
         await interaction.response.send_message("approved", ephemeral=True)
 
     @discord.ui.select(
         custom_id="panel:pick",
-        options=[discord.SelectOption(label="A", value="a"), discord.SelectOption(label="B", value="b")],
+        options=[
+            discord.SelectOption(label="A", value="a"),
+            discord.SelectOption(label="B", value="b"),
+        ],
     )
     async def pick(self, interaction: discord.Interaction, select: discord.ui.Select[Any]) -> None:
         await interaction.response.edit_message(content=f"picked {','.join(select.values)}")
@@ -82,8 +89,8 @@ class EchoBot(commands.Bot):
         """Skip discord.py's 5 s pause before a re-IDENTIFY; the test server has no limit."""
 
     async def on_message(self, message: discord.Message) -> None:
-        if message.author == self.user:
-            return
+        if message.author == self.user or message.webhook_id is not None:
+            return  # its own echoes and webhook posts (its personas) come back as MESSAGE_CREATE
         self.seen.append(message)
         if message.content == "!edit":
             draft = await message.channel.send("draft")
@@ -92,12 +99,24 @@ class EchoBot(commands.Bot):
             await message.author.send("psst")
         elif message.content == "!panel":
             await message.channel.send("panel", view=PanelView())
+        elif message.content == "!file":
+            await message.channel.send("see file", file=discord.File(io.BytesIO(b"abc"), "a.txt"))
+        elif message.content == "!thread":
+            thread = await message.create_thread(name="chat")
+            await thread.send("in thread")
+        elif message.content == "!history":
+            earlier = [m async for m in message.channel.history(limit=10)]
+            await message.channel.send(f"history {len(earlier)}")
         elif message.content == "!webhook":
             assert isinstance(message.channel, discord.TextChannel)
             webhook = await message.channel.create_webhook(name="persona")
-            await webhook.send("in character", username="Ada", avatar_url="http://a/b.png", wait=True)
+            await webhook.send(
+                "in character", username="Ada", avatar_url="http://a/b.png", wait=True
+            )
         else:
-            await message.reply(f"echo: {message.content}", allowed_mentions=discord.AllowedMentions.none())
+            await message.reply(
+                f"echo: {message.content}", allowed_mentions=discord.AllowedMentions.none()
+            )
 
 
 async def _ping(interaction: discord.Interaction, text: str) -> None:
@@ -134,8 +153,6 @@ def world(discord_server: DiscordTestServer) -> World:
 @contextlib.asynccontextmanager
 async def running(client: discord.Client, server: DiscordTestServer) -> AsyncIterator[None]:
     """Run a discord.py client against the server until the block ends."""
-    import asyncio
-
     task = asyncio.create_task(client.start(server.bot_token))
     try:
         await asyncio.wait_for(client.wait_until_ready(), timeout=10)
@@ -210,6 +227,36 @@ async def test_dm_through_user_send(world: World, bot: EchoBot) -> None:
     assert isinstance(bot.seen[-1].channel, discord.DMChannel)
 
 
+async def test_first_dm_from_a_user_is_answered(world: World, bot: EchoBot) -> None:
+    server = world.server
+    bob = server.add_user("bob")
+    dm = server.dm_channel_for(bob)
+    server.send_user_message(dm, bob, "hello bot")
+    [reply] = await server.wait_for_messages(dm, 1)
+    assert reply["content"] == "echo: hello bot"
+    assert "guild_id" not in reply
+
+
+async def test_file_upload_thread_and_history(world: World, bot: EchoBot) -> None:
+    server = world.server
+    server.send_user_message(world.channel, world.alice, "!file")
+    [with_file] = await server.wait_for_messages(world.channel, 1)
+    [upload] = server.requests_to("POST", MESSAGES)
+    assert upload.files == [("files[0]", "a.txt", 3)]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(with_file["attachments"][0]["url"]) as response:
+            assert await response.read() == b"abc"
+    server.send_user_message(world.channel, world.alice, "!thread")
+    thread_id = (
+        await server.wait_for_request(method="POST", route=MESSAGES + "/{message_id}/threads")
+    ).response["id"]
+    [in_thread] = await server.wait_for_messages(int(thread_id), 1)
+    assert in_thread["content"] == "in thread"
+    server.send_user_message(world.channel, world.alice, "!history")
+    messages = await server.wait_for_messages(world.channel, 2)
+    assert messages[-1]["content"] == "history 4"  # !file, its reply, !thread, !history
+
+
 async def test_channel_webhook_with_persona_name(world: World, bot: EchoBot) -> None:
     server = world.server
     server.send_user_message(world.channel, world.alice, "!webhook")
@@ -249,7 +296,9 @@ async def test_deferred_command_edits_original_and_follows_up(world: World, bot:
     messages = await server.wait_for_messages(world.channel, 2)
     assert [m["content"] for m in messages] == ["almost", "done"]
     assert messages[0]["flags"] == 0  # the loading flag is cleared by the edit
-    assert server.requests_to("PATCH", "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}")
+    assert server.requests_to(
+        "PATCH", "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}"
+    )
 
 
 async def test_persistent_button_and_select(world: World, bot: EchoBot) -> None:
@@ -346,9 +395,62 @@ async def test_dropped_gateway_resumes_and_replays_missed_events(
     assert resumed_on == "/resume-gateway/"
 
 
-async def test_invalid_session_makes_the_client_identify_again(
-    world: World, bot: EchoBot
+@pytest.mark.parametrize("code", [None, 4000])
+async def test_drop_with_or_without_close_code_resumes(
+    world: World, bot: EchoBot, code: int | None
 ) -> None:
+    server = world.server
+    mark = len(server.gateway.frames)
+    await server.drop_gateway(code)
+    await server.wait_for_gateway(Opcode.RESUME, start=mark)
+    server.send_user_message(world.channel, world.alice, "still there?")
+    await server.wait_for_messages(world.channel, 1)
+    assert len(server.gateway.received(Opcode.IDENTIFY)) == 1
+
+
+async def test_reconnect_opcode_leads_to_resume(world: World, bot: EchoBot) -> None:
+    server = world.server
+    await server.request_reconnect()
+    await server.wait_for_gateway(Opcode.RESUME)
+    assert len(server.gateway.received(Opcode.IDENTIFY)) == 1
+
+
+async def test_heartbeats_are_acknowledged(world: World, bot: EchoBot) -> None:
+    server = world.server
+    await server.wait_until(
+        lambda: len(server.gateway.received(Opcode.HEARTBEAT)) >= 2, what="two heartbeats"
+    )
+    acks = [
+        f for f in server.gateway.frames if f.direction == "sent" and f.op == Opcode.HEARTBEAT_ACK
+    ]
+    assert len(acks) >= 2
+    assert bot.latency < 5
+
+
+async def test_world_changes_reach_the_client_cache(world: World, bot: EchoBot) -> None:
+    server = world.server
+    role = server.add_role(world.guild, "actor")
+    updated = asyncio.ensure_future(bot.wait_for("member_update", timeout=5))
+    server.set_member_roles(world.guild, world.alice, [role])
+    _, after = await updated
+    assert [r.name for r in after.roles] == ["@everyone", "actor"]
+    joined = asyncio.ensure_future(bot.wait_for("guild_join", timeout=5))
+    server.add_guild("Second stage")
+    guild = await joined
+    assert guild.name == "Second stage" and guild.me is not None
+
+
+async def test_late_callback_fails_like_discord(world: World, bot: EchoBot) -> None:
+    server = world.server
+    await bot.tree.sync()
+    server.interaction_deadline = 0.0  # every callback is now too late
+    interaction = server.send_slash_command(world.channel, world.alice, "ping", {"text": "x"})
+    request = await server.wait_for_request(method="POST", route=CALLBACK)
+    assert request.status == 404 and request.response["code"] == 10062
+    assert not server.interactions[interaction.id].responded
+
+
+async def test_invalid_session_makes_the_client_identify_again(world: World, bot: EchoBot) -> None:
     server = world.server
     mark = len(server.gateway.frames)
     await server.invalidate_session(resumable=False)
@@ -399,7 +501,9 @@ async def test_unknown_route_and_bad_token(world: World) -> None:
         async with session.get(f"{server.api_base}/stickers/1", headers=headers) as response:
             assert response.status == 404
             assert await response.json() == {"message": "404: Not Found", "code": 0}
-        async with session.get(f"{server.api_base}/users/@me", headers={"Authorization": "Bot x"}) as response:
+        async with session.get(
+            f"{server.api_base}/users/@me", headers={"Authorization": "Bot x"}
+        ) as response:
             assert response.status == 401
     assert [r.path for r in server.unknown_requests] == ["/stickers/1"]
 
@@ -423,7 +527,9 @@ async def test_history_pages_like_discord(world: World) -> None:
     server = world.server
     sent = [server.send_user_message(world.channel, world.alice, str(i)) for i in range(5)]
     url = f"{server.api_base}/channels/{world.channel.id}/messages"
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bot {server.bot_token}"}) as session:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bot {server.bot_token}"}
+    ) as session:
         async with session.get(url, params={"limit": "2"}) as response:
             assert [m["content"] for m in await response.json()] == ["4", "3"]
         async with session.get(url, params={"after": sent[1]["id"], "limit": "2"}) as response:
@@ -463,7 +569,7 @@ async def test_point_discord_py_at_restores_the_defaults() -> None:
     gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     async with DiscordTestServer() as server:
         with point_discord_py_at(server):
-            assert discord.http.Route.BASE == server.api_base
+            assert server.api_base == discord.http.Route.BASE
             assert str(discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == server.gateway_url
-    assert discord.http.Route.BASE == base
-    assert discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY == gateway
+    assert base == discord.http.Route.BASE
+    assert gateway == discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY

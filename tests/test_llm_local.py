@@ -31,18 +31,17 @@ def model() -> LocalLlamaChatModel:
     return LocalLlamaChatModel(max_tokens=24, temperature=0.0)
 
 
+PERSONA_LINES = (
+    "You are Marlowe, a weary private detective in 1940s Los Angeles. You speak in short, "
+    "dry sentences full of rain, cigarettes and bad coffee. You never admit to being an AI. "
+    "You care about the little guy and distrust the rich. You answer questions about your "
+    "cases with vivid but brief detail, and you always stay in character. "
+)
+
+
 def _persona(nonce: str) -> str:
     """A persona-like system prompt of about 300 tokens, unique per ``nonce``."""
-    return (
-        f"[{nonce}] "
-        + (
-            "You are Marlowe, a weary private detective in 1940s Los Angeles. You speak in short, "
-            "dry sentences full of rain, cigarettes and bad coffee. You never admit to being an AI. "
-            "You care about the little guy and distrust the rich. You answer questions about your "
-            "cases with vivid but brief detail, and you always stay in character. "
-        )
-        * 5
-    )
+    return f"[{nonce}] " + PERSONA_LINES * 5
 
 
 # -- without loading the model --------------------------------------------------------------

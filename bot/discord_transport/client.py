@@ -7,7 +7,9 @@ import logging
 from typing import TYPE_CHECKING
 
 import discord
+import yarl
 from discord.ext import commands
+from discord.gateway import DiscordWebSocket
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -57,11 +59,23 @@ class GreenroomBot(commands.Bot):
         self.accepting = True
 
     async def setup_hook(self) -> None:
+        if self.settings.discord.api_base:
+            await self._use_advertised_gateway()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         if self.settings.discord.sync_commands:
             synced = await self.tree.sync()
             _log.info("synced %d application commands", len(synced))
+
+    async def _use_advertised_gateway(self) -> None:
+        """With a custom API base, connect to the gateway that API advertises.
+
+        discord.py's plain ``Client`` connects to ``DiscordWebSocket.DEFAULT_GATEWAY`` without
+        asking ``GET /gateway/bot``; a Discord-compatible server elsewhere needs its own.
+        """
+        _shards, url, *_ = await self.http.get_bot_gateway()
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        _log.info("using gateway %s", url)
 
     async def on_message(self, message: discord.Message, /) -> None:
         """Prefix commands are not used; the conversation cog listens to messages."""

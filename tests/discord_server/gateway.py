@@ -62,7 +62,9 @@ class GatewayWorld(Protocol):
 
     bot_token: str
 
-    def ready_payload(self, session_id: str, resume_url: str, shard: list[int] | None) -> dict[str, Any]: ...
+    def ready_payload(
+        self, session_id: str, resume_url: str, shard: list[int] | None
+    ) -> dict[str, Any]: ...
 
     def guild_create_payloads(self) -> list[dict[str, Any]]: ...
 
@@ -127,7 +129,9 @@ class GatewayConnection:
         self.path = request.path
         self.session: GatewaySession | None = None
         self._outgoing: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._writer = asyncio.create_task(self._write_loop(), name=f"gateway-writer-{connection_id}")
+        self._writer = asyncio.create_task(
+            self._write_loop(), name=f"gateway-writer-{connection_id}"
+        )
         self.closed = False
 
     def send(self, payload: dict[str, Any]) -> None:
@@ -137,21 +141,26 @@ class GatewayConnection:
     async def _write_loop(self) -> None:
         while True:
             payload = await self._outgoing.get()
-            if payload is None:
-                return
-            message = self.encoder.encode(json.dumps(payload, separators=(",", ":")))
             try:
+                if payload is None:
+                    return
+                message = self.encoder.encode(json.dumps(payload, separators=(",", ":")))
                 if isinstance(message, bytes):
                     await self.ws.send_bytes(message)
                 else:
                     await self.ws.send_str(message)
             except (ConnectionError, RuntimeError):
                 return
+            finally:
+                self._outgoing.task_done()
 
     async def flush(self) -> None:
-        """Wait until every queued frame has been written to the socket."""
-        while not self._outgoing.empty() and not self._writer.done():
-            await asyncio.sleep(0)
+        """Wait until every queued frame has been written (or the writer has stopped)."""
+        drained = asyncio.ensure_future(self._outgoing.join())
+        try:
+            await asyncio.wait({drained, self._writer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()
 
     def abort(self) -> None:
         """Kill the TCP connection with no close frame, like a network failure."""
@@ -392,7 +401,9 @@ class Gateway:
         session.connection = connection
         resume_url = self._base_url().replace("http://", "ws://", 1) + "/resume-gateway/"
         shard = data.get("shard")
-        self._dispatch_to(session, "READY", self._world.ready_payload(session.id, resume_url, shard))
+        self._dispatch_to(
+            session, "READY", self._world.ready_payload(session.id, resume_url, shard)
+        )
         for guild in self._world.guild_create_payloads():
             self._dispatch_to(session, "GUILD_CREATE", guild)
 
@@ -412,6 +423,10 @@ class Gateway:
         connection.session = session
         session.connection = connection
         last_seen = data.get("seq") or 0
+        if session.buffer and last_seen < session.buffer[0]["s"] - 1:
+            # Too far behind: the events it missed are no longer kept.
+            self._send(connection, {"op": Opcode.INVALID_SESSION, "d": False})
+            return
         for payload in session.buffer:
             if payload["s"] > last_seen:
                 self._send(connection, payload)

@@ -197,7 +197,11 @@ class Role:
             "id": str(self.id),
             "name": self.name,
             "color": self.color,
-            "colors": {"primary_color": self.color, "secondary_color": None, "tertiary_color": None},
+            "colors": {
+                "primary_color": self.color,
+                "secondary_color": None,
+                "tertiary_color": None,
+            },
             "hoist": self.hoist,
             "icon": None,
             "unicode_emoji": None,
@@ -234,7 +238,9 @@ class Channel:
     message_count: int = 0
     archived: bool = False
     auto_archive_duration: int = 1440
-    created_at: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
+    created_at: datetime.datetime = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         last = str(self.last_message_id) if self.last_message_id else None
@@ -294,7 +300,9 @@ class Member:
     guild_id: int
     role_ids: list[int] = field(default_factory=list)
     nick: str | None = None
-    joined_at: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
+    joined_at: datetime.datetime = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC)
+    )
 
     def to_dict(self, *, with_user: bool = True, permissions: int | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -327,7 +335,9 @@ class Guild:
     roles: dict[int, Role] = field(default_factory=dict)
     channels: dict[int, Channel] = field(default_factory=dict)
     members: dict[int, Member] = field(default_factory=dict)
-    created_at: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(datetime.UTC))
+    created_at: datetime.datetime = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC)
+    )
 
     @property
     def everyone_role(self) -> Role:

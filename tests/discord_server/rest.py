@@ -104,7 +104,9 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile(f"^{pattern}$")
 
 
-_COMPILED = [(method, template, _compile(template), handler) for method, template, handler in ROUTES]
+_COMPILED = [
+    (method, template, _compile(template), handler) for method, template, handler in ROUTES
+]
 
 
 class HTTPError(Exception):
@@ -200,7 +202,9 @@ class RestApi:
         if matched is None:
             record = await self._record(request, path, None, {})
             if method_mismatch:
-                return self._respond(record, 405, {"message": "405: Method Not Allowed", "code": 0}, {})
+                return self._respond(
+                    record, 405, {"message": "405: Method Not Allowed", "code": 0}, {}
+                )
             return self._respond(record, 404, {"message": "404: Not Found", "code": 0}, {})
         template, handler_name, params = matched
         record = await self._record(request, path, template, params)
@@ -325,7 +329,11 @@ class RestApi:
         if fault.status != 429:
             body = fault.body
             if body is None:
-                reason = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+                reason = {
+                    500: "Internal Server Error",
+                    502: "Bad Gateway",
+                    503: "Service Unavailable",
+                }
                 if fault.status == 502:
                     body = "<html><head><title>502 Bad Gateway</title></head></html>"
                 else:
@@ -452,7 +460,9 @@ class RestApi:
         if not isinstance(body, list):
             raise HTTPError(400, 50109, "The request body must be a JSON array of commands.")
         if len(body) > 100:
-            raise _invalid_form("_errors", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer in length.")
+            raise _invalid_form(
+                "_errors", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer in length."
+            )
         by_name = {(c["name"], c.get("type", 1)): c for c in previous}
         stored = []
         for index, command in enumerate(body):
@@ -460,7 +470,9 @@ class RestApi:
             if not re.fullmatch(r"[-_\w]{1,32}", name) or (
                 command.get("type", 1) == 1 and name != name.lower()
             ):
-                raise _invalid_form(f"{index}.name", "APPLICATION_COMMAND_INVALID_NAME", f"Invalid name {name!r}")
+                raise _invalid_form(
+                    f"{index}.name", "APPLICATION_COMMAND_INVALID_NAME", f"Invalid name {name!r}"
+                )
             old = by_name.get((name, command.get("type", 1)))
             entry = {
                 "id": old["id"] if old else str(self.server.snowflakes.next()),
@@ -544,7 +556,9 @@ class RestApi:
         if content is not None and not isinstance(content, str):
             raise _invalid_form("content", "BASE_TYPE_STRING", "Must be a string.")
         if content is not None and len(content) > 2000:
-            raise _invalid_form("content", "BASE_TYPE_MAX_LENGTH", "Must be 2000 or fewer in length.")
+            raise _invalid_form(
+                "content", "BASE_TYPE_MAX_LENGTH", "Must be 2000 or fewer in length."
+            )
         embeds = body.get("embeds") or []
         if len(embeds) > 10:
             raise _invalid_form("embeds", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer in length.")
@@ -557,11 +571,15 @@ class RestApi:
                 )
             if len(embed.get("title") or "") > 256:
                 raise _invalid_form(
-                    f"embeds.{index}.title", "BASE_TYPE_MAX_LENGTH", "Must be 256 or fewer in length."
+                    f"embeds.{index}.title",
+                    "BASE_TYPE_MAX_LENGTH",
+                    "Must be 256 or fewer in length.",
                 )
         components = body.get("components") or []
         if not (body.get("flags", 0) & (1 << 15)) and len(components) > 5:
-            raise _invalid_form("components", "BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.")
+            raise _invalid_form(
+                "components", "BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length."
+            )
         _validate_custom_ids(components, "components")
         if creating and not (
             content or embeds or components or files or body.get("sticker_ids") or body.get("poll")
@@ -621,8 +639,8 @@ class RestApi:
         reference = body.get("message_reference")
         if reference:
             target = self.server.messages.get(int(reference.get("message_id", 0)))
-            if target is None or int(target["channel_id"]) != channel.id and not reference.get(
-                "channel_id"
+            if target is None or (
+                int(target["channel_id"]) != channel.id and not reference.get("channel_id")
             ):
                 if reference.get("fail_if_not_exists", True):
                     raise _invalid_form(
@@ -658,14 +676,22 @@ class RestApi:
         self.server.update_message(message)
         return message
 
-    def _apply_edit(self, request: web.Request, message: dict[str, Any], body: dict[str, Any]) -> None:
+    def _apply_edit(
+        self, request: web.Request, message: dict[str, Any], body: dict[str, Any]
+    ) -> None:
         if "content" in body:
             message["content"] = body["content"] or ""
             channel = self.server.channels[int(message["channel_id"])]
             mentions, roles, everyone = self.server._resolve_mentions(
-                message["content"], self.server.guild_of(channel), body.get("allowed_mentions"), (), ()
+                message["content"],
+                self.server.guild_of(channel),
+                body.get("allowed_mentions"),
+                (),
+                (),
             )
-            message.update(mentions=mentions, mention_roles=[str(r) for r in roles], mention_everyone=everyone)
+            message.update(
+                mentions=mentions, mention_roles=[str(r) for r in roles], mention_everyone=everyone
+            )
         for key in ("embeds", "components"):
             if key in body:
                 message[key] = body[key] or []
@@ -722,7 +748,9 @@ class RestApi:
             raise HTTPError(400, 50024, "Cannot execute action on this channel type")
         name = body.get("name") or ""
         if not 1 <= len(name) <= 100:
-            raise _invalid_form("name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+            raise _invalid_form(
+                "name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
+            )
         thread = Channel(
             id=thread_id,
             type=thread_type,
@@ -740,12 +768,16 @@ class RestApi:
         self.server.gateway.dispatch("THREAD_CREATE", {**thread.to_dict(), "newly_created": True})
         return thread
 
-    async def _start_thread_from_message(self, request: web.Request, record: RecordedRequest) -> Any:
+    async def _start_thread_from_message(
+        self, request: web.Request, record: RecordedRequest
+    ) -> Any:
         parent = self._channel(record.params)
         message = self._message(parent, record.params["message_id"])
         if int(message["id"]) in self.server.channels:
             raise HTTPError(400, 160004, "A thread has already been created for this message")
-        thread = self._new_thread(parent, int(message["id"]), self._json(record), ChannelType.PUBLIC_THREAD)
+        thread = self._new_thread(
+            parent, int(message["id"]), self._json(record), ChannelType.PUBLIC_THREAD
+        )
         message["thread"] = thread.to_dict()
         return thread.to_dict()
 
@@ -776,7 +808,11 @@ class RestApi:
         body = self._json(record)
         name = body.get("name") or ""
         if not 1 <= len(name) <= 80 or "discord" in name.lower() or "clyde" in name.lower():
-            raise _invalid_form("name", "BASE_TYPE_BAD_LENGTH", "Webhook names must be 1 to 80 characters and not contain 'discord' or 'clyde'.")
+            raise _invalid_form(
+                "name",
+                "BASE_TYPE_BAD_LENGTH",
+                "Webhook names must be 1 to 80 characters and not contain 'discord' or 'clyde'.",
+            )
         if sum(1 for w in self.server.webhooks.values() if w.channel_id == channel.id) >= 15:
             raise HTTPError(400, 30007, "Maximum number of webhooks reached (15)")
         webhook = Webhook(
@@ -842,7 +878,9 @@ class RestApi:
             channel = self._channel({"channel_id": record.query["thread_id"]})
         username = body.get("username") or webhook.name
         if len(username) > 80:
-            raise _invalid_form("username", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 80 in length.")
+            raise _invalid_form(
+                "username", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 80 in length."
+            )
         author = {
             "id": str(webhook.id),
             "username": username,
@@ -1003,7 +1041,12 @@ class RestApi:
         data = body.get("data") or {}
         allowed = {1: {1}, 2: {4, 5, 9}, 3: {4, 5, 6, 7, 9}, 4: {8}, 5: {4, 5, 6, 7}}
         if callback_type not in allowed.get(interaction.type, set()):
-            raise _invalid_form("type", "INTERACTION_RESPONSE_TYPE_INVALID", f"Callback type {callback_type} is not valid for interaction type {interaction.type}.")
+            raise _invalid_form(
+                "type",
+                "INTERACTION_RESPONSE_TYPE_INVALID",
+                f"Callback type {callback_type} is not valid for interaction type "
+                f"{interaction.type}.",
+            )
         resource: dict[str, Any] | None = None
         response_message_id = None
         if callback_type in (4, 5):
@@ -1078,17 +1121,25 @@ def _validate_custom_ids(components: Any, where: str) -> None:
 def _validate_modal(data: dict[str, Any]) -> None:
     title = data.get("title") or ""
     if not 1 <= len(title) <= 45:
-        raise _invalid_form("data.title", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 45 in length.")
+        raise _invalid_form(
+            "data.title", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 45 in length."
+        )
     custom_id = data.get("custom_id") or ""
     if not 1 <= len(custom_id) <= 100:
-        raise _invalid_form("data.custom_id", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        raise _invalid_form(
+            "data.custom_id", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
+        )
     components = data.get("components") or []
     if not 1 <= len(components) <= 5:
-        raise _invalid_form("data.components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length.")
+        raise _invalid_form(
+            "data.components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length."
+        )
     _validate_custom_ids(components, "data.components")
 
 
-def _rate_limit_headers(limit: int, remaining: int, reset_after: float, bucket: str) -> dict[str, str]:
+def _rate_limit_headers(
+    limit: int, remaining: int, reset_after: float, bucket: str
+) -> dict[str, str]:
     return {
         "X-RateLimit-Limit": str(limit),
         "X-RateLimit-Remaining": str(remaining),

@@ -12,6 +12,9 @@ voice, presences, reactions lists or audit logs. Unknown routes answer 404 and a
 
 from __future__ import annotations
 
+# The wait_for_* helpers take `timeout=` on purpose: their TimeoutError says what was awaited.
+# ruff: noqa: ASYNC109
+
 import asyncio
 import datetime
 import logging
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
-from .gateway import Gateway, GatewayFrame, Opcode
+from .gateway import Gateway, GatewayFrame
 from .models import (
     DEFAULT_BOT_PERMISSIONS,
     DEFAULT_EVERYONE_PERMISSIONS,
@@ -165,7 +168,9 @@ class DiscordTestServer:
         if heartbeat_interval_ms <= 0:
             raise ValueError("heartbeat_interval_ms must be positive")
         if rate_limit[0] < 1 or rate_limit[1] <= 0:
-            raise ValueError("rate_limit must be (at least 1 request, a positive number of seconds)")
+            raise ValueError(
+                "rate_limit must be (at least 1 request, a positive number of seconds)"
+            )
         self.snowflakes = SnowflakeGenerator()
         self.bot_token = token or f"fake.{secrets.token_urlsafe(24)}"
         self.bot_user = User(id=self.snowflakes.next(), username=bot_name, bot=True)
@@ -355,9 +360,7 @@ class DiscordTestServer:
                 raise ValueError(f"role {role.name!r} belongs to another guild")
         member = Member(user=user, guild_id=guild.id, role_ids=[r.id for r in roles], nick=nick)
         guild.members[user.id] = member
-        self.gateway.dispatch(
-            "GUILD_MEMBER_ADD", {**member.to_dict(), "guild_id": str(guild.id)}
-        )
+        self.gateway.dispatch("GUILD_MEMBER_ADD", {**member.to_dict(), "guild_id": str(guild.id)})
         return member
 
     def set_member_roles(self, guild: Guild, user: User, roles: Sequence[Role]) -> Member:
@@ -482,7 +485,9 @@ class DiscordTestServer:
         missing = [
             o["name"]
             for o in option_defs
-            if o.get("required") and o["name"] not in (options or {}) and o.get("type") not in (1, 2)
+            if o.get("required")
+            and o["name"] not in (options or {})
+            and o.get("type") not in (1, 2)
         ]
         if missing:
             raise ValueError(f"/{name} needs the required options {missing}")
@@ -657,7 +662,7 @@ class DiscordTestServer:
     # -- inspection ----------------------------------------------------------------------
 
     def requests_to(self, method: str, route: str) -> list[RecordedRequest]:
-        """Every recorded request to a route template, e.g. ("POST", "/channels/{channel_id}/messages")."""
+        """Every recorded request to a route template, e.g. "/channels/{channel_id}/messages"."""
         self._check_route(method, route)
         return [r for r in self.requests if r.method == method.upper() and r.route == route]
 
@@ -762,9 +767,7 @@ class DiscordTestServer:
         return payload
 
     def guild_create_payloads(self) -> list[dict[str, Any]]:
-        return [
-            self.guilds[g].to_dict(for_user_id=self.bot_user.id) for g in self._bot_guild_ids()
-        ]
+        return [self.guilds[g].to_dict(for_user_id=self.bot_user.id) for g in self._bot_guild_ids()]
 
     def member_chunk_payloads(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         guild = self.guilds.get(int(request.get("guild_id") or 0))
@@ -933,7 +936,9 @@ class DiscordTestServer:
         extra_users: Sequence[User],
         extra_roles: Sequence[Role],
     ) -> tuple[list[dict[str, Any]], list[int], bool]:
-        parse = set(allowed.get("parse", [])) if allowed is not None else {"users", "roles", "everyone"}
+        parse = (
+            set(allowed.get("parse", [])) if allowed is not None else {"users", "roles", "everyone"}
+        )
         allowed_users = {int(u) for u in (allowed or {}).get("users", [])}
         allowed_roles = {int(r) for r in (allowed or {}).get("roles", [])}
         user_ids: list[int] = []
@@ -1010,7 +1015,9 @@ class DiscordTestServer:
             return str(value.id)
         if type(value) in _OPTION_TYPES:
             return value
-        raise TypeError(f"unsupported option value {value!r}: use str, int, bool, float, User, Role or Channel")
+        raise TypeError(
+            f"unsupported option value {value!r}: use str, int, bool, float, User, Role or Channel"
+        )
 
     def _component_interaction(
         self,
@@ -1023,12 +1030,16 @@ class DiscordTestServer:
         stored = self._message_for(message)
         component = _find_component(stored.get("components") or [], custom_id)
         if component is None:
-            raise ValueError(f"message {stored['id']} has no component with custom_id {custom_id!r}")
+            raise ValueError(
+                f"message {stored['id']} has no component with custom_id {custom_id!r}"
+            )
         component_type = int(component["type"])
         if values is None and component_type != 2:
             raise ValueError(f"{custom_id!r} is not a button (component type {component_type})")
         if values is not None and component_type not in (3, 5, 6, 7, 8):
-            raise ValueError(f"{custom_id!r} is not a select menu (component type {component_type})")
+            raise ValueError(
+                f"{custom_id!r} is not a select menu (component type {component_type})"
+            )
         if component.get("disabled"):
             raise ValueError(f"component {custom_id!r} is disabled; a user cannot use it")
         if values is not None:
@@ -1084,10 +1095,14 @@ class DiscordTestServer:
             elif row.get("type") == 18:
                 inner_component = submitted(row["component"])
                 if inner_component is not None:
-                    result.append({"type": 18, "id": row.get("id", 0), "component": inner_component})
+                    result.append(
+                        {"type": 18, "id": row.get("id", 0), "component": inner_component}
+                    )
         unknown = set(values) - seen
         if unknown:
-            raise ValueError(f"the modal has no text inputs {sorted(unknown)}; it has {sorted(seen)}")
+            raise ValueError(
+                f"the modal has no text inputs {sorted(unknown)}; it has {sorted(seen)}"
+            )
         return result
 
     def _send_interaction(
@@ -1154,7 +1169,9 @@ class DiscordTestServer:
         return record
 
     def _interaction(self, interaction: InteractionRecord | int) -> InteractionRecord:
-        interaction_id = interaction.id if isinstance(interaction, InteractionRecord) else interaction
+        interaction_id = (
+            interaction.id if isinstance(interaction, InteractionRecord) else interaction
+        )
         try:
             return self.interactions[int(interaction_id)]
         except KeyError:

