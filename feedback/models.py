@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -25,12 +26,18 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "ApiToken",
     "AssistantState",
     "Base",
     "ChannelSetting",
     "Conversation",
+    "ConversationClaim",
+    "FeedbackEvent",
+    "GuildSetting",
+    "Lease",
     "MessageNode",
     "PromptSnapshot",
+    "UserPrivacy",
     "UserTurnState",
 ]
 
@@ -128,6 +135,12 @@ class MessageNode(Base):
     )
     #: Consistency and generation flags, each ``{"kind": ..., "score": ..., "evidence": ...}``.
     flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    #: For a held candidate: when the hold ends (then it is sent as-is or dropped).
+    hold_until: Mapped[datetime | None] = mapped_column(default=None)
+    #: Where the actor console shows this candidate (``channel id/message id``).
+    console_ref: Mapped[str | None] = mapped_column(String(64), default=None)
+    #: Who decided this candidate's fate (an actor id, or ``timeout``).
+    decided_by: Mapped[str | None] = mapped_column(String(128), default=None)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
@@ -140,5 +153,119 @@ class ChannelSetting(Base):
     channel_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     guild_key: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     persona: Mapped[str | None] = mapped_column(String(64), default=None)
+    #: ``auto`` or ``review``; ``None`` falls back to the persona's mode.
+    mode: Mapped[str | None] = mapped_column(String(16), default=None)
     updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class GuildSetting(Base):
+    """A server's actor console and privacy defaults."""
+
+    __tablename__ = "guild_settings"
+
+    guild_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    console_channel_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    actor_role_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    #: Whether members' turns may be exported for training when they have not said.
+    consent_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class ConversationClaim(Base):
+    """One actor at a time holds a conversation, until the claim expires or is released."""
+
+    __tablename__ = "conversation_claims"
+
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    actor_id: Mapped[str] = mapped_column(String(128))
+    actor_name: Mapped[str] = mapped_column(String(128))
+    takeover: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime]
+
+
+class FeedbackEvent(Base):
+    """One actor action on a candidate: the input of the correction queue.
+
+    ``idempotency_key`` (e.g. the Discord interaction id) makes a click delivered twice record
+    one event. Queue state: ``lease_id`` while a training job holds it, ``consumed_at`` once
+    acknowledged.
+    """
+
+    __tablename__ = "feedback_events"
+    __table_args__ = (
+        Index("ix_feedback_events_queue", "consumed_at", "id"),
+        Index("ix_feedback_events_candidate_id", "candidate_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: ``approve``, ``rewrite``, ``regenerate``, ``rate``, ``takeover``, ``takeover_message``,
+    #: ``release``, ``timeout_send`` or ``timeout_drop``.
+    kind: Mapped[str] = mapped_column(String(24))
+    actor_id: Mapped[str] = mapped_column(String(128))
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    candidate_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), default=None
+    )
+    #: The node the action produced: a rewrite, a regenerated candidate, a takeover message.
+    result_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), default=None
+    )
+    persona: Mapped[str] = mapped_column(String(64))
+    persona_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    prompt_snapshot_id: Mapped[int | None] = mapped_column(
+        ForeignKey("prompt_snapshots.id", ondelete="SET NULL"), default=None
+    )
+    rating: Mapped[int | None] = mapped_column(Integer, default=None)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    original_text: Mapped[str | None] = mapped_column(Text, default=None)
+    new_text: Mapped[str | None] = mapped_column(Text, default=None)
+    edit_distance: Mapped[int | None] = mapped_column(Integer, default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
+    lease_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    consumed_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Lease(Base):
+    """A batch of queue records claimed by one training job until ``expires_at``."""
+
+    __tablename__ = "leases"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job: Mapped[str] = mapped_column(String(128))
+    token_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="SET NULL"), default=None
+    )
+    expires_at: Mapped[datetime]
+    acked_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ApiToken(Base):
+    """A trainer's bearer token, stored as a SHA-256 hash; revoked tokens stop at once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: ``read`` (pull and page) or ``lease`` (also claim and acknowledge batches).
+    scope: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class UserPrivacy(Base):
+    """A user's consent to training use, and when they asked to be forgotten."""
+
+    __tablename__ = "user_privacy"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: ``None``: not said; the server's default applies.
+    consent: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    erased_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())

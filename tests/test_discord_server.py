@@ -243,9 +243,9 @@ async def test_file_upload_thread_and_history(world: World, bot: EchoBot) -> Non
     [with_file] = await server.wait_for_messages(world.channel, 1)
     [upload] = server.requests_to("POST", MESSAGES)
     assert upload.files == [("files[0]", "a.txt", 3)]
-    async with aiohttp.ClientSession() as session:
-        async with session.get(with_file["attachments"][0]["url"]) as response:
-            assert await response.read() == b"abc"
+    url = with_file["attachments"][0]["url"]
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert await response.read() == b"abc"
     server.send_user_message(world.channel, world.alice, "!thread")
     thread_id = (
         await server.wait_for_request(method="POST", route=MESSAGES + "/{message_id}/threads")

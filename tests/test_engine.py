@@ -170,7 +170,9 @@ async def test_reply_is_cleaned_and_split(
     store: ConversationStore, personas: PersonaRegistry
 ) -> None:
     long = ("Rain on the glass. " * 200).strip()
-    engine = _engine(store, personas, FakeChatModel(replies=[f"Marlowe: {long}\nann: more?"], max_tokens=4000))
+    engine = _engine(
+        store, personas, FakeChatModel(replies=[f"Marlowe: {long}\nann: more?"], max_tokens=4000)
+    )
     reply = await engine.respond(_incoming("talk"))
     assert isinstance(reply, Reply)
     assert not reply.text.startswith("Marlowe:") and "ann:" not in reply.text

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
+from typing import TYPE_CHECKING
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
-from feedback.models import MessageNode, PromptSnapshot
+from feedback.models import Base, MessageNode, PromptSnapshot
 from feedback.store import ERASED_TEXT, ConversationStore, SnapshotData
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 def _snapshot(messages: list[dict[str, str]]) -> SnapshotData:
@@ -135,3 +143,11 @@ async def test_erase_removes_the_user_and_scrubs_shared_snapshots(
     assert await store.delete_data_for_user(requester="user", user_id="discord:1") == 0
     async with store._sessions() as session:
         assert await session.scalar(select(func.count()).select_from(MessageNode)) == 2
+
+
+async def test_migrations_match_the_models(db_engine: AsyncEngine) -> None:
+    def compare(connection: Connection) -> list[object]:
+        return compare_metadata(MigrationContext.configure(connection), Base.metadata)
+
+    async with db_engine.connect() as connection:
+        assert await connection.run_sync(compare) == []

@@ -95,6 +95,7 @@ _NO_AUTH = {"interaction_callback", "execute_webhook", "get_webhook_with_token"}
 }
 _MAJOR_PARAMETERS = ("channel_id", "guild_id", "webhook_id", "webhook_token", "interaction_id")
 _RECORDED_HEADERS = ("Authorization", "User-Agent", "Content-Type", "X-Audit-Log-Reason")
+_UPLOADS = web.RequestKey("uploads", dict)
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 
@@ -272,7 +273,7 @@ class RestApi:
                     content_type = part.headers.get("Content-Type", "application/octet-stream")
                     uploads[name] = (filename, content_type, bytes(data))
                     files.append((name, filename, len(data)))
-            request["uploads"] = uploads
+            request[_UPLOADS] = uploads
         elif request.can_read_body:
             raw = await request.read()
             if raw:
@@ -589,7 +590,7 @@ class RestApi:
     def _attachments_from(
         self, request: web.Request, body: dict[str, Any], existing: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        uploads: dict[str, tuple[str, str, bytes]] = request.get("uploads", {})
+        uploads: dict[str, tuple[str, str, bytes]] = request.get(_UPLOADS, {})
         by_index = {}
         for name, upload in uploads.items():
             found = re.fullmatch(r"files\[(\d+)\]|file(\d*)", name)
@@ -700,7 +701,7 @@ class RestApi:
                 body["flags"]
             )
         message["flags"] = int(message["flags"]) & ~LOADING
-        if "attachments" in body or request.get("uploads"):
+        if "attachments" in body or request.get(_UPLOADS):
             message["attachments"] = self._attachments_from(request, body, message["attachments"])
 
     async def _delete_message(self, request: web.Request, record: RecordedRequest) -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 # The wait_for_* helpers take `timeout=` on purpose: their TimeoutError says what was awaited.
 # ruff: noqa: ASYNC109
-
 import asyncio
 import datetime
 import logging
@@ -304,7 +303,9 @@ class DiscordTestServer:
             user=self.bot_user, guild_id=guild.id, role_ids=[bot_role.id]
         )
         self.guilds[guild.id] = guild
-        self.gateway.dispatch("GUILD_CREATE", guild.to_dict(for_user_id=self.bot_user.id))
+        joined = guild.to_dict(for_user_id=self.bot_user.id)
+        del joined["unavailable"]  # absent on a join; `false` means "available again"
+        self.gateway.dispatch("GUILD_CREATE", joined)
         return guild
 
     def add_channel(
