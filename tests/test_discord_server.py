@@ -573,3 +573,13 @@ async def test_point_discord_py_at_restores_the_defaults() -> None:
             assert str(discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == server.gateway_url
     assert base == discord.http.Route.BASE
     assert gateway == discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+
+
+async def test_auto_sharded_client_uses_gateway_bot(world: World) -> None:
+    server = world.server
+    client = discord.AutoShardedClient(intents=discord.Intents.default(), guild_ready_timeout=0.05)
+    async with running(client, server):
+        assert client.get_guild(world.guild.id) is not None
+    [gateway_bot] = server.requests_to("GET", "/gateway/bot")
+    assert gateway_bot.response["url"] + "/" == server.gateway_url
+    assert server.gateway.received(Opcode.IDENTIFY)[0].data["shard"] == [0, 1]
