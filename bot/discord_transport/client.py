@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 import yarl
@@ -41,6 +41,7 @@ class GreenroomBot(commands.Bot):
         sessions: async_sessionmaker[AsyncSession],
         channels: ChannelSettingsStore,
         settings: Settings,
+        **client_options: Any,
     ) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
@@ -49,6 +50,7 @@ class GreenroomBot(commands.Bot):
             intents=intents,
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
+            **client_options,
         )
         self.engine = engine
         self.sessions = sessions

@@ -206,6 +206,7 @@ class DiscordTestServer:
             raise RuntimeError("the server is already running")
         app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_route("GET", "/gateway/", self.gateway.handle)
+        app.router.add_route("GET", "/gateway", self.gateway.handle)
         app.router.add_route("GET", "/resume-gateway/", self.gateway.handle)
         app.router.add_route("GET", "/attachments/{attachment_id}/{filename}", self._attachment)
         app.router.add_route("*", "/api/v10/{tail:.*}", self.rest.handle)

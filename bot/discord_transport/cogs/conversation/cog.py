@@ -106,7 +106,7 @@ class Conversation(commands.Cog):
             return
         if self._cooling_down(message):
             return
-        persona_name = bound or self.bot.settings.discord.default_persona
+        persona_name = bound or self.bot.settings.default_persona
         text = self._text_of(message)
         if not text.strip():
             await self._non_text(message, persona_name)

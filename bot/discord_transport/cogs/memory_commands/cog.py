@@ -96,7 +96,7 @@ class Remember(commands.Cog):
         from memory import MemoryInputError
 
         bound = await self.bot.channels.persona_for(channel_key(interaction.channel))  # type: ignore[arg-type]
-        persona = bound or self.bot.settings.discord.default_persona
+        persona = bound or self.bot.settings.default_persona
         try:
             await memory.pin(
                 persona=persona, user_id=_user_id(interaction), text=text, source="user"

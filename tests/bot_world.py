@@ -1,0 +1,122 @@
+"""A running Greenroom bot connected to the loopback Discord server, for end-to-end tests.
+
+The bot is the real :class:`~bot.discord_transport.GreenroomBot` on the real discord.py client;
+only the model is a fake (instant, echoing) unless a test passes another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bot.discord_transport import GreenroomBot
+from bot.engine import ConversationEngine
+from bot.llm import FakeChatModel
+from bot.runtime import engine_limits
+from bot.settings import Settings, load_settings
+from feedback.channels import ChannelSettingsStore
+from feedback.database import session_factory
+from feedback.store import ConversationStore
+from personas import PersonaRegistry
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from langchain_core.language_models import BaseChatModel
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from bot.engine import MemoryPort
+    from tests.discord_server.models import Channel, Guild, Role, User
+    from tests.discord_server.server import DiscordTestServer
+
+__all__ = ["World", "running_bot"]
+
+#: Manage Server, as a role permission bit.
+MANAGE_GUILD = 1 << 5
+
+
+@dataclass
+class World:
+    """The server, the bot and a small guild: an owner, a member, a text channel."""
+
+    server: DiscordTestServer
+    bot: GreenroomBot
+    settings: Settings
+    store: ConversationStore
+    guild: Guild
+    channel: Channel
+    owner: User
+    member: User
+    manager_role: Role
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def bot_replies(self, channel: Channel) -> list[dict[str, Any]]:
+        """Messages in ``channel`` written by the bot (directly or through its webhook)."""
+        return self.server.channel_history(channel, include_user_messages=False)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    server: DiscordTestServer,
+    db_engine: AsyncEngine,
+    tmp_path: Path,
+    *,
+    model: BaseChatModel | None = None,
+    memory: MemoryPort | None = None,
+    discord: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[World]:
+    """Start the bot against ``server`` and stop it cleanly afterwards."""
+    settings = load_settings(
+        data_dir=tmp_path,
+        discord={
+            "api_base": server.api_base,
+            "use_webhooks": False,
+            "cooldown_messages": 1000,
+            **(discord or {}),
+        },
+        **overrides,
+    )
+    sessions = session_factory(db_engine)
+    store = ConversationStore(sessions)
+    engine = ConversationEngine(
+        personas=PersonaRegistry.load(),
+        store=store,
+        model=model or FakeChatModel(),
+        memory=memory,
+        limits=engine_limits(settings),
+    )
+    owner = server.add_user("owner")
+    member = server.add_user("mia", global_name="Mia")
+    guild = server.add_guild("Greenroom Test", owner)
+    manager_role = server.add_role(guild, "Managers", permissions=MANAGE_GUILD)
+    server.add_member(guild, member)
+    channel = server.add_channel(guild, "lounge")
+    bot = GreenroomBot(
+        engine=engine,
+        sessions=sessions,
+        channels=ChannelSettingsStore(sessions),
+        settings=settings,
+        guild_ready_timeout=0.05,
+    )
+    task = asyncio.create_task(bot.start(server.bot_token))
+    try:
+        await asyncio.wait_for(bot.wait_until_ready(), 10)
+        yield World(
+            server=server,
+            bot=bot,
+            settings=settings,
+            store=store,
+            guild=guild,
+            channel=channel,
+            owner=owner,
+            member=member,
+            manager_role=manager_role,
+        )
+    finally:
+        await bot.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
