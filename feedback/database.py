@@ -41,11 +41,19 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for ``url``; SQLite files get their folder created and WAL switched on."""
+    """An async engine for ``url``.
+
+    SQLite gets its folder created, WAL, and one pooled connection: SQLite has a single writer,
+    so the process's sessions queue for that connection instead of failing with "database is
+    locked" under load (other processes still wait on ``busy_timeout``).
+    """
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("pool_size", 1)
+        kwargs.setdefault("max_overflow", 0)
+        kwargs.setdefault("pool_timeout", 60)
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
         return engine

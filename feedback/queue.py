@@ -29,12 +29,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import aliased
 
-from feedback.models import FeedbackEvent, Lease, MessageNode, PromptSnapshot
+from feedback.exports.filters import ExportFilter
+from feedback.exports.tree import _consented as consent_rule
+from feedback.models import Conversation, FeedbackEvent, Lease, MessageNode, PromptSnapshot
 
 if TYPE_CHECKING:
+    from sqlalchemy import Select
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "UnknownLease",
     "ack",
     "claim_batch",
+    "record_query",
     "stats",
 ]
 
@@ -98,6 +102,37 @@ class QueueRecord:
     result_text: str | None
     prompt: list[dict[str, Any]] | None
     created_at: datetime
+    #: The author of the user turn the action answered, if the event concerns one.
+    user_id: str | None
+    user_name: str | None
+    #: Whether that user allows training use (the rule of :mod:`feedback.exports`); events
+    #: without a user turn count as not consented.
+    consented: bool
+
+    @classmethod
+    def from_row(cls, row: Any) -> QueueRecord:
+        """A record from a row of :func:`record_query`."""
+        event, candidate_text, result_text, messages, user_id, user_name, consented = row
+        return cls(
+            event_id=event.id,
+            kind=event.kind,
+            actor_id=event.actor_id,
+            conversation_id=event.conversation_id,
+            persona=event.persona,
+            persona_version=event.persona_version,
+            rating=event.rating,
+            tags=list(event.tags or []),
+            original_text=event.original_text,
+            new_text=event.new_text,
+            edit_distance=event.edit_distance,
+            candidate_text=candidate_text,
+            result_text=result_text,
+            prompt=messages,
+            created_at=event.created_at,
+            user_id=user_id,
+            user_name=user_name,
+            consented=bool(consented),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +202,7 @@ async def claim_batch(
         claimed = (
             await session.scalars(
                 update(FeedbackEvent)
-                .where(FeedbackEvent.id.in_(free.scalar_subquery()))
+                .where(FeedbackEvent.id.in_(free))
                 .values(lease_id=lease_id)
                 .returning(FeedbackEvent.id)
                 .execution_options(synchronize_session=False)
@@ -182,42 +217,49 @@ async def claim_batch(
     return LeaseBatch(lease_id=lease_id, job=job, expires_at=expires_at, records=records)
 
 
-async def _records(session: AsyncSession, lease_id: str) -> list[QueueRecord]:
+def record_query() -> Select[Any]:
+    """The select of :class:`QueueRecord` rows; add ``where`` and ``order_by`` clauses, then
+    map rows with :meth:`QueueRecord.from_row`.
+
+    The user turn is the parent of the candidate (or of the result, for a takeover message);
+    its author's consent is decided by the same rule as the exports.
+    """
     candidate = aliased(MessageNode)
     result = aliased(MessageNode)
-    rows = await session.execute(
+    user_turn = MessageNode  # unaliased: the consent rule of the exports is written against it
+    joins, consent = consent_rule(ExportFilter())
+    query = (
         select(
             FeedbackEvent,
             candidate.content,
             result.content,
             PromptSnapshot.messages,
+            user_turn.author_id,
+            user_turn.author_name,
+            case((and_(user_turn.id.is_not(None), consent), True), else_=False),
         )
         .outerjoin(candidate, candidate.id == FeedbackEvent.candidate_id)
         .outerjoin(result, result.id == FeedbackEvent.result_id)
         .outerjoin(PromptSnapshot, PromptSnapshot.id == FeedbackEvent.prompt_snapshot_id)
-        .where(FeedbackEvent.lease_id == lease_id)
-        .order_by(FeedbackEvent.id)
-    )
-    return [
-        QueueRecord(
-            event_id=event.id,
-            kind=event.kind,
-            actor_id=event.actor_id,
-            conversation_id=event.conversation_id,
-            persona=event.persona,
-            persona_version=event.persona_version,
-            rating=event.rating,
-            tags=list(event.tags or []),
-            original_text=event.original_text,
-            new_text=event.new_text,
-            edit_distance=event.edit_distance,
-            candidate_text=candidate_text,
-            result_text=result_text,
-            prompt=messages,
-            created_at=event.created_at,
+        .outerjoin(
+            user_turn,
+            and_(
+                user_turn.id == func.coalesce(candidate.parent_id, result.parent_id),
+                user_turn.role == "user",
+            ),
         )
-        for event, candidate_text, result_text, messages in rows.tuples()
-    ]
+        .join(Conversation, Conversation.id == FeedbackEvent.conversation_id)
+    )
+    for target, on in joins:
+        query = query.outerjoin(target, on)
+    return query
+
+
+async def _records(session: AsyncSession, lease_id: str) -> list[QueueRecord]:
+    rows = await session.execute(
+        record_query().where(FeedbackEvent.lease_id == lease_id).order_by(FeedbackEvent.id)
+    )
+    return [QueueRecord.from_row(row) for row in rows]
 
 
 async def ack(sessions: async_sessionmaker[AsyncSession], lease_id: str) -> AckResult:
@@ -259,8 +301,9 @@ async def ack(sessions: async_sessionmaker[AsyncSession], lease_id: str) -> AckR
             .execution_options(synchronize_session=False)
         )
         lease.acked_at = now
+        job = lease.job
     count = consumed.rowcount or 0
-    _log.info("lease %s of job %r acknowledged: %d records consumed", lease_id, lease.job, count)
+    _log.info("lease %s of job %r acknowledged: %d records consumed", lease_id, job, count)
     return AckResult(lease_id, count, now)
 
 

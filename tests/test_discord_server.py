@@ -583,3 +583,14 @@ async def test_auto_sharded_client_uses_gateway_bot(world: World) -> None:
     [gateway_bot] = server.requests_to("GET", "/gateway/bot")
     assert gateway_bot.response["url"] + "/" == server.gateway_url
     assert server.gateway.received(Opcode.IDENTIFY)[0].data["shard"] == [0, 1]
+
+
+async def test_route_rate_limit_is_respected_by_discord_py(world: World, bot: EchoBot) -> None:
+    # discord.py reads X-RateLimit-Remaining/Reset-After and waits instead of hitting 429.
+    server = world.server
+    server.set_rate_limit("POST", MESSAGES, limit=2, per=0.3)
+    for text in ("one", "two", "three"):
+        server.send_user_message(world.channel, world.alice, text)
+    await server.wait_for_messages(world.channel, 3)
+    statuses = [r.status for r in server.requests_to("POST", MESSAGES)]
+    assert statuses.count(200) == 3

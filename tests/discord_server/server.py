@@ -721,6 +721,10 @@ class DiscordTestServer:
         self.faults.append(fault)
         return fault
 
+    def set_rate_limit(self, method: str, route: str, limit: int, per: float) -> None:
+        """Allow `limit` requests per `per` seconds on one route; beyond that answer 429."""
+        self.rest.set_rate_limit(method, route, limit, per)
+
     async def drop_gateway(self, code: int | None = None) -> None:
         """Kill the bot's socket (abruptly when `code` is None) and wait for it to be gone.
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
+from bot.discord_transport.typing import keep_typing
 from bot.engine import IncomingMessage, Refusal
 
 if TYPE_CHECKING:
@@ -120,7 +121,7 @@ class Conversation(commands.Cog):
             persona=persona_name,
             external_id=str(message.id),
         )
-        async with message.channel.typing():
+        async with keep_typing(message.channel):
             result = await self.bot.engine.respond(incoming)
         reference = message if message.guild is not None else None
         if isinstance(result, Refusal):

@@ -1,0 +1,179 @@
+"""Load over the loopback Discord server with an instant fake model.
+
+The bot runs as its own process (``greenroom run``, fake model, memory off), exactly as in
+production; this process runs the loopback Discord server and the simulated users. 200 users send
+10 messages each across 50 channels bound to personas; each user sends their next message when
+the previous one is answered and a think time has passed (uniform, mean ``--think`` seconds; 0
+makes a closed loop that measures the most turns/s). Every message must get exactly one reply, counted
+from the server's recorded requests. Reports the latency from the server dispatching
+MESSAGE_CREATE to it receiving the reply's POST (p50, p99) and turns/s.
+Targets: p99 <= 50 ms, >= 100 turns/s.
+
+    .venv/bin/python bench/bench_discord_load.py [--users 200] [--messages 10] [--channels 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import percentile, scratch_database
+from feedback.channels import ChannelSettingsStore
+from feedback.database import create_engine, migrate, session_factory
+from tests.discord_server import DiscordTestServer
+
+MESSAGES = "/channels/{channel_id}/messages"
+PERSONAS = ("Marlowe", "Juniper", "Captain Vex")
+
+
+async def run(backend: str, users: int, messages: int, channels: int, think_s: float) -> None:
+    server = DiscordTestServer(heartbeat_interval_ms=5000, rate_limit=(100_000, 1.0))
+    await server.start()
+    owner = server.add_user("owner")
+    guild = server.add_guild("Load Test", owner)
+    rooms = [server.add_channel(guild, f"room-{i}") for i in range(channels)]
+    people = [server.add_user(f"user{i}") for i in range(users)]
+    for person in people:
+        server.add_member(guild, person)
+    async with scratch_database(backend) as url:
+        db = create_engine(url)
+        await migrate(db)
+        bindings = ChannelSettingsStore(session_factory(db))
+        for index, room in enumerate(rooms):
+            await bindings.bind(
+                f"discord:{room.id}", persona=PERSONAS[index % 3], guild_key=None, by="bench"
+            )
+        await db.dispose()
+        with tempfile.TemporaryDirectory() as folder:
+            bot = await _start_bot(server, url, Path(folder))
+            try:
+                await server.wait_for_identified(timeout=60)
+                await server.wait_for_request(
+                    method="PUT", route="/applications/{application_id}/commands", timeout=60
+                )
+                await asyncio.sleep(1.0)
+                await _warm_up(server, rooms, people)
+                await _load(server, rooms, people, messages, backend, think_s)
+            finally:
+                bot.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(bot.wait(), 60)
+    await server.stop()
+
+
+async def _start_bot(
+    server: DiscordTestServer, url: str, folder: Path
+) -> asyncio.subprocess.Process:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    environment.update(
+        DISCORD_TOKEN=server.bot_token,
+        GREENROOM_DISCORD__API_BASE=server.api_base,
+        GREENROOM_DISCORD__COOLDOWN_MESSAGES="1000",
+        GREENROOM_DISCORD__USE_WEBHOOKS="false",
+        GREENROOM_MODEL__PROVIDER="fake",
+        GREENROOM_MEMORY__ENABLED="false",
+        GREENROOM_DATABASE_URL=url,
+        GREENROOM_DATA_DIR=str(folder),
+        GREENROOM_LOG_LEVEL="WARNING",
+    )
+    return await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("greenroom")), "run", env=environment, cwd=folder
+    )
+
+
+async def _warm_up(server, rooms, people) -> None:
+    """One answered message per channel first, so cold caches are not measured."""
+    for index, room in enumerate(rooms):
+        server.send_user_message(room, people[index % len(people)], "warming up")
+    for room in rooms:
+        await server.wait_for_messages(room, 1, timeout=60)
+
+
+async def _load(server, rooms, people, messages: int, backend: str, think_s: float) -> None:
+    sent_ns: dict[str, int] = {}
+    replied: dict[str, asyncio.Event] = {}
+    latencies_ms: list[float] = []
+    replies_per_message: dict[str, int] = {}
+    finished = asyncio.Event()
+
+    async def watch() -> None:
+        seen = 0
+        while not finished.is_set():
+            try:
+                await server.wait_until(lambda: len(server.requests) > seen, timeout=0.5)
+            except TimeoutError:
+                continue
+            fresh, seen = server.requests[seen:], len(server.requests)
+            for request in fresh:
+                body = request.json if isinstance(request.json, dict) else {}
+                reference = body.get("message_reference") or {}
+                if request.method != "POST" or request.route != MESSAGES or not reference:
+                    continue
+                key = str(reference.get("message_id"))
+                replies_per_message[key] = replies_per_message.get(key, 0) + 1
+                if key in sent_ns and replies_per_message[key] == 1:
+                    latencies_ms.append((request.received_ns - sent_ns[key]) / 1e6)
+                    replied[key].set()
+
+    async def user_loop(index: int) -> None:
+        person, room = people[index], rooms[index % len(rooms)]
+        pause = random.Random(index)
+        for turn in range(messages):
+            if think_s:
+                await asyncio.sleep(pause.uniform(0, 2 * think_s))
+            message = server.send_user_message(room, person, f"hello number {turn}")
+            key = message["id"]
+            replied[key] = asyncio.Event()
+            sent_ns[key] = time.perf_counter_ns()
+            await asyncio.wait_for(replied[key].wait(), 60)
+
+    watcher = asyncio.create_task(watch())
+    started = time.perf_counter()
+    await asyncio.gather(*(user_loop(i) for i in range(len(people))))
+    elapsed = time.perf_counter() - started
+    await asyncio.sleep(1.0)
+    finished.set()
+    await watcher
+    total = len(people) * messages
+    replies_per_message = {k: v for k, v in replies_per_message.items() if k in sent_ns}
+    duplicated = sum(count > 1 for count in replies_per_message.values())
+    print(
+        f"{backend}: {total} messages, {len(replies_per_message)} answered, "
+        f"{sum(c == 1 for c in replies_per_message.values())} exactly once, {duplicated} "
+        f"duplicated, {total - len(replies_per_message)} lost"
+    )
+    print(
+        f"{backend}: latency p50 {percentile(latencies_ms, 50):.1f} ms, "
+        f"p99 {percentile(latencies_ms, 99):.1f} ms, max {max(latencies_ms):.1f} ms; "
+        f"{total / elapsed:.0f} turns/s over {elapsed:.1f} s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=10)
+    parser.add_argument("--channels", type=int, default=50)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=1.5,
+        help="mean seconds a user waits before the next message (0: as fast as answered)",
+    )
+    args = parser.parse_args()
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    for backend in backends:
+        asyncio.run(run(backend, args.users, args.messages, args.channels, args.think))
+
+
+if __name__ == "__main__":
+    main()

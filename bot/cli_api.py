@@ -1,0 +1,146 @@
+"""``greenroom api`` and ``greenroom tokens ...``: the trainer API server and its tokens.
+
+The functions here are registered on the main Typer app by :mod:`bot.cli`. Errors a user can fix
+end the command with one line on standard error and exit code 2.
+
+The API's pseudonym secret comes from ``GREENROOM_PSEUDONYM_SECRET`` (at least 16 characters):
+it keys the pseudonyms of actors and conversations, so keep it stable across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from bot.settings import ConfigError, Settings, load_settings
+from feedback.api import create_app
+from feedback.database import DatabaseError, create_engine, migrate, session_factory
+from feedback.tokens import SCOPES, TokenError, create_token, list_tokens, revoke_token
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+__all__ = ["PSEUDONYM_SECRET_ENV", "api_command", "tokens_app"]
+
+_log = logging.getLogger(__name__)
+
+PSEUDONYM_SECRET_ENV = "GREENROOM_PSEUDONYM_SECRET"
+
+tokens_app = typer.Typer(no_args_is_help=True, help="Manage the trainer API's bearer tokens.")
+
+_err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    _err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        _fail(str(error))
+
+
+def _pseudonym_secret() -> bytes:
+    secret = os.environ.get(PSEUDONYM_SECRET_ENV, "")
+    if len(secret) < 16:
+        _fail(
+            f"set {PSEUDONYM_SECRET_ENV} to a secret of at least 16 characters "
+            "(it keys the pseudonyms of actors in exported data; keep it stable)"
+        )
+    return secret.encode()
+
+
+def _with_database(
+    settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[Any]]
+) -> Any:
+    """Run ``work`` over the migrated database; errors users can fix become one line."""
+
+    async def main() -> Any:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await migrate(engine)
+            return await work(session_factory(engine))
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except (DatabaseError, TokenError) as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def api_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve the trainer HTTP API (OpenAPI docs at /docs)."""
+    settings = _settings()
+    secret = _pseudonym_secret()
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def serve(sessions: async_sessionmaker[AsyncSession]) -> None:
+        app = create_app(sessions, pseudonym_secret=secret)
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None
+        )
+        await uvicorn.Server(config).serve()
+
+    _with_database(settings, serve)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option(help="A unique name: 1-64 of A-Z a-z 0-9 _ . -")],
+    scope: Annotated[
+        str, typer.Option(help=f"One of: {', '.join(SCOPES)} (lease includes read).")
+    ] = "read",
+) -> None:
+    """Create a token and print it once; only its hash is stored."""
+    settings = _settings()
+    token = _with_database(settings, lambda sessions: create_token(sessions, name, scope))
+    typer.echo(token)
+    _err.print(
+        f"Token {name!r} (scope {scope}) created. Store it now: it cannot be shown again.",
+        highlight=False,
+    )
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name: Annotated[str, typer.Option(help="The token's name.")]) -> None:
+    """Revoke a token; requests using it are refused from now on."""
+    settings = _settings()
+    _with_database(settings, lambda sessions: revoke_token(sessions, name))
+    typer.echo(f"Revoked {name}.")
+
+
+@tokens_app.command("list")
+def tokens_list() -> None:
+    """List the tokens (names, scopes, dates; never the tokens themselves)."""
+    settings = _settings()
+    tokens = _with_database(settings, list_tokens)
+    table = Table("name", "scope", "created", "revoked")
+    for token in tokens:
+        table.add_row(
+            token.name,
+            token.scope,
+            f"{token.created_at:%Y-%m-%d %H:%M}",
+            "" if token.revoked_at is None else f"{token.revoked_at:%Y-%m-%d %H:%M}",
+        )
+    Console().print(table)

@@ -1,0 +1,160 @@
+"""What the trainer API sends: pages of export records, lease records, and opaque cursors.
+
+The export formats, consent rule, redaction and pseudonyms belong to :mod:`feedback.exports`
+and :mod:`feedback.redact`; this module pages them and cleans leased events the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from feedback.exports import iter_records
+from feedback.redact import mask_names, pseudonym, redact
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from feedback.exports import ExportFilter
+    from feedback.queue import QueueRecord
+
+__all__ = ["CursorError", "Page", "decode_cursor", "encode_cursor", "lease_record", "page"]
+
+#: Longest cursor accepted; the ones we issue are far shorter.
+MAX_CURSOR_CHARS = 200
+
+
+class CursorError(ValueError):
+    """A cursor this API did not issue, or one issued for another format."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page: the records, the cursor to resume after them, and whether more were waiting."""
+
+    records: list[dict[str, Any]]
+    next_cursor: str | None
+    has_more: bool
+
+
+def encode_cursor(fmt: str, key: int) -> str:
+    """An opaque cursor resuming ``fmt`` after ``key``."""
+    raw = json.dumps({"f": fmt, "k": key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str, fmt: str) -> int:
+    """The key inside a cursor; :class:`CursorError` if it is not one of ours for ``fmt``."""
+    try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        cursor_format, key = data["f"], data["k"]
+        if not isinstance(key, int) or isinstance(key, bool) or key < 0:
+            raise ValueError
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise CursorError(
+            "cursor is not one this API issued; pass the next_cursor of the previous page, "
+            "or no cursor to start from the beginning"
+        ) from None
+    if cursor_format != fmt:
+        raise CursorError(f"cursor belongs to format {cursor_format!r}, not {fmt!r}")
+    return key
+
+
+async def page(
+    sessions: async_sessionmaker[AsyncSession],
+    fmt: str,
+    flt: ExportFilter,
+    *,
+    pseudonym_secret: bytes,
+    after: int | None,
+    limit: int,
+) -> Page:
+    """Up to ``limit`` records of ``fmt`` after the key ``after``, in a stable order.
+
+    Records of one user turn share a key and are never split across pages: a page stops before
+    a turn that would overflow it, unless that turn alone exceeds ``limit`` (then the page holds
+    just that turn). ``next_cursor`` is set whenever a record was returned (or echoes
+    ``after``), so a trainer that reached the end can poll again later and receive only newer
+    records.
+    """
+    records: list[dict[str, Any]] = []
+    last = after
+    has_more = False
+    turn_key: int | None = None
+    turn: list[dict[str, Any]] = []
+    source = iter_records(sessions, fmt, flt, pseudonym_secret=pseudonym_secret, after_id=after)
+    async with contextlib.aclosing(source) as items:
+        async for key, record in items:
+            if turn and key != turn_key:
+                if records and len(records) + len(turn) > limit:
+                    has_more = True
+                    break
+                records.extend(turn)
+                last, turn = turn_key, []
+                if len(records) >= limit:
+                    has_more = True
+                    break
+            turn_key = key
+            turn.append(record)
+        else:
+            if turn and records and len(records) + len(turn) > limit:
+                has_more = True
+            elif turn:
+                records.extend(turn)
+                last = turn_key
+    return Page(
+        records=records,
+        next_cursor=None if last is None else encode_cursor(fmt, last),
+        has_more=has_more,
+    )
+
+
+def lease_record(record: QueueRecord, secret: bytes) -> dict[str, Any]:
+    """A leased feedback event as JSON, cleaned the way exports are.
+
+    Ids become keyed pseudonyms; texts pass through :func:`~feedback.redact.redact` with the
+    user's display name masked. When the user has not consented to training use (or the event
+    concerns no user turn), every text is ``null`` and ``consented`` is false: the record still
+    counts, and is consumed with its lease, but carries nothing of the user's.
+    """
+    names = (record.user_name or "").strip()
+    stand_ins = {names: pseudonym(names.casefold(), secret, prefix="name")} if names else {}
+
+    def clean(text: str | None) -> str | None:
+        if text is None or not record.consented:
+            return None
+        return mask_names(redact(text), stand_ins)
+
+    prompt = None
+    if record.consented and record.prompt is not None:
+        prompt = [
+            {**message, "content": clean(message.get("content", ""))} for message in record.prompt
+        ]
+    actor = record.actor_id
+    return {
+        "event_id": record.event_id,
+        "kind": record.kind,
+        "actor": actor if actor == "timeout" else pseudonym(actor, secret, prefix="actor"),
+        "user": None
+        if record.user_id is None
+        else pseudonym(record.user_id, secret, prefix="user"),
+        "conversation": pseudonym(str(record.conversation_id), secret, prefix="conversation"),
+        "consented": record.consented,
+        "persona": record.persona,
+        "persona_version": record.persona_version,
+        "rating": record.rating,
+        "tags": record.tags,
+        "original_text": clean(record.original_text),
+        "new_text": clean(record.new_text),
+        "edit_distance": record.edit_distance,
+        "candidate_text": clean(record.candidate_text),
+        "result_text": clean(record.result_text),
+        "prompt": prompt,
+        "created_at": record.created_at.isoformat(),
+    }

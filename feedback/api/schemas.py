@@ -1,0 +1,99 @@
+"""Request and response bodies of the trainer API, as shown in its OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from feedback.queue import MAX_BATCH, MAX_TTL, MIN_TTL
+
+__all__ = [
+    "AckResponse",
+    "ErrorResponse",
+    "Format",
+    "LeaseRecord",
+    "LeaseRequest",
+    "LeaseResponse",
+    "PageResponse",
+]
+
+Format = Literal["openai-sft", "openai-dpo", "trl-sft", "trl-dpo", "trl-kto", "oasst"]
+
+
+class LeaseRequest(BaseModel):
+    """Claim a batch of queue records for a training job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str = Field(min_length=1, max_length=128, description="The training job's name.")
+    limit: int = Field(default=100, ge=1, le=MAX_BATCH, description="Most records to claim.")
+    ttl_seconds: int = Field(
+        default=600,
+        ge=int(MIN_TTL.total_seconds()),
+        le=int(MAX_TTL.total_seconds()),
+        description="How long the job may take before the records return to the queue.",
+    )
+
+
+class LeaseRecord(BaseModel):
+    """One leased feedback event. Ids are pseudonyms; texts are redacted, and all ``null``
+    when the user has not consented to training use (``consented`` false)."""
+
+    event_id: int
+    kind: str
+    actor: str
+    user: str | None
+    conversation: str
+    consented: bool
+    persona: str
+    persona_version: str | None
+    rating: int | None
+    tags: list[str]
+    original_text: str | None
+    new_text: str | None
+    edit_distance: int | None
+    candidate_text: str | None
+    result_text: str | None
+    prompt: list[dict[str, Any]] | None
+    created_at: datetime
+
+
+class LeaseResponse(BaseModel):
+    """A claimed batch; ``lease_id`` is null when nothing was available."""
+
+    lease_id: str | None
+    job: str
+    expires_at: datetime | None
+    records: list[LeaseRecord]
+
+
+class AckResponse(BaseModel):
+    """What an acknowledgement consumed; a retried one has ``already_acked`` and consumes 0."""
+
+    lease_id: str
+    consumed: int
+    acked_at: datetime
+    already_acked: bool
+
+
+class PageResponse(BaseModel):
+    """A page of export records. Pass ``next_cursor`` back to continue (also after the end,
+    to receive only newer records); ``has_more`` says whether more were waiting."""
+
+    records: list[dict[str, Any]]
+    next_cursor: str | None
+    has_more: bool
+
+
+class _ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, str]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a machine-readable code and a message for people."""
+
+    error: _ErrorDetail

@@ -1,0 +1,394 @@
+"""Reading conversation trees for export, one user turn at a time, in bounded memory.
+
+A :class:`TurnTree` is one user turn with the assistant nodes under it (the candidates the model
+produced, regenerations, actors' rewrites and takeover messages, siblings in id order), the
+actor verdicts on each (ratings and tags as labels, approvals, rejections) and the prompt
+snapshots they link to. The sent reply is the node in state ``sent`` (or ``approved``, decided
+and waiting for delivery).
+
+:func:`iter_turn_trees` pages through user turns by id (keyset pagination, ``batch_size`` turns
+a page) with four indexed queries a page: turns, their replies, the events on those replies, and
+the snapshots they use. Memory stays flat however large the table is.
+
+Consent is applied in the turn query: a user's turn is read only if the user said yes
+(``user_privacy.consent``), or said nothing in a server channel whose guild's
+``consent_default`` is true. A DM or terminal turn needs an explicit yes; erased users are
+skipped even if some row of theirs survived.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Text, and_, bindparam, cast, false, func, literal, or_, select
+
+from feedback.models import (
+    ChannelSetting,
+    Conversation,
+    FeedbackEvent,
+    GuildSetting,
+    MessageNode,
+    PromptSnapshot,
+    UserPrivacy,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from datetime import datetime
+
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from sqlalchemy.sql.elements import ColumnElement
+
+    from feedback.exports.filters import ExportFilter
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "ReplyNode",
+    "Snapshot",
+    "TurnTree",
+    "count_turns",
+    "iter_turn_trees",
+]
+
+_log = logging.getLogger(__name__)
+
+#: User turns read per page: four queries a page, a few thousand rows in memory.
+DEFAULT_BATCH_SIZE = 1000
+#: States of the reply that went out, or was decided and waits for delivery.
+FINAL_STATES = ("sent", "approved")
+#: Event kinds by which an actor turns a candidate down for another reply.
+_REJECTING_KINDS = ("rewrite", "regenerate")
+_CHANNEL_PREFIX = "channel:"
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """A prompt snapshot as stored; ``messages`` is parsed on first use."""
+
+    id: int
+    raw_messages: str
+    model_name: str
+    _parsed: list[dict[str, Any]] | None = None
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The exact messages the model was sent (system, history, the user's message)."""
+        if self._parsed is None:
+            self._parsed = orjson.loads(self.raw_messages)
+        return self._parsed
+
+
+@dataclass(slots=True)
+class ReplyNode:
+    """An assistant node with the verdicts actors gave it."""
+
+    id: int
+    origin: str
+    state: str
+    author_id: str
+    content: str
+    snapshot_id: int | None
+    decided_by: str | None
+    created_at: datetime
+    #: ``(actor id, rating or None, tags)`` of each ``rate`` event, in event order.
+    ratings: list[tuple[str, int | None, tuple[str, ...]]] = field(default_factory=list)
+    #: Actors who approved this node (hold timeouts are not actors).
+    approved_by: list[str] = field(default_factory=list)
+    #: The actor who turned it down by rewriting or regenerating it, and the replacing node.
+    rejected_by: str | None = None
+    replaced_by: int | None = None
+    #: For a rewrite: the node it rewrote.
+    rewrite_of: int | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """The reply that went out (or was decided to)."""
+        return self.state in FINAL_STATES
+
+    @property
+    def is_model_output(self) -> bool:
+        """A model candidate (not a canned fallback, a greeting or an actor's text)."""
+        return self.origin == "model"
+
+    @property
+    def trainable(self) -> bool:
+        """Usable as a training target or alternative: model output or an actor's text."""
+        return self.origin in ("model", "rewrite", "takeover")
+
+    @property
+    def mean_rating(self) -> float | None:
+        """The mean of the actors' ratings, or ``None`` if nobody rated it."""
+        values = [rating for _, rating, _ in self.ratings if rating is not None]
+        return sum(values) / len(values) if values else None
+
+    @property
+    def rating_count(self) -> int:
+        """How many ratings (not tag-only events) it has."""
+        return sum(rating is not None for _, rating, _ in self.ratings)
+
+    @property
+    def tag_counts(self) -> dict[str, int]:
+        """How many rate events put each tag on it."""
+        counts: dict[str, int] = {}
+        for _, _, tags in self.ratings:
+            for tag in tags:
+                counts[tag] = counts.get(tag, 0) + 1
+        return counts
+
+    @property
+    def endorsed(self) -> bool:
+        """An actor chose this text: wrote it (rewrite, takeover) or approved it."""
+        return self.origin in ("rewrite", "takeover") or bool(self.approved_by)
+
+    def carries_any(self, tags: tuple[str, ...]) -> bool:
+        """Whether a rate event put one of ``tags`` on it (always true for no tags)."""
+        if not tags:
+            return True
+        return any(tag in event_tags for _, _, event_tags in self.ratings for tag in tags)
+
+
+@dataclass(slots=True)
+class TurnTree:
+    """One user turn and its replies (siblings in id order), ready to turn into records."""
+
+    user_turn_id: int
+    conversation_id: int
+    persona: str
+    scope: str
+    user_id: str
+    user_name: str
+    content: str
+    created_at: datetime
+    replies: list[ReplyNode] = field(default_factory=list)
+    snapshots: dict[int, Snapshot] = field(default_factory=dict)
+
+    @property
+    def is_group(self) -> bool:
+        """A server channel (user lines in prompts carry the speaker's name)."""
+        return self.scope.startswith(_CHANNEL_PREFIX)
+
+    @property
+    def final(self) -> ReplyNode | None:
+        """The reply that went out (the latest if several were marked), or ``None``."""
+        finals = [node for node in self.replies if node.is_final]
+        return finals[-1] if finals else None
+
+    def node(self, node_id: int) -> ReplyNode | None:
+        """The sibling with this id, if it is under this turn."""
+        for node in self.replies:
+            if node.id == node_id:
+                return node
+        return None
+
+    def snapshot_for(self, node: ReplyNode) -> Snapshot | None:
+        """The node's prompt snapshot, else the first sibling's (a takeover has none)."""
+        if node.snapshot_id is not None and node.snapshot_id in self.snapshots:
+            return self.snapshots[node.snapshot_id]
+        for sibling in self.replies:
+            if sibling.snapshot_id is not None and sibling.snapshot_id in self.snapshots:
+                return self.snapshots[sibling.snapshot_id]
+        return None
+
+    @property
+    def reviewed(self) -> bool:
+        """Whether any actor gave a verdict on a reply of this turn."""
+        return any(
+            node.ratings
+            or node.approved_by
+            or node.rejected_by
+            or node.origin == "takeover"
+            or node.origin == "rewrite"
+            for node in self.replies
+        )
+
+
+def _consented(flt: ExportFilter) -> tuple[list[Any], ColumnElement[bool]]:
+    """The outer joins and the condition that keep only turns whose author consented."""
+    channel_key = (
+        Conversation.transport
+        + literal(":")
+        + func.substr(Conversation.scope, len(_CHANNEL_PREFIX) + 1)
+    )
+    joins: list[Any] = [
+        (UserPrivacy, UserPrivacy.user_id == MessageNode.author_id),
+        (
+            ChannelSetting,
+            and_(
+                Conversation.scope.startswith(_CHANNEL_PREFIX),
+                ChannelSetting.channel_key == channel_key,
+            ),
+        ),
+        (GuildSetting, GuildSetting.guild_key == ChannelSetting.guild_key),
+    ]
+    condition = and_(
+        UserPrivacy.erased_at.is_(None),
+        or_(
+            UserPrivacy.consent.is_(True),
+            and_(
+                UserPrivacy.consent.is_(None),
+                Conversation.scope.startswith(_CHANNEL_PREFIX),
+                func.coalesce(GuildSetting.consent_default, false()).is_(True),
+            ),
+        ),
+    )
+    return joins, condition
+
+
+def _turn_query(flt: ExportFilter) -> Any:
+    """User turns that pass the filter and consent, after a keyset position, in id order."""
+    joins, consent = _consented(flt)
+    query = select(
+        MessageNode.id,
+        MessageNode.conversation_id,
+        MessageNode.author_id,
+        MessageNode.author_name,
+        MessageNode.content,
+        MessageNode.created_at,
+        Conversation.persona,
+        Conversation.scope,
+    ).join(Conversation, Conversation.id == MessageNode.conversation_id)
+    for target, on in joins:
+        query = query.outerjoin(target, on)
+    conditions = [MessageNode.role == "user", consent]
+    if flt.since is not None:
+        conditions.append(MessageNode.created_at >= flt.since)
+    if flt.until is not None:
+        conditions.append(MessageNode.created_at < flt.until)
+    if flt.persona is not None:
+        conditions.append(Conversation.persona == flt.persona)
+    return query.where(*conditions)
+
+
+async def count_turns(sessions: async_sessionmaker[AsyncSession], flt: ExportFilter) -> int:
+    """How many user turns the filter selects (the total of a progress bar)."""
+    subquery = _turn_query(flt).subquery()
+    async with sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(subquery)) or 0)
+
+
+_REPLIES = (
+    select(
+        MessageNode.id,
+        MessageNode.parent_id,
+        MessageNode.origin,
+        MessageNode.state,
+        MessageNode.author_id,
+        MessageNode.content,
+        MessageNode.prompt_snapshot_id,
+        MessageNode.decided_by,
+        MessageNode.created_at,
+    )
+    .where(MessageNode.parent_id.in_(bindparam("turn_ids", expanding=True)))
+    .where(MessageNode.role == "assistant")
+    .order_by(MessageNode.id)
+)
+_EVENTS = (
+    select(
+        FeedbackEvent.candidate_id,
+        FeedbackEvent.kind,
+        FeedbackEvent.actor_id,
+        FeedbackEvent.rating,
+        cast(FeedbackEvent.tags, Text),
+        FeedbackEvent.result_id,
+    )
+    .join(MessageNode, MessageNode.id == FeedbackEvent.candidate_id)
+    .where(MessageNode.parent_id.in_(bindparam("turn_ids", expanding=True)))
+    .order_by(FeedbackEvent.id)
+)
+_SNAPSHOTS = select(
+    PromptSnapshot.id, cast(PromptSnapshot.messages, Text), PromptSnapshot.model_name
+).where(PromptSnapshot.id.in_(bindparam("snapshot_ids", expanding=True)))
+
+
+def _tags(raw: str | None) -> tuple[str, ...]:
+    if not raw or raw == "[]":
+        return ()
+    return tuple(orjson.loads(raw))
+
+
+async def _read_page(session: AsyncSession, turn_rows: list[Any]) -> list[TurnTree]:
+    trees = {
+        row[0]: TurnTree(
+            user_turn_id=row[0],
+            conversation_id=row[1],
+            user_id=row[2],
+            user_name=row[3],
+            content=row[4],
+            created_at=row[5],
+            persona=row[6],
+            scope=row[7],
+        )
+        for row in turn_rows
+    }
+    turn_ids = list(trees)
+    nodes: dict[int, ReplyNode] = {}
+    snapshot_ids: set[int] = set()
+    for row in await session.execute(_REPLIES, {"turn_ids": turn_ids}):
+        node = ReplyNode(
+            id=row[0],
+            origin=row[2],
+            state=row[3],
+            author_id=row[4],
+            content=row[5],
+            snapshot_id=row[6],
+            decided_by=row[7],
+            created_at=row[8],
+        )
+        nodes[node.id] = node
+        trees[row[1]].replies.append(node)
+        if node.snapshot_id is not None:
+            snapshot_ids.add(node.snapshot_id)
+    for candidate_id, kind, actor_id, rating, tags, result_id in await session.execute(
+        _EVENTS, {"turn_ids": turn_ids}
+    ):
+        node = nodes.get(candidate_id)
+        if node is None:
+            continue
+        if kind == "rate":
+            node.ratings.append((actor_id, rating, _tags(tags)))
+        elif kind == "approve":
+            node.approved_by.append(actor_id)
+        elif kind in _REJECTING_KINDS:
+            node.rejected_by = actor_id
+            node.replaced_by = result_id
+            if kind == "rewrite" and result_id in nodes:
+                nodes[result_id].rewrite_of = node.id
+    if snapshot_ids:
+        snapshots = await session.execute(_SNAPSHOTS, {"snapshot_ids": sorted(snapshot_ids)})
+        by_id = {row[0]: Snapshot(row[0], row[1], row[2]) for row in snapshots}
+        for tree in trees.values():
+            for node in tree.replies:
+                if node.snapshot_id in by_id:
+                    tree.snapshots[node.snapshot_id] = by_id[node.snapshot_id]
+    return list(trees.values())
+
+
+async def iter_turn_trees(
+    sessions: async_sessionmaker[AsyncSession],
+    flt: ExportFilter,
+    *,
+    after_id: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> AsyncIterator[list[TurnTree]]:
+    """Pages of :class:`TurnTree` in user-turn id order, starting after ``after_id``.
+
+    Each page is read in its own short transaction, so a long export never holds a database
+    snapshot open; turns added while it runs are picked up if their id is still ahead.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    base = _turn_query(flt).order_by(MessageNode.id).limit(batch_size)
+    position = after_id if after_id is not None else 0
+    while True:
+        async with sessions() as session:
+            turn_rows = list(await session.execute(base.where(MessageNode.id > position)))
+            if not turn_rows:
+                return
+            page = await _read_page(session, turn_rows)
+        position = turn_rows[-1][0]
+        yield page
+        if len(turn_rows) < batch_size:
+            return

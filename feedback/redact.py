@@ -1,0 +1,102 @@
+"""Redaction and pseudonyms for text that leaves Greenroom as training data.
+
+:func:`redact` replaces the patterns it recognises: e-mail addresses (``[email]``), URLs
+(``[url]``), Discord mentions ``<@123>``, ``<@!123>``, ``<@&123>``, ``<#123>`` (``[mention]``),
+phone numbers (``[phone]``) and Discord snowflake ids, 17 to 20 digits (``[id]``). Ordinary
+numbers stay: ages, years, dates, prices, short counts.
+
+Limits: phone numbers are recognised by shape, not by a numbering plan: an international number
+starting with ``+``, a number with an area code in brackets, the North American 3-3-4 shape, or
+a trunk-prefixed national number starting with ``0`` (``020 7946 0958``, ``07946 095812``).
+A bare run of 8 to 16 digits with no separators and no ``+`` is left alone (it may be an order
+number), unless it is long enough to be a snowflake. Names written in prose are not recognised;
+:func:`mask_names` replaces the display names an export knows about.
+
+:func:`pseudonym` turns an id into a stable keyed hash (HMAC-SHA256 with a secret the caller
+passes in, first 12 hex digits), so the same user gets the same pseudonym in every export made
+with the same secret, and nobody without the secret can map it back or test a guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from functools import lru_cache
+
+__all__ = ["mask_names", "pseudonym", "redact"]
+
+_MENTION = r"<(?:@[!&]?|#)\d+>"
+_EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}"
+_URL = r"(?:https?://|www\.|discord\.gg/)[^\s<>\"']+"
+_SEP = r"[ .\-]?"
+_PHONE = (
+    # +44 20 7946 0958, +1 (555) 123-4567, +15551234567
+    r"\+\d{1,3}(?:[ .\-]?\(\d{1,4}\))?(?:[ .\-]?\d{1,5}){1,5}"
+    # (555) 123-4567, (020) 7946 0958
+    r"|\(\d{2,5}\)" + _SEP + r"\d{3,4}[ .\-]?\d{3,4}"
+    # 555-123-4567, 555.123.4567, 555 123 4567
+    r"|\d{3}(?P<sep>[ .\-])\d{3}(?P=sep)\d{4}"
+    # 020 7946 0958, 07946 095812, 0800-123-4567
+    r"|0\d{2,4}[ .\-]?\d{3,4}[ .\-]?\d{3,4}"
+)
+_SNOWFLAKE = r"\d{17,20}"
+
+_PATTERN = re.compile(
+    rf"(?P<mention>{_MENTION})"
+    rf"|(?P<email>{_EMAIL})"
+    rf"|(?P<url>{_URL})"
+    rf"|(?<![\w+])(?P<phone>{_PHONE})(?![\w])"
+    rf"|(?<!\w)(?P<id>{_SNOWFLAKE})(?!\w)"
+)
+#: Any text without one of these characters cannot match; checking first is cheap.
+_TRIGGER = re.compile(r"[\d@<]|www\.")
+_URL_TRAILING = ".,;:!?)]}'\""
+_PHONE_DIGITS = (7, 15)
+
+
+def _replace(match: re.Match[str]) -> str:
+    kind = match.lastgroup
+    text = match.group(0)
+    if kind == "url":
+        stripped = text.rstrip(_URL_TRAILING)
+        return "[url]" + text[len(stripped) :]
+    if kind == "phone":
+        digits = sum(char.isdigit() for char in text)
+        if not _PHONE_DIGITS[0] <= digits <= _PHONE_DIGITS[1]:
+            return text
+        return "[phone]"
+    return f"[{kind}]"
+
+
+def redact(text: str) -> str:
+    """``text`` with e-mails, phone numbers, URLs, Discord mentions and snowflakes replaced."""
+    if not _TRIGGER.search(text):
+        return text
+    return _PATTERN.sub(_replace, text)
+
+
+def pseudonym(identifier: str, secret: bytes, *, prefix: str = "user") -> str:
+    """A stable keyed pseudonym: ``prefix_`` and the first 12 hex digits of HMAC-SHA256."""
+    if not secret:
+        raise ValueError("the pseudonym secret is empty; pass the export's secret key")
+    digest = hmac.new(secret, identifier.encode("utf-8"), hashlib.sha256).hexdigest()
+    return f"{prefix}_{digest[:12]}"
+
+
+@lru_cache(maxsize=4096)
+def _names_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+
+
+def mask_names(text: str, replacements: dict[str, str]) -> str:
+    """Replace whole-word, case-insensitive occurrences of each name by its stand-in.
+
+    Names shorter than two characters are left alone (they would hit ordinary words).
+    """
+    names = tuple(name for name in replacements if len(name) >= 2)
+    if not names:
+        return text
+    lookup = {name.casefold(): stand_in for name, stand_in in replacements.items()}
+    return _names_pattern(names).sub(lambda m: lookup[m.group(0).casefold()], text)

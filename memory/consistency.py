@@ -1,0 +1,148 @@
+"""Consistency rules: does a candidate reply contradict a fact, and how far is it from the voice?
+
+Contradiction is decided by rules, not a model (no NLI model with bundled weights exists here):
+
+1. Key rule: facts extracted from the reply (see :mod:`memory.facts`) against facts extracted from
+   canon lines and earlier self-statements with the same key ("I grew up in Lisbon" vs "I grew
+   up in Oslo"; "I am 34" vs "I'm 29"; "I have a sister" vs "I don't have a sister"). Score 1.0.
+2. Similarity rules, for a reply sentence close to a fact sentence (cosine >= ``gate``): a
+   negation present in one but not the other, different numbers, or different named entities
+   (capitalized words other than the first of the sentence and "I"). Score = the cosine.
+
+Drift is ``1 - cosine(reply, voice centroid)``, the centroid being the normalized mean of the
+embeddings of the card's example lines and of actor-approved replies.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .facts import ExtractedFact, extract_facts, split_sentences
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["Conflict", "find_conflicts", "voice_centroid"]
+
+_NEGATION_RE = re.compile(r"(?i)\b(?:not|no|never|none|nobody|nothing|neither|nor|\w+n[’']t)\b")
+_NUMBER_RE = re.compile(r"\b\d+(?:[.,]\d+)?\b")
+_CAPITAL_RE = re.compile(r"\b[A-Z][a-zA-Z'-]+\b")
+_NOT_ENTITIES = frozenset(
+    {"I", "I'm", "I've", "I'd", "I'll", "Yes", "No", "Oh", "Well", "Sure", "Okay", "OK"}
+)
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """One contradiction between a reply sentence and a known fact."""
+
+    rule: str
+    score: float
+    reply_sentence: str
+    fact_text: str
+    fact_kind: str
+    fact_source: str
+    detail: dict[str, str]
+
+
+def _entities(sentence: str) -> set[str]:
+    words = _CAPITAL_RE.findall(sentence)
+    first = sentence.split(maxsplit=1)[0].strip("\"'(") if sentence.split() else ""
+    return {w for w in words if w not in _NOT_ENTITIES and w != first}
+
+
+def _normalized(value: str | None) -> str:
+    return " ".join((value or "").lower().split())
+
+
+def find_conflicts(
+    reply: str,
+    facts: Sequence[tuple[str, str, str]],
+    fact_vectors: np.ndarray | None,
+    reply_vectors: np.ndarray | None,
+    *,
+    gate: float,
+) -> list[Conflict]:
+    """Contradictions between ``reply`` and ``facts`` (``(text, kind, source)`` triples).
+
+    ``fact_vectors`` / ``reply_vectors`` are normalized embeddings of the fact texts and of
+    :func:`split_sentences` of the reply (either may be ``None``: then only the key rule runs);
+    the caller embeds, so this stays pure and fast.
+    """
+    conflicts: list[Conflict] = []
+    reply_facts = extract_facts(reply)
+    seen: set[tuple[str, str]] = set()
+    for fact_text, kind, source in facts:
+        known: list[ExtractedFact] = extract_facts(fact_text)
+        for said in reply_facts:
+            for fact in known:
+                if fact.attribute != said.attribute or fact.value is None or said.value is None:
+                    continue
+                if _normalized(fact.value) == _normalized(said.value):
+                    continue
+                seen.add((said.sentence, fact_text))
+                conflicts.append(
+                    Conflict(
+                        rule="value_mismatch",
+                        score=1.0,
+                        reply_sentence=said.sentence,
+                        fact_text=fact_text,
+                        fact_kind=kind,
+                        fact_source=source,
+                        detail={
+                            "key": said.attribute,
+                            "expected": fact.value,
+                            "found": said.value,
+                        },
+                    )
+                )
+    if fact_vectors is None or reply_vectors is None or not len(facts):
+        return conflicts
+    sentences = split_sentences(reply)
+    similarity = reply_vectors @ fact_vectors.T
+    for i, sentence in enumerate(sentences):
+        for j, (fact_text, kind, source) in enumerate(facts):
+            score = float(similarity[i, j])
+            if score < gate or (sentence, fact_text) in seen:
+                continue
+            rule, detail = _similarity_rule(sentence, fact_text)
+            if rule is None:
+                continue
+            conflicts.append(Conflict(rule, score, sentence, fact_text, kind, source, detail))
+    conflicts.sort(key=lambda c: c.score, reverse=True)
+    return conflicts
+
+
+def _similarity_rule(sentence: str, fact: str) -> tuple[str | None, dict[str, str]]:
+    neg_reply = bool(_NEGATION_RE.search(sentence))
+    neg_fact = bool(_NEGATION_RE.search(fact))
+    if neg_reply != neg_fact:
+        return "negation_mismatch", {"negated": "reply" if neg_reply else "fact"}
+    numbers_reply = set(_NUMBER_RE.findall(sentence))
+    numbers_fact = set(_NUMBER_RE.findall(fact))
+    if numbers_reply and numbers_fact and not numbers_reply & numbers_fact:
+        return "number_mismatch", {
+            "expected": ", ".join(sorted(numbers_fact)),
+            "found": ", ".join(sorted(numbers_reply)),
+        }
+    entities_reply = _entities(sentence)
+    entities_fact = _entities(fact)
+    if entities_reply and entities_fact and not entities_reply & entities_fact:
+        return "entity_mismatch", {
+            "expected": ", ".join(sorted(entities_fact)),
+            "found": ", ".join(sorted(entities_reply)),
+        }
+    return None, {}
+
+
+def voice_centroid(vectors: np.ndarray) -> np.ndarray | None:
+    """Normalized mean of ``vectors`` (rows), or ``None`` when there are none."""
+    if vectors.size == 0:
+        return None
+    mean = vectors.mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return None if norm == 0 else (mean / norm).astype(np.float32)

@@ -1,0 +1,103 @@
+"""memory/ with the real bundled all-MiniLM-L6-v2 (slow: loads the model once per module)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memory import MemoryService, SentenceTransformerEmbedder, format_memory_lines
+
+pytestmark = pytest.mark.model
+
+PERSONA = "Marlowe"
+CANON = ["I grew up in Lisbon.", "I am 34.", "I have a sister."]
+VOICE = [
+    "Ahoy, friend! The lamp is lit and the kettle's on.",
+    "The sea's been restless tonight, much like you, I reckon.",
+    "Come sit by the window; the gulls are telling tall tales again.",
+    "Aye, the old lighthouse has seen worse storms than this one.",
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[SentenceTransformerEmbedder]:
+    yield SentenceTransformerEmbedder(threads=1)
+
+
+@pytest.fixture
+async def service(
+    tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> AsyncIterator[MemoryService]:
+    memory = MemoryService.open(path=tmp_path / "chroma", embedder=embedder)
+    await memory.sync_persona(PERSONA, canon_facts=CANON, voice_examples=VOICE)
+    yield memory
+    memory.close()
+
+
+def test_vectors_are_normalized(embedder: SentenceTransformerEmbedder) -> None:
+    vectors = embedder.embed(["hello there", "a lighthouse keeper"])
+    assert vectors.shape == (2, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(embedder.embed(["hello there"])[0], vectors[0])  # cached path agrees
+
+
+async def test_semantic_recall(service: MemoryService) -> None:
+    filler = ["I had toast for breakfast.", "Work was boring today.", "It rained all day."]
+    await service.remember_turn(
+        persona=PERSONA,
+        user_id="u",
+        conversation_id="c",
+        turn_id="0",
+        role="user",
+        text="My sister's name is Maya.",
+        speaker="alice",
+    )
+    for i, text in enumerate(filler * 4, start=1):
+        await service.remember_turn(
+            persona=PERSONA,
+            user_id="u",
+            conversation_id="c",
+            turn_id=str(i),
+            role="user",
+            text=f"{text} ({i})",
+            speaker="alice",
+        )
+    hits = await service.recall(
+        persona=PERSONA,
+        user_id="u",
+        query_texts=["Do you remember what my sibling is called?"],
+        k=3,
+    )
+    assert any("Maya" in line for line in format_memory_lines(hits))
+
+
+async def test_contradiction_real_model(service: MemoryService) -> None:
+    flags = await service.check_reply(
+        persona=PERSONA, user_id="u", reply="I grew up in Oslo, among the fjords."
+    )
+    contradictions = [f for f in flags if f.kind == "contradiction" and f.over_threshold]
+    assert contradictions and contradictions[0].evidence["fact"] == "I grew up in Lisbon."
+    flags = await service.check_reply(
+        persona=PERSONA, user_id="u", reply="Lisbon was a fine place to grow up; I miss it."
+    )
+    assert not [f for f in flags if f.kind == "contradiction" and f.over_threshold]
+
+
+async def test_drift_higher_off_voice(service: MemoryService) -> None:
+    in_voice = "Aye, the storm's passing; sit by the lamp and tell me your tale, friend."
+    off_voice = "As an AI language model, I can provide a summary of quarterly revenue metrics."
+
+    async def drift(reply: str) -> float:
+        flags = await service.check_reply(persona=PERSONA, user_id="u", reply=reply)
+        (flag,) = [f for f in flags if f.kind == "drift"]
+        return flag.score
+
+    assert await drift(off_voice) > await drift(in_voice)
+    before = await drift("Good morning! Lovely weather for sailing.")
+    await service.add_approved_voice(
+        persona=PERSONA, text="Good morning! Lovely weather for sailing."
+    )
+    assert await drift("Good morning! Lovely weather for sailing.") < before
