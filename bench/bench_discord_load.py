@@ -4,8 +4,8 @@ The bot runs as its own process (``greenroom run``, fake model, memory off), exa
 production; this process runs the loopback Discord server and the simulated users. 200 users send
 10 messages each across 50 channels bound to personas; each user sends their next message when
 the previous one is answered and a think time has passed (uniform, mean ``--think`` seconds; 0
-makes a closed loop that measures the most turns/s). Every message must get exactly one reply, counted
-from the server's recorded requests. Reports the latency from the server dispatching
+makes a closed loop that measures the most turns/s). Every message must get exactly one reply,
+counted from the server's recorded requests. Reports the latency from the server dispatching
 MESSAGE_CREATE to it receiving the reply's POST (p50, p99) and turns/s.
 Targets: p99 <= 50 ms, >= 100 turns/s.
 
@@ -108,7 +108,9 @@ async def _load(server, rooms, people, messages: int, backend: str, think_s: flo
         seen = 0
         while not finished.is_set():
             try:
-                await server.wait_until(lambda: len(server.requests) > seen, timeout=0.5)
+                await server.wait_until(
+                    lambda seen=seen: len(server.requests) > seen, timeout=0.5
+                )
             except TimeoutError:
                 continue
             fresh, seen = server.requests[seen:], len(server.requests)

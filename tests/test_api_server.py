@@ -70,7 +70,9 @@ async def test_pages_never_split_a_user_turn(monkeypatch: pytest.MonkeyPatch) ->
     async def next_page(after: int | None, limit: int) -> tuple[list[int], int | None, bool]:
         sessions: Any = None
         flt: Any = None
-        result = await page(sessions, "trl-dpo", flt, pseudonym_secret=b"x", after=after, limit=limit)
+        result = await page(
+            sessions, "trl-dpo", flt, pseudonym_secret=b"x", after=after, limit=limit
+        )
         last = None if result.next_cursor is None else decode_cursor(result.next_cursor, "trl-dpo")
         return [r["n"] for r in result.records], last, result.has_more
 
