@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from bot.llm import GenerationError, describe_model, generate
+from bot.moderation import Risk, RiskAssessor
 from bot.text import clean_reply, neutralise_user_text, normalise_incoming, split_message
 from feedback.store import SnapshotData
 from personas import approx_tokens
@@ -80,6 +81,10 @@ class MemoryPort(UserDataOwner, Protocol):
         self, persona: str, *, canon_facts: Sequence[str], voice_examples: Sequence[str]
     ) -> None: ...
 
+    async def replace_turn(
+        self, *, persona: str, user_id: str, turn_id: str, text: str
+    ) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
@@ -120,6 +125,7 @@ class Reply:
     fallback: bool = False
     flags: list[dict[str, Any]] = field(default_factory=list)
     memories: list[str] = field(default_factory=list)
+    risk: Risk = field(default_factory=lambda: Risk(hold=False, urgent=False, reasons=()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +164,7 @@ class ConversationEngine:
         self.memory = memory
         self.limits = limits or EngineLimits()
         self._model_name, self._model_params = describe_model(model)
+        self.risk = RiskAssessor()
         self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -250,6 +257,11 @@ class ConversationEngine:
             flags.append({"kind": "generation_failed", "reason": error.reason})
         if not fallback:
             flags.extend(await self._check(persona, incoming, reply_text))
+        risk = self.risk.assess(
+            text, flags=flags, actor_only_topics=persona.greenroom.actor_only_topics
+        )
+        if risk.hold:
+            flags.append(risk.as_flag())
         parts = split_message(reply_text, self.limits.max_reply_chars)
         reply_text = "\n".join(parts) if len(parts) > 1 else reply_text
         snapshot = SnapshotData(
@@ -280,7 +292,96 @@ class ConversationEngine:
             fallback=fallback,
             flags=flags,
             memories=memories,
+            risk=risk,
         )
+
+    async def record_user_turn(self, incoming: IncomingMessage) -> int | Refusal:
+        """Store a user turn without answering it (an actor has taken the conversation over)."""
+        checked = self.check(incoming.text)
+        if isinstance(checked, Refusal):
+            return checked
+        persona = self.personas.get(incoming.persona)
+        key = (incoming.transport, incoming.scope, persona.name)
+        async with self._lock_for(key):
+            conversation_id = await self.store.conversation_id(*key)
+            history = await self.store.history(conversation_id, 1)
+            return await self.store.add_user_turn(
+                conversation_id=conversation_id,
+                parent_id=history[-1].id if history else None,
+                user_id=incoming.user_id,
+                user_name=incoming.user_name,
+                text=checked,
+                external_id=incoming.external_id,
+            )
+
+    async def regenerate(self, candidate_id: int) -> tuple[str, SnapshotData, list[dict[str, Any]]]:
+        """A new candidate for the same prompt as ``candidate_id``: text, snapshot and flags.
+
+        Raises :class:`~bot.llm.GenerationError` when the model fails (the actor is told).
+        """
+        node = await self.store.get_node(candidate_id)
+        if node is None or node.prompt_snapshot_id is None:
+            raise LookupError("This reply has no stored prompt to regenerate from.")
+        snapshot = await self.store.get_snapshot(node.prompt_snapshot_id)
+        if snapshot is None:
+            raise LookupError("This reply's prompt was erased; it cannot be regenerated.")
+        persona = self.personas.get(snapshot.persona)
+        messages = [_to_message(item) for item in snapshot.messages]
+        result = await generate(self.model, messages, timeout_s=self.limits.timeout_s)
+        user_name = _user_name_of(snapshot.messages)
+        text = clean_reply(result.text, speaker=persona.name, others=(user_name,))
+        if not text:
+            raise GenerationError("the new candidate was empty", reason="empty")
+        text = "\n".join(split_message(text, self.limits.max_reply_chars))
+        parent = await self.store.get_node(node.parent_id) if node.parent_id else None
+        user_id = parent.author_id if parent is not None else ""
+        flags = await self._check(persona, _Scoped(user_id), text)
+        fresh = SnapshotData(
+            messages=list(snapshot.messages),
+            persona=snapshot.persona,
+            persona_version=snapshot.persona_version,
+            model_name=self._model_name,
+            params=self._model_params,
+            memories=list(snapshot.memories),
+        )
+        return text, fresh, flags
+
+    async def delivered(
+        self, node_id: int, *, external_id: str | None, replaces: int | None = None
+    ) -> None:
+        """Record that an actor-decided node went out; memory follows what was sent.
+
+        ``replaces`` names the node it replaced in place (a rewrite of a sent reply): memory
+        swaps that turn's text instead of remembering a new one.
+        """
+        await self.store.mark_sent(node_id, external_id)
+        if self.memory is None:
+            return
+        node = await self.store.get_node(node_id)
+        parent = await self.store.get_node(node.parent_id) if node and node.parent_id else None
+        if node is None or parent is None:
+            return
+        try:
+            if replaces is not None:
+                await self.memory.replace_turn(
+                    persona=node.author_name,
+                    user_id=parent.author_id,
+                    turn_id=str(replaces),
+                    text=node.content,
+                )
+                return
+            for turn in (parent, node):
+                await self.memory.remember_turn(
+                    persona=node.author_name,
+                    user_id=parent.author_id,
+                    conversation_id=str(node.conversation_id),
+                    turn_id=str(turn.id),
+                    role=turn.role,  # type: ignore[arg-type]
+                    text=turn.content,
+                    speaker=turn.author_name,
+                )
+        except Exception:
+            _log.exception("could not update memory for delivered node %s", node_id)
 
     async def mark_sent(self, reply: Reply, *, external_id: str | None = None) -> None:
         """Record that ``reply`` went out, then remember both turns (if memory is on).
@@ -404,7 +505,7 @@ class ConversationEngine:
         return format_memory_lines(hits)
 
     async def _check(
-        self, persona: Persona, incoming: IncomingMessage, reply: str
+        self, persona: Persona, incoming: IncomingMessage | _Scoped, reply: str
     ) -> list[dict[str, Any]]:
         if self.memory is None:
             return []
@@ -426,6 +527,25 @@ class ConversationEngine:
         for owner in owners:
             removed += await owner.delete_data_for_user(requester=requester, user_id=user_id)
         return removed
+
+
+@dataclass(frozen=True, slots=True)
+class _Scoped:
+    """The part of an incoming message the consistency check reads: whose memories."""
+
+    user_id: str
+
+
+def _to_message(item: dict[str, str]) -> BaseMessage:
+    kind = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}[item["role"]]
+    return kind(content=item["content"])
+
+
+def _user_name_of(messages: Sequence[dict[str, str]]) -> str:
+    """The speaker name of a group prompt's last user line (``Name: text``), if any."""
+    last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    head, sep, _ = last.partition(": ")
+    return head if sep and len(head) <= 64 else ""
 
 
 def _message_dict(message: BaseMessage) -> dict[str, str]:

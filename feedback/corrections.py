@@ -93,6 +93,8 @@ class ActionOutcome:
     event_id: int | None = None
     candidate_id: int | None = None
     result_id: int | None = None
+    #: The sent node that ``result_id`` replaces in place (edit, don't post), if any.
+    replaces: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +155,46 @@ class CorrectionStore:
         )
         if event is None:
             return None
+        replaced = None
+        if event.result_id is not None:
+            result = await session.get(MessageNode, event.result_id)
+            replaced = await self._replaced_sibling_id(session, result) if result else None
         return ActionOutcome(
             "duplicate",
             "Already recorded.",
             event_id=event.id,
             candidate_id=event.candidate_id,
             result_id=event.result_id,
+            replaces=replaced,
         )
+
+    async def _replaced_sibling_id(self, session: AsyncSession, node: MessageNode) -> int | None:
+        if not node.external_id:
+            return None
+        return await session.scalar(
+            select(MessageNode.id).where(
+                MessageNode.parent_id == node.parent_id,
+                MessageNode.state == "replaced",
+                MessageNode.external_id == node.external_id,
+            )
+        )
+
+    async def _replace_sent_sibling(self, session: AsyncSession, node: MessageNode) -> int | None:
+        """If a sibling of ``node`` was sent, ``node`` takes its place: it inherits the sent
+        message ids (to be edited in place) and the sibling becomes ``replaced``."""
+        sibling = await session.scalar(
+            select(MessageNode).where(
+                MessageNode.parent_id == node.parent_id,
+                MessageNode.role == "assistant",
+                MessageNode.state == "sent",
+                MessageNode.id != node.id,
+            )
+        )
+        if sibling is None or node.parent_id is None:
+            return None
+        sibling.state = "replaced"
+        node.external_id = sibling.external_id
+        return sibling.id
 
     async def _claim_blocks(
         self, session: AsyncSession, conversation_id: int, actor: Actor
@@ -185,6 +220,7 @@ class CorrectionStore:
         snapshot = None
         if node is not None and node.prompt_snapshot_id is not None:
             snapshot = await session.get(PromptSnapshot, node.prompt_snapshot_id)
+        replaces = values.pop("replaces", None)
         event = FeedbackEvent(
             kind=kind,
             actor_id=actor.id,
@@ -212,6 +248,7 @@ class CorrectionStore:
             event_id=event.id,
             candidate_id=event.candidate_id,
             result_id=event.result_id,
+            replaces=replaces,
         )
 
     async def _decide(
@@ -297,6 +334,7 @@ class CorrectionStore:
             why = await self._decide(session, node, actor, None if already_sent else "approved")
             if why:
                 return ActionOutcome("refused", why, candidate_id=candidate_id)
+            replaces = None if already_sent else await self._replace_sent_sibling(session, node)
             return await self._record(
                 session,
                 kind="approve",
@@ -306,6 +344,7 @@ class CorrectionStore:
                 persona=node.author_name,
                 key=key,
                 result_id=None if already_sent else node.id,
+                replaces=replaces,
             )
 
     async def rewrite(
@@ -327,6 +366,7 @@ class CorrectionStore:
             why = await self._decide(session, node, actor, "replaced" if was_sent else "rejected")
             if why:
                 return ActionOutcome("refused", why, candidate_id=candidate_id)
+            replaces = node.id if was_sent else None
             rewrite = MessageNode(
                 conversation_id=node.conversation_id,
                 parent_id=node.parent_id,
@@ -343,6 +383,8 @@ class CorrectionStore:
             )
             session.add(rewrite)
             await session.flush()
+            if replaces is None:
+                replaces = await self._replace_sent_sibling(session, rewrite)
             return await self._record(
                 session,
                 kind="rewrite",
@@ -355,6 +397,7 @@ class CorrectionStore:
                 original_text=node.content,
                 new_text=text,
                 edit_distance=Levenshtein.distance(node.content, text),
+                replaces=replaces,
             )
 
     async def regenerate(
@@ -379,15 +422,16 @@ class CorrectionStore:
             node = await self._load(session, candidate_id)
             if blocked := await self._claim_blocks(session, node.conversation_id, actor):
                 return ActionOutcome("refused", blocked, candidate_id=candidate_id)
-            if node.state == "sent":
+            if node.state != "sent":
+                # A sent reply stays out until its new sibling is approved (then edited in
+                # place); an unsent one is set aside as a rejected alternative.
+                why = await self._decide(session, node, actor, "rejected")
+                if why:
+                    return ActionOutcome("refused", why, candidate_id=candidate_id)
+            elif node.decided_by is not None and node.decided_by != actor.id:
                 return ActionOutcome(
-                    "refused",
-                    "This reply was already sent; use Rewrite to change it.",
-                    candidate_id=candidate_id,
+                    "refused", await self.describe_decision(candidate_id), candidate_id=candidate_id
                 )
-            why = await self._decide(session, node, actor, "rejected")
-            if why:
-                return ActionOutcome("refused", why, candidate_id=candidate_id)
             row = PromptSnapshot(
                 messages=snapshot.messages,
                 persona=snapshot.persona,

@@ -235,3 +235,28 @@ async def test_stale_candidate_says_so(
 ) -> None:
     with pytest.raises(InvalidAction, match="no longer exists"):
         await corrections.approve(424242, actor=ALICE_ACTOR, key="z")
+
+
+async def test_regenerating_a_sent_reply_then_approving_replaces_it_in_place(
+    store: ConversationStore, corrections: CorrectionStore
+) -> None:
+    turn = await add_turn(store, state="sent", reply="Old line.")
+    regen = await corrections.regenerate(
+        turn.candidate_id,
+        actor=ALICE_ACTOR,
+        text="New line.",
+        snapshot=snapshot_for("Marlowe", [{"role": "user", "content": "hello there"}]),
+        flags=[],
+        hold_until=None,
+        key="g",
+    )
+    assert (await store.get_node(turn.candidate_id)).state == "sent"  # type: ignore[union-attr]
+    approved = await corrections.approve(regen.result_id, actor=ALICE_ACTOR, key="a")  # type: ignore[arg-type]
+    assert approved.replaces == turn.candidate_id and approved.result_id == regen.result_id
+    fresh = await store.get_node(regen.result_id)  # type: ignore[arg-type]
+    assert fresh.external_id == f"msg-{turn.candidate_id}"  # type: ignore[union-attr]
+    assert (await store.get_node(turn.candidate_id)).state == "replaced"  # type: ignore[union-attr]
+    replay = await corrections.approve(regen.result_id, actor=ALICE_ACTOR, key="a")  # type: ignore[arg-type]
+    assert replay.status == "duplicate" and replay.replaces == turn.candidate_id
+    rewrite = await corrections.rewrite(regen.result_id, actor=BOB_ACTOR, text="Third.", key="w")  # type: ignore[arg-type]
+    assert rewrite.status == "refused"  # approved already: first decision won

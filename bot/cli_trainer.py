@@ -1,0 +1,255 @@
+"""``greenroom export`` and ``greenroom report``: the correction queue as training data and plots.
+
+Typer command functions; ``bot/cli.py`` registers them (``app.command("export")(export_command)``).
+Bad input (unknown format, inverted time range, bad split, unwritable output) ends the command
+with one line on standard error and exit code 2, and leaves no partial file behind.
+
+The pseudonym secret (the HMAC key of ``user_…``/``actor_…``/``name_…`` pseudonyms) comes from
+``GREENROOM_PSEUDONYM_SECRET``, else from ``data_dir/pseudonym.key``, created on first use with
+a random key and mode 0600. Keep that file: a new key gives everyone new pseudonyms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bot.settings import ConfigError, load_settings
+from feedback.database import DatabaseError, create_engine, migrate, session_factory
+from feedback.exports import (
+    FORMATS,
+    ExportError,
+    ExportFilter,
+    check_format,
+    count_turns,
+    dry_run_counts,
+    export_to_file,
+    parse_split,
+    parse_time,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from bot.settings import Settings
+
+__all__ = ["PSEUDONYM_SECRET_ENV", "export_command", "pseudonym_secret", "report_command"]
+
+#: The environment variable that holds the pseudonym secret (until a setting exists).
+PSEUDONYM_SECRET_ENV = "GREENROOM_PSEUDONYM_SECRET"
+_SECRET_FILE = "pseudonym.key"
+
+_err = Console(stderr=True)
+
+
+def _fail(message: str) -> NoReturn:
+    _err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def pseudonym_secret(settings: Settings) -> bytes:
+    """The pseudonym key: the environment's, else ``data_dir/pseudonym.key`` (made if missing)."""
+    from_env = os.environ.get(PSEUDONYM_SECRET_ENV, "").strip()
+    if from_env:
+        return from_env.encode("utf-8")
+    path = settings.data_dir / _SECRET_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text(encoding="ascii").strip()
+        if not key:
+            raise ConfigError(f"{path} is empty; delete it to make a new pseudonym key") from None
+        return key.encode("ascii")
+    except OSError as error:
+        raise ConfigError(f"cannot create the pseudonym key {path}: {error.strerror}") from None
+    key = secrets.token_hex(32)
+    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+        handle.write(key + "\n")
+    return key.encode("ascii")
+
+
+def _run(job: Callable[[async_sessionmaker[AsyncSession], bytes], Awaitable[Any]]) -> Any:
+    """Open the configured database, run ``job``, and turn known errors into one line."""
+    try:
+        settings = load_settings()
+        secret = pseudonym_secret(settings)
+    except ConfigError as error:
+        _fail(str(error))
+
+    async def main() -> Any:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await migrate(engine)
+            return await job(session_factory(engine), secret)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except (ExportError, DatabaseError, ConfigError) as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _filter(
+    since: str | None,
+    until: str | None,
+    persona: str | None,
+    min_rating: int | None,
+    tags: list[str] | None,
+) -> ExportFilter:
+    return ExportFilter(
+        since=parse_time(since, option="--since") if since else None,
+        until=parse_time(until, option="--until") if until else None,
+        persona=persona,
+        min_rating=min_rating,
+        tags=tuple(tags or ()),
+    )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_err,
+        transient=True,
+    )
+
+
+def export_command(
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help=f"One of: {', '.join(FORMATS)}.", show_default=False),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSONL file to write (split files go beside it).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only turns from this time (ISO 8601, inclusive).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only turns before this time (ISO 8601, exclusive).")
+    ] = None,
+    persona: Annotated[str | None, typer.Option(help="Only this persona.")] = None,
+    min_rating: Annotated[
+        int | None, typer.Option(help="Mean rating (1-5) from which a rated reply is good [4].")
+    ] = None,
+    tags: Annotated[
+        list[str] | None,
+        typer.Option(help="Only records whose reply carries one of these tags (repeat or a,b)."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split by conversation, e.g. train=0.9,test=0.1.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split assignment.")] = 0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print record counts per format and persona.")
+    ] = False,
+) -> None:
+    """Export corrections as training data (JSONL), streaming, with consent and redaction."""
+    try:
+        if fmt is not None:
+            check_format(fmt)
+        flt = _filter(since, until, persona, min_rating, tags)
+        splits = parse_split(split) if split else None
+    except ExportError as error:
+        _fail(str(error))
+    if dry_run:
+        formats = (fmt,) if fmt else FORMATS
+        counts = _run(lambda sessions, key: _dry_run(sessions, key, flt, formats))
+        _print_counts(counts)
+        return
+    if fmt is None:
+        _fail(f"--format is required; use one of: {', '.join(FORMATS)}")
+    if out is None:
+        _fail("--out is required: the JSONL file to write")
+    written = _run(lambda sessions, key: _export(sessions, key, fmt, flt, out, splits, seed))
+    console = Console()
+    for name, count in written.items():
+        target = out if name == "all" else out.with_name(f"{out.stem}.{name}{out.suffix}")
+        console.print(f"wrote {count:,} {fmt} records to {target}", highlight=False, soft_wrap=True)
+
+
+async def _export(
+    sessions: async_sessionmaker[AsyncSession],
+    secret: bytes,
+    fmt: str,
+    flt: ExportFilter,
+    out: Path,
+    splits: dict[str, float] | None,
+    seed: int,
+) -> dict[str, int]:
+    total = await count_turns(sessions, flt)
+    with _progress() as progress:
+        task = progress.add_task(f"export {fmt}", total=total)
+        return await export_to_file(
+            sessions,
+            fmt,
+            flt,
+            out,
+            split=splits,
+            seed=seed,
+            pseudonym_secret=secret,
+            progress=lambda turns: progress.advance(task, turns),
+        )
+
+
+async def _dry_run(
+    sessions: async_sessionmaker[AsyncSession],
+    secret: bytes,
+    flt: ExportFilter,
+    formats: tuple[str, ...],
+) -> dict[str, dict[str, int]]:
+    total = await count_turns(sessions, flt)
+    with _progress() as progress:
+        task = progress.add_task("count", total=total)
+        return await dry_run_counts(
+            sessions,
+            flt,
+            pseudonym_secret=secret,
+            formats=formats,
+            progress=lambda turns: progress.advance(task, turns),
+        )
+
+
+def _print_counts(counts: dict[str, dict[str, int]]) -> None:
+    table = Table("format", "persona", "records")
+    for fmt, by_persona in counts.items():
+        if not by_persona:
+            table.add_row(fmt, "-", "0")
+        for persona, count in by_persona.items():
+            table.add_row(fmt, persona, f"{count:,}")
+        if len(by_persona) > 1:
+            table.add_row(fmt, "[b]all[/]", f"[b]{sum(by_persona.values()):,}[/]")
+    Console().print(table)
+
+
+def report_command(
+    out: Annotated[Path, typer.Option(help="Folder to write the plots and index.html into.")],
+    persona: Annotated[str | None, typer.Option(help="Only this persona.")] = None,
+) -> None:
+    """Plot ratings, rewrite rate by turn depth, tags, actors, agreement and flag verdicts."""
+    from feedback.report import ReportError, write_report
+
+    def job(sessions: async_sessionmaker[AsyncSession], secret: bytes) -> Awaitable[Path]:
+        return write_report(sessions, out, persona=persona, pseudonym_secret=secret)
+
+    try:
+        page = _run(job)
+    except ReportError as error:  # raised before any database work for a bad folder
+        _fail(str(error))
+    Console().print(f"wrote {page}", highlight=False, soft_wrap=True)
