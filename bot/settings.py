@@ -23,6 +23,7 @@ from pydantic_settings import (
 __all__ = [
     "ChatLimits",
     "ConfigError",
+    "ConsoleSettings",
     "DiscordSettings",
     "MemorySettings",
     "ModelSettings",
@@ -95,6 +96,19 @@ class DiscordSettings(BaseModel):
     shutdown_grace_s: float = Field(default=20.0, ge=0.0, le=600.0)
 
 
+class ConsoleSettings(BaseModel):
+    """The live actor console."""
+
+    #: Seconds a held reply waits for an actor (review mode and risky replies).
+    hold_seconds: float = Field(default=45.0, ge=1.0, le=840.0)
+    #: When the hold runs out: send the reply as it is, or drop it for a holding line.
+    on_timeout: Literal["send", "drop"] = "send"
+    #: How long an actor's claim on a conversation lasts without activity.
+    claim_minutes: float = Field(default=10.0, gt=0.0, le=240.0)
+    #: The server whose console shows DM conversations (empty: DMs are not mirrored).
+    staff_guild_id: int | None = None
+
+
 class Settings(BaseSettings):
     """All of Greenroom's settings, read once per process by :func:`get_settings`."""
 
@@ -116,6 +130,7 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     chat: ChatLimits = Field(default_factory=ChatLimits)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @model_validator(mode="after")
     def _check_database_url(self) -> Settings:

@@ -1,4 +1,4 @@
-"""Per-channel settings: which persona a channel is bound to.
+"""Per-channel and per-server settings: bound persona, moderation mode, the actor console.
 
 Read on every incoming message, so lookups are cached in process; writes go through this store
 and refresh the cache.
@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from feedback.models import ChannelSetting
+from feedback.models import ChannelSetting, GuildSetting
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-__all__ = ["ChannelSettingsStore"]
+__all__ = ["ChannelSettingsStore", "GuildSettingsStore"]
 
 _log = logging.getLogger(__name__)
 
@@ -26,30 +26,92 @@ class ChannelSettingsStore:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self._persona_cache: dict[str, str | None] = {}
+        self._cache: dict[str, tuple[str | None, str | None]] = {}
+
+    async def _row(self, channel_key: str) -> tuple[str | None, str | None]:
+        if channel_key not in self._cache:
+            async with self._sessions() as session:
+                row = (
+                    await session.execute(
+                        select(ChannelSetting.persona, ChannelSetting.mode).where(
+                            ChannelSetting.channel_key == channel_key
+                        )
+                    )
+                ).first()
+            self._cache[channel_key] = (row[0], row[1]) if row else (None, None)
+        return self._cache[channel_key]
 
     async def persona_for(self, channel_key: str) -> str | None:
         """The persona bound to the channel, or ``None``."""
-        if channel_key in self._persona_cache:
-            return self._persona_cache[channel_key]
-        async with self._sessions() as session:
-            persona = await session.scalar(
-                select(ChannelSetting.persona).where(ChannelSetting.channel_key == channel_key)
-            )
-        self._persona_cache[channel_key] = persona
-        return persona
+        return (await self._row(channel_key))[0]
+
+    async def mode_for(self, channel_key: str) -> str | None:
+        """The channel's moderation mode (``auto``/``review``), or ``None`` for the persona's."""
+        return (await self._row(channel_key))[1]
+
+    async def set_mode(
+        self, channel_key: str, *, mode: str | None, guild_key: str | None, by: str
+    ) -> None:
+        """Set the channel's moderation mode (``None``: follow the persona's card)."""
+        await self._update(channel_key, guild_key=guild_key, by=by, mode=mode)
 
     async def bind(
         self, channel_key: str, *, persona: str | None, guild_key: str | None, by: str
     ) -> None:
         """Bind ``persona`` to the channel (``None`` unbinds)."""
+        await self._update(channel_key, guild_key=guild_key, by=by, persona=persona)
+
+    async def _update(
+        self, channel_key: str, *, guild_key: str | None, by: str, **values: str | None
+    ) -> None:
         async with self._sessions() as session:
             row = await session.get(ChannelSetting, channel_key)
             if row is None:
                 row = ChannelSetting(channel_key=channel_key, guild_key=guild_key, updated_by=by)
                 session.add(row)
-            row.persona = persona
+            for name, value in values.items():
+                setattr(row, name, value)
             row.updated_by = by
             await session.commit()
-        self._persona_cache[channel_key] = persona
-        _log.info("channel %s bound to %s by %s", channel_key, persona, by)
+            self._cache[channel_key] = (row.persona, row.mode)
+        _log.info("channel %s set %s by %s", channel_key, values, by)
+
+
+class GuildSettingsStore:
+    """A server's actor console (channel and actor role) and consent default."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._cache: dict[str, GuildSetting | None] = {}
+
+    async def get(self, guild_key: str) -> GuildSetting | None:
+        """The server's settings, or ``None`` when it has none."""
+        if guild_key in self._cache:
+            return self._cache[guild_key]
+        async with self._sessions() as session:
+            row = await session.get(GuildSetting, guild_key)
+        self._cache[guild_key] = row
+        return row
+
+    async def set_console(
+        self, guild_key: str, *, channel_id: str, actor_role_id: str, by: str
+    ) -> GuildSetting:
+        """Point the server's console at a channel and name the actors' role."""
+        async with self._sessions() as session:
+            row = await session.get(GuildSetting, guild_key)
+            if row is None:
+                row = GuildSetting(guild_key=guild_key, updated_by=by)
+                session.add(row)
+            row.console_channel_id = channel_id
+            row.actor_role_id = actor_role_id
+            row.updated_by = by
+            await session.commit()
+        self._cache[guild_key] = row
+        _log.info(
+            "console of %s set to channel %s, role %s by %s",
+            guild_key,
+            channel_id,
+            actor_role_id,
+            by,
+        )
+        return row

@@ -204,6 +204,47 @@ class ConversationStore:
             )
             await session.commit()
 
+    async def get_conversation(self, conversation_id: int) -> Conversation | None:
+        """One conversation, or ``None``."""
+        async with self._sessions() as session:
+            return await session.get(Conversation, conversation_id)
+
+    async def set_console_thread(self, conversation_id: int, thread_id: str) -> None:
+        """Remember the console thread where actors speak for this conversation."""
+        async with self._sessions() as session:
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id)
+                .values(console_thread_id=thread_id)
+            )
+            await session.commit()
+
+    async def conversation_for_thread(self, thread_id: str) -> Conversation | None:
+        """The conversation whose console thread this is, or ``None``."""
+        async with self._sessions() as session:
+            return await session.scalar(
+                select(Conversation).where(Conversation.console_thread_id == thread_id)
+            )
+
+    async def recent_user_lines(
+        self, conversation_id: int, before_id: int, limit: int
+    ) -> list[str]:
+        """The last user messages up to ``before_id``, oldest first (for the console)."""
+        async with self._sessions() as session:
+            rows = (
+                await session.scalars(
+                    select(MessageNode.content)
+                    .where(
+                        MessageNode.conversation_id == conversation_id,
+                        MessageNode.role == "user",
+                        MessageNode.id <= before_id,
+                    )
+                    .order_by(MessageNode.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return list(reversed(rows))
+
     async def get_node(self, node_id: int) -> MessageNode | None:
         """One node of the tree, or ``None``."""
         async with self._sessions() as session:

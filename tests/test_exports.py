@@ -292,12 +292,8 @@ async def test_oasst_trees_rank_label_and_pseudonymise(
     rated = trees[scenario.rated.user_turn_id]["prompt"]
     # the context is a chain ending at the user turn, which holds the replies
     depth = 0
-    while (
-        rated["replies"]
-        and rated["replies"][0]["role"] == "prompter"
-        or (rated["replies"] and rated["replies"][0]["replies"])
-    ):
-        rated = rated["replies"][0]
+    while rated["message_id"] != f"gr-{scenario.rated.user_turn_id}":
+        [rated] = rated["replies"]
         depth += 1
     assert depth == 4 and rated["text"] == "who are you"
     labels = rated["replies"][0]["labels"]

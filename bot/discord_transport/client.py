@@ -11,6 +11,9 @@ import yarl
 from discord.ext import commands
 from discord.gateway import DiscordWebSocket
 
+from bot.discord_transport.console.desk import ConsoleDesk
+from bot.discord_transport.delivery import PersonaVoice
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,6 +28,7 @@ _log = logging.getLogger(__name__)
 #: The features, one cog each, loaded in this order by :meth:`GreenroomBot.setup_hook`.
 EXTENSIONS = (
     "bot.discord_transport.cogs.conversation",
+    "bot.discord_transport.cogs.console",
     "bot.discord_transport.cogs.persona_commands",
     "bot.discord_transport.cogs.memory_commands",
     "bot.discord_transport.cogs.help",
@@ -56,6 +60,8 @@ class GreenroomBot(commands.Bot):
         self.sessions = sessions
         self.channels = channels
         self.settings = settings
+        self.voice = PersonaVoice(use_webhooks=settings.discord.use_webhooks)
+        self.desk = ConsoleDesk(self)
         #: Replies being produced or delivered; SIGTERM waits for them.
         self.in_flight: set[asyncio.Task[object]] = set()
         self.accepting = True
@@ -92,3 +98,8 @@ class GreenroomBot(commands.Bot):
             if still:
                 _log.warning("%d replies did not finish before shutdown", len(still))
         await self.close()
+
+    async def close(self) -> None:
+        """Stop the console's hold timers (holds resume from the database), then disconnect."""
+        await self.desk.close()
+        await super().close()

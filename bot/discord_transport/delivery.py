@@ -92,6 +92,44 @@ class PersonaVoice:
             )
         return sent
 
+    async def edit(
+        self,
+        channel: discord.abc.Messageable,
+        persona: str,
+        message_ids: Sequence[int],
+        text: str,
+        *,
+        avatar_url: str | None = None,
+    ) -> Sequence[int]:
+        """Replace the text of messages already sent, in place.
+
+        Parts are edited in order; a longer text adds messages, a shorter one deletes the
+        surplus. Returns the ids that now carry the text.
+        """
+        webhook = await self._webhook_for(channel)
+        prefix = "" if webhook is not None else f"**{discord.utils.escape_markdown(persona)}:** "
+        parts = split_message(text, MESSAGE_LIMIT - len(prefix))
+        kept: list[int] = []
+        for index, message_id in enumerate(message_ids):
+            if index < len(parts):
+                if webhook is not None:
+                    await webhook.edit_message(
+                        message_id, content=parts[index], allowed_mentions=_NO_PINGS
+                    )
+                else:
+                    await channel.get_partial_message(message_id).edit(  # type: ignore[attr-defined]
+                        content=prefix + parts[index], allowed_mentions=_NO_PINGS
+                    )
+                kept.append(message_id)
+            else:
+                await channel.get_partial_message(message_id).delete()  # type: ignore[attr-defined]
+        if len(parts) > len(message_ids):
+            extra = await self.send(
+                channel, persona, "\n".join(parts[len(message_ids) :]), avatar_url=avatar_url
+            )
+            kept.extend(message.id for message in extra)
+        return kept
+
     async def notice(
         self, channel: discord.abc.Messageable, text: str, *, reference: discord.Message | None
     ) -> discord.Message:

@@ -26,6 +26,10 @@ __all__ = ["CursorError", "Page", "decode_cursor", "encode_cursor", "lease_recor
 
 #: Longest cursor accepted; the ones we issue are far shorter.
 MAX_CURSOR_CHARS = 200
+#: User turns the exports read per query round: about one page's worth (fewer round trips for
+#: big pages), but not fewer than this (many turns give no record), nor more.
+_MIN_BATCH = 500
+_MAX_BATCH = 10_001
 
 
 class CursorError(ValueError):
@@ -88,7 +92,14 @@ async def page(
     has_more = False
     turn_key: int | None = None
     turn: list[dict[str, Any]] = []
-    source = iter_records(sessions, fmt, flt, pseudonym_secret=pseudonym_secret, after_id=after)
+    source = iter_records(
+        sessions,
+        fmt,
+        flt,
+        pseudonym_secret=pseudonym_secret,
+        after_id=after,
+        batch_size=min(max(limit + 1, _MIN_BATCH), _MAX_BATCH),
+    )
     async with contextlib.aclosing(source) as items:
         async for key, record in items:
             if turn and key != turn_key:

@@ -72,6 +72,8 @@ class RecordBuilder:
 
     def _clean_uncached(self, text: str, names: tuple[str, ...]) -> str:
         text = redact(text)
+        folded = text.casefold()
+        names = tuple(name for name in names if name.casefold() in folded)
         if names:
             text = mask_names(
                 text, {name: self._pseudonym(name.casefold(), "name") for name in names}

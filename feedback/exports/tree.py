@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from datetime import datetime
 
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
     from sqlalchemy.sql.elements import ColumnElement
 
     from feedback.exports.filters import ExportFilter
@@ -309,7 +309,7 @@ def _tags(raw: str | None) -> tuple[str, ...]:
     return tuple(orjson.loads(raw))
 
 
-async def _read_page(session: AsyncSession, turn_rows: list[Any]) -> list[TurnTree]:
+async def _read_page(connection: AsyncConnection, turn_rows: list[Any]) -> list[TurnTree]:
     trees = {
         row[0]: TurnTree(
             user_turn_id=row[0],
@@ -326,7 +326,8 @@ async def _read_page(session: AsyncSession, turn_rows: list[Any]) -> list[TurnTr
     turn_ids = list(trees)
     nodes: dict[int, ReplyNode] = {}
     snapshot_ids: set[int] = set()
-    for row in await session.execute(_REPLIES, {"turn_ids": turn_ids}):
+    replies = await connection.execute(_REPLIES, {"turn_ids": turn_ids})
+    for row in replies.all():
         node = ReplyNode(
             id=row[0],
             origin=row[2],
@@ -341,9 +342,8 @@ async def _read_page(session: AsyncSession, turn_rows: list[Any]) -> list[TurnTr
         trees[row[1]].replies.append(node)
         if node.snapshot_id is not None:
             snapshot_ids.add(node.snapshot_id)
-    for candidate_id, kind, actor_id, rating, tags, result_id in await session.execute(
-        _EVENTS, {"turn_ids": turn_ids}
-    ):
+    events = await connection.execute(_EVENTS, {"turn_ids": turn_ids})
+    for candidate_id, kind, actor_id, rating, tags, result_id in events.all():
         node = nodes.get(candidate_id)
         if node is None:
             continue
@@ -357,8 +357,8 @@ async def _read_page(session: AsyncSession, turn_rows: list[Any]) -> list[TurnTr
             if kind == "rewrite" and result_id in nodes:
                 nodes[result_id].rewrite_of = node.id
     if snapshot_ids:
-        snapshots = await session.execute(_SNAPSHOTS, {"snapshot_ids": sorted(snapshot_ids)})
-        by_id = {row[0]: Snapshot(row[0], row[1], row[2]) for row in snapshots}
+        snapshots = await connection.execute(_SNAPSHOTS, {"snapshot_ids": sorted(snapshot_ids)})
+        by_id = {row[0]: Snapshot(row[0], row[1], row[2]) for row in snapshots.all()}
         for tree in trees.values():
             for node in tree.replies:
                 if node.snapshot_id in by_id:
@@ -384,10 +384,11 @@ async def iter_turn_trees(
     position = after_id if after_id is not None else 0
     while True:
         async with sessions() as session:
-            turn_rows = list(await session.execute(base.where(MessageNode.id > position)))
+            connection = await session.connection()
+            turn_rows = (await connection.execute(base.where(MessageNode.id > position))).all()
             if not turn_rows:
                 return
-            page = await _read_page(session, turn_rows)
+            page = await _read_page(connection, turn_rows)
         position = turn_rows[-1][0]
         yield page
         if len(turn_rows) < batch_size:

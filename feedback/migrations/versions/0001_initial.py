@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 04:16:04.433737
+Create Date: 2026-11-26 04:30:33.433632
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ def upgrade() -> None:
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("scope", sa.String(length=16), nullable=False),
         sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.func.now(),
-            nullable=False,
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
@@ -42,10 +39,7 @@ def upgrade() -> None:
         sa.Column("mode", sa.String(length=16), nullable=True),
         sa.Column("updated_by", sa.String(length=128), nullable=False),
         sa.Column(
-            "updated_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.func.now(),
-            nullable=False,
+            "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.PrimaryKeyConstraint("channel_key"),
     )
@@ -60,15 +54,18 @@ def upgrade() -> None:
         sa.Column("transport", sa.String(length=32), nullable=False),
         sa.Column("scope", sa.String(length=128), nullable=False),
         sa.Column("persona", sa.String(length=64), nullable=False),
+        sa.Column("console_thread_id", sa.String(length=32), nullable=True),
         sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.func.now(),
-            nullable=False,
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("transport", "scope", "persona"),
     )
+    with op.batch_alter_table("conversations", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_conversations_console_thread_id"), ["console_thread_id"], unique=False
+        )
+
     op.create_table(
         "guild_settings",
         sa.Column("guild_key", sa.String(length=64), nullable=False),
@@ -77,10 +74,7 @@ def upgrade() -> None:
         sa.Column("consent_default", sa.Boolean(), nullable=False),
         sa.Column("updated_by", sa.String(length=128), nullable=False),
         sa.Column(
-            "updated_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.func.now(),
-            nullable=False,
+            "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.PrimaryKeyConstraint("guild_key"),
     )
@@ -94,10 +88,7 @@ def upgrade() -> None:
         sa.Column("model_name", sa.String(length=200), nullable=False),
         sa.Column("params", sa.JSON(), nullable=False),
         sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.func.now(),
-            nullable=False,
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.PrimaryKeyConstraint("id"),
     )
@@ -107,10 +98,7 @@ def upgrade() -> None:
         sa.Column("consent", sa.Boolean(), nullable=True),
         sa.Column("erased_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
-            "updated_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.func.now(),
-            nullable=False,
+            "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.PrimaryKeyConstraint("user_id"),
     )
@@ -132,10 +120,7 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("acked_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.func.now(),
-            nullable=False,
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.ForeignKeyConstraint(["token_id"], ["api_tokens.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
@@ -158,10 +143,7 @@ def upgrade() -> None:
         sa.Column("console_ref", sa.String(length=64), nullable=True),
         sa.Column("decided_by", sa.String(length=128), nullable=True),
         sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.func.now(),
-            nullable=False,
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.ForeignKeyConstraint(["conversation_id"], ["conversations.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["parent_id"], ["messages.id"], ondelete="SET NULL"),
@@ -197,10 +179,7 @@ def upgrade() -> None:
         sa.Column("lease_id", sa.String(length=36), nullable=True),
         sa.Column("consumed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.func.now(),
-            nullable=False,
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.ForeignKeyConstraint(["candidate_id"], ["messages.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["conversation_id"], ["conversations.id"], ondelete="CASCADE"),
@@ -235,6 +214,9 @@ def downgrade() -> None:
     op.drop_table("user_privacy")
     op.drop_table("prompt_snapshots")
     op.drop_table("guild_settings")
+    with op.batch_alter_table("conversations", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_conversations_console_thread_id"))
+
     op.drop_table("conversations")
     with op.batch_alter_table("channel_settings", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_channel_settings_guild_key"))

@@ -45,11 +45,9 @@ class Conversation(commands.Cog):
     """Listens to messages and answers the ones addressed to a persona."""
 
     def __init__(self, bot: GreenroomBot) -> None:
-        from bot.discord_transport.delivery import PersonaVoice
-
         self.bot = bot
+        self.voice = bot.voice
         limits = bot.settings.discord
-        self.voice = PersonaVoice(use_webhooks=limits.use_webhooks)
         self.cooldown = commands.CooldownMapping.from_cooldown(
             limits.cooldown_messages, limits.cooldown_seconds, commands.BucketType.user
         )
@@ -102,6 +100,10 @@ class Conversation(commands.Cog):
                 self.bot.in_flight.discard(task)  # type: ignore[arg-type]
 
     async def _handle(self, message: discord.Message) -> None:
+        if isinstance(message.channel, discord.Thread) and await self.bot.desk.speak_as_persona(
+            message
+        ):
+            return
         bound = await self.bot.channels.persona_for(channel_key(message.channel))
         if bound is None and not self._is_addressed_by_shape(message):
             return
@@ -121,22 +123,29 @@ class Conversation(commands.Cog):
             persona=persona_name,
             external_id=str(message.id),
         )
+        if await self._taken_over(incoming):
+            return
         async with keep_typing(message.channel):
             result = await self.bot.engine.respond(incoming)
-        reference = message if message.guild is not None else None
         if isinstance(result, Refusal):
             if result.reason != "empty":
+                reference = message if message.guild is not None else None
                 await self.voice.notice(message.channel, result.notice, reference=reference)
             return
-        persona = self.bot.engine.personas.get(result.persona)
-        sent = await self.voice.send(
-            message.channel,
-            result.persona,
-            result.text,
-            reference=reference,
-            avatar_url=persona.greenroom.avatar_url,
-        )
-        await self.bot.engine.mark_sent(result, external_id=" ".join(str(part.id) for part in sent))
+        await self.bot.desk.route(message, result)
+
+    async def _taken_over(self, incoming: IncomingMessage) -> bool:
+        """In takeover mode the model is silent: store the turn and show it to the actor."""
+        store = self.bot.engine.store
+        persona = self.bot.engine.personas.get(incoming.persona).name
+        conversation_id = await store.conversation_id(incoming.transport, incoming.scope, persona)
+        claim = await self.bot.desk.corrections.claim_holder(conversation_id)
+        if claim is None or not claim.takeover:
+            return False
+        stored = await self.bot.engine.record_user_turn(incoming)
+        if isinstance(stored, int):
+            await self.bot.desk.mirror_to_thread(conversation_id, incoming.user_name, incoming.text)
+        return True
 
     def _text_of(self, message: discord.Message) -> str:
         """The message as the persona should read it: mentions as names, its own removed."""

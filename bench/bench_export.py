@@ -1,0 +1,394 @@
+"""Export throughput and peak memory over a large correction queue (SQLite, optionally PostgreSQL).
+
+Builds a queue of N feedback events with bulk inserts (DM conversations with consent; per user
+turn: approve 35%, rewrite 20%, regenerate then approve 10%, ratings by 1-3 actors 35%; prompt
+snapshots of a ~250-character system prompt plus up to 6 history messages), then runs each
+export format in a fresh subprocess and reports records/s and peak RSS (``ru_maxrss``).
+Targets: >= 50,000 records/s, peak RSS < 300 MB, flat from 100k to 1M events.
+
+    .venv/bin/python bench/bench_export.py [--sizes 100000,1000000] [--formats all]
+        [--backend sqlite|postgresql] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from feedback.database import create_engine, migrate
+from feedback.exports import FORMATS, ExportFilter, export_to_file
+from feedback.exports.tree import DEFAULT_BATCH_SIZE
+
+_SYSTEM = (
+    "You are Marlowe, a weary private detective in a rain-soaked city. Speak in short, dry "
+    "sentences. Never break character, never mention being an AI. Keep replies under three "
+    "sentences unless asked for a story. The user's name is {user}."
+)
+_LINES = [
+    "Where were you last night?",
+    "The rain never stops in this town.",
+    "Mail me at someone{n}@example.com if you find anything.",
+    "I paid 40 dollars for that hat in 1998.",
+    "Call me on 555-123-{n:04d} after nine.",
+    "Nobody walks into my office by accident.",
+    "Tell me about the case, <@{n}>.",
+    "She had the kind of smile that costs money.",
+]
+_USERS = 2000
+_ACTORS = 12
+_HISTORY = 6
+
+
+def _generate(path: Path, events_wanted: int, seed: int = 1) -> dict[str, int]:
+    """Fill the migrated SQLite file at ``path`` with about ``events_wanted`` events."""
+    rnd = random.Random(seed)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")
+    db.executemany(
+        "INSERT INTO conversations (id, transport, scope, persona) VALUES (?, 'discord', ?, ?)",
+        [(u + 1, f"dm:{u}", "Marlowe" if u % 3 else "Vesper") for u in range(_USERS)],
+    )
+    db.executemany(
+        "INSERT INTO user_privacy (user_id, consent) VALUES (?, 1)",
+        [(f"discord:{u}",) for u in range(_USERS)],
+    )
+    history: list[list[tuple[str, str]]] = [[] for _ in range(_USERS)]
+    last_sent: list[int | None] = [None] * _USERS
+    node_id = snapshot_id = event_id = 0
+    messages: list[tuple] = []
+    snapshots: list[tuple] = []
+    events: list[tuple] = []
+    counts = {"turns": 0, "events": 0, "messages": 0, "snapshots": 0}
+
+    def flush() -> None:
+        db.executemany(
+            "INSERT INTO prompt_snapshots (id, messages, persona, persona_version, memories, "
+            "model_name, params) VALUES (?, ?, ?, 'v1', '[]', 'fake', '{}')",
+            snapshots,
+        )
+        db.executemany(
+            "INSERT INTO messages (id, conversation_id, parent_id, role, origin, author_id, "
+            "author_name, content, state, prompt_snapshot_id, flags, decided_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]', ?)",
+            messages,
+        )
+        db.executemany(
+            "INSERT INTO feedback_events (id, kind, actor_id, conversation_id, candidate_id, "
+            "result_id, persona, rating, tags, original_text, new_text) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            events,
+        )
+        counts["messages"] += len(messages)
+        counts["snapshots"] += len(snapshots)
+        messages.clear()
+        snapshots.clear()
+        events.clear()
+
+    def snapshot(user: int, persona: str) -> int:
+        nonlocal snapshot_id
+        snapshot_id += 1
+        prompt = [{"role": "system", "content": _SYSTEM.format(user=f"user{user}")}]
+        prompt += [{"role": role, "content": text} for role, text in history[user][-_HISTORY:]]
+        snapshots.append((snapshot_id, json.dumps(prompt), persona))
+        return snapshot_id
+
+    while counts["events"] < events_wanted:
+        user = rnd.randrange(_USERS)
+        conversation = user + 1
+        persona = "Marlowe" if user % 3 else "Vesper"
+        text = rnd.choice(_LINES).format(n=rnd.randrange(10000))
+        node_id += 1
+        turn = node_id
+        messages.append(
+            (
+                turn,
+                conversation,
+                last_sent[user],
+                "user",
+                "user",
+                f"discord:{user}",
+                f"user{user}",
+                text,
+                "answered",
+                None,
+                None,
+            )
+        )
+        history[user].append(("user", text))
+        snap = snapshot(user, persona)
+        node_id += 1
+        candidate = node_id
+        reply = rnd.choice(_LINES).format(n=rnd.randrange(10000))
+        action = rnd.random()
+        actor = f"discord:9{rnd.randrange(_ACTORS):03d}"
+
+        def event(
+            kind: str,
+            target: int,
+            result: int | None = None,
+            rating: int | None = None,
+            tags: str = "[]",
+            who: str = actor,
+            conversation: int = conversation,
+            persona: str = persona,
+        ) -> None:
+            nonlocal event_id
+            event_id += 1
+            events.append(
+                (
+                    event_id,
+                    kind,
+                    who,
+                    conversation,
+                    target,
+                    result,
+                    persona,
+                    rating,
+                    tags,
+                    None,
+                    None,
+                )
+            )
+
+        sent = candidate
+        if action < 0.35:
+            messages.append(
+                (
+                    candidate,
+                    conversation,
+                    turn,
+                    "assistant",
+                    "model",
+                    f"persona:{persona}",
+                    persona,
+                    reply,
+                    "sent",
+                    snap,
+                    actor,
+                )
+            )
+            event("approve", candidate)
+        elif action < 0.55:
+            node_id += 1
+            sent = node_id
+            messages.append(
+                (
+                    candidate,
+                    conversation,
+                    turn,
+                    "assistant",
+                    "model",
+                    f"persona:{persona}",
+                    persona,
+                    reply,
+                    "rejected",
+                    snap,
+                    actor,
+                )
+            )
+            messages.append(
+                (
+                    sent,
+                    conversation,
+                    turn,
+                    "assistant",
+                    "rewrite",
+                    actor,
+                    persona,
+                    reply + " Kid.",
+                    "sent",
+                    snap,
+                    actor,
+                )
+            )
+            event("rewrite", candidate, sent)
+        elif action < 0.65:
+            node_id += 1
+            sent = node_id
+            fresh = snapshot(user, persona)
+            messages.append(
+                (
+                    candidate,
+                    conversation,
+                    turn,
+                    "assistant",
+                    "model",
+                    f"persona:{persona}",
+                    persona,
+                    reply,
+                    "rejected",
+                    snap,
+                    actor,
+                )
+            )
+            messages.append(
+                (
+                    sent,
+                    conversation,
+                    turn,
+                    "assistant",
+                    "model",
+                    f"persona:{persona}",
+                    persona,
+                    "Another take.",
+                    "sent",
+                    fresh,
+                    actor,
+                )
+            )
+            event("regenerate", candidate, sent)
+            event("approve", sent)
+        else:
+            messages.append(
+                (
+                    candidate,
+                    conversation,
+                    turn,
+                    "assistant",
+                    "model",
+                    f"persona:{persona}",
+                    persona,
+                    reply,
+                    "sent",
+                    snap,
+                    None,
+                )
+            )
+            for rater in rnd.sample(range(_ACTORS), rnd.randint(1, 3)):
+                tags = json.dumps(
+                    rnd.sample(["in-character", "funny", "too-long"], rnd.randint(0, 1))
+                )
+                event(
+                    "rate",
+                    candidate,
+                    rating=rnd.randint(1, 5),
+                    tags=tags,
+                    who=f"discord:9{rater:03d}",
+                )
+        history[user].append(("assistant", reply))
+        del history[user][:-_HISTORY]
+        last_sent[user] = sent
+        counts["turns"] += 1
+        counts["events"] = event_id
+        if len(messages) >= 50_000:
+            flush()
+    flush()
+    db.commit()
+    db.close()
+    return counts
+
+
+async def _prepare(url: str, path: Path | None, events: int) -> dict[str, int]:
+    engine = create_engine(url)
+    await migrate(engine)
+    await engine.dispose()
+    if path is None:
+        raise SystemExit("PostgreSQL data generation: use --backend sqlite (see the report)")
+    return _generate(path, events)
+
+
+async def _child(url: str, fmt: str, out: Path) -> dict[str, float]:
+    from feedback.database import session_factory
+
+    engine = create_engine(url)
+    started = time.perf_counter()
+    turns = 0
+
+    def progress(count: int) -> None:
+        nonlocal turns
+        turns += count
+
+    counts = await export_to_file(
+        session_factory(engine),
+        fmt,
+        ExportFilter(),
+        out,
+        split=None,
+        seed=0,
+        pseudonym_secret=b"bench",
+        progress=progress,
+        batch_size=DEFAULT_BATCH_SIZE,
+    )
+    elapsed = time.perf_counter() - started
+    await engine.dispose()
+    records = sum(counts.values())
+    return {
+        "records": records,
+        "turns": turns,
+        "seconds": elapsed,
+        "records_per_s": records / elapsed,
+        "turns_per_s": turns / elapsed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _run_child(url: str, fmt: str, out: Path) -> dict[str, float]:
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", url, fmt, str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000", help="event counts, comma-separated")
+    parser.add_argument("--formats", default="all", help="formats, comma-separated, or all")
+    parser.add_argument("--keep", type=Path, help="keep the databases and files in this folder")
+    parser.add_argument(
+        "--child", nargs=3, metavar=("URL", "FORMAT", "OUT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.child:
+        url, fmt, out = args.child
+        figures = asyncio.run(_child(url, fmt, Path(out)))
+        figures["bytes"] = Path(out).stat().st_size
+        print(json.dumps(figures))
+        return
+    formats = FORMATS if args.formats == "all" else tuple(args.formats.split(","))
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="greenroom-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(
+        f"{'events':>9} {'format':>10} {'turns':>8} {'records':>8} {'s':>6} "
+        f"{'records/s':>10} {'turns/s':>9} {'RSS MB':>7} {'file MB':>8}"
+    )
+    for size in (int(s) for s in args.sizes.split(",")):
+        path = folder / f"bench-{size}.sqlite3"
+        url = f"sqlite+aiosqlite:///{path}"
+        if not path.exists():
+            started = time.perf_counter()
+            counts = asyncio.run(_prepare(url, path, size))
+            print(
+                f"# generated {counts} in {time.perf_counter() - started:.0f} s "
+                f"({path.stat().st_size / 1e6:.0f} MB)",
+                flush=True,
+            )
+        for fmt in formats:
+            out = folder / f"{fmt}-{size}.jsonl"
+            r = _run_child(url, fmt, out)
+            print(
+                f"{size:>9} {fmt:>10} {r['turns']:>8.0f} {r['records']:>8.0f} "
+                f"{r['seconds']:>6.1f} {r['records_per_s']:>10,.0f} {r['turns_per_s']:>9,.0f} "
+                f"{r['peak_rss_mb']:>7.0f} {r['bytes'] / 1e6:>8.1f}",
+                flush=True,
+            )
+            if not args.keep:
+                out.unlink()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,462 @@
+"""The console's persistent controls, as discord.py ``DynamicItem`` templates.
+
+The id each control acts on lives in its ``custom_id`` (``gr:<action>:<id>``, under Discord's
+100-character limit), so the controls keep working after a restart without any stored view.
+Every click checks, at that moment, that the clicker holds the server's actor role and that the
+control sits on the console message of that candidate; anyone else is told so and nothing is
+recorded. Each action is committed before the interaction is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.llm import GenerationError
+from feedback.corrections import MAX_REWRITE_CHARS, TAGS, Actor, InvalidAction
+
+if TYPE_CHECKING:
+    from bot.discord_transport.client import GreenroomBot
+    from bot.discord_transport.console.desk import ConsoleDesk
+
+__all__ = [
+    "DYNAMIC_ITEMS",
+    "REWRITE_MODAL_ID",
+    "ApproveButton",
+    "RatingSelect",
+    "RegenerateButton",
+    "ReleaseButton",
+    "RewriteButton",
+    "TagsSelect",
+    "TakeOverButton",
+    "actor_of",
+    "handle_rewrite_submit",
+]
+
+_log = logging.getLogger(__name__)
+
+ONLY_ACTORS = "Only actors can do this."
+#: ``gr:rewrite-modal:<candidate id>``: the rewrite modal's custom_id.
+REWRITE_MODAL_ID = re.compile(r"gr:rewrite-modal:(?P<id>[0-9]{1,19})")
+
+
+def actor_of(interaction: discord.Interaction) -> Actor:
+    """The clicker as an :class:`Actor` (``discord:<id>``)."""
+    return Actor(f"discord:{interaction.user.id}", interaction.user.display_name)
+
+
+def _desk(interaction: discord.Interaction) -> ConsoleDesk:
+    bot: GreenroomBot = interaction.client  # type: ignore[assignment]
+    return bot.desk
+
+
+async def _ephemeral(interaction: discord.Interaction, text: str) -> None:
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as error:  # e.g. the same interaction delivered twice
+        _log.info("could not answer interaction %s: %s", interaction.id, error)
+
+
+async def _ack(interaction: discord.Interaction) -> None:
+    """Acknowledge a click (after its action is committed); a second delivery is ignored."""
+    try:
+        await interaction.response.defer()
+    except discord.HTTPException as error:
+        _log.info("interaction %s already acknowledged: %s", interaction.id, error)
+
+
+async def _check_actor(interaction: discord.Interaction, candidate_id: int | None) -> bool:
+    """The role check at click time, and that the control sits on this candidate's message."""
+    desk = _desk(interaction)
+    if not await desk.is_actor(interaction):
+        _log.warning(
+            "refused console action %r by %s in guild %s: not an actor",
+            interaction.data.get("custom_id") if interaction.data else None,
+            interaction.user.id,
+            interaction.guild_id,
+        )
+        await _ephemeral(interaction, ONLY_ACTORS)
+        return False
+    if candidate_id is not None:
+        node = await desk.bot.engine.store.get_node(candidate_id)
+        where = f"{interaction.channel_id}/{interaction.message.id}" if interaction.message else ""
+        if node is None:
+            await _ephemeral(
+                interaction, "This reply no longer exists (the conversation was erased)."
+            )
+            return False
+        # Until the console message's id is stored (a click can race the commit), the bot's own
+        # message carrying this custom_id is that candidate's console.
+        ours = (
+            node.console_ref is None
+            and interaction.message is not None
+            and interaction.message.author.id == desk.bot.user.id  # type: ignore[union-attr]
+        )
+        if node.console_ref != where and not ours:
+            _log.warning(
+                "refused console action on candidate %s from message %s by %s: not its console",
+                candidate_id,
+                where,
+                interaction.user.id,
+            )
+            await _ephemeral(interaction, "This control does not belong to that reply.")
+            return False
+    return True
+
+
+class _CandidateButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})"
+):
+    """A button that acts on one candidate, ``gr:<action>:<candidate id>``."""
+
+    action = ""
+    label = ""
+    style = discord.ButtonStyle.secondary
+
+    def __init__(self, candidate_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=self.label,
+                style=self.style,
+                custom_id=f"gr:{self.action}:{candidate_id}",
+                row=0,
+            )
+        )
+        self.candidate_id = candidate_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> _CandidateButton:
+        return cls(int(match["id"]))
+
+
+class ApproveButton(_CandidateButton, template=r"gr:approve:(?P<id>[0-9]{1,19})"):
+    action, label, style = "approve", "Approve", discord.ButtonStyle.success
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if not await _check_actor(interaction, self.candidate_id):
+            return
+        desk = _desk(interaction)
+        outcome = await desk.corrections.approve(
+            self.candidate_id, actor=actor_of(interaction), key=str(interaction.id)
+        )
+        if outcome.status == "refused":
+            await _ephemeral(interaction, outcome.message)
+            return
+        desk.decided(self.candidate_id)
+        await _ack(interaction)
+        if outcome.status == "done":
+            await desk.deliver(outcome)
+            await desk.refresh(self.candidate_id)
+
+
+class RewriteButton(_CandidateButton, template=r"gr:rewrite:(?P<id>[0-9]{1,19})"):
+    action, label, style = "rewrite", "Rewrite", discord.ButtonStyle.primary
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if not await _check_actor(interaction, self.candidate_id):
+            return
+        desk = _desk(interaction)
+        node = await desk.bot.engine.store.get_node(self.candidate_id)
+        if node is None:
+            return
+        if node.decided_by is not None:
+            await _ephemeral(interaction, await desk.corrections.describe_decision(node.id))
+            return
+        modal = discord.ui.Modal(
+            title=f"Rewrite {node.author_name}'s reply"[:45],
+            custom_id=f"gr:rewrite-modal:{node.id}",
+            timeout=None,
+        )
+        modal.add_item(
+            discord.ui.TextInput(
+                label="The reply the persona should send",
+                style=discord.TextStyle.paragraph,
+                default=node.content[:MAX_REWRITE_CHARS],
+                max_length=MAX_REWRITE_CHARS,
+                custom_id="text",
+            )
+        )
+        await interaction.response.send_modal(modal)
+
+
+async def handle_rewrite_submit(interaction: discord.Interaction, candidate_id: int) -> None:
+    """A rewrite modal was submitted (also after a restart): validate, record, deliver."""
+    if not await _desk(interaction).is_actor(interaction):
+        _log.warning("refused rewrite of %s by %s: not an actor", candidate_id, interaction.user.id)
+        await _ephemeral(interaction, ONLY_ACTORS)
+        return
+    desk = _desk(interaction)
+    text = _submitted_text(interaction.data or {})
+    try:
+        outcome = await desk.corrections.rewrite(
+            candidate_id, actor=actor_of(interaction), text=text, key=str(interaction.id)
+        )
+    except InvalidAction as error:
+        await _ephemeral(interaction, str(error))
+        return
+    if outcome.status == "refused":
+        await _ephemeral(interaction, outcome.message)
+        return
+    desk.decided(candidate_id)
+    await _ack(interaction)
+    if outcome.status == "done":
+        await desk.deliver(outcome)
+        await desk.refresh(candidate_id)
+
+
+def _submitted_text(data: dict[str, Any]) -> str:
+    """The ``text`` input's value from a modal submit payload (rows or labels)."""
+    stack = list(data.get("components", []))
+    while stack:
+        component = stack.pop()
+        if component.get("custom_id") == "text" and "value" in component:
+            return str(component["value"])
+        stack.extend(component.get("components", []))
+        if "component" in component:
+            stack.append(component["component"])
+    return ""
+
+
+class RegenerateButton(_CandidateButton, template=r"gr:regen:(?P<id>[0-9]{1,19})"):
+    action, label = "regen", "Regenerate"
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if not await _check_actor(interaction, self.candidate_id):
+            return
+        desk = _desk(interaction)
+        node = await desk.bot.engine.store.get_node(self.candidate_id)
+        if node is None:
+            return
+        if node.decided_by is not None:
+            await _ephemeral(interaction, await desk.corrections.describe_decision(node.id))
+            return
+        # Generation takes longer than Discord's 3 s: acknowledge first, report after.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            text, snapshot, flags = await desk.bot.engine.regenerate(self.candidate_id)
+        except (GenerationError, LookupError) as error:
+            await _ephemeral(interaction, f"Could not regenerate: {error}")
+            return
+        held = node.state == "held"
+        until = (
+            datetime.now(UTC) + timedelta(seconds=desk.bot.settings.console.hold_seconds)
+            if held
+            else None
+        )
+        outcome = await desk.corrections.regenerate(
+            self.candidate_id,
+            actor=actor_of(interaction),
+            text=text,
+            snapshot=snapshot,
+            flags=flags,
+            hold_until=until,
+            key=str(interaction.id),
+        )
+        if outcome.status == "refused":
+            await _ephemeral(interaction, outcome.message)
+            return
+        if outcome.status == "done" and outcome.result_id is not None:
+            if held:
+                desk.decided(self.candidate_id)
+                desk.start_hold(outcome.result_id, until)  # type: ignore[arg-type]
+            from bot.discord_transport.console.render import console_view
+
+            if interaction.message is not None:
+                await interaction.message.edit(
+                    embed=await desk.render(outcome.result_id),
+                    view=console_view(outcome.result_id, node.conversation_id),
+                )
+        await _ephemeral(interaction, f"New candidate #{outcome.result_id} is in the console.")
+
+
+class _ConversationButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})"
+):
+    """A button that acts on a conversation, ``gr:<action>:<conversation id>``."""
+
+    action = ""
+    label = ""
+    style = discord.ButtonStyle.secondary
+
+    def __init__(self, conversation_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=self.label,
+                style=self.style,
+                custom_id=f"gr:{self.action}:{conversation_id}",
+                row=0,
+            )
+        )
+        self.conversation_id = conversation_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> _ConversationButton:
+        return cls(int(match["id"]))
+
+    async def _persona(self, desk: ConsoleDesk) -> str | None:
+        conversation = await desk.bot.engine.store.get_conversation(self.conversation_id)
+        return conversation.persona if conversation else None
+
+
+class TakeOverButton(_ConversationButton, template=r"gr:takeover:(?P<id>[0-9]{1,19})"):
+    action, label, style = "takeover", "Take over", discord.ButtonStyle.danger
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if not await _check_actor(interaction, None):
+            return
+        desk = _desk(interaction)
+        persona = await self._persona(desk)
+        if persona is None:
+            await _ephemeral(interaction, "This conversation no longer exists.")
+            return
+        outcome = await desk.corrections.claim(
+            self.conversation_id,
+            actor=actor_of(interaction),
+            takeover=True,
+            persona=persona,
+            key=str(interaction.id),
+        )
+        if outcome.status == "refused":
+            await _ephemeral(interaction, outcome.message)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        thread = await desk.takeover_thread(self.conversation_id, interaction.message)
+        where = thread.mention if thread is not None else "the console thread"
+        await _ephemeral(
+            interaction,
+            f"You are {persona} now: what you type in {where} goes to the user. "
+            "The model stays silent until you press Release.",
+        )
+
+
+class ReleaseButton(_ConversationButton, template=r"gr:release:(?P<id>[0-9]{1,19})"):
+    action, label = "release", "Release"
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if not await _check_actor(interaction, None):
+            return
+        desk = _desk(interaction)
+        persona = await self._persona(desk)
+        if persona is None:
+            await _ephemeral(interaction, "This conversation no longer exists.")
+            return
+        outcome = await desk.corrections.release(
+            self.conversation_id,
+            actor=actor_of(interaction),
+            persona=persona,
+            key=str(interaction.id),
+        )
+        if outcome.status == "refused":
+            await _ephemeral(interaction, outcome.message)
+            return
+        await _ephemeral(interaction, f"Released: {persona} is back on the model.")
+
+
+class RatingSelect(
+    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"gr:rate:(?P<id>[0-9]{1,19})"
+):
+    """Rate the candidate 1 to 5."""
+
+    def __init__(self, candidate_id: int) -> None:
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"gr:rate:{candidate_id}",
+                placeholder="Rate this reply (1-5)",
+                options=[discord.SelectOption(label=f"{n} / 5", value=str(n)) for n in range(1, 6)],
+                row=1,
+            )
+        )
+        self.candidate_id = candidate_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> RatingSelect:
+        return cls(int(match["id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if not await _check_actor(interaction, self.candidate_id):
+            return
+        values = (interaction.data or {}).get("values") or []
+        try:
+            rating = int(values[0])
+            outcome = await _desk(interaction).corrections.rate(
+                self.candidate_id,
+                actor=actor_of(interaction),
+                rating=rating,
+                key=str(interaction.id),
+            )
+        except (InvalidAction, ValueError, IndexError) as error:
+            await _ephemeral(interaction, f"That rating was not recorded: {error}")
+            return
+        await _ephemeral(
+            interaction, f"Rated {rating}/5." if outcome.status != "refused" else outcome.message
+        )
+
+
+class TagsSelect(
+    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"gr:tags:(?P<id>[0-9]{1,19})"
+):
+    """Tag the candidate with any of :data:`~feedback.corrections.TAGS`."""
+
+    def __init__(self, candidate_id: int) -> None:
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"gr:tags:{candidate_id}",
+                placeholder="Tag this reply",
+                min_values=1,
+                max_values=len(TAGS),
+                options=[discord.SelectOption(label=tag, value=tag) for tag in TAGS],
+                row=2,
+            )
+        )
+        self.candidate_id = candidate_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> TagsSelect:
+        return cls(int(match["id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if not await _check_actor(interaction, self.candidate_id):
+            return
+        tags = list((interaction.data or {}).get("values") or [])
+        try:
+            outcome = await _desk(interaction).corrections.rate(
+                self.candidate_id,
+                actor=actor_of(interaction),
+                rating=None,
+                tags=tags,
+                key=str(interaction.id),
+            )
+        except InvalidAction as error:
+            await _ephemeral(interaction, str(error))
+            return
+        await _ephemeral(
+            interaction,
+            "Tagged: " + ", ".join(tags) if outcome.status != "refused" else outcome.message,
+        )
+
+
+#: Registered with ``bot.add_dynamic_items`` so they work after a restart.
+DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
+    ApproveButton,
+    RewriteButton,
+    RegenerateButton,
+    TakeOverButton,
+    ReleaseButton,
+    RatingSelect,
+    TagsSelect,
+)
