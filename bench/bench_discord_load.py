@@ -108,9 +108,7 @@ async def _load(server, rooms, people, messages: int, backend: str, think_s: flo
         seen = 0
         while not finished.is_set():
             try:
-                await server.wait_until(
-                    lambda seen=seen: len(server.requests) > seen, timeout=0.5
-                )
+                await server.wait_until(lambda seen=seen: len(server.requests) > seen, timeout=0.5)
             except TimeoutError:
                 continue
             fresh, seen = server.requests[seen:], len(server.requests)

@@ -46,9 +46,10 @@ async def scratch_database(backend: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace(
-            "postgresql://", "postgresql+asyncpg://"
-        ) + f"/{name}"
+        yield (
+            POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+            + f"/{name}"
+        )
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

@@ -101,6 +101,8 @@ class IncomingMessage:
     text: str
     persona: str
     external_id: str | None = None
+    #: The server the conversation belongs to (its consent default applies); ``None`` for DMs.
+    guild_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +218,7 @@ class ConversationEngine:
         on_token: Callable[[str], Awaitable[None]] | None,
     ) -> Reply:
         conversation_id = await self.store.conversation_id(
-            incoming.transport, incoming.scope, persona.name
+            incoming.transport, incoming.scope, persona.name, guild_key=incoming.guild_key
         )
         history = await self.store.history(conversation_id, self.limits.history_turns)
         user_turn_id = await self.store.add_user_turn(
@@ -303,7 +305,7 @@ class ConversationEngine:
         persona = self.personas.get(incoming.persona)
         key = (incoming.transport, incoming.scope, persona.name)
         async with self._lock_for(key):
-            conversation_id = await self.store.conversation_id(*key)
+            conversation_id = await self.store.conversation_id(*key, guild_key=incoming.guild_key)
             history = await self.store.history(conversation_id, 1)
             return await self.store.add_user_turn(
                 conversation_id=conversation_id,

@@ -84,6 +84,8 @@ class Conversation(Base):
     transport: Mapped[str] = mapped_column(String(32))
     scope: Mapped[str] = mapped_column(String(128))
     persona: Mapped[str] = mapped_column(String(64))
+    #: The server the conversation happens in (``discord:<guild id>``); ``None`` for DMs.
+    guild_key: Mapped[str | None] = mapped_column(String(64), default=None)
     #: The actor console's thread for this conversation (takeover messages are typed there).
     console_thread_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -33,7 +33,7 @@ from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from feedback.exports.filters import ExportFilter
-from feedback.exports.tree import _consented as consent_rule
+from feedback.exports.tree import consent_rule
 from feedback.models import Conversation, FeedbackEvent, Lease, MessageNode, PromptSnapshot
 
 if TYPE_CHECKING:

@@ -60,20 +60,25 @@ class ConversationStore:
         self._sessions = sessions
         self._conversation_ids: OrderedDict[tuple[str, str, str], int] = OrderedDict()
 
-    async def conversation_id(self, transport: str, scope: str, persona: str) -> int:
-        """The id of the conversation for ``(transport, scope, persona)``, created if new."""
+    async def conversation_id(
+        self, transport: str, scope: str, persona: str, *, guild_key: str | None = None
+    ) -> int:
+        """The id of the conversation for ``(transport, scope, persona)``, created if new
+        (in the server ``guild_key``, whose consent default then applies)."""
         key = (transport, scope, persona)
         cached = self._conversation_ids.get(key)
         if cached is not None:
             self._conversation_ids.move_to_end(key)
             return cached
-        conversation_id = await self._find_or_create_conversation(*key)
+        conversation_id = await self._find_or_create_conversation(*key, guild_key)
         self._conversation_ids[key] = conversation_id
         if len(self._conversation_ids) > _CONVERSATION_CACHE_SIZE:
             self._conversation_ids.popitem(last=False)
         return conversation_id
 
-    async def _find_or_create_conversation(self, transport: str, scope: str, persona: str) -> int:
+    async def _find_or_create_conversation(
+        self, transport: str, scope: str, persona: str, guild_key: str | None
+    ) -> int:
         query = select(Conversation.id).where(
             Conversation.transport == transport,
             Conversation.scope == scope,
@@ -83,7 +88,9 @@ class ConversationStore:
             found = await session.scalar(query)
             if found is not None:
                 return found
-            conversation = Conversation(transport=transport, scope=scope, persona=persona)
+            conversation = Conversation(
+                transport=transport, scope=scope, persona=persona, guild_key=guild_key
+            )
             session.add(conversation)
             try:
                 await session.commit()

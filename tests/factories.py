@@ -62,10 +62,11 @@ async def add_turn(
     reply: str = "Evening.",
     state: str = "candidate",
     transport: str = "discord",
+    guild_key: str | None = None,
 ) -> Turn:
     """One user turn with one candidate (``state``: ``candidate``, ``held`` or ``sent``)."""
     conversation_id = await conversations.conversation_id(
-        transport, scope or f"dm:{user_id}", persona
+        transport, scope or f"dm:{user_id}", persona, guild_key=guild_key
     )
     history = await conversations.history(conversation_id, 20)
     user_turn = await conversations.add_user_turn(

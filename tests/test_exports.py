@@ -320,7 +320,10 @@ async def _bind_channel(
 async def _approved_turn(
     store: ConversationStore, corrections: CorrectionStore, *, user_id: str, scope: str, key: str
 ) -> Turn:
-    turn = await add_turn(store, user_id=user_id, scope=scope, state="held", reply=f"to {user_id}")
+    guild = {"channel:100": "discord:g-yes", "channel:200": "discord:g-no"}.get(scope)
+    turn = await add_turn(
+        store, user_id=user_id, scope=scope, state="held", reply=f"to {user_id}", guild_key=guild
+    )
     await corrections.approve(turn.candidate_id, actor=ALICE_ACTOR, key=key)
     return turn
 
@@ -389,7 +392,9 @@ async def test_group_speaker_names_are_masked(
 ) -> None:
     sessions = store._sessions
     await _bind_channel(sessions, "100", "discord:g", True)
-    conversation_id = await store.conversation_id("discord", "channel:100", "Marlowe")
+    conversation_id = await store.conversation_id(
+        "discord", "channel:100", "Marlowe", guild_key="discord:g"
+    )
     user_turn = await store.add_user_turn(
         conversation_id=conversation_id,
         parent_id=None,

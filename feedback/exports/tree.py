@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Text, and_, bindparam, cast, false, func, literal, or_, select
+from sqlalchemy import Text, and_, bindparam, cast, false, func, or_, select
 
 from feedback.models import (
-    ChannelSetting,
     Conversation,
     FeedbackEvent,
     GuildSetting,
@@ -205,23 +204,14 @@ class TurnTree:
         )
 
 
-def _consented(flt: ExportFilter) -> tuple[list[Any], ColumnElement[bool]]:
-    """The outer joins and the condition that keep only turns whose author consented."""
-    channel_key = (
-        Conversation.transport
-        + literal(":")
-        + func.substr(Conversation.scope, len(_CHANNEL_PREFIX) + 1)
-    )
+def consent_rule(flt: ExportFilter) -> tuple[list[Any], ColumnElement[bool]]:
+    """The outer joins and the condition that keep only turns whose author consented.
+
+    Shared with the lease queue (:mod:`feedback.queue`), so both apply the same rule.
+    """
     joins: list[Any] = [
         (UserPrivacy, UserPrivacy.user_id == MessageNode.author_id),
-        (
-            ChannelSetting,
-            and_(
-                Conversation.scope.startswith(_CHANNEL_PREFIX),
-                ChannelSetting.channel_key == channel_key,
-            ),
-        ),
-        (GuildSetting, GuildSetting.guild_key == ChannelSetting.guild_key),
+        (GuildSetting, GuildSetting.guild_key == Conversation.guild_key),
     ]
     condition = and_(
         UserPrivacy.erased_at.is_(None),
@@ -239,7 +229,7 @@ def _consented(flt: ExportFilter) -> tuple[list[Any], ColumnElement[bool]]:
 
 def _turn_query(flt: ExportFilter) -> Any:
     """User turns that pass the filter and consent, after a keyset position, in id order."""
-    joins, consent = _consented(flt)
+    joins, consent = consent_rule(flt)
     query = select(
         MessageNode.id,
         MessageNode.conversation_id,

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 04:30:33.433632
+Create Date: 2026-11-26 05:27:13.169795
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def upgrade() -> None:
         sa.Column("transport", sa.String(length=32), nullable=False),
         sa.Column("scope", sa.String(length=128), nullable=False),
         sa.Column("persona", sa.String(length=64), nullable=False),
+        sa.Column("guild_key", sa.String(length=64), nullable=True),
         sa.Column("console_thread_id", sa.String(length=32), nullable=True),
         sa.Column(
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False

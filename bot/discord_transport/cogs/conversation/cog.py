@@ -122,6 +122,7 @@ class Conversation(commands.Cog):
             text=text,
             persona=persona_name,
             external_id=str(message.id),
+            guild_key=f"discord:{message.guild.id}" if message.guild else None,
         )
         if await self._taken_over(incoming):
             return
