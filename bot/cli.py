@@ -11,15 +11,19 @@ import getpass
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import discord
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from bot.cli_api import api_command, tokens_app
+from bot.cli_common import err_console as _err
+from bot.cli_common import fail, settings_or_exit
+from bot.cli_trainer import export_command, report_command
 from bot.llm import ModelUnavailableError
-from bot.settings import ConfigError, Settings, load_settings
+from bot.settings import ConfigError, Settings
 from feedback.database import DatabaseError
 from personas import CardError, PersonaRegistry, UnknownPersonaError
 
@@ -36,22 +40,12 @@ app = typer.Typer(
 )
 personas_app = typer.Typer(no_args_is_help=True, help="Manage persona cards.")
 app.add_typer(personas_app, name="personas")
-
-_err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one line on standard error and exit."""
-    _err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def settings_or_exit() -> Settings:
-    """The settings, or exit with the one-line reason they are wrong."""
-    try:
-        return load_settings()
-    except ConfigError as error:
-        fail(str(error))
+memory_app = typer.Typer(no_args_is_help=True, help="See or erase what is remembered about a user.")
+app.add_typer(memory_app, name="memory")
+app.command("export")(export_command)
+app.command("report")(report_command)
+app.command("api")(api_command)
+app.add_typer(tokens_app, name="tokens", help="Trainers' API tokens.")
 
 
 def run_async(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -117,9 +111,17 @@ def _login_name() -> str:
 async def _chat(settings: Settings, persona: str, user: str) -> None:
     from bot.runtime import open_runtime
     from bot.terminal import TerminalChat
+    from feedback.corrections import CorrectionStore
+    from feedback.privacy import PrivacyStore
 
     async with open_runtime(settings) as runtime:
-        terminal = TerminalChat(runtime.engine, persona=persona, user=user)
+        terminal = TerminalChat(
+            runtime.engine,
+            persona=persona,
+            user=user,
+            corrections=CorrectionStore(runtime.sessions),
+            privacy=PrivacyStore(runtime.sessions),
+        )
         if sys.stdin.isatty():
             await terminal.run_interactive(Console())
         else:
@@ -193,3 +195,84 @@ def personas_export(
     except OSError as error:
         fail(f"cannot write {out}: {error.strerror}")
     Console().print(f"wrote {out}")
+
+
+@memory_app.command("show")
+def memory_show(
+    user: Annotated[str, typer.Option(help="The user id, e.g. discord:1234 or terminal:ann.")],
+    persona: Annotated[str | None, typer.Option(help="Only this persona's memories.")] = None,
+) -> None:
+    """List every memory kept about a user, and the history of their facts."""
+    settings = settings_or_exit()
+    _configure_logging(settings, quiet=True)
+    run_async(_memory_show(settings, user, persona))
+
+
+async def _memory_show(settings: Settings, user: str, persona: str | None) -> None:
+    memory = _open_memory_or_exit(settings)
+    try:
+        records = await memory.show_user(user_id=user, persona=persona)
+        history = await memory.fact_history(user_id=user, persona=persona)
+    finally:
+        memory.close()
+    table = Table("persona", "kind", "text", "source", "when")
+    for record in records:
+        table.add_row(
+            record.persona,
+            record.kind,
+            record.text,
+            record.source,
+            f"{record.created_at:%Y-%m-%d %H:%M}",
+        )
+    console = Console()
+    console.print(table if records else f"Nothing is remembered about {user}.")
+    if history:
+        facts = Table("event", "persona", "key", "old", "new", "when")
+        for event in history:
+            facts.add_row(
+                event.event,
+                event.persona,
+                event.key,
+                event.old_value or "",
+                event.new_value or "",
+                f"{event.created_at:%Y-%m-%d %H:%M}",
+            )
+        console.print(facts)
+
+
+@memory_app.command("forget")
+def memory_forget(
+    user: Annotated[str, typer.Option(help="The user id, e.g. discord:1234 or terminal:ann.")],
+    persona: Annotated[str | None, typer.Option(help="Only this persona's memories.")] = None,
+) -> None:
+    """Erase a user: memories, facts and pins (one persona, or everything incl. stored turns)."""
+    settings = settings_or_exit()
+    _configure_logging(settings, quiet=True)
+    removed = run_async(_memory_forget(settings, user, persona))
+    Console().print(f"erased {removed} items about {user}")
+
+
+async def _memory_forget(settings: Settings, user: str, persona: str | None) -> int:
+    from bot.runtime import open_runtime
+
+    if persona is not None:
+        memory = _open_memory_or_exit(settings)
+        try:
+            return await memory.forget_persona_user(persona=persona, user_id=user)
+        finally:
+            memory.close()
+    async with open_runtime(settings) as runtime:
+        return await runtime.engine.delete_data_for_user(requester="owner", user_id=user)
+
+
+def _open_memory_or_exit(settings: Settings):  # -> MemoryService
+    from bot.runtime import open_memory
+    from memory import MemoryStoreError
+
+    try:
+        memory = open_memory(settings)
+    except MemoryStoreError as error:
+        fail(str(error))
+    if memory is None:
+        fail("memory is switched off (memory.enabled = false)")
+    return memory

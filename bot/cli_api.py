@@ -3,23 +3,24 @@
 The functions here are registered on the main Typer app by :mod:`bot.cli`. Errors a user can fix
 end the command with one line on standard error and exit code 2.
 
-The API's pseudonym secret comes from ``GREENROOM_PSEUDONYM_SECRET`` (at least 16 characters):
-it keys the pseudonyms of actors and conversations, so keep it stable across restarts.
+The pseudonym key is the exports' (:func:`bot.runtime.pseudonym_secret`), so the API and the
+files name the same people the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from bot.settings import ConfigError, Settings, load_settings
+from bot.cli_common import err_console, fail, settings_or_exit
+from bot.runtime import pseudonym_secret
+from bot.settings import ConfigError, Settings
 from feedback.api import create_app
 from feedback.database import DatabaseError, create_engine, migrate, session_factory
 from feedback.tokens import SCOPES, TokenError, create_token, list_tokens, revoke_token
@@ -29,37 +30,12 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-__all__ = ["PSEUDONYM_SECRET_ENV", "api_command", "tokens_app"]
+__all__ = ["api_command", "tokens_app"]
 
 _log = logging.getLogger(__name__)
 
-PSEUDONYM_SECRET_ENV = "GREENROOM_PSEUDONYM_SECRET"
 
 tokens_app = typer.Typer(no_args_is_help=True, help="Manage the trainer API's bearer tokens.")
-
-_err = Console(stderr=True)
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    _err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ConfigError as error:
-        _fail(str(error))
-
-
-def _pseudonym_secret() -> bytes:
-    secret = os.environ.get(PSEUDONYM_SECRET_ENV, "")
-    if len(secret) < 16:
-        _fail(
-            f"set {PSEUDONYM_SECRET_ENV} to a secret of at least 16 characters "
-            "(it keys the pseudonyms of actors in exported data; keep it stable)"
-        )
-    return secret.encode()
 
 
 def _with_database(
@@ -78,7 +54,7 @@ def _with_database(
     try:
         return asyncio.run(main())
     except (DatabaseError, TokenError) as error:
-        _fail(str(error))
+        fail(str(error))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -88,8 +64,11 @@ def api_command(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
 ) -> None:
     """Serve the trainer HTTP API (OpenAPI docs at /docs)."""
-    settings = _settings()
-    secret = _pseudonym_secret()
+    settings = settings_or_exit()
+    try:
+        secret = pseudonym_secret(settings)
+    except ConfigError as error:
+        fail(str(error))
     logging.basicConfig(
         level=getattr(logging, settings.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -113,10 +92,10 @@ def tokens_create(
     ] = "read",
 ) -> None:
     """Create a token and print it once; only its hash is stored."""
-    settings = _settings()
+    settings = settings_or_exit()
     token = _with_database(settings, lambda sessions: create_token(sessions, name, scope))
     typer.echo(token)
-    _err.print(
+    err_console.print(
         f"Token {name!r} (scope {scope}) created. Store it now: it cannot be shown again.",
         highlight=False,
     )
@@ -125,7 +104,7 @@ def tokens_create(
 @tokens_app.command("revoke")
 def tokens_revoke(name: Annotated[str, typer.Option(help="The token's name.")]) -> None:
     """Revoke a token; requests using it are refused from now on."""
-    settings = _settings()
+    settings = settings_or_exit()
     _with_database(settings, lambda sessions: revoke_token(sessions, name))
     typer.echo(f"Revoked {name}.")
 
@@ -133,7 +112,7 @@ def tokens_revoke(name: Annotated[str, typer.Option(help="The token's name.")]) 
 @tokens_app.command("list")
 def tokens_list() -> None:
     """List the tokens (names, scopes, dates; never the tokens themselves)."""
-    settings = _settings()
+    settings = settings_or_exit()
     tokens = _with_database(settings, list_tokens)
     table = Table("name", "scope", "created", "revoked")
     for token in tokens:

@@ -4,24 +4,23 @@ Typer command functions; ``bot/cli.py`` registers them (``app.command("export")(
 Bad input (unknown format, inverted time range, bad split, unwritable output) ends the command
 with one line on standard error and exit code 2, and leaves no partial file behind.
 
-The pseudonym secret (the HMAC key of ``user_…``/``actor_…``/``name_…`` pseudonyms) comes from
-``GREENROOM_PSEUDONYM_SECRET``, else from ``data_dir/pseudonym.key``, created on first use with
-a random key and mode 0600. Keep that file: a new key gives everyone new pseudonyms.
+The pseudonym key (the HMAC key of ``user_…``/``actor_…``/``name_…`` pseudonyms) comes from
+:func:`bot.runtime.pseudonym_secret`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bot.cli_common import err_console, fail
+from bot.runtime import pseudonym_secret
 from bot.settings import ConfigError, load_settings
 from feedback.database import DatabaseError, create_engine, migrate, session_factory
 from feedback.exports import (
@@ -41,42 +40,10 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-    from bot.settings import Settings
 
-__all__ = ["PSEUDONYM_SECRET_ENV", "export_command", "pseudonym_secret", "report_command"]
+__all__ = ["export_command", "report_command"]
 
 #: The environment variable that holds the pseudonym secret (until a setting exists).
-PSEUDONYM_SECRET_ENV = "GREENROOM_PSEUDONYM_SECRET"
-_SECRET_FILE = "pseudonym.key"
-
-_err = Console(stderr=True)
-
-
-def _fail(message: str) -> NoReturn:
-    _err.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
-def pseudonym_secret(settings: Settings) -> bytes:
-    """The pseudonym key: the environment's, else ``data_dir/pseudonym.key`` (made if missing)."""
-    from_env = os.environ.get(PSEUDONYM_SECRET_ENV, "").strip()
-    if from_env:
-        return from_env.encode("utf-8")
-    path = settings.data_dir / _SECRET_FILE
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_text(encoding="ascii").strip()
-        if not key:
-            raise ConfigError(f"{path} is empty; delete it to make a new pseudonym key") from None
-        return key.encode("ascii")
-    except OSError as error:
-        raise ConfigError(f"cannot create the pseudonym key {path}: {error.strerror}") from None
-    key = secrets.token_hex(32)
-    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-        handle.write(key + "\n")
-    return key.encode("ascii")
 
 
 def _run(job: Callable[[async_sessionmaker[AsyncSession], bytes], Awaitable[Any]]) -> Any:
@@ -85,7 +52,7 @@ def _run(job: Callable[[async_sessionmaker[AsyncSession], bytes], Awaitable[Any]
         settings = load_settings()
         secret = pseudonym_secret(settings)
     except ConfigError as error:
-        _fail(str(error))
+        fail(str(error))
 
     async def main() -> Any:
         engine = create_engine(settings.resolved_database_url)
@@ -98,7 +65,7 @@ def _run(job: Callable[[async_sessionmaker[AsyncSession], bytes], Awaitable[Any]
     try:
         return asyncio.run(main())
     except (ExportError, DatabaseError, ConfigError) as error:
-        _fail(str(error))
+        fail(str(error))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -125,7 +92,7 @@ def _progress() -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=_err,
+        console=err_console,
         transient=True,
     )
 
@@ -167,16 +134,16 @@ def export_command(
         flt = _filter(since, until, persona, min_rating, tags)
         splits = parse_split(split) if split else None
     except ExportError as error:
-        _fail(str(error))
+        fail(str(error))
     if dry_run:
         formats = (fmt,) if fmt else FORMATS
         counts = _run(lambda sessions, key: _dry_run(sessions, key, flt, formats))
         _print_counts(counts)
         return
     if fmt is None:
-        _fail(f"--format is required; use one of: {', '.join(FORMATS)}")
+        fail(f"--format is required; use one of: {', '.join(FORMATS)}")
     if out is None:
-        _fail("--out is required: the JSONL file to write")
+        fail("--out is required: the JSONL file to write")
     written = _run(lambda sessions, key: _export(sessions, key, fmt, flt, out, splits, seed))
     console = Console()
     for name, count in written.items():
@@ -251,5 +218,5 @@ def report_command(
     try:
         page = _run(job)
     except ReportError as error:  # raised before any database work for a bad folder
-        _fail(str(error))
+        fail(str(error))
     Console().print(f"wrote {page}", highlight=False, soft_wrap=True)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot.engine import ConversationEngine, EngineLimits
 from bot.llm import build_chat_model
+from bot.settings import ConfigError
 from feedback.database import create_engine, migrate, session_factory
 from feedback.store import ConversationStore
 from personas import PersonaRegistry
@@ -27,9 +29,39 @@ if TYPE_CHECKING:
     from bot.engine import MemoryPort
     from bot.settings import Settings
 
-__all__ = ["Runtime", "engine_limits", "open_memory", "open_runtime"]
+__all__ = ["Runtime", "engine_limits", "open_memory", "open_runtime", "pseudonym_secret"]
+
+_PSEUDONYM_KEY_FILE = "pseudonym.key"
 
 _log = logging.getLogger(__name__)
+
+
+def pseudonym_secret(settings: Settings) -> bytes:
+    """The pseudonym key: ``privacy.pseudonym_secret``, else ``data_dir/pseudonym.key``
+    (created once with a random key, mode 0600)."""
+    if settings.privacy.pseudonym_secret is not None:
+        configured = settings.privacy.pseudonym_secret.get_secret_value().strip()
+        if len(configured) < 16:
+            raise ConfigError(
+                "invalid setting privacy.pseudonym_secret "
+                "(GREENROOM_PRIVACY__PSEUDONYM_SECRET): use at least 16 characters"
+            )
+        return configured.encode("utf-8")
+    path = settings.data_dir / _PSEUDONYM_KEY_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text(encoding="ascii").strip()
+        if not key:
+            raise ConfigError(f"{path} is empty; delete it to make a new pseudonym key") from None
+        return key.encode("ascii")
+    except OSError as error:
+        raise ConfigError(f"cannot create the pseudonym key {path}: {error.strerror}") from None
+    key = secrets.token_hex(32)
+    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+        handle.write(key + "\n")
+    return key.encode("ascii")
 
 
 @dataclass
@@ -66,7 +98,9 @@ def open_memory(settings: Settings) -> MemoryPort | None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from memory import MemoryService, SentenceTransformerEmbedder
 
-    embedder = SentenceTransformerEmbedder()
+    embedder = SentenceTransformerEmbedder(
+        backend=settings.memory.embedding_backend, onnx_cache_dir=settings.data_dir / "models"
+    )
     if settings.memory.chroma_host:
         return MemoryService.open(
             host=settings.memory.chroma_host, port=settings.memory.chroma_port, embedder=embedder
@@ -88,17 +122,16 @@ async def open_runtime(
     personas = PersonaRegistry.load(settings.persona_search_dirs)
     for error in personas.errors:
         _log.warning("%s", error)
+    chat_model = model if model is not None else build_chat_model(settings.model)
     db = create_engine(settings.resolved_database_url)
+    memory_port: MemoryPort | None = None
     try:
         await migrate(db)
         sessions = session_factory(db)
         store = ConversationStore(sessions)
-        chat_model = model if model is not None else build_chat_model(settings.model)
         if memory is True:
             memory_port = open_memory(settings)
-        elif memory is False:
-            memory_port = None
-        else:
+        elif memory is not False:
             memory_port = memory
         engine = ConversationEngine(
             personas=personas,
@@ -119,4 +152,6 @@ async def open_runtime(
             engine=engine,
         )
     finally:
+        if memory_port is not None and memory is True:
+            memory_port.close()
         await db.dispose()

@@ -14,6 +14,8 @@ from rich.live import Live
 from rich.text import Text
 
 from bot.engine import IncomingMessage, Refusal
+from bot.llm import GenerationError
+from feedback.corrections import TAGS, Actor, InvalidAction
 from personas import UnknownPersonaError
 
 if TYPE_CHECKING:
@@ -22,21 +24,38 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from bot.engine import ConversationEngine, Reply
+    from feedback.corrections import CorrectionStore
+    from feedback.privacy import PrivacyStore
 
 __all__ = ["TerminalChat"]
 
 _log = logging.getLogger(__name__)
 
-_HELP = "Commands: /persona NAME to switch, /personas to list, /help, /quit."
+_HELP = (
+    "Commands: /persona NAME, /personas, /rate N [TAGS...], /rewrite TEXT, /regen, "
+    "/consent on|off, /help, /quit. Tags: " + ", ".join(TAGS) + "."
+)
 
 
 class TerminalChat:
     """One user chatting with one persona at a time."""
 
-    def __init__(self, engine: ConversationEngine, *, persona: str, user: str) -> None:
+    def __init__(
+        self,
+        engine: ConversationEngine,
+        *,
+        persona: str,
+        user: str,
+        corrections: CorrectionStore,
+        privacy: PrivacyStore,
+    ) -> None:
         self.engine = engine
         self.persona = engine.personas.get(persona).name
         self.user = user
+        self.corrections = corrections
+        self.privacy = privacy
+        #: The reply the user last received: what /rate, /rewrite and /regen act on.
+        self.last_reply_id: int | None = None
 
     @property
     def user_id(self) -> str:
@@ -53,12 +72,79 @@ class TerminalChat:
             persona=self.persona,
         )
 
-    def _command(self, line: str) -> str | None:
-        """Run a ``/command``; returns what to show, or ``None`` to quit."""
+    @property
+    def actor(self) -> Actor:
+        """A solo user correcting their persona acts as their own actor."""
+        return Actor(self.user_id, self.user)
+
+    async def _command(self, line: str) -> tuple[str | None, str | None]:
+        """Run a ``/command``: returns (a notice, a new reply line), or (None, None) to quit."""
         name, _, argument = line[1:].partition(" ")
         argument = argument.strip()
         if name in {"quit", "exit"}:
-            return None
+            return None, None
+        if name in {"rate", "rewrite", "regen", "consent"}:
+            try:
+                return await self._correction(name, argument)
+            except InvalidAction as error:
+                return str(error), None
+        return self._setting(name, argument), None
+
+    async def _correction(self, name: str, argument: str) -> tuple[str, str | None]:
+        if name == "consent":
+            if argument not in {"on", "off"}:
+                return "Usage: /consent on|off", None
+            await self.privacy.set_consent(self.user_id, argument == "on")
+            return f"Training consent is {argument}.", None
+        if self.last_reply_id is None:
+            return f"Nothing to /{name} yet: talk to {self.persona} first.", None
+        if name == "rate":
+            parts = argument.split()
+            if not parts or not parts[0].isdigit():
+                return "Usage: /rate N [TAGS...], N from 1 to 5", None
+            rating_text, *tags = parts
+            outcome = await self.corrections.rate(
+                self.last_reply_id, actor=self.actor, rating=int(rating_text), tags=tags, key=None
+            )
+            return (
+                outcome.message if outcome.status == "refused" else f"Rated {rating_text}/5."
+            ), None
+        if name == "rewrite":
+            outcome = await self.corrections.rewrite(
+                self.last_reply_id, actor=self.actor, text=argument, key=None
+            )
+            if outcome.status == "refused" or outcome.result_id is None:
+                return outcome.message, None
+            await self._deliver(outcome.result_id, outcome.replaces)
+            return "Rewritten: the persona now remembers your version.", None
+        return await self._regenerate()
+
+    async def _regenerate(self) -> tuple[str, str | None]:
+        assert self.last_reply_id is not None
+        try:
+            text, snapshot, flags = await self.engine.regenerate(self.last_reply_id)
+        except (GenerationError, LookupError) as error:
+            return f"Could not regenerate: {error}", None
+        made = await self.corrections.regenerate(
+            self.last_reply_id,
+            actor=self.actor,
+            text=text,
+            snapshot=snapshot,
+            flags=flags,
+            hold_until=None,
+            key=None,
+        )
+        if made.status == "refused" or made.result_id is None:
+            return made.message, None
+        picked = await self.corrections.approve(made.result_id, actor=self.actor, key=None)
+        await self._deliver(made.result_id, picked.replaces)
+        return "Regenerated.", f"{self.persona}: {' '.join(text.split())}"
+
+    async def _deliver(self, node_id: int, replaces: int | None) -> None:
+        await self.engine.delivered(node_id, external_id=None, replaces=replaces)
+        self.last_reply_id = node_id
+
+    def _setting(self, name: str, argument: str) -> str:
         if name == "persona":
             if not argument:
                 return f"Usage: /persona NAME. Known: {', '.join(self.engine.personas.names())}"
@@ -66,6 +152,7 @@ class TerminalChat:
                 self.persona = self.engine.personas.get(argument).name
             except UnknownPersonaError as error:
                 return str(error)
+            self.last_reply_id = None
             return f"Now talking with {self.persona}."
         if name == "personas":
             return "Personas: " + ", ".join(self.engine.personas.names())
@@ -83,10 +170,12 @@ class TerminalChat:
         for raw in lines:
             line = raw.rstrip("\n")
             if line.startswith("/"):
-                shown = self._command(line.strip())
+                shown, reply_line = await self._command(line.strip())
                 if shown is None:
                     break
                 print(shown, file=err, flush=True)
+                if reply_line is not None:
+                    print(reply_line, file=out, flush=True)
                 continue
             result = await self.engine.respond(self._incoming(line))
             if isinstance(result, Refusal):
@@ -94,6 +183,7 @@ class TerminalChat:
                     print(f"! {result.notice}", file=err, flush=True)
                 continue
             await self.engine.mark_sent(result)
+            self.last_reply_id = result.candidate_id
             one_line = " ".join(result.text.split())
             print(f"{result.persona}: {one_line}", file=out, flush=True)
             replies += 1
@@ -111,10 +201,12 @@ class TerminalChat:
                 console.print()
                 return
             if line.strip().startswith("/"):
-                shown = self._command(line.strip())
+                shown, reply_line = await self._command(line.strip())
                 if shown is None:
                     return
                 console.print(f"[dim]{shown}[/]")
+                if reply_line is not None:
+                    console.print(reply_line, style="green")
                 continue
             try:
                 reply = await self._stream_reply(console, line)
@@ -124,6 +216,7 @@ class TerminalChat:
                 continue
             if reply is not None:
                 await self.engine.mark_sent(reply)
+                self.last_reply_id = reply.candidate_id
 
     async def _stream_reply(self, console: Console, line: str) -> Reply | None:
         shown = Text()

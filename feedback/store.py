@@ -14,6 +14,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from feedback.models import Conversation, MessageNode, PromptSnapshot
+from feedback.privacy import PrivacyStore
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -267,6 +268,7 @@ class ConversationStore:
         prompt snapshots kept for other turns. Returns the number of rows removed or scrubbed.
         """
         removed = 0
+        await PrivacyStore(self._sessions).mark_erased(user_id)
         async with self._sessions() as session:
             own = (
                 await session.execute(

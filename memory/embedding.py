@@ -13,10 +13,11 @@ import logging
 import os
 import re
 import threading
+import warnings
 import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -187,8 +188,17 @@ class SentenceTransformerEmbedder:
         onnx_file.parent.mkdir(parents=True, exist_ok=True)
         partial = onnx_file.with_suffix(".part")
         axes = {0: "batch", 1: "tokens"}
+        # The tracer warns about shape-dependent branches that do not apply to this graph.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._export(torch, _Pooled(model), example, partial, axes)
+        partial.replace(onnx_file)
+        _log.info("exported the embedding model to %s", onnx_file)
+
+    @staticmethod
+    def _export(torch: Any, module: Any, example: Any, partial: Path, axes: dict[int, str]) -> None:
         torch.onnx.export(
-            _Pooled(model),
+            module,
             (example, example, torch.zeros_like(example)),
             str(partial),
             input_names=["input_ids", "attention_mask", "token_type_ids"],
@@ -202,8 +212,6 @@ class SentenceTransformerEmbedder:
             opset_version=17,
             dynamo=False,
         )
-        partial.replace(onnx_file)
-        _log.info("exported the embedding model to %s", onnx_file)
 
     # -- embedding -----------------------------------------------------------------------------
 

@@ -987,6 +987,37 @@ class MemoryService:
         )
         return removed
 
+    async def forget_persona_user(self, *, persona: str, user_id: str) -> int:
+        """Erase what one persona remembers of ``user_id`` (turns, facts, pins, their history);
+        the user's memories with other personas stay. Returns items removed."""
+        removed = await self._run("forget_persona_user", self._forget_scope_sync, persona, user_id)
+        _log.info("erased %d memories of user %s with %s", removed, _digest(user_id), persona)
+        return removed
+
+    def _forget_scope_sync(self, persona: str, user_id: str) -> int:
+        from chromadb.errors import NotFoundError
+
+        removed = 0
+        name = self._scope_name(persona, user_id)
+        try:
+            removed += self._client.get_collection(name).count()
+            self._client.delete_collection(name)
+        except NotFoundError:
+            pass
+        with self._handles_lock:
+            self._handles.pop(name, None)
+        try:
+            history = self._client.get_collection(f"{_HISTORY_PREFIX}{_digest(user_id)}")
+        except NotFoundError:
+            return removed
+        ids = history.get(where={"persona": persona}, include=[])["ids"]
+        if ids:
+            history.delete(ids=ids)
+        clear_cache = getattr(self._embedder, "clear_cache", None)
+        if callable(clear_cache):
+            clear_cache()
+        return removed + len(ids)
+
     def _delete_user_sync(self, user_id: str) -> int:
         removed = 0
         for name in self._user_collections(user_id):

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from bot.llm import FakeChatModel
+from feedback.models import GuildSetting
+from feedback.privacy import PrivacyStore
 from tests.bot_world import World, running_bot
 from tests.discord_server.fixtures import discord_server
 
@@ -373,3 +375,24 @@ async def test_an_over_long_message_gets_a_notice_and_nothing_is_stored(world: W
     assert notice.json["allowed_mentions"]["parse"] == []
     conversation = await world.store.conversation_id("discord", f"dm:{world.member.id}", "Marlowe")
     assert await world.store.history(conversation, 10) == []
+
+
+async def test_consent_and_the_server_default(world: World) -> None:
+    server = world.server
+    said = server.send_slash_command(world.channel, world.member, "consent", {"choice": "on"})
+    said = await server.wait_for_interaction_response(said)
+    assert said.ephemeral and "may be used" in said.response_data["content"]
+    privacy = PrivacyStore(world.bot.sessions)
+    assert await privacy.consent_of(f"discord:{world.member.id}") is True
+    refused = server.send_slash_command(
+        world.channel, world.member, "consent-default", {"choice": "on"}
+    )
+    refused = await server.wait_for_interaction_response(refused)
+    assert refused.ephemeral and "Only server managers" in refused.response_data["content"]
+    server.add_member(world.guild, world.owner)
+    ok = server.send_slash_command(world.channel, world.owner, "consent-default", {"choice": "on"})
+    ok = await server.wait_for_interaction_response(ok)
+    assert "consent on" in ok.response_data["content"]
+    async with world.bot.sessions() as session:
+        setting = await session.get(GuildSetting, f"discord:{world.guild.id}")
+    assert setting is not None and setting.consent_default is True

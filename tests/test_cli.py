@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,48 @@ def test_scripted_chat_on_the_real_local_model(tmp_path: Path) -> None:
     assert len(lines) == 2
     for line in lines:
         assert line.startswith("Marlowe: ") and len(line) > len("Marlowe: ")
+
+
+def test_terminal_corrections_are_recorded_as_feedback_events(tmp_path: Path) -> None:
+    script = "\n".join(
+        [
+            "/rate 5",  # nothing to rate yet
+            "hello",
+            "/rate 4 funny in-character",
+            "/rate 9",
+            "/rate 3 meh",
+            "/rewrite Evening, friend. The rain never stops.",
+            "/rewrite ",
+            "what now",
+            "/regen",
+            "/consent on",
+        ]
+    )
+    result = _run(
+        ["chat", "--persona", "Marlowe", "--user", "ann"],
+        tmp_path,
+        script + "\n",
+        GREENROOM_MODEL__PROVIDER="fake",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "Marlowe: You said: hello",
+        "Marlowe: You said: what now",
+        "Marlowe: You said: what now",
+    ]
+    errors = result.stderr
+    assert "Nothing to /rate yet" in errors and "Rated 4/5." in errors
+    assert "1 to 5" in errors and "unknown tag 'meh'" in errors
+    assert "Rewritten" in errors and "empty" in errors and "Regenerated." in errors
+    database = sqlite3.connect(tmp_path / "data" / "greenroom.sqlite3")
+    events = database.execute(
+        "SELECT kind, actor_id, rating, tags, new_text FROM feedback_events ORDER BY id"
+    ).fetchall()
+    assert [e[0] for e in events] == ["rate", "rewrite", "regenerate", "approve"]
+    assert events[0][1:4] == ("terminal:ann", 4, '["in-character", "funny"]')
+    assert events[1][4] == "Evening, friend. The rain never stops."
+    history = database.execute(
+        "SELECT content FROM messages WHERE state IN ('sent', 'answered') ORDER BY id"
+    ).fetchall()
+    assert ("Evening, friend. The rain never stops.",) in history
+    assert database.execute("SELECT consent FROM user_privacy").fetchall() == [(1,)]

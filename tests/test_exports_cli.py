@@ -11,8 +11,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from bot.cli_trainer import PSEUDONYM_SECRET_ENV, export_command, pseudonym_secret, report_command
-from bot.settings import load_settings
+from bot.cli_trainer import export_command, report_command
+from bot.runtime import pseudonym_secret
+from bot.settings import ConfigError, load_settings
 from feedback.corrections import CorrectionStore
 from tests.test_exports import build_scenario
 
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from feedback.store import ConversationStore
+
+
+PSEUDONYM_SECRET_ENV = "GREENROOM_PRIVACY__PSEUDONYM_SECRET"
 
 
 @pytest.fixture
@@ -38,7 +42,7 @@ def env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[st
     monkeypatch.setenv("GREENROOM_CONFIG", str(tmp_path / "absent.toml"))
     monkeypatch.setenv("GREENROOM_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("GREENROOM_DATABASE_URL", db_url)
-    monkeypatch.setenv(PSEUDONYM_SECRET_ENV, "cli-secret")
+    monkeypatch.setenv(PSEUDONYM_SECRET_ENV, "cli-secret-of-16-chars")
     return {}
 
 
@@ -176,8 +180,11 @@ def test_pseudonym_secret_file_is_created_once_with_0600(
     path = tmp_path / "data" / "pseudonym.key"
     assert len(first) == 64 and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert pseudonym_secret(settings) == first
-    monkeypatch.setenv(PSEUDONYM_SECRET_ENV, "from-env")
-    assert pseudonym_secret(settings) == b"from-env"
+    monkeypatch.setenv(PSEUDONYM_SECRET_ENV, "from-the-environment")
+    assert pseudonym_secret(load_settings()) == b"from-the-environment"
+    monkeypatch.setenv(PSEUDONYM_SECRET_ENV, "short")
+    with pytest.raises(ConfigError, match="at least 16"):
+        pseudonym_secret(load_settings())
 
 
 def test_report_command_writes_the_page(

@@ -214,7 +214,7 @@ def consent_rule(flt: ExportFilter) -> tuple[list[Any], ColumnElement[bool]]:
         (GuildSetting, GuildSetting.guild_key == Conversation.guild_key),
     ]
     condition = and_(
-        UserPrivacy.erased_at.is_(None),
+        or_(UserPrivacy.erased_at.is_(None), MessageNode.created_at > UserPrivacy.erased_at),
         or_(
             UserPrivacy.consent.is_(True),
             and_(

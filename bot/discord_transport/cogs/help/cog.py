@@ -19,7 +19,8 @@ bound to a persona. Human actors may review replies to keep each character true.
 `/persona list` · `/persona show NAME`
 `/persona bind NAME` · `/persona unbind` (server managers)
 `/remember TEXT` pins something for the persona to remember
-`/memory show` shows what is remembered about you · `/memory forget` erases it all"""
+`/memory show` shows what is remembered about you · `/memory forget` erases it all
+`/consent on|off` whether your chats may be used to train the personas"""
 
 
 class Help(commands.Cog):

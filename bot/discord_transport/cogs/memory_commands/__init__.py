@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.discord_transport.cogs.memory_commands.cog import MemoryCommands, Remember
+from bot.discord_transport.cogs.memory_commands.cog import Consent, MemoryCommands, Remember
 
 if TYPE_CHECKING:
     from bot.discord_transport.client import GreenroomBot
@@ -13,3 +13,4 @@ if TYPE_CHECKING:
 async def setup(bot: GreenroomBot) -> None:
     await bot.add_cog(MemoryCommands(bot))
     await bot.add_cog(Remember(bot))
+    await bot.add_cog(Consent(bot))

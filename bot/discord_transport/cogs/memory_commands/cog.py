@@ -1,4 +1,4 @@
-"""What the bot remembers about you: see it, erase it, or pin something to remember.
+"""Your data: see or erase what the bot remembers, pin a memory, say whether it may train.
 
 A user only ever sees or erases their own data: the commands take no user argument.
 """
@@ -6,7 +6,7 @@ A user only ever sees or erases their own data: the commands take no user argume
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
@@ -14,11 +14,12 @@ from discord.ext import commands
 
 from bot.discord_transport.cogs.conversation.cog import channel_key
 from bot.discord_transport.errors import UserFacingError, reply_error
+from feedback.privacy import PrivacyStore
 
 if TYPE_CHECKING:
     from bot.discord_transport.client import GreenroomBot
 
-__all__ = ["MemoryCommands", "Remember"]
+__all__ = ["Consent", "MemoryCommands", "Remember"]
 
 _log = logging.getLogger(__name__)
 
@@ -105,6 +106,48 @@ class Remember(commands.Cog):
             raise UserFacingError(str(error)) from None
         await interaction.response.send_message(
             f"**{persona}** will remember that.", ephemeral=True
+        )
+
+    async def cog_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        await reply_error(interaction, error)
+
+
+class Consent(commands.Cog):
+    """``/consent on|off``: may this user's turns be used to train models?"""
+
+    def __init__(self, bot: GreenroomBot) -> None:
+        self.bot = bot
+        self.privacy = PrivacyStore(bot.sessions)
+
+    @app_commands.command(name="consent", description="Allow or refuse training use of your chats.")
+    @app_commands.describe(choice="on: your messages may train models; off: never")
+    async def consent(self, interaction: discord.Interaction, choice: Literal["on", "off"]) -> None:
+        await self.privacy.set_consent(_user_id(interaction), choice == "on")
+        text = (
+            "Thanks: your conversations may be used to improve the personas."
+            if choice == "on"
+            else "Done: your conversations will not be used for training."
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(
+        name="consent-default", description="Server default for members who have not said."
+    )
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.guild_only()
+    async def consent_default(
+        self, interaction: discord.Interaction, choice: Literal["on", "off"]
+    ) -> None:
+        if not interaction.permissions.manage_guild:
+            raise UserFacingError("Only server managers (Manage Server) can set the default.")
+        await self.privacy.set_guild_default(
+            f"discord:{interaction.guild_id}", choice == "on", by=_user_id(interaction)
+        )
+        await interaction.response.send_message(
+            f"Members who have not used /consent are now treated as consent {choice}.",
+            ephemeral=True,
         )
 
     async def cog_app_command_error(
