@@ -94,7 +94,11 @@ async def test_speakers_share_a_channel_conversation_with_their_names(world: Wor
     conversation = await world.store.conversation_id(
         "discord", f"channel:{world.channel.id}", "Marlowe"
     )
-    history = await world.store.history(conversation, 10)
+    for _ in range(100):  # the reply is marked sent just after its POST returns
+        history = await world.store.history(conversation, 10)
+        if len(history) == 4:
+            break
+        await asyncio.sleep(0.02)
     assert [(t.role, t.author_name) for t in history] == [
         ("user", "Mia"),
         ("assistant", "Marlowe"),

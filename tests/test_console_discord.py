@@ -172,7 +172,11 @@ async def test_rewrite_in_auto_mode_edits_the_sent_message_in_place(world: World
     conversation = await world.store.conversation_id(
         "discord", f"channel:{world.channel.id}", "Marlowe"
     )
-    history = await world.store.history(conversation, 10)
+    for _ in range(100):  # the rewrite is marked sent just after its edit returns
+        history = await world.store.history(conversation, 10)
+        if history and history[-1].content == "Rain again, kid. Always rain.":
+            break
+        await asyncio.sleep(0.02)
     assert history[-1].content == "Rain again, kid. Always rain."
     assert len(world.bot_replies(world.channel)) == 1
 

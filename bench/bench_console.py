@@ -1,0 +1,197 @@
+"""The actor console under load, over the loopback Discord server (fake instant model).
+
+1. 500 user messages in review mode across 25 channels: latency from the server dispatching
+   MESSAGE_CREATE to it receiving the console message's POST (an upper bound of "candidate
+   generated to console posted": it includes the instant generation).
+2. 20 actors click Approve on the 500 held candidates at random; a third of the candidates get a
+   concurrent click from a second actor and a tenth get the same click delivered twice. Latency
+   from the click's INTERACTION_CREATE to the user-channel POST of that reply; then the counts:
+   every candidate approved once, one reply each, no duplicate events.
+
+    .venv/bin/python bench/bench_console.py [--candidates 500] [--actors 20] [--backend sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import func, select
+
+from bench.common import percentile, scratch_database
+from feedback.database import create_engine, migrate
+from feedback.models import FeedbackEvent
+from tests.bot_world import running_bot
+from tests.discord_server import DiscordTestServer, point_discord_py_at
+
+MESSAGES = "/channels/{channel_id}/messages"
+
+
+def _summary(values_ms: list[float]) -> str:
+    return (
+        f"p50 {percentile(values_ms, 50):.1f} ms, p99 {percentile(values_ms, 99):.1f} ms "
+        f"(n={len(values_ms)})"
+    )
+
+
+async def run(backend: str, candidates: int, actors: int, channels: int) -> None:
+    server = DiscordTestServer(heartbeat_interval_ms=5000, rate_limit=(100_000, 1.0))
+    await server.start()
+    async with scratch_database(backend) as url:
+        db = create_engine(url)
+        await migrate(db)
+        with point_discord_py_at(server), tempfile.TemporaryDirectory() as folder:
+            async with running_bot(
+                server, db, Path(folder), console={"hold_seconds": 600}
+            ) as world:
+                await _bench(world, server, candidates, actors, channels, backend)
+        await db.dispose()
+    await server.stop()
+
+
+async def _bench(world, server, candidates: int, actors: int, channels: int, backend: str) -> None:
+    console = server.add_channel(world.guild, "console")
+    role = server.add_role(world.guild, "Actors")
+    people = [server.add_user(f"actor{i}") for i in range(actors)]
+    for person in people:
+        server.add_member(world.guild, person, roles=[role])
+    await world.bot.desk.guilds.set_console(
+        f"discord:{world.guild.id}", channel_id=str(console.id), actor_role_id=str(role.id), by="b"
+    )
+    rooms = [server.add_channel(world.guild, f"room-{i}") for i in range(channels)]
+    for room in rooms:
+        await world.bot.channels.bind(
+            f"discord:{room.id}", persona="Marlowe", guild_key=None, by="b"
+        )
+        await world.bot.channels.set_mode(
+            f"discord:{room.id}", mode="review", guild_key=None, by="b"
+        )
+    users = [server.add_user(f"user{i}") for i in range(channels)]
+    for user in users:
+        server.add_member(world.guild, user)
+    await asyncio.sleep(0.5)
+
+    # 1. candidates into the console
+    sent_ns: list[int] = []
+    started = len(server.requests)
+    for index in range(candidates):
+        room = rooms[index % channels]
+        server.send_user_message(room, users[index % channels], f"message {index}")
+        sent_ns.append(time.perf_counter_ns())
+        if index % channels == channels - 1:
+            await asyncio.sleep(0.02)
+    posts = await server.wait_until(
+        lambda: (
+            found
+            if len(
+                found := [
+                    r
+                    for r in server.requests[started:]
+                    if r.method == "POST"
+                    and r.route == MESSAGES
+                    and r.params.get("channel_id") == str(console.id)
+                ]
+            )
+            >= candidates
+            else None
+        ),
+        timeout=300,
+    )
+    # Console messages are posted in the order of each channel's messages; pair by candidate.
+    by_text = {}
+    for request in posts:
+        description = request.json["embeds"][0]["description"]
+        by_text[description.rsplit("message ", 1)[-1]] = request.received_ns
+    to_console = [
+        (by_text[str(i)] - sent_ns[i]) / 1e6 for i in range(candidates) if str(i) in by_text
+    ]
+    print(f"{backend}: message to console post: {_summary(to_console)}")
+
+    # 2. actors click
+    console_messages = [m for m in server.channel_history(console, include_user_messages=False)]
+    rng = random.Random(7)
+    rng.shuffle(console_messages)
+    click_ns: dict[int, tuple[str, int]] = {}
+    before_clicks = len(server.requests)
+    duplicates_sent = concurrent_sent = 0
+    for message in console_messages:
+        candidate = next(
+            int(c["custom_id"].rsplit(":", 1)[1])
+            for row in message["components"]
+            for c in row["components"]
+            if c.get("custom_id", "").startswith("gr:approve:")
+        )
+        first, second = rng.sample(people, 2)
+        record = server.click_button(message, first, f"gr:approve:{candidate}")
+        click_ns[candidate] = (message["embeds"][0]["description"], time.perf_counter_ns())
+        if rng.random() < 1 / 3:
+            server.click_button(message, second, f"gr:approve:{candidate}")
+            concurrent_sent += 1
+        if rng.random() < 0.1:
+            server.gateway.dispatch("INTERACTION_CREATE", record.payload)
+            duplicates_sent += 1
+        await asyncio.sleep(0.002)
+
+    def user_posts() -> list:
+        return [
+            r
+            for r in server.requests[before_clicks:]
+            if r.method == "POST"
+            and r.route == MESSAGES
+            and r.params.get("channel_id") != str(console.id)
+            and isinstance(r.json, dict)
+            and "**Marlowe:**" in str(r.json.get("content"))
+        ]
+
+    replies = await server.wait_until(
+        lambda: found if len(found := user_posts()) >= len(console_messages) else None, timeout=300
+    )
+    await asyncio.sleep(2.0)
+    replies = user_posts()
+    texts = [r.json["content"].removeprefix("**Marlowe:** ") for r in replies]
+    sent_at = {}
+    for request, text in zip(replies, texts, strict=True):
+        sent_at.setdefault(text, request.received_ns)
+    click_to_send = [
+        (sent_at[text] - clicked) / 1e6 for text, clicked in click_ns.values() if text in sent_at
+    ]
+    async with world.bot.sessions() as session:
+        approvals = await session.scalar(
+            select(func.count()).select_from(FeedbackEvent).where(FeedbackEvent.kind == "approve")
+        )
+        distinct = await session.scalar(
+            select(func.count(func.distinct(FeedbackEvent.candidate_id))).where(
+                FeedbackEvent.kind == "approve"
+            )
+        )
+    print(f"{backend}: click to user-channel send: {_summary(click_to_send)}")
+    print(
+        f"{backend}: {len(console_messages)} held candidates, {concurrent_sent} concurrent second "
+        f"clicks, {duplicates_sent} redelivered clicks -> {approvals} approve events for "
+        f"{distinct} candidates, {len(replies)} replies sent ({len(set(texts))} distinct), "
+        f"{len(replies) - len(set(texts))} duplicates, "
+        f"{len(console_messages) - len(set(texts))} lost"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--candidates", type=int, default=500)
+    parser.add_argument("--actors", type=int, default=20)
+    parser.add_argument("--channels", type=int, default=25)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    args = parser.parse_args()
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    for backend in backends:
+        asyncio.run(run(backend, args.candidates, args.actors, args.channels))
+
+
+if __name__ == "__main__":
+    main()
