@@ -230,7 +230,7 @@ class ConversationEngine:
             external_id=incoming.external_id,
         )
         flags: list[dict[str, Any]] = []
-        memories = await self._recall(persona, incoming, history, text, flags)
+        memories = await self._recall(persona, incoming, text, flags)
         messages = self.build_prompt(
             persona,
             user_name=incoming.user_name,
@@ -420,7 +420,7 @@ class ConversationEngine:
             voice = [line for role, line in persona.example_dialogue("you") if role == "assistant"]
             await self.memory.sync_persona(
                 persona.name,
-                canon_facts=persona.greenroom.canon_facts,
+                canon_facts=persona.canon_as_self(),
                 voice_examples=voice or [persona.greeting("you")],
             )
 
@@ -483,7 +483,6 @@ class ConversationEngine:
         self,
         persona: Persona,
         incoming: IncomingMessage,
-        history: Sequence[HistoryTurn],
         text: str,
         flags: list[dict[str, Any]],
     ) -> list[str]:
@@ -491,12 +490,13 @@ class ConversationEngine:
             return []
         from memory import format_memory_lines
 
-        query = [turn.content for turn in history[-2:] if turn.role == "user"] + [text]
         try:
+            # The message alone: the history window already carries the recent turns, and
+            # memory is for what fell out of it.
             hits = await self.memory.recall(
                 persona=persona.name,
                 user_id=incoming.user_id,
-                query_texts=query,
+                query_texts=[text],
                 k=self.limits.recall_k,
                 token_budget=self.limits.recall_token_budget,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -113,6 +114,33 @@ class Persona:
             lambda text: self.render(text, user_name),
             token_budget=token_budget,
         )
+
+    def canon_as_self(self) -> list[str]:
+        """The canon facts in the persona's own voice ("She grew up in X" -> "I grew up in X"),
+        so they compare with what the persona says about itself. A rough English rewrite:
+        subject, possessives and the commonest verb forms."""
+        first = re.escape(self.name.split()[0])
+        subject = rf"^(?:{first}(?:\s+[A-Z][\w'-]+)?|she|he|they)\b"
+        facts = []
+        for fact in self._greenroom.canon_facts:
+            text = self.render(fact.strip(), "you")
+            text = re.sub(subject + r"\s+(?:is|are)\b", "I am", text, flags=re.IGNORECASE)
+            text = re.sub(subject + r"\s+(?:has|have)\b", "I have", text, flags=re.IGNORECASE)
+            text = re.sub(subject + r"\s+(?:was|were)\b", "I was", text, flags=re.IGNORECASE)
+            text = re.sub(subject + r"\s+(\w+?)(?<!s)s\b", r"I \1", text, flags=re.IGNORECASE)
+            text = re.sub(subject, "I", text, flags=re.IGNORECASE)
+            text = re.sub(r"\b(?:her|him|them)\b(?=\s*[.,;!?]|\s*$)", "me", text, flags=re.I)
+            text = re.sub(
+                r"\bher(?=\s+(?:for|since|and|until|in|at|on|to|every|when|because)\b)",
+                "me",
+                text,
+                flags=re.IGNORECASE,
+            )
+            text = re.sub(r"\b(?:him|them)\b", "me", text, flags=re.IGNORECASE)
+            text = re.sub(r"\b(?:her|his|their)\b", "my", text, flags=re.IGNORECASE)
+            text = re.sub(r"^my\b", "My", text)
+            facts.append(text)
+        return facts
 
     def fallback_line(self, seed: int = 0, *, user_name: str = "you") -> str:
         """An in-persona line for when the model fails; the same seed gives the same line."""

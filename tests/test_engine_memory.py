@@ -1,0 +1,111 @@
+"""The engine with real vector memory: recall across many turns, canon kept, erase leaves nothing.
+
+Uses the bundled MiniLM embedder (torch backend) and an embedded Chroma in a temp folder.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from bot.engine import ConversationEngine, EngineLimits, IncomingMessage, Reply
+from bot.llm import FakeChatModel
+from memory import MemoryService, SentenceTransformerEmbedder
+from personas import PersonaRegistry
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from feedback.store import ConversationStore
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(backend="torch")
+
+
+@pytest.fixture
+def memory(tmp_path: Path, embedder: SentenceTransformerEmbedder) -> Iterator[MemoryService]:
+    service = MemoryService.open(path=tmp_path / "chroma", embedder=embedder)
+    yield service
+    service.close()
+
+
+def _said(text: str, user: str = "ann") -> IncomingMessage:
+    return IncomingMessage(
+        transport="terminal",
+        scope=f"terminal:{user}",
+        user_id=f"terminal:{user}",
+        user_name=user,
+        text=text,
+        persona="Juniper",
+    )
+
+
+async def _engine(
+    store: ConversationStore, memory: MemoryService, replies: list[str]
+) -> ConversationEngine:
+    engine = ConversationEngine(
+        personas=PersonaRegistry.load(),
+        store=store,
+        model=FakeChatModel(replies=replies),
+        memory=memory,
+        limits=EngineLimits(history_turns=4),
+    )
+    await engine.sync_personas()
+    return engine
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_fact_told_many_turns_ago_is_recalled_and_private(
+    store: ConversationStore, memory: MemoryService
+) -> None:
+    engine = await _engine(store, memory, ["Noted, sunshine."])
+    first = await engine.respond(_said("My sister's name is Maya and she lives in Lisbon."))
+    assert isinstance(first, Reply)
+    await engine.mark_sent(first)
+    for index in range(10):  # far beyond the 4 turns of history the prompt keeps
+        reply = await engine.respond(_said(f"Let's talk about tomatoes, part {index}."))
+        assert isinstance(reply, Reply)
+        await engine.mark_sent(reply)
+    asked = await engine.respond(_said("Do you remember my sister's name?"))
+    assert isinstance(asked, Reply)
+    assert any("Maya" in line for line in asked.memories), asked.memories
+    node = await store.get_node(asked.candidate_id)
+    snapshot = await store.get_snapshot(node.prompt_snapshot_id)  # type: ignore[union-attr,arg-type]
+    assert "Maya" in snapshot.messages[0]["content"]  # type: ignore[union-attr]
+    history_text = " ".join(m["content"] for m in snapshot.messages[1:])  # type: ignore[union-attr]
+    assert "Maya" not in history_text  # it came from memory, not from the history window
+    other = await engine.respond(_said("Do you remember my sister's name?", user="bo"))
+    assert isinstance(other, Reply) and not any("Maya" in line for line in other.memories)
+
+    removed = await engine.delete_data_for_user(requester="user", user_id="terminal:ann")
+    assert removed > 0
+    after = await engine.respond(_said("Do you remember my sister's name?"))
+    assert isinstance(after, Reply) and not any("Maya" in line for line in after.memories)
+    assert await memory.show_user(user_id="terminal:ann") == []
+    assert await memory.fact_history(user_id="terminal:ann") == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_reply_against_canon_is_flagged_with_the_fact(
+    store: ConversationStore, memory: MemoryService
+) -> None:
+    engine = await _engine(
+        store,
+        memory,
+        ["I grew up in Oslo, Norway, by the fjords.", "I grew up in Hood River, on the orchard."],
+    )
+    wrong = await engine.respond(_said("Where did you grow up?"))
+    assert isinstance(wrong, Reply)
+    contradictions = [f for f in wrong.flags if f["kind"] == "contradiction"]
+    assert contradictions, wrong.flags
+    assert "Hood River" in contradictions[0]["evidence"]["fact"]
+    assert wrong.risk.hold  # over its threshold: an actor sees it before the user does
+    right = await engine.respond(_said("Where did you grow up, again?"))
+    assert isinstance(right, Reply)
+    assert not [f for f in right.flags if f["kind"] == "contradiction"]
