@@ -14,6 +14,7 @@ import pytest
 from bot.llm import FakeChatModel
 from feedback.models import GuildSetting
 from feedback.privacy import PrivacyStore
+from memory import HashingEmbedder, MemoryService
 from tests.bot_world import World, running_bot
 from tests.discord_server.fixtures import discord_server
 
@@ -400,3 +401,55 @@ async def test_consent_and_the_server_default(world: World) -> None:
     async with world.bot.sessions() as session:
         setting = await session.get(GuildSetting, f"discord:{world.guild.id}")
     assert setting is not None and setting.consent_default is True
+
+
+async def test_remember_show_and_forget_with_memory(
+    discord_server: DiscordTestServer, db_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    memory = MemoryService.open(path=tmp_path / "chroma", embedder=HashingEmbedder())
+    try:
+        async with running_bot(discord_server, db_engine, tmp_path, memory=memory) as world:
+            server = world.server
+            pinned = server.send_slash_command(
+                world.channel, world.member, "remember", {"text": "I am allergic to peanuts"}
+            )
+            pinned = await server.wait_for_interaction_response(pinned)
+            assert pinned.ephemeral and "will remember" in pinned.response_data["content"]
+            again = server.send_slash_command(
+                world.channel, world.member, "remember", {"text": "I am allergic to peanuts"}
+            )
+            again = await server.wait_for_interaction_response(again)
+            assert again.ephemeral and "already" in again.response_data["content"].lower()
+            shown = server.send_slash_command(
+                world.channel, world.member, "memory", subcommand="show"
+            )
+            await server.wait_for_interaction_response(shown)
+            listing = await server.wait_for_request(
+                lambda r: (
+                    r.route == "/webhooks/{webhook_id}/{webhook_token}" and "peanuts" in str(r.json)
+                )
+            )
+            assert listing.json["flags"] & 64  # ephemeral
+            other = server.send_slash_command(
+                world.channel, world.owner, "memory", subcommand="show"
+            )
+            await server.wait_for_interaction_response(other)
+            nothing = await server.wait_for_request(
+                lambda r: (
+                    r.route == "/webhooks/{webhook_id}/{webhook_token}"
+                    and "anything about you" in str(r.json)
+                )
+            )
+            assert "peanuts" not in str(nothing.json)
+            forget = server.send_slash_command(
+                world.channel, world.member, "memory", subcommand="forget"
+            )
+            await server.wait_for_interaction_response(forget)
+            await server.wait_for_request(
+                lambda r: (
+                    r.route == "/webhooks/{webhook_id}/{webhook_token}" and "erased" in str(r.json)
+                )
+            )
+            assert await memory.show_user(user_id=f"discord:{world.member.id}") == []
+    finally:
+        memory.close()
