@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from bot.discord_transport.console.desk import ConsoleDesk
 from bot.discord_transport.delivery import PersonaVoice
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from bot.engine import ConversationEngine
@@ -99,7 +102,27 @@ class GreenroomBot(commands.Bot):
                 _log.warning("%d replies did not finish before shutdown", len(still))
         await self.close()
 
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[None]:
+        """Count the current task as work in flight (a reply, an actor's click)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.in_flight.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self.in_flight.discard(task)
+
     async def close(self) -> None:
-        """Stop the console's hold timers (holds resume from the database), then disconnect."""
+        """Stop taking work, cancel what is still in flight (what it committed stays; holds
+        resume from the database at the next start), then disconnect."""
+        self.accepting = False
         await self.desk.close()
+        current = asyncio.current_task()
+        pending = [task for task in self.in_flight if task is not current and not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
         await super().close()

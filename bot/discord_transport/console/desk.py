@@ -402,5 +402,8 @@ class ConsoleDesk:
 
     async def close(self) -> None:
         """Stop hold timers (their candidates stay held in the database and resume later)."""
-        for task in list(self._holds):
+        holds = [task for task in self._holds if not task.done()]
+        for task in holds:
             task.cancel()
+        if holds:
+            await asyncio.wait(holds, timeout=10)

@@ -111,8 +111,22 @@ async def _check_actor(interaction: discord.Interaction, candidate_id: int | Non
     return True
 
 
+class _Tracked:
+    """Runs the control's action as work in flight, so shutdown waits for it or cancels it."""
+
+    async def act(self, interaction: discord.Interaction) -> None:
+        raise NotImplementedError
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: GreenroomBot = interaction.client  # type: ignore[assignment]
+        with bot.tracking():
+            await self.act(interaction)
+
+
 class _CandidateButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})"
+    _Tracked,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})",
 ):
     """A button that acts on one candidate, ``gr:<action>:<candidate id>``."""
 
@@ -141,7 +155,7 @@ class _CandidateButton(
 class ApproveButton(_CandidateButton, template=r"gr:approve:(?P<id>[0-9]{1,19})"):
     action, label, style = "approve", "Approve", discord.ButtonStyle.success
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, self.candidate_id):
             return
         desk = _desk(interaction)
@@ -161,7 +175,7 @@ class ApproveButton(_CandidateButton, template=r"gr:approve:(?P<id>[0-9]{1,19})"
 class RewriteButton(_CandidateButton, template=r"gr:rewrite:(?P<id>[0-9]{1,19})"):
     action, label, style = "rewrite", "Rewrite", discord.ButtonStyle.primary
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, self.candidate_id):
             return
         desk = _desk(interaction)
@@ -229,7 +243,7 @@ def _submitted_text(data: dict[str, Any]) -> str:
 class RegenerateButton(_CandidateButton, template=r"gr:regen:(?P<id>[0-9]{1,19})"):
     action, label = "regen", "Regenerate"
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, self.candidate_id):
             return
         desk = _desk(interaction)
@@ -279,7 +293,9 @@ class RegenerateButton(_CandidateButton, template=r"gr:regen:(?P<id>[0-9]{1,19})
 
 
 class _ConversationButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})"
+    _Tracked,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})",
 ):
     """A button that acts on a conversation, ``gr:<action>:<conversation id>``."""
 
@@ -312,7 +328,7 @@ class _ConversationButton(
 class TakeOverButton(_ConversationButton, template=r"gr:takeover:(?P<id>[0-9]{1,19})"):
     action, label, style = "takeover", "Take over", discord.ButtonStyle.danger
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, None):
             return
         desk = _desk(interaction)
@@ -343,7 +359,7 @@ class TakeOverButton(_ConversationButton, template=r"gr:takeover:(?P<id>[0-9]{1,
 class ReleaseButton(_ConversationButton, template=r"gr:release:(?P<id>[0-9]{1,19})"):
     action, label = "release", "Release"
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, None):
             return
         desk = _desk(interaction)
@@ -364,7 +380,9 @@ class ReleaseButton(_ConversationButton, template=r"gr:release:(?P<id>[0-9]{1,19
 
 
 class RatingSelect(
-    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"gr:rate:(?P<id>[0-9]{1,19})"
+    _Tracked,
+    discord.ui.DynamicItem[discord.ui.Select[Any]],
+    template=r"gr:rate:(?P<id>[0-9]{1,19})",
 ):
     """Rate the candidate 1 to 5."""
 
@@ -385,7 +403,7 @@ class RatingSelect(
     ) -> RatingSelect:
         return cls(int(match["id"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, self.candidate_id):
             return
         values = (interaction.data or {}).get("values") or []
@@ -406,7 +424,9 @@ class RatingSelect(
 
 
 class TagsSelect(
-    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"gr:tags:(?P<id>[0-9]{1,19})"
+    _Tracked,
+    discord.ui.DynamicItem[discord.ui.Select[Any]],
+    template=r"gr:tags:(?P<id>[0-9]{1,19})",
 ):
     """Tag the candidate with any of :data:`~feedback.corrections.TAGS`."""
 
@@ -429,7 +449,7 @@ class TagsSelect(
     ) -> TagsSelect:
         return cls(int(match["id"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, self.candidate_id):
             return
         tags = list((interaction.data or {}).get("values") or [])

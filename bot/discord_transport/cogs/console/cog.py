@@ -102,7 +102,8 @@ class Console(commands.GroupCog, group_name="console"):
                     interaction.user.id,
                 )
                 return
-            await handle_rewrite_submit(interaction, int(match["id"]))
+            with self.bot.tracking():
+                await handle_rewrite_submit(interaction, int(match["id"]))
             return
         templates = [item.__discord_ui_compiled_template__ for item in DYNAMIC_ITEMS]  # type: ignore[attr-defined]
         if interaction.type is discord.InteractionType.component and not any(

@@ -87,17 +87,12 @@ class Conversation(commands.Cog):
         lock = self._channel_locks.get(message.channel.id)
         if lock is None:
             lock = self._channel_locks[message.channel.id] = asyncio.Lock()
-        task = asyncio.current_task()
-        if task is not None:
-            self.bot.in_flight.add(task)  # type: ignore[arg-type]
-        try:
-            async with lock:
-                await self._handle(message)
-        except Exception:
-            _log.exception("failed to answer message %s", message.id)
-        finally:
-            if task is not None:
-                self.bot.in_flight.discard(task)  # type: ignore[arg-type]
+        with self.bot.tracking():
+            try:
+                async with lock:
+                    await self._handle(message)
+            except Exception:
+                _log.exception("failed to answer message %s", message.id)
 
     async def _handle(self, message: discord.Message) -> None:
         if isinstance(message.channel, discord.Thread) and await self.bot.desk.speak_as_persona(
