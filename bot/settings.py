@@ -51,9 +51,11 @@ class ModelSettings(BaseModel):
     #: For ``local``: a GGUF file; empty means the bundled SmolLM2-135M-Instruct.
     gguf_path: Path | None = None
     context_tokens: int = Field(default=2048, ge=256, le=131072)
-    max_tokens: int = Field(default=160, ge=1, le=4096)
+    max_tokens: int = Field(default=96, ge=1, le=4096)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    #: For ``local``: penalises repeated tokens (1.0: off).
+    repeat_penalty: float = Field(default=1.15, ge=1.0, le=2.0)
     threads: int = Field(default=2, ge=1, le=64)
     #: Seconds one generation may take before it is abandoned for an in-persona fallback.
     timeout_s: float = Field(default=60.0, gt=0.0, le=600.0)

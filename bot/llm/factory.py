@@ -40,6 +40,7 @@ _log = logging.getLogger(__name__)
 _PARAM_ALIASES: dict[str, tuple[str, ...]] = {
     "temperature": ("temperature",),
     "top_p": ("top_p",),
+    "repeat_penalty": ("repeat_penalty",),
     "max_tokens": ("max_tokens", "max_completion_tokens"),
     "context_tokens": ("context_tokens",),
     "seed": ("seed",),

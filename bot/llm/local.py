@@ -90,7 +90,7 @@ _TOKENIZE_TIMEOUT_S = 10.0
 #: llama.cpp's verbosity threshold: below 0 keeps its log quiet (no per-request lines).
 _QUIET = -1
 #: Keyword arguments a caller may pass per request (``model.invoke(..., max_tokens=16)``).
-_REQUEST_OPTIONS = frozenset(("temperature", "top_p", "max_tokens", "seed"))
+_REQUEST_OPTIONS = frozenset(("temperature", "top_p", "max_tokens", "seed", "repeat_penalty"))
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
 
@@ -301,6 +301,8 @@ class LocalLlamaChatModel(BaseChatModel):
     max_tokens: int = Field(default=160, ge=1, le=4096)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    #: Penalises repeated tokens; a small model loops without it.
+    repeat_penalty: float = Field(default=1.15, ge=1.0, le=2.0)
     threads: int = Field(default=2, ge=1, le=64)
     #: The server to use; ``None`` shares one per (file, context, threads).
     runtime: LlamaRuntime | None = Field(default=None, exclude=True, repr=False)
@@ -325,6 +327,7 @@ class LocalLlamaChatModel(BaseChatModel):
             max_tokens=settings.max_tokens,
             temperature=settings.temperature,
             top_p=settings.top_p,
+            repeat_penalty=settings.repeat_penalty,
             threads=settings.threads,
         )
 
@@ -346,6 +349,7 @@ class LocalLlamaChatModel(BaseChatModel):
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
+            "repeat_penalty": self.repeat_penalty,
             "threads": self.threads,
         }
 
@@ -389,6 +393,7 @@ class LocalLlamaChatModel(BaseChatModel):
             "messages": [_to_openai(m) for m in messages],
             "temperature": self.temperature,
             "top_p": self.top_p,
+            "repeat_penalty": self.repeat_penalty,
             "max_tokens": self.max_tokens,
             "stop": stops,
             "cache_prompt": True,
