@@ -51,8 +51,22 @@ async def test_dm_is_answered_with_the_persona_name_and_no_pings(world: World) -
     post = _posts(world)[-1]
     assert post["allowed_mentions"]["parse"] == []
     assert not post["allowed_mentions"].get("replied_user")
-    assert world.server.requests_to("POST", TYPING)
+    assert not world.server.requests_to("POST", TYPING)  # an instant reply needs no indicator
     assert reply["mention_everyone"] is False
+
+
+async def test_a_slow_reply_shows_the_typing_indicator(
+    discord_server: DiscordTestServer, db_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    async with running_bot(
+        discord_server, db_engine, tmp_path, model=FakeChatModel(chunk_delay_s=0.2)
+    ) as world:
+        dm = world.server.dm_channel_for(world.member)
+        world.server.send_user_message(dm, world.member, "take your time please")
+        typing = await world.server.wait_for_request(method="POST", route=TYPING)
+        [reply] = await world.server.wait_for_messages(dm, 1)
+        assert typing.received_ns < world.server.requests_to("POST", MESSAGES)[-1].received_ns
+        assert reply["content"].endswith("take your time please")
 
 
 async def test_guild_messages_need_a_mention_a_reply_or_a_binding(world: World) -> None:

@@ -1,7 +1,8 @@
 """A typing indicator that never delays the reply.
 
 discord.py's ``channel.typing()`` awaits its first request before the body runs; here the
-indicator runs beside the work: sent at once, renewed every 8 s (Discord shows it for 10 s),
+indicator runs beside the work: sent after ``delay`` (a reply ready sooner needs none, which
+saves a request per turn with a fast model), renewed every 8 s (Discord shows it for 10 s),
 stopped on exit. A failed typing request is logged and ignored.
 """
 
@@ -24,7 +25,8 @@ _log = logging.getLogger(__name__)
 _RENEW_EVERY_S = 8.0
 
 
-async def _typing_loop(channel: discord.abc.Messageable) -> None:
+async def _typing_loop(channel: discord.abc.Messageable, delay: float) -> None:
+    await asyncio.sleep(delay)
     while True:
         try:
             await channel.typing()
@@ -34,9 +36,11 @@ async def _typing_loop(channel: discord.abc.Messageable) -> None:
 
 
 @contextlib.asynccontextmanager
-async def keep_typing(channel: discord.abc.Messageable) -> AsyncIterator[None]:
-    """Show "typing..." in ``channel`` while the body runs."""
-    task = asyncio.create_task(_typing_loop(channel))
+async def keep_typing(
+    channel: discord.abc.Messageable, *, delay: float = 0.3
+) -> AsyncIterator[None]:
+    """Show "typing..." in ``channel`` while the body runs (from ``delay`` seconds on)."""
+    task = asyncio.create_task(_typing_loop(channel, delay))
     try:
         yield
     finally:
