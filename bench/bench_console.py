@@ -1,5 +1,6 @@
 """The actor console under load, over the loopback Discord server (fake instant model).
 
+0. Paced, one candidate at a time (100): the latency of each step with no queue before it.
 1. 500 user messages in review mode across 25 channels: latency from the server dispatching
    MESSAGE_CREATE to it receiving the console message's POST (an upper bound of "candidate
    generated to console posted": it includes the instant generation).
@@ -77,6 +78,7 @@ async def _bench(world, server, candidates: int, actors: int, channels: int, bac
     for user in users:
         server.add_member(world.guild, user)
     await asyncio.sleep(0.5)
+    await _paced(world, server, console, rooms[0], users[0], people[0], backend)
 
     # 1. candidates into the console
     sent_ns: list[int] = []
@@ -179,6 +181,50 @@ async def _bench(world, server, candidates: int, actors: int, channels: int, bac
         f"{len(replies) - len(set(texts))} duplicates, "
         f"{len(console_messages) - len(set(texts))} lost"
     )
+
+
+async def _paced(
+    world, server, console, room, user, actor, backend: str, samples: int = 100
+) -> None:
+    """One candidate at a time: the latency of each step without a queue in front of it."""
+    to_console: list[float] = []
+    to_send: list[float] = []
+    for index in range(samples):
+        start = len(server.requests)
+        server.send_user_message(room, user, f"paced {index}")
+        sent = time.perf_counter_ns()
+        post = await server.wait_for_request(
+            lambda r: (
+                r.method == "POST"
+                and r.route == MESSAGES
+                and r.params.get("channel_id") == str(console.id)
+            ),
+            start=start,
+            timeout=30,
+        )
+        to_console.append((post.received_ns - sent) / 1e6)
+        message = server.messages[int(post.response["id"])]
+        candidate = next(
+            c["custom_id"]
+            for row in message["components"]
+            for c in row["components"]
+            if c.get("custom_id", "").startswith("gr:approve:")
+        )
+        start = len(server.requests)
+        server.click_button(message, actor, candidate)
+        clicked = time.perf_counter_ns()
+        reply = await server.wait_for_request(
+            lambda r: (
+                r.method == "POST"
+                and r.route == MESSAGES
+                and r.params.get("channel_id") == str(room.id)
+            ),
+            start=start,
+            timeout=30,
+        )
+        to_send.append((reply.received_ns - clicked) / 1e6)
+    print(f"{backend}: paced, message to console post: {_summary(to_console)}")
+    print(f"{backend}: paced, click to user-channel send: {_summary(to_send)}")
 
 
 def main() -> None:
