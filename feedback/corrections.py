@@ -432,14 +432,7 @@ class CorrectionStore:
                 return ActionOutcome(
                     "refused", await self.describe_decision(candidate_id), candidate_id=candidate_id
                 )
-            row = PromptSnapshot(
-                messages=snapshot.messages,
-                persona=snapshot.persona,
-                persona_version=snapshot.persona_version,
-                memories=list(snapshot.memories),
-                model_name=snapshot.model_name,
-                params=snapshot.params,
-            )
+            row = snapshot.to_row()
             session.add(row)
             await session.flush()
             fresh = MessageNode(
@@ -555,16 +548,6 @@ class CorrectionStore:
                     )
                 ).all()
             )
-
-    async def mark_delivered(self, node_id: int, external_id: str | None) -> None:
-        """The node went out (sent or edited in place)."""
-        async with self._sessions() as session:
-            await session.execute(
-                update(MessageNode)
-                .where(MessageNode.id == node_id)
-                .values(state="sent", external_id=external_id)
-            )
-            await session.commit()
 
     # -- conversations -------------------------------------------------------------------
 

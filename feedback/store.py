@@ -53,6 +53,17 @@ class SnapshotData:
     params: dict[str, Any] = field(default_factory=dict)
     memories: list[str] = field(default_factory=list)
 
+    def to_row(self) -> PromptSnapshot:
+        """A new ``prompt_snapshots`` row holding this snapshot."""
+        return PromptSnapshot(
+            messages=self.messages,
+            persona=self.persona,
+            persona_version=self.persona_version,
+            memories=list(self.memories),
+            model_name=self.model_name,
+            params=self.params,
+        )
+
 
 class ConversationStore:
     """Reads and writes conversation trees through an ``async_sessionmaker``."""
@@ -172,14 +183,7 @@ class ConversationStore:
         async with self._sessions() as session:
             snapshot_id = None
             if snapshot is not None:
-                row = PromptSnapshot(
-                    messages=snapshot.messages,
-                    persona=snapshot.persona,
-                    persona_version=snapshot.persona_version,
-                    memories=list(snapshot.memories),
-                    model_name=snapshot.model_name,
-                    params=snapshot.params,
-                )
+                row = snapshot.to_row()
                 session.add(row)
                 await session.flush()
                 snapshot_id = row.id

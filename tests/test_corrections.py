@@ -70,7 +70,7 @@ async def test_rewrite_of_a_held_candidate(
     rewrite = await store.get_node(outcome.result_id)
     assert original.state == "rejected"  # type: ignore[union-attr]
     assert rewrite.parent_id == turn.user_turn_id and rewrite.origin == "rewrite"  # type: ignore[union-attr]
-    await corrections.mark_delivered(outcome.result_id, "m-9")
+    await store.mark_sent(outcome.result_id, "m-9")
     history = await store.history(turn.conversation_id, 10)
     assert [t.content for t in history] == ["hello there", "Evening, kid."]
     event = (await _events(store))[0]

@@ -95,14 +95,14 @@ async def build_scenario(
         rewritten.candidate_id, actor=ALICE_ACTOR, text="Evening, ann. Call <@1234>.", key="r1"
     )
     assert rewrite.result_id is not None
-    await corrections.mark_delivered(rewrite.result_id, "m1")
+    await store.mark_sent(rewrite.result_id, "m1")
 
     regenerated = await add_turn(
         store, user_id=user_id, state="held", text="tell me a story", reply="No."
     )
     new_id = await _regenerate(corrections, regenerated, "Once, in the rain...", "g1")
     await corrections.approve(new_id, actor=BOB_ACTOR, key="a1")
-    await corrections.mark_delivered(new_id, "m2")
+    await store.mark_sent(new_id, "m2")
 
     rated = await add_turn(store, user_id=user_id, state="sent", text="who are you", reply="Me.")
     await corrections.rate(
@@ -115,7 +115,7 @@ async def build_scenario(
     pair_new = await _regenerate(corrections, rated_pair, "Because the city lies.", "g2")
     await corrections.rate(pair_new, actor=BOB_ACTOR, rating=4, key="t4")
     await corrections.approve(pair_new, actor=ALICE_ACTOR, key="a2")
-    await corrections.mark_delivered(pair_new, "m4")
+    await store.mark_sent(pair_new, "m4")
 
     unreviewed = await add_turn(store, user_id=user_id, state="sent", text="ok", reply="Sure.")
     low = await add_turn(store, user_id=user_id, state="sent", text="bye", reply="Whatever.")

@@ -123,33 +123,41 @@ class _Tracked:
             await self.act(interaction)
 
 
-class _CandidateButton(
+class _IdButton(
     _Tracked,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})",
 ):
-    """A button that acts on one candidate, ``gr:<action>:<candidate id>``."""
+    """A button that acts on one id, ``gr:<action>:<id>``."""
 
     action = ""
     label = ""
     style = discord.ButtonStyle.secondary
 
-    def __init__(self, candidate_id: int) -> None:
+    def __init__(self, target_id: int) -> None:
         super().__init__(
             discord.ui.Button(
                 label=self.label,
                 style=self.style,
-                custom_id=f"gr:{self.action}:{candidate_id}",
+                custom_id=f"gr:{self.action}:{target_id}",
                 row=0,
             )
         )
-        self.candidate_id = candidate_id
+        self.target_id = target_id
 
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> _CandidateButton:
+    ) -> _IdButton:
         return cls(int(match["id"]))
+
+
+class _CandidateButton(_IdButton, template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})"):
+    """A button that acts on one candidate reply."""
+
+    @property
+    def candidate_id(self) -> int:
+        return self.target_id
 
 
 class ApproveButton(_CandidateButton, template=r"gr:approve:(?P<id>[0-9]{1,19})"):
@@ -292,33 +300,12 @@ class RegenerateButton(_CandidateButton, template=r"gr:regen:(?P<id>[0-9]{1,19})
         await _ephemeral(interaction, f"New candidate #{outcome.result_id} is in the console.")
 
 
-class _ConversationButton(
-    _Tracked,
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})",
-):
-    """A button that acts on a conversation, ``gr:<action>:<conversation id>``."""
+class _ConversationButton(_IdButton, template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})"):
+    """A button that acts on a whole conversation."""
 
-    action = ""
-    label = ""
-    style = discord.ButtonStyle.secondary
-
-    def __init__(self, conversation_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=self.label,
-                style=self.style,
-                custom_id=f"gr:{self.action}:{conversation_id}",
-                row=0,
-            )
-        )
-        self.conversation_id = conversation_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> _ConversationButton:
-        return cls(int(match["id"]))
+    @property
+    def conversation_id(self) -> int:
+        return self.target_id
 
     async def _persona(self, desk: ConsoleDesk) -> str | None:
         conversation = await desk.bot.engine.store.get_conversation(self.conversation_id)
