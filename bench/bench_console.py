@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 
 from bench.common import percentile, scratch_database
 from feedback.database import create_engine, migrate
-from feedback.models import FeedbackEvent
+from feedback.models import FeedbackEvent, MessageNode
 from tests.bot_world import running_bot
 from tests.discord_server import DiscordTestServer, point_discord_py_at
 
@@ -79,6 +79,7 @@ async def _bench(world, server, candidates: int, actors: int, channels: int, bac
         server.add_member(world.guild, user)
     await asyncio.sleep(0.5)
     await _paced(world, server, console, rooms[0], users[0], people[0], backend)
+    paced = len(server.channel_history(console, include_user_messages=False))
 
     # 1. candidates into the console
     sent_ns: list[int] = []
@@ -117,7 +118,7 @@ async def _bench(world, server, candidates: int, actors: int, channels: int, bac
     print(f"{backend}: message to console post: {_summary(to_console)}")
 
     # 2. actors click
-    console_messages = [m for m in server.channel_history(console, include_user_messages=False)]
+    console_messages = server.channel_history(console, include_user_messages=False)[paced:]
     rng = random.Random(7)
     rng.shuffle(console_messages)
     click_ns: dict[int, tuple[str, int]] = {}
@@ -152,9 +153,13 @@ async def _bench(world, server, candidates: int, actors: int, channels: int, bac
             and "**Marlowe:**" in str(r.json.get("content"))
         ]
 
-    replies = await server.wait_until(
-        lambda: found if len(found := user_posts()) >= len(console_messages) else None, timeout=300
-    )
+    try:
+        await server.wait_until(
+            lambda: found if len(found := user_posts()) >= len(console_messages) else None,
+            timeout=120,
+        )
+    except TimeoutError:
+        print(f"{backend}: not every approved candidate was delivered within 120 s")
     await asyncio.sleep(2.0)
     replies = user_posts()
     texts = [r.json["content"].removeprefix("**Marlowe:** ") for r in replies]
@@ -173,6 +178,16 @@ async def _bench(world, server, candidates: int, actors: int, channels: int, bac
                 FeedbackEvent.kind == "approve"
             )
         )
+        states = dict(
+            (
+                await session.execute(
+                    select(MessageNode.state, func.count())
+                    .where(MessageNode.role == "assistant")
+                    .group_by(MessageNode.state)
+                )
+            ).all()
+        )
+    print(f"{backend}: candidate states in the database: {states}")
     print(f"{backend}: click to user-channel send: {_summary(click_to_send)}")
     print(
         f"{backend}: {len(console_messages)} held candidates, {concurrent_sent} concurrent second "
@@ -188,6 +203,7 @@ async def _paced(
 ) -> None:
     """One candidate at a time: the latency of each step without a queue in front of it."""
     to_console: list[float] = []
+    stored_to_console: list[float] = []
     to_send: list[float] = []
     for index in range(samples):
         start = len(server.requests)
@@ -210,6 +226,10 @@ async def _paced(
             for c in row["components"]
             if c.get("custom_id", "").startswith("gr:approve:")
         )
+        node = await world.store.get_node(int(candidate.rsplit(":", 1)[1]))
+        if backend == "postgresql":  # now() has microseconds there; SQLite's has seconds
+            stored = (post.received_at - node.created_at).total_seconds() * 1000
+            stored_to_console.append(stored)
         start = len(server.requests)
         server.click_button(message, actor, candidate)
         clicked = time.perf_counter_ns()
@@ -224,6 +244,8 @@ async def _paced(
         )
         to_send.append((reply.received_ns - clicked) / 1e6)
     print(f"{backend}: paced, message to console post: {_summary(to_console)}")
+    if stored_to_console:
+        print(f"{backend}: paced, candidate stored to console post: {_summary(stored_to_console)}")
     print(f"{backend}: paced, click to user-channel send: {_summary(to_send)}")
 
 

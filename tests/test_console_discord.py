@@ -365,6 +365,14 @@ async def test_take_over_speak_as_the_persona_and_release(world: World) -> None:
         )
     )
     assert f"<#{thread_id}>" in followup.json["content"]
+    shown = await server.wait_for_request(
+        lambda r: (
+            r.method == "PATCH"
+            and r.params.get("message_id") == console_message["id"]
+            and "taken over by alice" in str(r.json)
+        )
+    )
+    assert shown.json["embeds"][0]["fields"][-1]["name"] == "Actor"
     steal = server.click_button(console_message, bob, f"gr:takeover:{conversation}")
     steal = await server.wait_for_interaction_response(steal)
     assert "alice holds this conversation" in steal.response_data["content"]

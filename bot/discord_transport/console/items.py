@@ -312,6 +312,19 @@ class _ConversationButton(_IdButton, template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})"):
         return conversation.persona if conversation else None
 
 
+async def _show_claim(desk: ConsoleDesk, interaction: discord.Interaction) -> None:
+    """Redraw the console message the click came from, so everyone sees who holds it."""
+    message = interaction.message
+    if message is None:
+        return
+    for row in message.components:
+        for component in getattr(row, "children", ()):
+            custom_id = getattr(component, "custom_id", None) or ""
+            if custom_id.startswith("gr:approve:"):
+                await desk.refresh(int(custom_id.rsplit(":", 1)[1]))
+                return
+
+
 class TakeOverButton(_ConversationButton, template=r"gr:takeover:(?P<id>[0-9]{1,19})"):
     action, label, style = "takeover", "Take over", discord.ButtonStyle.danger
 
@@ -335,6 +348,7 @@ class TakeOverButton(_ConversationButton, template=r"gr:takeover:(?P<id>[0-9]{1,
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         thread = await desk.takeover_thread(self.conversation_id, interaction.message)
+        await _show_claim(desk, interaction)
         where = thread.mention if thread is not None else "the console thread"
         await _ephemeral(
             interaction,
@@ -363,6 +377,7 @@ class ReleaseButton(_ConversationButton, template=r"gr:release:(?P<id>[0-9]{1,19
         if outcome.status == "refused":
             await _ephemeral(interaction, outcome.message)
             return
+        await _show_claim(desk, interaction)
         await _ephemeral(interaction, f"Released: {persona} is back on the model.")
 
 
