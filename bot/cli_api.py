@@ -9,25 +9,21 @@ files name the same people the same way.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from bot.cli_common import err_console, fail, settings_or_exit
+from bot.cli_common import err_console, fail, settings_or_exit, with_database
 from bot.runtime import pseudonym_secret
-from bot.settings import ConfigError, Settings
+from bot.settings import ConfigError
 from feedback.api import create_app
-from feedback.database import DatabaseError, create_engine, migrate, session_factory
 from feedback.tokens import SCOPES, TokenError, create_token, list_tokens, revoke_token
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 __all__ = ["api_command", "tokens_app"]
@@ -36,27 +32,6 @@ _log = logging.getLogger(__name__)
 
 
 tokens_app = typer.Typer(no_args_is_help=True, help="Manage the trainer API's bearer tokens.")
-
-
-def _with_database(
-    settings: Settings, work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[Any]]
-) -> Any:
-    """Run ``work`` over the migrated database; errors users can fix become one line."""
-
-    async def main() -> Any:
-        engine = create_engine(settings.resolved_database_url)
-        try:
-            await migrate(engine)
-            return await work(session_factory(engine))
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    except (DatabaseError, TokenError) as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
 
 
 def api_command(
@@ -81,7 +56,7 @@ def api_command(
         )
         await uvicorn.Server(config).serve()
 
-    _with_database(settings, serve)
+    with_database(settings, serve, user_errors=(TokenError,))
 
 
 @tokens_app.command("create")
@@ -93,7 +68,9 @@ def tokens_create(
 ) -> None:
     """Create a token and print it once; only its hash is stored."""
     settings = settings_or_exit()
-    token = _with_database(settings, lambda sessions: create_token(sessions, name, scope))
+    token = with_database(
+        settings, lambda sessions: create_token(sessions, name, scope), user_errors=(TokenError,)
+    )
     typer.echo(token)
     err_console.print(
         f"Token {name!r} (scope {scope}) created. Store it now: it cannot be shown again.",
@@ -105,7 +82,9 @@ def tokens_create(
 def tokens_revoke(name: Annotated[str, typer.Option(help="The token's name.")]) -> None:
     """Revoke a token; requests using it are refused from now on."""
     settings = settings_or_exit()
-    _with_database(settings, lambda sessions: revoke_token(sessions, name))
+    with_database(
+        settings, lambda sessions: revoke_token(sessions, name), user_errors=(TokenError,)
+    )
     typer.echo(f"Revoked {name}.")
 
 
@@ -113,7 +92,7 @@ def tokens_revoke(name: Annotated[str, typer.Option(help="The token's name.")]) 
 def tokens_list() -> None:
     """List the tokens (names, scopes, dates; never the tokens themselves)."""
     settings = settings_or_exit()
-    tokens = _with_database(settings, list_tokens)
+    tokens = with_database(settings, list_tokens, user_errors=(TokenError,))
     table = Table("name", "scope", "created", "revoked")
     for token in tokens:
         table.add_row(

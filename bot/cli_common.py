@@ -1,15 +1,22 @@
-"""What every ``greenroom`` command shares: one-line failures and the settings."""
+"""What every ``greenroom`` command shares: one-line failures, the settings, the database."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+import asyncio
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
 
 from bot.settings import ConfigError, Settings, load_settings
+from feedback.database import DatabaseError, create_engine, migrate, session_factory
 
-__all__ = ["err_console", "fail", "settings_or_exit"]
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+__all__ = ["err_console", "fail", "settings_or_exit", "with_database"]
 
 #: Standard error, for progress bars and failures (standard output stays for results).
 err_console = Console(stderr=True)
@@ -27,3 +34,28 @@ def settings_or_exit() -> Settings:
         return load_settings()
     except ConfigError as error:
         fail(str(error))
+
+
+def with_database(
+    settings: Settings,
+    work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[Any]],
+    *,
+    user_errors: tuple[type[Exception], ...] = (),
+) -> Any:
+    """Run ``work`` over the migrated database; database errors and ``user_errors`` (mistakes
+    the user can fix) end the command with one line."""
+
+    async def main() -> Any:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await migrate(engine)
+            return await work(session_factory(engine))
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except (DatabaseError, ConfigError, *user_errors) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None

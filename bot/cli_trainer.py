@@ -10,7 +10,6 @@ The pseudonym key (the HMAC key of ``user_…``/``actor_…``/``name_…`` pseud
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,10 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.cli_common import err_console, fail
+from bot.cli_common import err_console, fail, with_database
 from bot.runtime import pseudonym_secret
 from bot.settings import ConfigError, load_settings
-from feedback.database import DatabaseError, create_engine, migrate, session_factory
 from feedback.exports import (
     FORMATS,
     ExportError,
@@ -47,27 +45,15 @@ __all__ = ["export_command", "report_command"]
 
 
 def _run(job: Callable[[async_sessionmaker[AsyncSession], bytes], Awaitable[Any]]) -> Any:
-    """Open the configured database, run ``job``, and turn known errors into one line."""
+    """Open the configured database, run ``job`` with the pseudonym key, errors as one line."""
     try:
         settings = load_settings()
         secret = pseudonym_secret(settings)
     except ConfigError as error:
         fail(str(error))
-
-    async def main() -> Any:
-        engine = create_engine(settings.resolved_database_url)
-        try:
-            await migrate(engine)
-            return await job(session_factory(engine), secret)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    except (ExportError, DatabaseError, ConfigError) as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    return with_database(
+        settings, lambda sessions: job(sessions, secret), user_errors=(ExportError,)
+    )
 
 
 def _filter(

@@ -363,25 +363,21 @@ class ConversationEngine:
         parent = await self.store.get_node(node.parent_id) if node and node.parent_id else None
         if node is None or parent is None:
             return
+        if replaces is None:
+            await self._remember(
+                persona=node.author_name,
+                user_id=parent.author_id,
+                conversation_id=node.conversation_id,
+                turns=[(t.id, t.role, t.content, t.author_name) for t in (parent, node)],
+            )
+            return
         try:
-            if replaces is not None:
-                await self.memory.replace_turn(
-                    persona=node.author_name,
-                    user_id=parent.author_id,
-                    turn_id=str(replaces),
-                    text=node.content,
-                )
-                return
-            for turn in (parent, node):
-                await self.memory.remember_turn(
-                    persona=node.author_name,
-                    user_id=parent.author_id,
-                    conversation_id=str(node.conversation_id),
-                    turn_id=str(turn.id),
-                    role=turn.role,  # type: ignore[arg-type]
-                    text=turn.content,
-                    speaker=turn.author_name,
-                )
+            await self.memory.replace_turn(
+                persona=node.author_name,
+                user_id=parent.author_id,
+                turn_id=str(replaces),
+                text=node.content,
+            )
         except Exception:
             _log.exception("could not update memory for delivered node %s", node_id)
 
@@ -391,26 +387,41 @@ class ConversationEngine:
         Only what was sent is remembered; a memory failure is logged and costs nothing else.
         """
         await self.store.mark_sent(reply.candidate_id, external_id)
+        incoming = reply.incoming
+        await self._remember(
+            persona=reply.persona,
+            user_id=incoming.user_id,
+            conversation_id=reply.conversation_id,
+            turns=[
+                (reply.user_turn_id, "user", incoming.text, incoming.user_name),
+                (reply.candidate_id, "assistant", reply.text, reply.persona),
+            ],
+        )
+
+    async def _remember(
+        self,
+        *,
+        persona: str,
+        user_id: str,
+        conversation_id: int,
+        turns: Sequence[tuple[int, str, str, str]],
+    ) -> None:
+        """Remember sent turns ``(id, role, text, speaker)``; a failure is logged, not raised."""
         if self.memory is None:
             return
-        incoming = reply.incoming
-        turns = (
-            (reply.user_turn_id, "user", incoming.text, incoming.user_name),
-            (reply.candidate_id, "assistant", reply.text, reply.persona),
-        )
         try:
             for turn_id, role, text, speaker in turns:
                 await self.memory.remember_turn(
-                    persona=reply.persona,
-                    user_id=incoming.user_id,
-                    conversation_id=str(reply.conversation_id),
+                    persona=persona,
+                    user_id=user_id,
+                    conversation_id=str(conversation_id),
                     turn_id=str(turn_id),
                     role=role,  # type: ignore[arg-type]
                     text=text,
                     speaker=speaker,
                 )
         except Exception:
-            _log.exception("could not remember turn %s", reply.user_turn_id)
+            _log.exception("could not remember turns %s", [turn[0] for turn in turns])
 
     async def sync_personas(self) -> None:
         """Give memory every persona's canon facts and voice (idempotent; at start-up)."""

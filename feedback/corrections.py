@@ -211,12 +211,18 @@ class CorrectionStore:
         kind: str,
         actor: Actor,
         node: MessageNode | None,
-        conversation_id: int,
-        persona: str,
         key: str | None,
+        conversation_id: int | None = None,
+        persona: str | None = None,
         **values: Any,
     ) -> ActionOutcome:
-        """Add the event and commit; a concurrent duplicate key turns into ``duplicate``."""
+        """Add the event and commit; a concurrent duplicate key turns into ``duplicate``.
+
+        An event on a candidate ``node`` takes its conversation and persona from the node;
+        a conversation event (no node) names them.
+        """
+        if node is not None:
+            conversation_id, persona = node.conversation_id, node.author_name
         snapshot = None
         if node is not None and node.prompt_snapshot_id is not None:
             snapshot = await session.get(PromptSnapshot, node.prompt_snapshot_id)
@@ -340,8 +346,6 @@ class CorrectionStore:
                 kind="approve",
                 actor=actor,
                 node=node,
-                conversation_id=node.conversation_id,
-                persona=node.author_name,
                 key=key,
                 result_id=None if already_sent else node.id,
                 replaces=replaces,
@@ -390,8 +394,6 @@ class CorrectionStore:
                 kind="rewrite",
                 actor=actor,
                 node=node,
-                conversation_id=node.conversation_id,
-                persona=node.author_name,
                 key=key,
                 result_id=rewrite.id,
                 original_text=node.content,
@@ -456,8 +458,6 @@ class CorrectionStore:
                 kind="regenerate",
                 actor=actor,
                 node=node,
-                conversation_id=node.conversation_id,
-                persona=node.author_name,
                 key=key,
                 result_id=fresh.id,
                 original_text=node.content,
@@ -488,8 +488,6 @@ class CorrectionStore:
                 kind="rate",
                 actor=actor,
                 node=node,
-                conversation_id=node.conversation_id,
-                persona=node.author_name,
                 key=key,
                 rating=rating,
                 tags=checked,
@@ -509,8 +507,6 @@ class CorrectionStore:
                 kind="timeout_send" if send else "timeout_drop",
                 actor=timeout,
                 node=node,
-                conversation_id=node.conversation_id,
-                persona=node.author_name,
                 key=f"timeout:{candidate_id}",
                 result_id=node.id if send else None,
             )

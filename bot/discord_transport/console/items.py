@@ -381,29 +381,43 @@ class ReleaseButton(_ConversationButton, template=r"gr:release:(?P<id>[0-9]{1,19
         await _ephemeral(interaction, f"Released: {persona} is back on the model.")
 
 
-class RatingSelect(
+class _CandidateSelect(
     _Tracked,
     discord.ui.DynamicItem[discord.ui.Select[Any]],
-    template=r"gr:rate:(?P<id>[0-9]{1,19})",
+    template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})",
 ):
-    """Rate the candidate 1 to 5."""
+    """A select menu on one candidate, ``gr:<action>:<candidate id>``, built by ``menu``."""
+
+    action = ""
 
     def __init__(self, candidate_id: int) -> None:
-        super().__init__(
-            discord.ui.Select(
-                custom_id=f"gr:rate:{candidate_id}",
-                placeholder="Rate this reply (1-5)",
-                options=[discord.SelectOption(label=f"{n} / 5", value=str(n)) for n in range(1, 6)],
-                row=1,
-            )
-        )
+        super().__init__(self.menu(f"gr:{self.action}:{candidate_id}"))
         self.candidate_id = candidate_id
+
+    @staticmethod
+    def menu(custom_id: str) -> discord.ui.Select[Any]:
+        raise NotImplementedError
 
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> RatingSelect:
+    ) -> _CandidateSelect:
         return cls(int(match["id"]))
+
+
+class RatingSelect(_CandidateSelect, template=r"gr:rate:(?P<id>[0-9]{1,19})"):
+    """Rate the candidate 1 to 5."""
+
+    action = "rate"
+
+    @staticmethod
+    def menu(custom_id: str) -> discord.ui.Select[Any]:
+        return discord.ui.Select(
+            custom_id=custom_id,
+            placeholder="Rate this reply (1-5)",
+            options=[discord.SelectOption(label=f"{n} / 5", value=str(n)) for n in range(1, 6)],
+            row=1,
+        )
 
     async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, self.candidate_id):
@@ -425,31 +439,21 @@ class RatingSelect(
         )
 
 
-class TagsSelect(
-    _Tracked,
-    discord.ui.DynamicItem[discord.ui.Select[Any]],
-    template=r"gr:tags:(?P<id>[0-9]{1,19})",
-):
+class TagsSelect(_CandidateSelect, template=r"gr:tags:(?P<id>[0-9]{1,19})"):
     """Tag the candidate with any of :data:`~feedback.corrections.TAGS`."""
 
-    def __init__(self, candidate_id: int) -> None:
-        super().__init__(
-            discord.ui.Select(
-                custom_id=f"gr:tags:{candidate_id}",
-                placeholder="Tag this reply",
-                min_values=1,
-                max_values=len(TAGS),
-                options=[discord.SelectOption(label=tag, value=tag) for tag in TAGS],
-                row=2,
-            )
-        )
-        self.candidate_id = candidate_id
+    action = "tags"
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> TagsSelect:
-        return cls(int(match["id"]))
+    @staticmethod
+    def menu(custom_id: str) -> discord.ui.Select[Any]:
+        return discord.ui.Select(
+            custom_id=custom_id,
+            placeholder="Tag this reply",
+            min_values=1,
+            max_values=len(TAGS),
+            options=[discord.SelectOption(label=tag, value=tag) for tag in TAGS],
+            row=2,
+        )
 
     async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, self.candidate_id):
