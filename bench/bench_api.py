@@ -1,11 +1,14 @@
 """Trainer API page latency: 10,000-record pages through a real uvicorn. Target: p99 < 200 ms.
 
 Seeds ``--turns`` reviewed user turns (consenting users, prompt snapshots of five messages, an
-approval on each reply and a rating on every other one), starts ``greenroom``'s API in a
-separate process (uvicorn on loopback), and pages through ``/v1/corrections`` with
-``limit=10000`` (wrapping round at the end), timing each request until its body is received.
+approval on each reply and a rating on every other one), runs ``ANALYZE`` on PostgreSQL (as
+autovacuum would on a live database; without statistics the planner joins the fresh tables
+badly), starts ``greenroom``'s API in a separate process (uvicorn on loopback), and pages
+through ``/v1/corrections`` with ``limit=10000`` (wrapping round at the end), timing each
+request until its body is received. The default 60,000 turns make every page a full one; the
+first 3 pages are warm-up and not counted.
 
-    .venv/bin/python bench/bench_api.py [--turns 12000] [--pages 30] [--format trl-sft]
+    .venv/bin/python bench/bench_api.py [--turns 60000] [--pages 50] [--format trl-sft]
         [--backend postgresql|sqlite]
 """
 
@@ -23,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 from sqlalchemy import insert
+from sqlalchemy import text as sql
 
 from bench.common import scratch_database, summary
 from feedback.database import create_engine, migrate, session_factory
@@ -117,6 +121,10 @@ async def seed(url: str, turns: int, conversations: int) -> str:
             for start in range(0, len(values), _CHUNK):
                 await session.execute(insert(model), values[start : start + _CHUNK])
         await session.commit()
+    if engine.dialect.name == "postgresql":
+        async with engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(sql("ANALYZE"))
     token = await create_token(sessions, "bench", "read")
     await engine.dispose()
     return token
@@ -194,8 +202,8 @@ async def run(backend: str, turns: int, pages: int, fmt: str, limit: int) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--turns", type=int, default=12_000)
-    parser.add_argument("--pages", type=int, default=30)
+    parser.add_argument("--turns", type=int, default=60_000)
+    parser.add_argument("--pages", type=int, default=50)
     parser.add_argument("--limit", type=int, default=10_000)
     parser.add_argument("--format", default="trl-sft")
     parser.add_argument("--backend", choices=("postgresql", "sqlite"), default="postgresql")

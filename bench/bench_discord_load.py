@@ -6,7 +6,8 @@ production; this process runs the loopback Discord server and the simulated user
 the previous one is answered and a think time has passed (uniform, mean ``--think`` seconds; 0
 makes a closed loop that measures the most turns/s). Every message must get exactly one reply,
 counted from the server's recorded requests. Reports the latency from the server dispatching
-MESSAGE_CREATE to it receiving the reply's POST (p50, p99) and turns/s.
+MESSAGE_CREATE to it receiving the reply's POST (p50, p99), turns/s, and the bot process's CPU
+time per turn (steady whatever else runs on the machine, so changes can be compared).
 Targets: p99 <= 50 ms, >= 100 turns/s.
 
     .venv/bin/python bench/bench_discord_load.py [--users 200] [--messages 10] [--channels 50]
@@ -62,11 +63,21 @@ async def run(backend: str, users: int, messages: int, channels: int, think_s: f
                 )
                 await asyncio.sleep(1.0)
                 await _warm_up(server, rooms, people)
+                cpu_before = _cpu_seconds(bot.pid)
                 await _load(server, rooms, people, messages, backend, think_s)
+                cpu_ms = (_cpu_seconds(bot.pid) - cpu_before) * 1000 / (users * messages)
+                print(f"{backend}: bot process CPU {cpu_ms:.2f} ms per turn (user + system)")
             finally:
                 bot.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(bot.wait(), 60)
     await server.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used (Linux ``/proc``): a per-turn cost that
+    does not depend on what else the machine is doing."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _start_bot(

@@ -1,9 +1,13 @@
-"""Export throughput and peak memory over a large correction queue (SQLite, optionally PostgreSQL).
+"""Export throughput and peak memory over a large correction queue (SQLite and PostgreSQL).
 
 Builds a queue of N feedback events with bulk inserts (DM conversations with consent; per user
 turn: approve 35%, rewrite 20%, regenerate then approve 10%, ratings by 1-3 actors 35%; prompt
-snapshots of a ~250-character system prompt plus up to 6 history messages), then runs each
-export format in a fresh subprocess and reports records/s and peak RSS (``ru_maxrss``).
+snapshots of a ~250-character system prompt plus up to 6 history messages) into a SQLite file,
+and for ``--backend postgresql`` copies it into a scratch database on the local server
+(``COPY``, then ``ANALYZE`` as autovacuum would). Then runs each export format in a fresh
+subprocess and reports, per format: output records/s, queue events/s (the N events divided by
+the export's time), the CPU seconds of the process (all threads; steadier than wall time on a
+shared machine) and peak RSS (``VmHWM``).
 Targets: >= 50,000 records/s, peak RSS < 300 MB, flat from 100k to 1M events.
 
     .venv/bin/python bench/bench_export.py [--sizes 100000,1000000] [--formats all]
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import resource
@@ -26,6 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import asyncpg
+
+from bench.common import scratch_database
 from feedback.database import create_engine, migrate
 from feedback.exports import FORMATS, ExportFilter, export_to_file
 from feedback.exports.tree import DEFAULT_BATCH_SIZE
@@ -290,26 +298,114 @@ def _generate(path: Path, events_wanted: int, seed: int = 1) -> dict[str, int]:
     return counts
 
 
-async def _prepare(url: str, path: Path | None, events: int) -> dict[str, int]:
+async def _prepare(url: str, path: Path, events: int) -> dict[str, int]:
     engine = create_engine(url)
     await migrate(engine)
     await engine.dispose()
-    if path is None:
-        raise SystemExit("PostgreSQL data generation: use --backend sqlite (see the report)")
     return _generate(path, events)
+
+
+#: Tables copied to PostgreSQL, in foreign-key order, with the columns the generator fills and
+#: how to turn SQLite's values into PostgreSQL's (booleans are 0/1 in SQLite).
+_COPY: list[tuple[str, tuple[str, ...], dict[str, type]]] = [
+    ("conversations", ("id", "transport", "scope", "persona"), {}),
+    ("user_privacy", ("user_id", "consent"), {"consent": bool}),
+    (
+        "prompt_snapshots",
+        ("id", "messages", "persona", "persona_version", "memories", "model_name", "params"),
+        {},
+    ),
+    (
+        "messages",
+        (
+            "id",
+            "conversation_id",
+            "parent_id",
+            "role",
+            "origin",
+            "author_id",
+            "author_name",
+            "content",
+            "state",
+            "prompt_snapshot_id",
+            "flags",
+            "decided_by",
+        ),
+        {},
+    ),
+    (
+        "feedback_events",
+        (
+            "id",
+            "kind",
+            "actor_id",
+            "conversation_id",
+            "candidate_id",
+            "result_id",
+            "persona",
+            "rating",
+            "tags",
+            "original_text",
+            "new_text",
+        ),
+        {},
+    ),
+]
+
+
+async def _copy_to_postgres(source: Path, url: str) -> None:
+    """Copy the generated SQLite queue into the migrated PostgreSQL database at ``url``."""
+    engine = create_engine(url)
+    await migrate(engine)
+    await engine.dispose()
+    target = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    db = sqlite3.connect(source)
+    try:
+        for table, columns, convert in _COPY:
+            cursor = db.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY 1")
+            indexes = [(columns.index(name), kind) for name, kind in convert.items()]
+            while chunk := cursor.fetchmany(50_000):
+                if indexes:
+                    rows = [list(row) for row in chunk]
+                    for row in rows:
+                        for index, kind in indexes:
+                            if row[index] is not None:
+                                row[index] = kind(row[index])
+                    chunk = rows
+                await target.copy_records_to_table(table, records=chunk, columns=columns)
+            if "id" in columns:
+                await target.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"(SELECT coalesce(max(id), 1) FROM {table}))"
+                )
+        await target.execute("ANALYZE")
+    finally:
+        db.close()
+        await target.close()
+
+
+def _peak_rss_mb(usage: resource.struct_rusage) -> float:
+    """This process's peak RSS: ``VmHWM`` on Linux (reset by ``exec``, unlike ``ru_maxrss``,
+    which keeps the parent's size from before the fork), else ``ru_maxrss``."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return usage.ru_maxrss / 1024
 
 
 async def _child(url: str, fmt: str, out: Path) -> dict[str, float]:
     from feedback.database import session_factory
 
     engine = create_engine(url)
-    started = time.perf_counter()
     turns = 0
 
     def progress(count: int) -> None:
         nonlocal turns
         turns += count
 
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
     counts = await export_to_file(
         session_factory(engine),
         fmt,
@@ -323,6 +419,7 @@ async def _child(url: str, fmt: str, out: Path) -> dict[str, float]:
     )
     elapsed = time.perf_counter() - started
     await engine.dispose()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     records = sum(counts.values())
     return {
         "records": records,
@@ -330,7 +427,8 @@ async def _child(url: str, fmt: str, out: Path) -> dict[str, float]:
         "seconds": elapsed,
         "records_per_s": records / elapsed,
         "turns_per_s": turns / elapsed,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime,
+        "peak_rss_mb": _peak_rss_mb(usage),
     }
 
 
@@ -344,10 +442,37 @@ def _run_child(url: str, fmt: str, out: Path) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _report(backend: str, size: int, fmt: str, r: dict[str, float]) -> None:
+    print(
+        f"{backend:>10} {size:>9} {fmt:>10} {r['turns']:>8.0f} {r['records']:>8.0f} "
+        f"{r['seconds']:>6.1f} {r['cpu_s']:>6.1f} {r['records_per_s']:>10,.0f} "
+        f"{size / r['seconds']:>9,.0f} {r['records'] / r['cpu_s']:>10,.0f} "
+        f"{r['peak_rss_mb']:>7.0f} {r['bytes'] / 1e6:>8.1f}",
+        flush=True,
+    )
+
+
+async def _postgres_runs(
+    source: Path, size: int, formats: tuple[str, ...], folder: Path, keep: bool
+) -> None:
+    async with scratch_database("postgresql") as url:
+        started = time.perf_counter()
+        await _copy_to_postgres(source, url)
+        print(f"# copied to PostgreSQL in {time.perf_counter() - started:.0f} s", flush=True)
+        for fmt in formats:
+            out = folder / f"{fmt}-{size}-postgresql.jsonl"
+            result = await asyncio.to_thread(_run_child, url, fmt, out)
+            _report("postgresql", size, fmt, result)
+            if not keep:
+                with contextlib.suppress(FileNotFoundError):
+                    out.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000", help="event counts, comma-separated")
     parser.add_argument("--formats", default="all", help="formats, comma-separated, or all")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="sqlite")
     parser.add_argument("--keep", type=Path, help="keep the databases and files in this folder")
     parser.add_argument(
         "--child", nargs=3, metavar=("URL", "FORMAT", "OUT"), help=argparse.SUPPRESS
@@ -362,9 +487,11 @@ def main() -> None:
     formats = FORMATS if args.formats == "all" else tuple(args.formats.split(","))
     folder = args.keep or Path(tempfile.mkdtemp(prefix="greenroom-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
+    backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     print(
-        f"{'events':>9} {'format':>10} {'turns':>8} {'records':>8} {'s':>6} "
-        f"{'records/s':>10} {'turns/s':>9} {'RSS MB':>7} {'file MB':>8}"
+        f"{'backend':>10} {'events':>9} {'format':>10} {'turns':>8} {'records':>8} {'s':>6} "
+        f"{'CPU s':>6} {'records/s':>10} {'events/s':>9} {'rec/CPU-s':>10} {'RSS MB':>7} "
+        f"{'file MB':>8}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
         path = folder / f"bench-{size}.sqlite3"
@@ -377,17 +504,14 @@ def main() -> None:
                 f"({path.stat().st_size / 1e6:.0f} MB)",
                 flush=True,
             )
-        for fmt in formats:
-            out = folder / f"{fmt}-{size}.jsonl"
-            r = _run_child(url, fmt, out)
-            print(
-                f"{size:>9} {fmt:>10} {r['turns']:>8.0f} {r['records']:>8.0f} "
-                f"{r['seconds']:>6.1f} {r['records_per_s']:>10,.0f} {r['turns_per_s']:>9,.0f} "
-                f"{r['peak_rss_mb']:>7.0f} {r['bytes'] / 1e6:>8.1f}",
-                flush=True,
-            )
-            if not args.keep:
-                out.unlink()
+        if "sqlite" in backends:
+            for fmt in formats:
+                out = folder / f"{fmt}-{size}.jsonl"
+                _report("sqlite", size, fmt, _run_child(url, fmt, out))
+                if not args.keep:
+                    out.unlink()
+        if "postgresql" in backends:
+            asyncio.run(_postgres_runs(path, size, formats, folder, bool(args.keep)))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,16 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
+from bot.faults import crash_point
 from bot.llm import GenerationError, describe_model, generate
 from bot.moderation import Risk, RiskAssessor
-from bot.text import clean_reply, neutralise_user_text, normalise_incoming, split_message
+from bot.text import (
+    clean_reply,
+    display_name,
+    neutralise_user_text,
+    normalise_incoming,
+    split_message,
+)
 from feedback.store import SnapshotData
 from personas import approx_tokens
 
@@ -28,10 +35,12 @@ if TYPE_CHECKING:
 
     from langchain_core.language_models import BaseChatModel
 
+    from feedback.models import MessageNode
     from feedback.store import ConversationStore, HistoryTurn
     from personas import Persona, PersonaRegistry
 
 __all__ = [
+    "AlreadyHandled",
     "ConversationEngine",
     "EngineLimits",
     "IncomingMessage",
@@ -103,6 +112,9 @@ class IncomingMessage:
     external_id: str | None = None
     #: The server the conversation belongs to (its consent default applies); ``None`` for DMs.
     guild_key: str | None = None
+    #: The transport may have seen this message before (a catch-up after a restart, a retry
+    #: after an outage): the engine looks it up by ``external_id`` beyond the recent history.
+    redelivery: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +123,13 @@ class Refusal:
 
     reason: Literal["empty", "too_long"]
     notice: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyHandled:
+    """The message was stored before and its reply went out or waits for an actor."""
+
+    user_turn_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +147,8 @@ class Reply:
     flags: list[dict[str, Any]] = field(default_factory=list)
     memories: list[str] = field(default_factory=list)
     risk: Risk = field(default_factory=lambda: Risk(hold=False, urgent=False, reasons=()))
+    #: Stored before a restart and maybe already sent: deliver it idempotently.
+    redelivered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +217,13 @@ class ConversationEngine:
         incoming: IncomingMessage,
         *,
         on_token: Callable[[str], Awaitable[None]] | None = None,
-    ) -> Reply | Refusal:
+    ) -> Reply | Refusal | AlreadyHandled:
         """Answer ``incoming``: a stored :class:`Reply`, or a :class:`Refusal` for bad input.
+
+        Idempotent on ``incoming.external_id``: a message seen before is not stored twice. If
+        its reply was stored but not sent (a crash in between), that reply is returned to be
+        delivered; if no reply was stored, the stored turn is answered now; if the reply went
+        out or is held for an actor, :class:`AlreadyHandled` is returned.
 
         Raises :class:`personas.UnknownPersonaError` for an unknown persona. Model failures do not
         raise: they become the persona's fallback line, flagged for actors.
@@ -216,19 +242,27 @@ class ConversationEngine:
         persona: Persona,
         text: str,
         on_token: Callable[[str], Awaitable[None]] | None,
-    ) -> Reply:
+    ) -> Reply | AlreadyHandled:
         conversation_id = await self.store.conversation_id(
             incoming.transport, incoming.scope, persona.name, guild_key=incoming.guild_key
         )
         history = await self.store.history(conversation_id, self.limits.history_turns)
-        user_turn_id = await self.store.add_user_turn(
-            conversation_id=conversation_id,
-            parent_id=history[-1].id if history else None,
-            user_id=incoming.user_id,
-            user_name=incoming.user_name,
-            text=text,
-            external_id=incoming.external_id,
-        )
+        seen = await self._seen_turn(conversation_id, incoming, history)
+        if seen is not None:
+            answers = await self.store.answers_to(seen.id)
+            if any(node.state != "candidate" for node in answers):
+                return AlreadyHandled(seen.id)
+            if answers:
+                return self._stored_reply(incoming, persona, seen, answers[-1])
+            _log.info("answering stored turn %s (its reply was never stored)", seen.id)
+            history = await self.store.history(
+                conversation_id, self.limits.history_turns, before_id=seen.id
+            )
+            user_turn_id = seen.id
+            text = seen.content
+        else:
+            user_turn_id = await self._add_turn(conversation_id, history, incoming, text)
+        crash_point("turn.before_generate")
         flags: list[dict[str, Any]] = []
         memories = await self._recall(persona, incoming, text, flags)
         messages = self.build_prompt(
@@ -274,6 +308,7 @@ class ConversationEngine:
             params=self._model_params,
             memories=memories,
         )
+        crash_point("turn.before_commit")
         candidate_id = await self.store.add_candidate(
             conversation_id=conversation_id,
             user_turn_id=user_turn_id,
@@ -283,6 +318,7 @@ class ConversationEngine:
             snapshot=snapshot,
             flags=flags,
         )
+        crash_point("turn.after_commit")
         return Reply(
             persona=persona.name,
             text=reply_text,
@@ -297,8 +333,56 @@ class ConversationEngine:
             risk=risk,
         )
 
-    async def record_user_turn(self, incoming: IncomingMessage) -> int | Refusal:
-        """Store a user turn without answering it (an actor has taken the conversation over)."""
+    async def _seen_turn(
+        self, conversation_id: int, incoming: IncomingMessage, history: Sequence[HistoryTurn]
+    ) -> HistoryTurn | MessageNode | None:
+        """The stored turn of a message seen before: from the history, or looked up when the
+        transport says it may be a redelivery."""
+        if incoming.external_id is None:
+            return None
+        for turn in reversed(history):
+            if turn.role == "user" and turn.external_id == incoming.external_id:
+                return turn
+        if not incoming.redelivery:
+            return None
+        return await self.store.find_user_turn(conversation_id, incoming.external_id)
+
+    def _stored_reply(
+        self,
+        incoming: IncomingMessage,
+        persona: Persona,
+        turn: HistoryTurn | MessageNode,
+        candidate: MessageNode,
+    ) -> Reply:
+        """A reply stored before a crash, rebuilt for delivery (its risk from its flags)."""
+        flags = list(candidate.flags or [])
+        risk_flag = next((flag for flag in flags if flag.get("kind") == "risk"), None)
+        risk = (
+            Risk(hold=True, urgent=bool(risk_flag["urgent"]), reasons=tuple(risk_flag["reasons"]))
+            if risk_flag
+            else Risk(hold=False, urgent=False, reasons=())
+        )
+        _log.info("delivering stored candidate %s (stored before a restart)", candidate.id)
+        return Reply(
+            persona=persona.name,
+            text=candidate.content,
+            parts=split_message(candidate.content, self.limits.max_reply_chars),
+            incoming=replace(incoming, text=turn.content),
+            conversation_id=candidate.conversation_id,
+            user_turn_id=turn.id,
+            candidate_id=candidate.id,
+            fallback=candidate.origin == "fallback",
+            flags=flags,
+            risk=risk,
+            redelivered=True,
+        )
+
+    async def record_user_turn(self, incoming: IncomingMessage) -> int | Refusal | AlreadyHandled:
+        """Store a user turn without answering it (an actor has taken the conversation over).
+
+        Idempotent on ``incoming.external_id``: a message seen before is not stored again
+        (:class:`AlreadyHandled`).
+        """
         checked = self.check(incoming.text)
         if isinstance(checked, Refusal):
             return checked
@@ -306,15 +390,28 @@ class ConversationEngine:
         key = (incoming.transport, incoming.scope, persona.name)
         async with self._lock_for(key):
             conversation_id = await self.store.conversation_id(*key, guild_key=incoming.guild_key)
-            history = await self.store.history(conversation_id, 1)
-            return await self.store.add_user_turn(
-                conversation_id=conversation_id,
-                parent_id=history[-1].id if history else None,
-                user_id=incoming.user_id,
-                user_name=incoming.user_name,
-                text=checked,
-                external_id=incoming.external_id,
-            )
+            history = await self.store.history(conversation_id, self.limits.history_turns)
+            seen = await self._seen_turn(conversation_id, incoming, history)
+            if seen is not None:
+                return AlreadyHandled(seen.id)
+            return await self._add_turn(conversation_id, history, incoming, checked)
+
+    async def _add_turn(
+        self,
+        conversation_id: int,
+        history: Sequence[HistoryTurn],
+        incoming: IncomingMessage,
+        text: str,
+    ) -> int:
+        """Store what the user said under the conversation's last turn."""
+        return await self.store.add_user_turn(
+            conversation_id=conversation_id,
+            parent_id=history[-1].id if history else None,
+            user_id=incoming.user_id,
+            user_name=incoming.user_name,
+            text=text,
+            external_id=incoming.external_id,
+        )
 
     async def regenerate(self, candidate_id: int) -> tuple[str, SnapshotData, list[dict[str, Any]]]:
         """A new candidate for the same prompt as ``candidate_id``: text, snapshot and flags.
@@ -378,8 +475,8 @@ class ConversationEngine:
                 turn_id=str(replaces),
                 text=node.content,
             )
-        except Exception:
-            _log.exception("could not update memory for delivered node %s", node_id)
+        except Exception as error:
+            _memory_failed(f"could not update memory for delivered node {node_id}", error)
 
     async def mark_sent(self, reply: Reply, *, external_id: str | None = None) -> None:
         """Record that ``reply`` went out, then remember both turns (if memory is on).
@@ -420,8 +517,8 @@ class ConversationEngine:
                     text=text,
                     speaker=speaker,
                 )
-        except Exception:
-            _log.exception("could not remember turns %s", [turn[0] for turn in turns])
+        except Exception as error:
+            _memory_failed(f"could not remember turns {[turn[0] for turn in turns]}", error)
 
     async def sync_personas(self) -> None:
         """Give memory every persona's canon facts and voice (idempotent; at start-up)."""
@@ -451,6 +548,7 @@ class ConversationEngine:
         triggered lore and memories, then example dialogue, then history trimmed oldest-first,
         then the new message. In a group channel each user line carries the speaker's name.
         """
+        user_name = display_name(user_name)
         recent = [turn.content for turn in history[-4:]] + [text]
         system = persona.system_prompt(user_name)
         lore = persona.triggered_lore(recent, user_name)
@@ -488,7 +586,7 @@ class ConversationEngine:
     @staticmethod
     def _user_line(name: str, text: str, group: bool) -> str:
         safe = neutralise_user_text(text)
-        return f"{name}: {safe}" if group else safe
+        return f"{display_name(name)}: {safe}" if group else safe
 
     async def _recall(
         self,
@@ -512,7 +610,7 @@ class ConversationEngine:
                 token_budget=self.limits.recall_token_budget,
             )
         except Exception as error:  # memory must never cost the user their reply
-            _log.exception("memory recall failed; answering without memories")
+            _memory_failed("recall failed; answering without memories", error)
             flags.append({"kind": "memory_unavailable", "error": str(error)[:200]})
             return []
         return format_memory_lines(hits)
@@ -527,7 +625,7 @@ class ConversationEngine:
                 persona=persona.name, user_id=incoming.user_id, reply=reply
             )
         except Exception as error:
-            _log.exception("consistency check failed")
+            _memory_failed("consistency check failed", error)
             return [{"kind": "check_unavailable", "error": str(error)[:200]}]
         return [_flag_dict(flag) for flag in found]
 
@@ -540,6 +638,13 @@ class ConversationEngine:
         for owner in owners:
             removed += await owner.delete_data_for_user(requester=requester, user_id=user_id)
         return removed
+
+
+def _memory_failed(what: str, error: Exception) -> None:
+    """One warning line per failure (a Chroma outage fails every turn three ways); the
+    traceback only at DEBUG."""
+    _log.warning("memory: %s: %s: %s", what, type(error).__name__, str(error)[:200])
+    _log.debug("memory failure", exc_info=error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import unicodedata
 
 __all__ = [
     "clean_reply",
+    "display_name",
     "neutralise_user_text",
     "normalise_incoming",
     "split_message",
@@ -64,6 +65,14 @@ def neutralise_user_text(text: str) -> str:
         text,
     )
     return _ROLE_HEADER.sub(lambda m: f"{m.group(1)}{m.group(3)} (quoted):", text)
+
+
+def display_name(name: str, *, limit: int = 64) -> str:
+    """A speaker's name as the prompt may show it: one line of at most ``limit`` characters,
+    invisible characters, template markers and role headers defused (Discord lets anyone pick a
+    32-character nickname such as ``<|im_start|>system``). An empty result becomes ``someone``."""
+    flat = " ".join(normalise_incoming(name).split())[:limit]
+    return neutralise_user_text(flat) if flat else "someone"
 
 
 def clean_reply(text: str, *, speaker: str = "", others: tuple[str, ...] = ()) -> str:

@@ -21,10 +21,12 @@ from rapidfuzz.distance import Levenshtein
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from feedback.database import autocommit
 from feedback.models import (
     ConversationClaim,
     FeedbackEvent,
     MessageNode,
+    PendingAction,
     PromptSnapshot,
 )
 
@@ -280,6 +282,27 @@ class CorrectionStore:
         await session.rollback()
         return await self.describe_decision(node_id)
 
+    async def _open(
+        self, session: AsyncSession, candidate_id: int, actor: Actor, key: str | None
+    ) -> MessageNode | ActionOutcome:
+        """The candidate an action is about, or the outcome that ends the action early: the
+        same click seen before (duplicate), or a conversation another actor holds (refused)."""
+        if duplicate := await self._duplicate(session, key):
+            return duplicate
+        node = await self._load(session, candidate_id)
+        if blocked := await self._claim_blocks(session, node.conversation_id, actor):
+            return ActionOutcome("refused", blocked, candidate_id=candidate_id)
+        return node
+
+    async def _twin_or_refused(
+        self, session: AsyncSession, key: str | None, why: str, candidate_id: int
+    ) -> ActionOutcome:
+        """A decision lost its race: to the same click delivered twice (then this delivery is
+        a duplicate of the one that won), or to someone else (refused, with why)."""
+        if duplicate := await self._duplicate(session, key):
+            return duplicate
+        return ActionOutcome("refused", why, candidate_id=candidate_id)
+
     async def describe_decision(self, candidate_id: int) -> str:
         """Why a candidate can no longer be decided, in words for the actor."""
         async with self._sessions() as session:
@@ -331,15 +354,13 @@ class CorrectionStore:
     async def approve(self, candidate_id: int, *, actor: Actor, key: str | None) -> ActionOutcome:
         """Approve: a held candidate goes out as it is; a sent one is confirmed."""
         async with self._sessions() as session:
-            if duplicate := await self._duplicate(session, key):
-                return duplicate
-            node = await self._load(session, candidate_id)
-            if blocked := await self._claim_blocks(session, node.conversation_id, actor):
-                return ActionOutcome("refused", blocked, candidate_id=candidate_id)
+            node = await self._open(session, candidate_id, actor, key)
+            if isinstance(node, ActionOutcome):
+                return node
             already_sent = node.state == "sent"
             why = await self._decide(session, node, actor, None if already_sent else "approved")
             if why:
-                return ActionOutcome("refused", why, candidate_id=candidate_id)
+                return await self._twin_or_refused(session, key, why, candidate_id)
             replaces = None if already_sent else await self._replace_sent_sibling(session, node)
             return await self._record(
                 session,
@@ -360,16 +381,14 @@ class CorrectionStore:
         ``replaced`` and the rewrite inherits its message ids, to be edited in place.
         """
         async with self._sessions() as session:
-            if duplicate := await self._duplicate(session, key):
-                return duplicate
-            node = await self._load(session, candidate_id)
+            node = await self._open(session, candidate_id, actor, key)
+            if isinstance(node, ActionOutcome):
+                return node
             text = check_rewrite(node.content, text)
-            if blocked := await self._claim_blocks(session, node.conversation_id, actor):
-                return ActionOutcome("refused", blocked, candidate_id=candidate_id)
             was_sent = node.state == "sent"
             why = await self._decide(session, node, actor, "replaced" if was_sent else "rejected")
             if why:
-                return ActionOutcome("refused", why, candidate_id=candidate_id)
+                return await self._twin_or_refused(session, key, why, candidate_id)
             replaces = node.id if was_sent else None
             rewrite = MessageNode(
                 conversation_id=node.conversation_id,
@@ -402,6 +421,54 @@ class CorrectionStore:
                 replaces=replaces,
             )
 
+    async def request_regeneration(
+        self, candidate_id: int, *, actor: Actor, key: str
+    ) -> ActionOutcome | None:
+        """Store the request before acknowledging it (generation outlasts Discord's 3 s).
+
+        Returns ``None`` when it is stored (or was already, for a click delivered twice), or
+        the refusal to show: a decided candidate, a conversation another actor holds.
+        """
+        async with self._sessions() as session:
+            node = await self._open(session, candidate_id, actor, key)
+            if isinstance(node, ActionOutcome):
+                return node
+            decided = node.decided_by is not None
+            if decided and (node.state != "sent" or node.decided_by != actor.id):
+                return ActionOutcome(
+                    "refused", await self.describe_decision(candidate_id), candidate_id=candidate_id
+                )
+            if await session.get(PendingAction, key) is None:
+                session.add(
+                    PendingAction(
+                        key=key,
+                        kind="regenerate",
+                        candidate_id=candidate_id,
+                        actor_id=actor.id,
+                        actor_name=actor.name,
+                    )
+                )
+                try:
+                    await session.commit()
+                except IntegrityError:  # the same click, delivered twice at once
+                    await session.rollback()
+        return None
+
+    async def pending_regenerations(self) -> list[PendingAction]:
+        """Regenerations acknowledged but not finished (after a restart), oldest first."""
+        async with autocommit(self._sessions) as session:
+            rows = await session.scalars(
+                select(PendingAction)
+                .where(PendingAction.kind == "regenerate")
+                .order_by(PendingAction.created_at)
+            )
+            return list(rows.all())
+
+    async def drop_pending(self, key: str) -> None:
+        """Forget a request that cannot be finished (the model failed; the actor was told)."""
+        async with autocommit(self._sessions) as session:
+            await session.execute(delete(PendingAction).where(PendingAction.key == key))
+
     async def regenerate(
         self,
         candidate_id: int,
@@ -419,11 +486,9 @@ class CorrectionStore:
         waiting for its own decision.
         """
         async with self._sessions() as session:
-            if duplicate := await self._duplicate(session, key):
-                return duplicate
-            node = await self._load(session, candidate_id)
-            if blocked := await self._claim_blocks(session, node.conversation_id, actor):
-                return ActionOutcome("refused", blocked, candidate_id=candidate_id)
+            node = await self._open(session, candidate_id, actor, key)
+            if isinstance(node, ActionOutcome):
+                return node
             if node.state != "sent":
                 # A sent reply stays out until its new sibling is approved (then edited in
                 # place); an unsent one is set aside as a rejected alternative.
@@ -453,6 +518,8 @@ class CorrectionStore:
             )
             session.add(fresh)
             await session.flush()
+            if key is not None:  # the request, if one was stored, ends in the same commit
+                await session.execute(delete(PendingAction).where(PendingAction.key == key))
             return await self._record(
                 session,
                 kind="regenerate",
@@ -548,8 +615,8 @@ class CorrectionStore:
     # -- conversations -------------------------------------------------------------------
 
     async def claim_holder(self, conversation_id: int) -> ConversationClaim | None:
-        """The live claim on a conversation, if any."""
-        async with self._sessions() as session:
+        """The live claim on a conversation, if any (one read, no transaction: every turn asks)."""
+        async with autocommit(self._sessions) as session:
             claim = await session.get(ConversationClaim, conversation_id)
         if claim is None or claim.expires_at <= _now():
             return None
@@ -650,7 +717,23 @@ class CorrectionStore:
                 return ActionOutcome("refused", "Take over the conversation first.")
             if claim.actor_id != actor.id:
                 return ActionOutcome("refused", f"{claim.actor_name} holds this conversation.")
-            claim.expires_at = _now() + self.claim_ttl
+            # Conditional: a Release committed since the read above wins, and the line is refused
+            # with a reason (not lost to an error).
+            extended = await session.execute(
+                update(ConversationClaim)
+                .where(
+                    ConversationClaim.conversation_id == conversation_id,
+                    ConversationClaim.actor_id == actor.id,
+                    ConversationClaim.takeover.is_(True),
+                )
+                .values(expires_at=_now() + self.claim_ttl)
+                .execution_options(synchronize_session=False)
+            )
+            if extended.rowcount != 1:
+                await session.rollback()
+                return ActionOutcome(
+                    "refused", "The conversation was released before this line; it was not sent."
+                )
             node = MessageNode(
                 conversation_id=conversation_id,
                 parent_id=parent_id,

@@ -6,6 +6,7 @@ migrations are applied at start-up by :func:`migrate`, over the application's ow
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,10 +17,19 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncSession
 
-__all__ = ["DatabaseError", "alembic_config", "create_engine", "migrate", "session_factory"]
+__all__ = [
+    "DatabaseError",
+    "alembic_config",
+    "autocommit",
+    "create_engine",
+    "migrate",
+    "session_factory",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -57,6 +67,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
         return engine
+    # A pooled connection is checked before use, so the first query after PostgreSQL comes back
+    # from a restart gets a fresh connection instead of an error (one round trip per checkout).
     kwargs.setdefault("pool_pre_ping", False)
     kwargs.setdefault("pool_size", 10)
     return create_async_engine(url, **kwargs)
@@ -65,6 +77,16 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep their objects readable after commit."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.asynccontextmanager
+async def autocommit(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session whose statements each commit on their own: no ``BEGIN``/``COMMIT``/``ROLLBACK``
+    round trips. Only for reads and single-statement writes, which are atomic by themselves; a
+    write of several statements that must land together needs a normal session."""
+    async with sessions() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
 
 
 def alembic_config() -> Config:

@@ -36,6 +36,7 @@ __all__ = [
     "GuildSetting",
     "Lease",
     "MessageNode",
+    "PendingAction",
     "PromptSnapshot",
     "UserPrivacy",
     "UserTurnState",
@@ -114,6 +115,7 @@ class MessageNode(Base):
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
         Index("ix_messages_parent_id", "parent_id"),
         Index("ix_messages_author_id", "author_id"),
+        Index("ix_messages_created_at", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -189,6 +191,23 @@ class ConversationClaim(Base):
     actor_name: Mapped[str] = mapped_column(String(128))
     takeover: Mapped[bool] = mapped_column(Boolean, default=False)
     expires_at: Mapped[datetime]
+
+
+class PendingAction(Base):
+    """An actor's action acknowledged before its work is done: a regeneration takes longer than
+    Discord's 3 s to answer, so the request is stored first and removed in the same commit that
+    records its result. A restart finds what is left and finishes it."""
+
+    __tablename__ = "pending_actions"
+
+    #: The action's idempotency key (the Discord interaction id).
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: ``regenerate``.
+    kind: Mapped[str] = mapped_column(String(24))
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    actor_id: Mapped[str] = mapped_column(String(128))
+    actor_name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class FeedbackEvent(Base):

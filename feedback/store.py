@@ -10,14 +10,17 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
+from feedback.database import autocommit
 from feedback.models import Conversation, MessageNode, PromptSnapshot
 from feedback.privacy import PrivacyStore
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import datetime
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -40,6 +43,8 @@ class HistoryTurn:
     author_id: str
     author_name: str
     content: str
+    #: For a user turn, the transport's id of the message (how a redelivery is recognised).
+    external_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +119,11 @@ class ConversationStore:
                 return found
             return conversation.id
 
-    async def history(self, conversation_id: int, limit: int) -> list[HistoryTurn]:
-        """The last ``limit`` turns that the user said or that were sent, oldest first."""
+    async def history(
+        self, conversation_id: int, limit: int, *, before_id: int | None = None
+    ) -> list[HistoryTurn]:
+        """The last ``limit`` turns that the user said or that were sent, oldest first
+        (only those older than node ``before_id`` when given)."""
         query = (
             select(
                 MessageNode.id,
@@ -123,6 +131,7 @@ class ConversationStore:
                 MessageNode.author_id,
                 MessageNode.author_name,
                 MessageNode.content,
+                MessageNode.external_id,
             )
             .where(
                 MessageNode.conversation_id == conversation_id,
@@ -131,9 +140,76 @@ class ConversationStore:
             .order_by(MessageNode.id.desc())
             .limit(limit)
         )
-        async with self._sessions() as session:
+        if before_id is not None:
+            query = query.where(MessageNode.id < before_id)
+        async with autocommit(self._sessions) as session:
             rows = (await session.execute(query)).all()
         return [HistoryTurn(*row) for row in reversed(rows)]
+
+    async def find_user_turn(self, conversation_id: int, external_id: str) -> MessageNode | None:
+        """The user turn stored for the transport's message ``external_id``, or ``None``."""
+        async with autocommit(self._sessions) as session:
+            return await session.scalar(
+                select(MessageNode)
+                .where(
+                    MessageNode.conversation_id == conversation_id,
+                    MessageNode.role == "user",
+                    MessageNode.external_id == external_id,
+                )
+                .order_by(MessageNode.id)
+                .limit(1)
+            )
+
+    async def answers_to(self, user_turn_id: int) -> list[MessageNode]:
+        """The assistant nodes stored under a user turn (candidates, rewrites), oldest first."""
+        async with autocommit(self._sessions) as session:
+            rows = await session.scalars(
+                select(MessageNode)
+                .where(MessageNode.parent_id == user_turn_id, MessageNode.role == "assistant")
+                .order_by(MessageNode.id)
+            )
+            return list(rows.all())
+
+    async def catch_up_marks(self, transport: str, since: datetime) -> dict[str, str | None]:
+        """Where a transport should start reading each scope's messages again after a restart.
+
+        For every scope with a user turn stored since ``since``: the external id just before its
+        oldest turn still open (no reply stored, or a reply stored but not yet sent or held), or,
+        when all are closed, its newest turn's id; ``None`` when the ids are not numbers. Scopes
+        not listed had nothing stored in the window (read all of it). One indexed read.
+        """
+        answer = aliased(MessageNode)
+        closed = (
+            select(answer.id)
+            .where(answer.parent_id == MessageNode.id, answer.state != "candidate")
+            .exists()
+        )
+        query = (
+            select(Conversation.scope, MessageNode.external_id, closed)
+            .join(Conversation, Conversation.id == MessageNode.conversation_id)
+            .where(
+                MessageNode.created_at >= since,
+                MessageNode.role == "user",
+                Conversation.transport == transport,
+            )
+            .order_by(MessageNode.id)
+        )
+        async with autocommit(self._sessions) as session:
+            rows = (await session.execute(query)).all()
+        marks: dict[str, str | None] = {}
+        open_scopes: set[str] = set()
+        for scope, external_id, is_closed in rows:
+            if scope in open_scopes:
+                continue
+            if external_id is None or not external_id.isdigit():
+                marks[scope] = None
+                open_scopes.add(scope)
+            elif not is_closed:
+                marks[scope] = str(int(external_id) - 1)
+                open_scopes.add(scope)
+            else:
+                marks[scope] = external_id
+        return marks
 
     async def add_user_turn(
         self,
@@ -145,23 +221,29 @@ class ConversationStore:
         text: str,
         external_id: str | None = None,
     ) -> int:
-        """Record what the user said (state ``pending`` until a reply is stored)."""
-        node = MessageNode(
-            conversation_id=conversation_id,
-            parent_id=parent_id,
-            role="user",
-            origin="user",
-            author_id=user_id,
-            author_name=user_name,
-            content=text,
-            state="pending",
-            external_id=external_id,
-            flags=[],
-        )
-        async with self._sessions() as session:
-            session.add(node)
-            await session.commit()
-        return node.id
+        """Record what the user said (state ``pending`` until a reply is stored).
+
+        One ``INSERT ... RETURNING`` without a transaction around it: every turn pays for this.
+        """
+        async with autocommit(self._sessions) as session:
+            return (
+                await session.execute(
+                    insert(MessageNode)
+                    .values(
+                        conversation_id=conversation_id,
+                        parent_id=parent_id,
+                        role="user",
+                        origin="user",
+                        author_id=user_id,
+                        author_name=user_name,
+                        content=text,
+                        state="pending",
+                        external_id=external_id,
+                        flags=[],
+                    )
+                    .returning(MessageNode.id)
+                )
+            ).scalar_one()
 
     async def add_candidate(
         self,
@@ -178,37 +260,52 @@ class ConversationStore:
         """Store a reply under its user turn, with its prompt snapshot, in one transaction.
 
         The user turn becomes ``answered`` in the same commit, so a crash leaves either both or
-        neither.
+        neither. Core statements, not the unit of work: every turn pays for this.
         """
         async with self._sessions() as session:
             snapshot_id = None
             if snapshot is not None:
-                row = snapshot.to_row()
-                session.add(row)
-                await session.flush()
-                snapshot_id = row.id
-            node = MessageNode(
-                conversation_id=conversation_id,
-                parent_id=user_turn_id,
-                role="assistant",
-                origin=origin,
-                author_id=f"persona:{persona}",
-                author_name=persona,
-                content=text,
-                state=state,
-                prompt_snapshot_id=snapshot_id,
-                flags=list(flags),
-            )
-            session.add(node)
+                snapshot_id = (
+                    await session.execute(
+                        insert(PromptSnapshot)
+                        .values(
+                            messages=snapshot.messages,
+                            persona=snapshot.persona,
+                            persona_version=snapshot.persona_version,
+                            memories=list(snapshot.memories),
+                            model_name=snapshot.model_name,
+                            params=snapshot.params,
+                        )
+                        .returning(PromptSnapshot.id)
+                    )
+                ).scalar_one()
+            candidate_id = (
+                await session.execute(
+                    insert(MessageNode)
+                    .values(
+                        conversation_id=conversation_id,
+                        parent_id=user_turn_id,
+                        role="assistant",
+                        origin=origin,
+                        author_id=f"persona:{persona}",
+                        author_name=persona,
+                        content=text,
+                        state=state,
+                        prompt_snapshot_id=snapshot_id,
+                        flags=list(flags),
+                    )
+                    .returning(MessageNode.id)
+                )
+            ).scalar_one()
             await session.execute(
                 update(MessageNode).where(MessageNode.id == user_turn_id).values(state="answered")
             )
             await session.commit()
-        return node.id
+        return candidate_id
 
     async def mark_sent(self, candidate_id: int, external_id: str | None = None) -> None:
         """Mark a candidate as the reply that went out."""
-        async with self._sessions() as session:
+        async with autocommit(self._sessions) as session:
             await session.execute(
                 update(MessageNode)
                 .where(MessageNode.id == candidate_id)
@@ -218,12 +315,12 @@ class ConversationStore:
 
     async def get_conversation(self, conversation_id: int) -> Conversation | None:
         """One conversation, or ``None``."""
-        async with self._sessions() as session:
+        async with autocommit(self._sessions) as session:
             return await session.get(Conversation, conversation_id)
 
     async def set_console_thread(self, conversation_id: int, thread_id: str) -> None:
         """Remember the console thread where actors speak for this conversation."""
-        async with self._sessions() as session:
+        async with autocommit(self._sessions) as session:
             await session.execute(
                 update(Conversation)
                 .where(Conversation.id == conversation_id)
@@ -233,7 +330,7 @@ class ConversationStore:
 
     async def conversation_for_thread(self, thread_id: str) -> Conversation | None:
         """The conversation whose console thread this is, or ``None``."""
-        async with self._sessions() as session:
+        async with autocommit(self._sessions) as session:
             return await session.scalar(
                 select(Conversation).where(Conversation.console_thread_id == thread_id)
             )
@@ -242,7 +339,7 @@ class ConversationStore:
         self, conversation_id: int, before_id: int, limit: int
     ) -> list[str]:
         """The last user messages up to ``before_id``, oldest first (for the console)."""
-        async with self._sessions() as session:
+        async with autocommit(self._sessions) as session:
             rows = (
                 await session.scalars(
                     select(MessageNode.content)
@@ -257,14 +354,34 @@ class ConversationStore:
             ).all()
         return list(reversed(rows))
 
+    async def unanswered_user_lines(
+        self, conversation_id: int, *, limit: int
+    ) -> list[tuple[str, str]]:
+        """``(author name, text)`` of the last ``limit`` user turns with no reply stored (turns
+        kept silent while an actor holds the conversation), oldest first."""
+        async with autocommit(self._sessions) as session:
+            rows = (
+                await session.execute(
+                    select(MessageNode.author_name, MessageNode.content)
+                    .where(
+                        MessageNode.conversation_id == conversation_id,
+                        MessageNode.role == "user",
+                        MessageNode.state == "pending",
+                    )
+                    .order_by(MessageNode.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+        return [(name, text) for name, text in reversed(rows)]
+
     async def get_node(self, node_id: int) -> MessageNode | None:
         """One node of the tree, or ``None``."""
-        async with self._sessions() as session:
+        async with autocommit(self._sessions) as session:
             return await session.get(MessageNode, node_id)
 
     async def get_snapshot(self, snapshot_id: int) -> PromptSnapshot | None:
         """One prompt snapshot, or ``None``."""
-        async with self._sessions() as session:
+        async with autocommit(self._sessions) as session:
             return await session.get(PromptSnapshot, snapshot_id)
 
     async def delete_data_for_user(self, *, requester: str, user_id: str) -> int:

@@ -263,6 +263,11 @@ class MemoryService:
         with self._handles_lock:
             self._handles.clear()
 
+    async def ping(self) -> None:
+        """One round trip to the store (the server's heartbeat, for a Chroma server); raises
+        :class:`MemoryStoreError` when it fails or takes longer than ``timeout_s``."""
+        await self._run("ping", self._client.heartbeat)
+
     # -- plumbing ------------------------------------------------------------------------------
 
     async def _run(self, operation: str, func: Callable[..., _T], *args: Any, **kw: Any) -> _T:

@@ -22,7 +22,7 @@ from feedback.store import ConversationStore
 from personas import PersonaRegistry
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
     from langchain_core.language_models import BaseChatModel
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from tests.discord_server.models import Channel, Guild, Role, User
     from tests.discord_server.server import DiscordTestServer
 
-__all__ = ["World", "running_bot"]
+__all__ = ["World", "restarted", "running_bot"]
 
 #: Manage Server, as a role permission bit.
 MANAGE_GUILD = 1 << 5
@@ -80,28 +80,13 @@ async def running_bot(
         },
         **overrides,
     )
-    sessions = session_factory(db_engine)
-    store = ConversationStore(sessions)
-    engine = ConversationEngine(
-        personas=PersonaRegistry.load(),
-        store=store,
-        model=model or FakeChatModel(),
-        memory=memory,
-        limits=engine_limits(settings),
-    )
+    bot = _new_bot(settings, db_engine, model=model, memory=memory)
     owner = server.add_user("owner")
     member = server.add_user("mia", global_name="Mia")
     guild = server.add_guild("Greenroom Test", owner)
     manager_role = server.add_role(guild, "Managers", permissions=MANAGE_GUILD)
     server.add_member(guild, member)
     channel = server.add_channel(guild, "lounge")
-    bot = GreenroomBot(
-        engine=engine,
-        sessions=sessions,
-        channels=ChannelSettingsStore(sessions),
-        settings=settings,
-        guild_ready_timeout=0.05,
-    )
     task = asyncio.create_task(bot.start(server.bot_token))
     try:
         await asyncio.wait_for(bot.wait_until_ready(), 10)
@@ -109,13 +94,62 @@ async def running_bot(
             server=server,
             bot=bot,
             settings=settings,
-            store=store,
+            store=bot.engine.store,
             guild=guild,
             channel=channel,
             owner=owner,
             member=member,
             manager_role=manager_role,
         )
+    finally:
+        await bot.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _new_bot(
+    settings: Settings,
+    db_engine: AsyncEngine,
+    *,
+    model: BaseChatModel | None = None,
+    memory: MemoryPort | None = None,
+) -> GreenroomBot:
+    sessions = session_factory(db_engine)
+    engine = ConversationEngine(
+        personas=PersonaRegistry.load(),
+        store=ConversationStore(sessions),
+        model=model or FakeChatModel(),
+        memory=memory,
+        limits=engine_limits(settings),
+    )
+    return GreenroomBot(
+        engine=engine,
+        sessions=sessions,
+        channels=ChannelSettingsStore(sessions),
+        settings=settings,
+        guild_ready_timeout=0.05,
+    )
+
+
+@contextlib.asynccontextmanager
+async def restarted(
+    world: World,
+    db_engine: AsyncEngine,
+    *,
+    model: BaseChatModel | None = None,
+    before_start: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[World]:
+    """Stop the world's bot, run ``before_start`` (what happens while it is down), then start
+    a fresh bot on the same database and server, as a restart would."""
+    await world.bot.close()
+    if before_start is not None:
+        await before_start()
+    bot = _new_bot(world.settings, db_engine, model=model)
+    task = asyncio.create_task(bot.start(world.server.bot_token))
+    world.bot, world.store = bot, bot.engine.store
+    try:
+        await asyncio.wait_for(bot.wait_until_ready(), 10)
+        yield world
     finally:
         await bot.close()
         with contextlib.suppress(asyncio.CancelledError):

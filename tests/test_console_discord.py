@@ -304,13 +304,17 @@ async def test_double_clicks_and_redelivered_clicks_record_once(world: World) ->
     first = server.click_button(console_message, world.extras["alice"], f"gr:approve:{candidate}")
     second = server.click_button(console_message, world.extras["bob"], f"gr:approve:{candidate}")
     server.gateway.dispatch("INTERACTION_CREATE", first.payload)  # the same click, delivered twice
-    await server.wait_for_interaction_response(first)
+    first = await server.wait_for_interaction_response(first)
     second = await server.wait_for_interaction_response(second)
     await server.wait_for_messages(world.channel, 1)
     await asyncio.sleep(0.3)
     assert len(world.bot_replies(world.channel)) == 1
     assert [e.kind for e in await _events(world)] == ["approve"]
-    assert second.ephemeral and "Already approved" in second.response_data["content"]
+    # Whichever click the bot handled first wins; the other actor is told it was decided.
+    loser = first if first.ephemeral else second
+    winner = second if loser is first else first
+    assert not winner.ephemeral
+    assert loser.ephemeral and "Already approved" in loser.response_data["content"]
 
 
 async def test_regenerate_rate_and_tags(

@@ -260,3 +260,40 @@ async def test_regenerating_a_sent_reply_then_approving_replaces_it_in_place(
     assert replay.status == "duplicate" and replay.replaces == turn.candidate_id
     rewrite = await corrections.rewrite(regen.result_id, actor=BOB_ACTOR, text="Third.", key="w")  # type: ignore[arg-type]
     assert rewrite.status == "refused"  # approved already: first decision won
+
+
+async def test_a_click_delivered_twice_at_once_is_a_duplicate_not_a_refusal(
+    store: ConversationStore, corrections: CorrectionStore
+) -> None:
+    turn = await add_turn(store, state="held")
+    outcomes = await asyncio.gather(
+        *(corrections.approve(turn.candidate_id, actor=ALICE_ACTOR, key="k") for _ in range(4))
+    )
+    assert sorted(o.status for o in outcomes) == ["done", "duplicate", "duplicate", "duplicate"]
+
+
+async def test_a_takeover_line_after_release_is_refused_not_lost_to_an_error(
+    store: ConversationStore, corrections: CorrectionStore
+) -> None:
+    turn = await add_turn(store)
+    conversation = (await store.get_node(turn.candidate_id)).conversation_id  # type: ignore[union-attr]
+    claimed = await corrections.claim(
+        conversation, actor=ALICE_ACTOR, takeover=True, persona="Marlowe", key="t"
+    )
+    assert claimed.status == "done"
+    lines = [
+        corrections.takeover_message(
+            conversation,
+            actor=ALICE_ACTOR,
+            persona="Marlowe",
+            text=f"line {i}",
+            parent_id=turn.candidate_id,
+            key=f"m{i}",
+        )
+        for i in range(3)
+    ]
+    release = corrections.release(conversation, actor=ALICE_ACTOR, persona="Marlowe", key="r")
+    outcomes = await asyncio.gather(*lines, release)
+    assert all(o.status in ("done", "refused") for o in outcomes)
+    sent = [o for o in outcomes[:3] if o.status == "done"]
+    assert len([e for e in await _events(store) if e.kind == "takeover_message"]) == len(sent)

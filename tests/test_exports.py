@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -637,3 +640,63 @@ async def test_dry_run_counts_per_format_and_persona(
     assert counts["oasst"] == {"Marlowe": 5, "Vesper": 1}
     for fmt in FORMATS:
         assert sum(counts[fmt].values()) == len(await _records(store._sessions, fmt))
+
+
+# -- read-ahead and the paused collector ---------------------------------------------------
+
+
+async def test_closing_records_early_cancels_the_read_ahead(
+    store: ConversationStore, corrections: CorrectionStore
+) -> None:
+    await build_scenario(store, corrections)
+    source = iter_records(
+        store._sessions, "trl-kto", ExportFilter(), pseudonym_secret=SECRET, batch_size=1
+    )
+    async with contextlib.aclosing(source) as items:
+        async for _key, _record in items:
+            for _ in range(3):  # let the read-ahead of the next page start its queries
+                await asyncio.sleep(0)
+            break
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    # without read-ahead, the same records in the same order
+    ahead = await _records(store._sessions, "trl-kto")
+    plain = [
+        item
+        async for item in iter_records(
+            store._sessions, "trl-kto", ExportFilter(), pseudonym_secret=SECRET, prefetch=False
+        )
+    ]
+    assert ahead == plain
+
+
+async def test_exports_turn_the_collector_back_on(
+    store: ConversationStore, corrections: CorrectionStore, tmp_path: Path
+) -> None:
+    await build_scenario(store, corrections)
+    assert gc.isenabled()
+    await export_to_file(
+        store._sessions,
+        "oasst",
+        ExportFilter(),
+        tmp_path / "o.jsonl",
+        pseudonym_secret=SECRET,
+        batch_size=2,
+    )
+    assert gc.isenabled()
+
+    def explode(_: int) -> None:
+        assert not gc.isenabled()  # paused while records are built
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        await export_to_file(
+            store._sessions,
+            "trl-sft",
+            ExportFilter(),
+            tmp_path / "x.jsonl",
+            pseudonym_secret=SECRET,
+            progress=explode,
+        )
+    assert gc.isenabled()
+    await dry_run_counts(store._sessions, ExportFilter(), pseudonym_secret=SECRET)
+    assert gc.isenabled()

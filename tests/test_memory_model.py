@@ -101,3 +101,45 @@ async def test_drift_higher_off_voice(service: MemoryService) -> None:
         persona=PERSONA, text="Good morning! Lovely weather for sailing."
     )
     assert await drift("Good morning! Lovely weather for sailing.") < before
+
+
+@pytest.fixture(scope="module")
+def int8_embedder(tmp_path_factory: pytest.TempPathFactory) -> SentenceTransformerEmbedder:
+    folder = tmp_path_factory.mktemp("models")
+    embedder = SentenceTransformerEmbedder(backend="onnx-int8", onnx_cache_dir=folder)
+    assert embedder.backend == "onnx-int8" and embedder.onnx_file is not None
+    assert embedder.onnx_file.parent == folder and embedder.onnx_file.name.endswith("-int8.onnx")
+    return embedder
+
+
+def test_int8_agrees_with_float(
+    embedder: SentenceTransformerEmbedder, int8_embedder: SentenceTransformerEmbedder
+) -> None:
+    texts = [*CANON, *VOICE, "My sister's name is Maya.", "Where did my sister move to?"]
+    quantized = int8_embedder.embed(texts)
+    assert quantized.shape == (len(texts), 384) and quantized.dtype == np.float32
+    assert np.allclose(np.linalg.norm(quantized, axis=1), 1.0, atol=1e-5)
+    assert float(np.min(np.sum(quantized * embedder.embed(texts), axis=1))) > 0.97
+    # Calls of up to 64 texts fill the cache: a text seen in a batch comes back unchanged.
+    assert np.array_equal(int8_embedder.embed([texts[3]])[0], quantized[3])
+
+
+async def test_semantic_recall_int8(
+    tmp_path: Path, int8_embedder: SentenceTransformerEmbedder
+) -> None:
+    memory = MemoryService.open(path=tmp_path / "chroma", embedder=int8_embedder)
+    try:
+        texts = ["My sister's name is Maya.", "I had toast for breakfast.", "It rained all day."]
+        texts += ["Work was boring today.", "I watched a film about trains.", "The bus was late."]
+        await memory.add_many(persona=PERSONA, user_id="u", texts=texts)
+        hits = await memory.recall(
+            persona=PERSONA, user_id="u", query_texts=["What is my sibling called?"], k=1
+        )
+        assert hits and "Maya" in hits[0].text
+    finally:
+        memory.close()
+
+
+def test_unknown_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        SentenceTransformerEmbedder(backend="tensorflow")  # type: ignore[arg-type]

@@ -14,6 +14,8 @@ from discord.gateway import DiscordWebSocket
 
 from bot.discord_transport.console.desk import ConsoleDesk
 from bot.discord_transport.delivery import PersonaVoice
+from bot.discord_transport.outages import HealthState
+from bot.discord_transport.tree import GreenroomTree
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,6 +37,7 @@ EXTENSIONS = (
     "bot.discord_transport.cogs.persona_commands",
     "bot.discord_transport.cogs.memory_commands",
     "bot.discord_transport.cogs.help",
+    "bot.discord_transport.cogs.health",
 )
 
 
@@ -57,6 +60,7 @@ class GreenroomBot(commands.Bot):
             intents=intents,
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
+            tree_cls=GreenroomTree,
             **client_options,
         )
         self.engine = engine
@@ -65,6 +69,8 @@ class GreenroomBot(commands.Bot):
         self.settings = settings
         self.voice = PersonaVoice(use_webhooks=settings.discord.use_webhooks)
         self.desk = ConsoleDesk(self)
+        #: What the bot has seen of its dependencies; ``/healthz`` reports it.
+        self.health = HealthState()
         #: Replies being produced or delivered; SIGTERM waits for them.
         self.in_flight: set[asyncio.Task[object]] = set()
         self.accepting = True

@@ -62,14 +62,28 @@ class PersonaVoice:
         persona: str,
         text: str,
         *,
-        reference: discord.Message | None = None,
+        reference: discord.Message | discord.PartialMessage | None = None,
         avatar_url: str | None = None,
+        nonce: str | None = None,
+        after: int | None = None,
     ) -> Sequence[discord.Message]:
-        """Send ``text`` as ``persona``, split to fit; returns the messages sent, in order."""
+        """Send ``text`` as ``persona``, split to fit; returns the messages sent, in order.
+
+        ``nonce`` (at most 20 characters) makes the send idempotent: each part carries
+        ``<nonce>p<index>`` with ``enforce_nonce``, so Discord answers a repeated send (the same
+        reply sent again after a crash) with the message it already created, for a few minutes.
+        Webhooks take no nonce: when ``after`` (a message id) is given, a webhook reply that is
+        already in the channel after that message with the same text is returned instead.
+        """
         webhook = await self._webhook_for(channel)
         sent: list[discord.Message] = []
         if webhook is not None:
-            for part in split_message(text, MESSAGE_LIMIT):
+            parts = split_message(text, MESSAGE_LIMIT)
+            if after is not None:
+                found = await self._already_sent(channel, webhook.id, after, parts)
+                if found:
+                    return found
+            for part in parts:
                 sent.append(
                     await webhook.send(
                         part,
@@ -88,9 +102,23 @@ class PersonaVoice:
                     allowed_mentions=_NO_PINGS,
                     reference=reference if index == 0 else None,
                     mention_author=False if reference is not None else None,
+                    nonce=f"{nonce}p{index}" if nonce else None,
                 )
             )
         return sent
+
+    @staticmethod
+    async def _already_sent(
+        channel: discord.abc.Messageable, webhook_id: int, after: int, parts: Sequence[str]
+    ) -> list[discord.Message]:
+        """The webhook messages after ``after`` that carry ``parts`` in order (up to 100 read)."""
+        found: list[discord.Message] = []
+        async for message in channel.history(after=discord.Object(after), limit=100):
+            if message.webhook_id == webhook_id and message.content == parts[len(found)]:
+                found.append(message)
+                if len(found) == len(parts):
+                    return found
+        return []
 
     async def edit(
         self,

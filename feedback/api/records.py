@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from feedback.exports import iter_records
+from feedback.exports.collector import gc_paused
 from feedback.redact import mask_names, pseudonym, redact
 
 if TYPE_CHECKING:
@@ -87,38 +88,41 @@ async def page(
     ``after``), so a trainer that reached the end can poll again later and receive only newer
     records.
     """
-    records: list[dict[str, Any]] = []
-    last = after
-    has_more = False
-    turn_key: int | None = None
-    turn: list[dict[str, Any]] = []
-    source = iter_records(
-        sessions,
-        fmt,
-        flt,
-        pseudonym_secret=pseudonym_secret,
-        after_id=after,
-        batch_size=min(max(limit + 1, _MIN_BATCH), _MAX_BATCH),
-    )
-    async with contextlib.aclosing(source) as items:
-        async for key, record in items:
-            if turn and key != turn_key:
-                if records and len(records) + len(turn) > limit:
+    with gc_paused():
+        records: list[dict[str, Any]] = []
+        last = after
+        has_more = False
+        turn_key: int | None = None
+        turn: list[dict[str, Any]] = []
+        source = iter_records(
+            sessions,
+            fmt,
+            flt,
+            pseudonym_secret=pseudonym_secret,
+            after_id=after,
+            batch_size=min(max(limit + 1, _MIN_BATCH), _MAX_BATCH),
+            # One page is usually one batch: a read-ahead would mostly be thrown away.
+            prefetch=False,
+        )
+        async with contextlib.aclosing(source) as items:
+            async for key, record in items:
+                if turn and key != turn_key:
+                    if records and len(records) + len(turn) > limit:
+                        has_more = True
+                        break
+                    records.extend(turn)
+                    last, turn = turn_key, []
+                    if len(records) >= limit:
+                        has_more = True
+                        break
+                turn_key = key
+                turn.append(record)
+            else:
+                if turn and records and len(records) + len(turn) > limit:
                     has_more = True
-                    break
-                records.extend(turn)
-                last, turn = turn_key, []
-                if len(records) >= limit:
-                    has_more = True
-                    break
-            turn_key = key
-            turn.append(record)
-        else:
-            if turn and records and len(records) + len(turn) > limit:
-                has_more = True
-            elif turn:
-                records.extend(turn)
-                last = turn_key
+                elif turn:
+                    records.extend(turn)
+                    last = turn_key
     return Page(
         records=records,
         next_cursor=None if last is None else encode_cursor(fmt, last),

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RecordBuilder"]
 
+#: Entries of each generation of the cleaned-text cache.
 _TEXT_CACHE_SIZE = 32_768
 _SPEAKER_PREFIX = re.compile(r"^([^:\n]{1,64}): ")
 
@@ -53,8 +54,10 @@ Pair = tuple["ReplyNode", "ReplyNode", str]
 class RecordBuilder:
     """Turns :class:`TurnTree` values into records of each format (see the module docstring).
 
-    Holds a bounded cache of cleaned texts: prompt snapshots repeat the system prompt and the
-    recent history turn after turn, so most texts are cleaned once.
+    Holds a bounded cache of cleaned texts (two generations of :data:`_TEXT_CACHE_SIZE`
+    entries, so a text used again within the last ~32k cleanings is not cleaned again): prompt
+    snapshots repeat the system prompt and the recent history turn after turn, so most texts
+    are cleaned once. The names to mask are worked out once per turn and snapshot.
     """
 
     def __init__(self, flt: ExportFilter, *, pseudonym_secret: bytes) -> None:
@@ -62,8 +65,19 @@ class RecordBuilder:
             raise ValueError("the pseudonym secret is empty")
         self.filter = flt
         self._secret = pseudonym_secret
-        self._clean = lru_cache(maxsize=_TEXT_CACHE_SIZE)(self._clean_uncached)
+        #: Cleaned texts by names to mask, then by text: the young generation takes new
+        #: entries; when it is full it becomes the old one (read, not written).
+        self._young: dict[tuple[str, ...], dict[str, str]] = {}
+        self._old: dict[tuple[str, ...], dict[str, str]] = {}
+        self._young_size = 0
         self._pseudonym = lru_cache(maxsize=_TEXT_CACHE_SIZE)(self._pseudonym_uncached)
+        self._tree: TurnTree | None = None
+        self._tree_names: dict[int | None, tuple[str, ...]] = {}
+
+    @staticmethod
+    def needs_times(fmt: str) -> bool:
+        """Whether records of ``fmt`` show creation times (read trees with ``times=True``)."""
+        return fmt == "oasst"
 
     # -- text ----------------------------------------------------------------------------
 
@@ -72,16 +86,55 @@ class RecordBuilder:
 
     def _clean_uncached(self, text: str, names: tuple[str, ...]) -> str:
         text = redact(text)
-        folded = text.casefold()
-        names = tuple(name for name in names if name.casefold() in folded)
         if names:
-            text = mask_names(
-                text, {name: self._pseudonym(name.casefold(), "name") for name in names}
-            )
+            folded = text.casefold()
+            names = tuple(name for name in names if name.casefold() in folded)
+            if names:
+                text = mask_names(
+                    text, {name: self._pseudonym(name.casefold(), "name") for name in names}
+                )
         return text
+
+    def _clean(self, text: str, names: tuple[str, ...]) -> str:
+        """``text`` redacted with ``names`` masked, from the cache when it was seen lately."""
+        cache = self._young.get(names)
+        if cache is not None:
+            cleaned = cache.get(text)
+            if cleaned is not None:
+                return cleaned
+        return self._clean_miss(text, names)
+
+    def _clean_miss(self, text: str, names: tuple[str, ...]) -> str:
+        """:meth:`_clean` past the young generation: the old one, else clean it now."""
+        young = self._young.get(names)
+        if young is not None and text in young:
+            return young[text]
+        old = self._old.get(names)
+        cleaned = old.get(text) if old is not None else None
+        if cleaned is None:
+            cleaned = self._clean_uncached(text, names)
+        if self._young_size >= _TEXT_CACHE_SIZE:
+            self._old, self._young, self._young_size = self._young, {}, 0
+        young = self._young.get(names)
+        if young is None:
+            young = self._young[names] = {}
+        young[text] = cleaned
+        self._young_size += 1
+        return cleaned
 
     def _names(self, tree: TurnTree, snapshot: Snapshot | None) -> tuple[str, ...]:
         """Display names to mask: the turn's author, and the speakers of a group's lines."""
+        if tree is not self._tree:
+            self._tree = tree
+            self._tree_names = {}
+        key = snapshot.id if snapshot is not None and tree.is_group else None
+        names = self._tree_names.get(key)
+        if names is None:
+            names = self._tree_names[key] = self._names_uncached(tree, snapshot)
+        return names
+
+    @staticmethod
+    def _names_uncached(tree: TurnTree, snapshot: Snapshot | None) -> tuple[str, ...]:
         names = {tree.user_name.strip()}
         if tree.is_group and snapshot is not None:
             for message in snapshot.messages:
@@ -97,10 +150,17 @@ class RecordBuilder:
         if snapshot is None:
             return None
         names = self._names(tree, snapshot)
-        return [
-            {"role": message["role"], "content": self._clean(message["content"], names)}
-            for message in snapshot.messages
-        ]
+        # The hot loop of every format: one dict lookup a message, in the usual case.
+        cache = self._young.get(names) or {}
+        miss = self._clean_miss
+        context = []
+        for message in snapshot.messages:
+            content = message["content"]
+            cleaned = cache.get(content)
+            if cleaned is None:
+                cleaned = miss(content, names)
+            context.append({"role": message["role"], "content": cleaned})
+        return context
 
     def _reply(self, tree: TurnTree, node: ReplyNode) -> dict[str, str]:
         names = self._names(tree, tree.snapshot_for(node))
@@ -125,6 +185,8 @@ class RecordBuilder:
     def pairs(self, tree: TurnTree) -> list[Pair]:
         """``(chosen, rejected, source)`` preference pairs among the turn's replies."""
         pairs: list[Pair] = []
+        if len(tree.replies) < 2:  # both kinds of pair need two siblings
+            return pairs
         seen: set[tuple[int, int]] = set()
         final = tree.final
         if final is not None and final.trainable and final.endorsed:

@@ -8,7 +8,9 @@ and waiting for delivery).
 
 :func:`iter_turn_trees` pages through user turns by id (keyset pagination, ``batch_size`` turns
 a page) with four indexed queries a page: turns, their replies, the events on those replies, and
-the snapshots they use. Memory stays flat however large the table is.
+the snapshots they use. Each id list travels as one bound value (a PostgreSQL array, a JSON
+array on SQLite), and the next page is read while the caller works on this one. Memory stays
+flat however large the table is (two pages at most).
 
 Consent is applied in the turn query: a user's turn is read only if the user said yes
 (``user_privacy.consent``), or said nothing in a server channel whose guild's
@@ -18,12 +20,29 @@ skipped even if some row of theirs survived.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Text, and_, bindparam, cast, false, func, or_, select
+from sqlalchemy import (
+    Integer,
+    String,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+)
+from sqlalchemy.dialects import postgresql
 
 from feedback.models import (
     Conversation,
@@ -91,7 +110,8 @@ class ReplyNode:
     content: str
     snapshot_id: int | None
     decided_by: str | None
-    created_at: datetime
+    #: ``None`` when the tree was read with ``times=False``.
+    created_at: datetime | None
     #: ``(actor id, rating or None, tags)`` of each ``rate`` event, in event order.
     ratings: list[tuple[str, int | None, tuple[str, ...]]] = field(default_factory=list)
     #: Actors who approved this node (hold timeouts are not actors).
@@ -160,7 +180,8 @@ class TurnTree:
     user_id: str
     user_name: str
     content: str
-    created_at: datetime
+    #: ``None`` when the tree was read with ``times=False``.
+    created_at: datetime | None
     replies: list[ReplyNode] = field(default_factory=list)
     snapshots: dict[int, Snapshot] = field(default_factory=dict)
 
@@ -227,19 +248,22 @@ def consent_rule(flt: ExportFilter) -> tuple[list[Any], ColumnElement[bool]]:
     return joins, condition
 
 
-def _turn_query(flt: ExportFilter) -> Any:
-    """User turns that pass the filter and consent, after a keyset position, in id order."""
+def _turn_query(flt: ExportFilter, *, times: bool = True) -> Any:
+    """User turns that pass the filter and consent (columns: id, conversation id, author id and
+    name, content, persona, scope, and with ``times`` the creation time)."""
     joins, consent = consent_rule(flt)
-    query = select(
+    columns: list[Any] = [
         MessageNode.id,
         MessageNode.conversation_id,
         MessageNode.author_id,
         MessageNode.author_name,
         MessageNode.content,
-        MessageNode.created_at,
         Conversation.persona,
         Conversation.scope,
-    ).join(Conversation, Conversation.id == MessageNode.conversation_id)
+    ]
+    if times:
+        columns.append(MessageNode.created_at)
+    query = select(*columns).join(Conversation, Conversation.id == MessageNode.conversation_id)
     for target, on in joins:
         query = query.outerjoin(target, on)
     conditions = [MessageNode.role == "user", consent]
@@ -254,43 +278,86 @@ def _turn_query(flt: ExportFilter) -> Any:
 
 async def count_turns(sessions: async_sessionmaker[AsyncSession], flt: ExportFilter) -> int:
     """How many user turns the filter selects (the total of a progress bar)."""
-    subquery = _turn_query(flt).subquery()
+    subquery = _turn_query(flt, times=False).subquery()
     async with sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(subquery)) or 0)
 
 
-_REPLIES = (
-    select(
-        MessageNode.id,
-        MessageNode.parent_id,
-        MessageNode.origin,
-        MessageNode.state,
-        MessageNode.author_id,
-        MessageNode.content,
-        MessageNode.prompt_snapshot_id,
-        MessageNode.decided_by,
-        MessageNode.created_at,
-    )
-    .where(MessageNode.parent_id.in_(bindparam("turn_ids", expanding=True)))
-    .where(MessageNode.role == "assistant")
-    .order_by(MessageNode.id)
+_REPLY_COLUMNS = (
+    MessageNode.id,
+    MessageNode.parent_id,
+    MessageNode.origin,
+    MessageNode.state,
+    MessageNode.author_id,
+    MessageNode.content,
+    MessageNode.prompt_snapshot_id,
+    MessageNode.decided_by,
 )
-_EVENTS = (
-    select(
-        FeedbackEvent.candidate_id,
-        FeedbackEvent.kind,
-        FeedbackEvent.actor_id,
-        FeedbackEvent.rating,
-        cast(FeedbackEvent.tags, Text),
-        FeedbackEvent.result_id,
-    )
-    .join(MessageNode, MessageNode.id == FeedbackEvent.candidate_id)
-    .where(MessageNode.parent_id.in_(bindparam("turn_ids", expanding=True)))
-    .order_by(FeedbackEvent.id)
+_EVENT_COLUMNS = (
+    FeedbackEvent.candidate_id,
+    FeedbackEvent.kind,
+    FeedbackEvent.actor_id,
+    FeedbackEvent.rating,
+    cast(FeedbackEvent.tags, Text),
+    FeedbackEvent.result_id,
 )
-_SNAPSHOTS = select(
-    PromptSnapshot.id, cast(PromptSnapshot.messages, Text), PromptSnapshot.model_name
-).where(PromptSnapshot.id.in_(bindparam("snapshot_ids", expanding=True)))
+_SNAPSHOT_COLUMNS = (
+    PromptSnapshot.id,
+    cast(PromptSnapshot.messages, Text),
+    PromptSnapshot.model_name,
+)
+
+
+def _in_ids(column: Any, name: str, dialect: str) -> ColumnElement[bool]:
+    """``column IN (ids)`` with the whole list in one bound value.
+
+    PostgreSQL takes an integer array (``= ANY(:ids)``), SQLite a JSON array read by
+    ``json_each``; a list of thousands of separate parameters costs more to render, send and
+    plan than the rows it selects. Other dialects get the plain expanding ``IN``.
+    """
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(Integer)))
+    if dialect == "sqlite":
+        values = select(literal_column("value")).select_from(
+            func.json_each(bindparam(name, type_=String))
+        )
+        return column.in_(values.scalar_subquery())
+    return column.in_(bindparam(name, expanding=True))
+
+
+def _id_values(ids: list[int], dialect: str) -> Any:
+    """The bound value of an :func:`_in_ids` list for ``dialect``."""
+    if dialect == "sqlite":
+        return orjson.dumps(ids).decode()
+    return ids
+
+
+@dataclass(frozen=True, slots=True)
+class _PageQueries:
+    """The three follow-up queries of a page, for one dialect, with or without times."""
+
+    replies: Any
+    events: Any
+    snapshots: Any
+
+
+@lru_cache(maxsize=16)
+def _page_queries(dialect: str, times: bool) -> _PageQueries:
+    reply_columns: tuple[Any, ...] = _REPLY_COLUMNS
+    if times:
+        reply_columns = (*reply_columns, MessageNode.created_at)
+    return _PageQueries(
+        replies=select(*reply_columns)
+        .where(_in_ids(MessageNode.parent_id, "turn_ids", dialect))
+        .where(MessageNode.role == "assistant")
+        .order_by(MessageNode.id),
+        events=select(*_EVENT_COLUMNS)
+        .where(_in_ids(FeedbackEvent.candidate_id, "node_ids", dialect))
+        .order_by(FeedbackEvent.id),
+        snapshots=select(*_SNAPSHOT_COLUMNS).where(
+            _in_ids(PromptSnapshot.id, "snapshot_ids", dialect)
+        ),
+    )
 
 
 def _tags(raw: str | None) -> tuple[str, ...]:
@@ -299,40 +366,42 @@ def _tags(raw: str | None) -> tuple[str, ...]:
     return tuple(orjson.loads(raw))
 
 
-async def _read_page(connection: AsyncConnection, turn_rows: list[Any]) -> list[TurnTree]:
-    trees = {
-        row[0]: TurnTree(
-            user_turn_id=row[0],
-            conversation_id=row[1],
-            user_id=row[2],
-            user_name=row[3],
-            content=row[4],
-            created_at=row[5],
-            persona=row[6],
-            scope=row[7],
+async def _read_page(
+    connection: AsyncConnection, turn_rows: list[Any], *, times: bool = True
+) -> list[TurnTree]:
+    """The trees of ``turn_rows``: three more queries (replies, their events, snapshots)."""
+    dialect = connection.dialect.name
+    queries = _page_queries(dialect, times)
+    trees: dict[int, TurnTree] = {}
+    for row in turn_rows:
+        trees[row[0]] = TurnTree(
+            row[0], row[1], row[5], row[6], row[2], row[3], row[4], row[7] if times else None
         )
-        for row in turn_rows
-    }
-    turn_ids = list(trees)
     nodes: dict[int, ReplyNode] = {}
     snapshot_ids: set[int] = set()
-    replies = await connection.execute(_REPLIES, {"turn_ids": turn_ids})
+    replies = await connection.execute(
+        queries.replies, {"turn_ids": _id_values(list(trees), dialect)}
+    )
     for row in replies.all():
         node = ReplyNode(
-            id=row[0],
-            origin=row[2],
-            state=row[3],
-            author_id=row[4],
-            content=row[5],
-            snapshot_id=row[6],
-            decided_by=row[7],
-            created_at=row[8],
+            row[0],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            row[7],
+            row[8] if times else None,
         )
         nodes[node.id] = node
         trees[row[1]].replies.append(node)
         if node.snapshot_id is not None:
             snapshot_ids.add(node.snapshot_id)
-    events = await connection.execute(_EVENTS, {"turn_ids": turn_ids})
+    if not nodes:
+        return list(trees.values())
+    events = await connection.execute(
+        queries.events, {"node_ids": _id_values(list(nodes), dialect)}
+    )
     for candidate_id, kind, actor_id, rating, tags, result_id in events.all():
         node = nodes.get(candidate_id)
         if node is None:
@@ -347,13 +416,28 @@ async def _read_page(connection: AsyncConnection, turn_rows: list[Any]) -> list[
             if kind == "rewrite" and result_id in nodes:
                 nodes[result_id].rewrite_of = node.id
     if snapshot_ids:
-        snapshots = await connection.execute(_SNAPSHOTS, {"snapshot_ids": sorted(snapshot_ids)})
+        snapshots = await connection.execute(
+            queries.snapshots, {"snapshot_ids": _id_values(sorted(snapshot_ids), dialect)}
+        )
         by_id = {row[0]: Snapshot(row[0], row[1], row[2]) for row in snapshots.all()}
         for tree in trees.values():
             for node in tree.replies:
-                if node.snapshot_id in by_id:
-                    tree.snapshots[node.snapshot_id] = by_id[node.snapshot_id]
+                snapshot_id = node.snapshot_id
+                if snapshot_id is not None and snapshot_id in by_id:
+                    tree.snapshots[snapshot_id] = by_id[snapshot_id]
     return list(trees.values())
+
+
+async def _read_turns(
+    sessions: async_sessionmaker[AsyncSession], base: Any, position: int, times: bool
+) -> tuple[list[Any], list[TurnTree]]:
+    """One page in its own short transaction: the turn rows after ``position``, and the trees."""
+    async with sessions() as session:
+        connection = await session.connection()
+        turn_rows = (await connection.execute(base.where(MessageNode.id > position))).all()
+        if not turn_rows:
+            return turn_rows, []
+        return turn_rows, await _read_page(connection, turn_rows, times=times)
 
 
 async def iter_turn_trees(
@@ -362,24 +446,50 @@ async def iter_turn_trees(
     *,
     after_id: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    times: bool = True,
+    prefetch: bool = True,
 ) -> AsyncIterator[list[TurnTree]]:
     """Pages of :class:`TurnTree` in user-turn id order, starting after ``after_id``.
 
     Each page is read in its own short transaction, so a long export never holds a database
     snapshot open; turns added while it runs are picked up if their id is still ahead.
+    ``times=False`` leaves ``created_at`` out (``None``): only the oasst format shows times.
+
+    With ``prefetch`` the next page is read by a background task while the caller works on
+    this one (at most two pages in memory). It only progresses while the caller awaits
+    something, so a caller that spends long on a page should ``await asyncio.sleep(0)`` now
+    and then. The task is cancelled when the iteration is closed early.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    base = _turn_query(flt).order_by(MessageNode.id).limit(batch_size)
+    base = _turn_query(flt, times=times).order_by(MessageNode.id).limit(batch_size)
     position = after_id if after_id is not None else 0
-    while True:
-        async with sessions() as session:
-            connection = await session.connection()
-            turn_rows = (await connection.execute(base.where(MessageNode.id > position))).all()
+    if not prefetch:
+        while True:
+            turn_rows, page = await _read_turns(sessions, base, position, times)
             if not turn_rows:
                 return
-            page = await _read_page(connection, turn_rows)
-        position = turn_rows[-1][0]
-        yield page
-        if len(turn_rows) < batch_size:
-            return
+            position = turn_rows[-1][0]
+            yield page
+            if len(turn_rows) < batch_size:
+                return
+    pending: asyncio.Task[tuple[list[Any], list[TurnTree]]] | None = asyncio.ensure_future(
+        _read_turns(sessions, base, position, times)
+    )
+    try:
+        while pending is not None:
+            turn_rows, page = await pending
+            pending = None
+            if not turn_rows:
+                return
+            if len(turn_rows) == batch_size:
+                pending = asyncio.ensure_future(
+                    _read_turns(sessions, base, turn_rows[-1][0], times)
+                )
+            yield page
+    finally:
+        if pending is not None:
+            pending.cancel()
+            # Nobody wants that page any more: neither its rows nor its error.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending

@@ -16,6 +16,7 @@ data and seed give the same files byte for byte.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -26,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from feedback.exports.collector import collect_young, gc_paused
 from feedback.exports.filters import FORMATS, ExportError, check_format
 from feedback.exports.records import RecordBuilder
 from feedback.exports.tree import DEFAULT_BATCH_SIZE, iter_turn_trees
@@ -48,6 +50,10 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _WRITE_CHUNK = 512
+#: Trees built between two turns of the event loop, so the next page's reads (see
+#: :func:`~feedback.exports.tree.iter_turn_trees`) progress while this page is built.
+_YIELD_EVERY = 128
+_LINE = orjson.OPT_APPEND_NEWLINE
 
 
 def record_to_jsonl(record: dict[str, Any]) -> str:
@@ -63,14 +69,30 @@ async def iter_records(
     pseudonym_secret: bytes,
     after_id: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    prefetch: bool = True,
 ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-    """``(user turn id, record)`` of format ``fmt`` after ``after_id``, in a stable order."""
+    """``(user turn id, record)`` of format ``fmt`` after ``after_id``, in a stable order.
+
+    With ``prefetch`` the next page of ``batch_size`` turns is read while the caller consumes
+    this one (two pages in memory; wasted if the caller stops early).
+    """
     check_format(fmt)
     builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
-    async for page in iter_turn_trees(sessions, flt, after_id=after_id, batch_size=batch_size):
-        for tree in page:
-            for record in builder.records(tree, fmt):
-                yield tree.user_turn_id, record
+    pages = iter_turn_trees(
+        sessions,
+        flt,
+        after_id=after_id,
+        batch_size=batch_size,
+        times=builder.needs_times(fmt),
+        prefetch=prefetch,
+    )
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            for index, tree in enumerate(page):
+                if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
+                for record in builder.records(tree, fmt):
+                    yield tree.user_turn_id, record
 
 
 def split_paths(out: Path, split: dict[str, float] | None) -> dict[str, Path]:
@@ -147,41 +169,51 @@ async def export_to_file(
     builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
     files: dict[str, tuple[IO[bytes], Path]] = {}
     counts = dict.fromkeys(targets, 0)
-    try:
-        for name, path in targets.items():
-            files[name] = _open_temporary(path)
-        buffers: dict[str, list[bytes]] = {name: [] for name in targets}
-        async for page in iter_turn_trees(sessions, flt, batch_size=batch_size):
-            for tree in page:
-                records = builder.records(tree, fmt)
-                if not records:
-                    continue
-                name = choose(tree.conversation_id)
-                buffer = buffers[name]
-                buffer.extend(orjson.dumps(record) + b"\n" for record in records)
-                counts[name] += len(records)
-                if len(buffer) >= _WRITE_CHUNK:
-                    files[name][0].write(b"".join(buffer))
-                    buffer.clear()
-            if progress is not None:
-                progress(len(page))
-        for name, buffer in buffers.items():
-            files[name][0].write(b"".join(buffer))
-        for handle, _ in files.values():
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-        for name, (_, temporary) in files.items():
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, targets[name])
-        files.clear()
-    except OSError as error:
-        raise ExportError(f"cannot write {out}: {error.strerror or error}") from None
-    finally:
-        for handle, temporary in files.values():
-            handle.close()
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
+    with gc_paused():
+        try:
+            for name, path in targets.items():
+                files[name] = _open_temporary(path)
+            buffers: dict[str, list[bytes]] = {name: [] for name in targets}
+            dumps = orjson.dumps
+            pages = iter_turn_trees(
+                sessions, flt, batch_size=batch_size, times=builder.needs_times(fmt)
+            )
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    collect_young()
+                    for index, tree in enumerate(page):
+                        if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                            await asyncio.sleep(0)
+                        records = builder.records(tree, fmt)
+                        if not records:
+                            continue
+                        name = choose(tree.conversation_id)
+                        buffer = buffers[name]
+                        for record in records:
+                            buffer.append(dumps(record, option=_LINE))
+                        counts[name] += len(records)
+                        if len(buffer) >= _WRITE_CHUNK:
+                            files[name][0].write(b"".join(buffer))
+                            buffer.clear()
+                    if progress is not None:
+                        progress(len(page))
+            for name, buffer in buffers.items():
+                files[name][0].write(b"".join(buffer))
+            for handle, _ in files.values():
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+            for name, (_, temporary) in files.items():
+                os.chmod(temporary, 0o644)
+                os.replace(temporary, targets[name])
+            files.clear()
+        except OSError as error:
+            raise ExportError(f"cannot write {out}: {error.strerror or error}") from None
+        finally:
+            for handle, temporary in files.values():
+                handle.close()
+                with contextlib.suppress(FileNotFoundError):
+                    temporary.unlink()
     _log.info("exported %s to %s: %s", fmt, out, counts)
     return counts
 
@@ -200,18 +232,27 @@ async def dry_run_counts(
         check_format(fmt)
     builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
     counts: dict[str, dict[str, int]] = {fmt: {} for fmt in formats}
-    async for page in iter_turn_trees(sessions, flt, batch_size=batch_size):
-        for tree in page:
-            per_kind: dict[str, int] = {}
-            for fmt in formats:
-                kind = _KIND[fmt]
-                if kind not in per_kind:
-                    per_kind[kind] = len(builder.records(tree, fmt))
-                if per_kind[kind]:
-                    by_persona = counts[fmt]
-                    by_persona[tree.persona] = by_persona.get(tree.persona, 0) + per_kind[kind]
-        if progress is not None:
-            progress(len(page))
+    times = any(builder.needs_times(fmt) for fmt in formats)
+    with gc_paused():
+        pages = iter_turn_trees(sessions, flt, batch_size=batch_size, times=times)
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                collect_young()
+                for index, tree in enumerate(page):
+                    if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                        await asyncio.sleep(0)
+                    per_kind: dict[str, int] = {}
+                    for fmt in formats:
+                        kind = _KIND[fmt]
+                        if kind not in per_kind:
+                            per_kind[kind] = len(builder.records(tree, fmt))
+                        if per_kind[kind]:
+                            by_persona = counts[fmt]
+                            by_persona[tree.persona] = (
+                                by_persona.get(tree.persona, 0) + per_kind[kind]
+                            )
+                if progress is not None:
+                    progress(len(page))
     return {fmt: dict(sorted(by_persona.items())) for fmt, by_persona in counts.items()}
 
 

@@ -551,6 +551,27 @@ class DiscordTestServer:
         data = {"custom_id": custom_id, "components": components}
         return self._send_interaction(INTERACTION_MODAL_SUBMIT, data, user, channel)
 
+    def send_interaction(
+        self,
+        type: int,
+        data: dict[str, Any],
+        user: User,
+        channel: Channel,
+        *,
+        message: Mapping[str, Any] | int | None = None,
+        edit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> InteractionRecord:
+        """Any interaction, unchecked: `data` is sent as given (unknown commands, forged
+        custom_ids, wrong component types); `edit` may change the whole payload before it is
+        dispatched. For hostile-input tests; real clients use the helpers above."""
+        stored = self._message_for(message) if message is not None else None
+        return self._send_interaction(type, data, user, channel, message=stored, edit=edit)
+
+    def dispatch_raw(self, event: str, data: dict[str, Any]) -> None:
+        """Send a gateway DISPATCH exactly as given, e.g. a malformed MESSAGE_CREATE."""
+        self.gateway.dispatch(event, data)
+        self.notify_waiters()
+
     # -- waiting -------------------------------------------------------------------------
 
     def notify_waiters(self) -> None:
@@ -1119,6 +1140,7 @@ class DiscordTestServer:
         channel: Channel,
         *,
         message: dict[str, Any] | None = None,
+        edit: Callable[[dict[str, Any]], None] | None = None,
     ) -> InteractionRecord:
         self._require_channel_access(channel, user)
         interaction_id = self.snowflakes.next()
@@ -1161,6 +1183,8 @@ class DiscordTestServer:
             )
         if message is not None:
             payload["message"] = message
+        if edit is not None:
+            edit(payload)
         record = InteractionRecord(
             id=interaction_id,
             token=token,

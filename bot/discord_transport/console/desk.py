@@ -19,6 +19,8 @@ import discord
 
 from bot.discord_transport.console.render import console_embed, console_view
 from bot.discord_transport.typing import keep_typing
+from bot.faults import crash_point
+from bot.llm import GenerationError
 from feedback.channels import GuildSettingsStore
 from feedback.corrections import Actor, CorrectionStore, InvalidAction
 
@@ -111,7 +113,11 @@ class ConsoleDesk:
     # -- routing ---------------------------------------------------------------------------
 
     async def route(self, message: discord.Message, reply: Reply) -> None:
-        """Send now or hold, and mirror the candidate to the console."""
+        """Send now or hold, and mirror the candidate to the console.
+
+        The send carries the candidate's id as its nonce, so delivering the same candidate again
+        after a crash (it was stored, maybe sent, but not marked sent) does not post it twice.
+        """
         voice = self.bot.voice
         mode = await self.mode_for(message.channel, reply.persona)
         console = await self.console_channel(message.guild.id if message.guild else None)
@@ -119,9 +125,17 @@ class ConsoleDesk:
         avatar = self.bot.engine.personas.get(reply.persona).greenroom.avatar_url
         if console is None or (mode == "auto" and not reply.risk.hold):
             sent = await voice.send(
-                message.channel, reply.persona, reply.text, reference=reference, avatar_url=avatar
+                message.channel,
+                reply.persona,
+                reply.text,
+                reference=reference,
+                avatar_url=avatar,
+                nonce=f"gr{reply.candidate_id}",
+                after=message.id if reply.redelivered else None,
             )
+            crash_point("turn.after_send")
             await self.bot.engine.mark_sent(reply, external_id=" ".join(str(m.id) for m in sent))
+            crash_point("turn.after_mark_sent")
             if console is not None:
                 await self.post(console, reply.candidate_id, mode=mode)
             return
@@ -237,17 +251,94 @@ class ConsoleDesk:
         await self.bot.voice.send(target, persona.name, persona.holding_line(seed=node.id))
 
     async def resume(self) -> None:
-        """After a restart: deliver what was decided but not sent, and restart every hold."""
+        """After a restart: finish acknowledged regenerations, deliver what was decided but not
+        sent, and restart every hold."""
+        for pending in await self.corrections.pending_regenerations():
+            try:
+                await self.regenerate(
+                    pending.candidate_id,
+                    actor=Actor(pending.actor_id, pending.actor_name),
+                    key=pending.key,
+                )
+            except Exception:
+                _log.exception("could not finish regeneration %s after restart", pending.key)
         for node in await self.corrections.undelivered():
             try:
-                await self.deliver_node(node)
+                await self.deliver_node(node, recovering=True)
             except Exception:
                 _log.exception("could not deliver node %s after restart", node.id)
         held = await self.corrections.held_candidates()
         for candidate in held:
+            if candidate.console_ref is None:  # held, then the process died before the post
+                await self._post_after_restart(candidate)
             if candidate.id not in self._decided:
                 self.start_hold(candidate.id, candidate.hold_until)
         _log.info("resumed %d held candidates", len(held))
+
+    async def _post_after_restart(self, candidate: MessageNode) -> None:
+        conversation = await self.bot.engine.store.get_conversation(candidate.conversation_id)
+        if conversation is None:
+            return
+        guild_id = int(conversation.guild_key.partition(":")[2]) if conversation.guild_key else None
+        console = await self.console_channel(guild_id)
+        if console is None:
+            return
+        try:
+            await self.post(console, candidate.id, mode="review")
+        except discord.HTTPException:
+            _log.exception("could not post held candidate %s after restart", candidate.id)
+
+    # -- regeneration -----------------------------------------------------------------------
+
+    async def regenerate(self, candidate_id: int, *, actor: Actor, key: str) -> ActionOutcome:
+        """Generate a new candidate for a stored request, record it (the request ends in the
+        same commit) and show it on the console message; a held candidate's hold moves to it.
+
+        Raises :class:`~bot.llm.GenerationError` or :class:`LookupError` after dropping the
+        request, so the caller can tell the actor.
+        """
+        store = self.bot.engine.store
+        node = await store.get_node(candidate_id)
+        try:
+            if node is None:
+                raise LookupError("this reply no longer exists")
+            text, snapshot, flags = await self.bot.engine.regenerate(candidate_id)
+        except (GenerationError, LookupError):
+            await self.corrections.drop_pending(key)
+            raise
+        held = node.state == "held"
+        until = _now() + timedelta(seconds=self.bot.settings.console.hold_seconds) if held else None
+        outcome = await self.corrections.regenerate(
+            candidate_id,
+            actor=actor,
+            text=text,
+            snapshot=snapshot,
+            flags=flags,
+            hold_until=until,
+            key=key,
+        )
+        if outcome.status == "refused":
+            await self.corrections.drop_pending(key)
+        if outcome.status == "done" and outcome.result_id is not None:
+            if until is not None:
+                self.decided(candidate_id)
+                self.start_hold(outcome.result_id, until)
+            await self._show_candidate(node, outcome.result_id)
+        return outcome
+
+    async def _show_candidate(self, old: MessageNode, candidate_id: int) -> None:
+        """Turn the console message of ``old`` into the console of ``candidate_id``."""
+        if not old.console_ref:
+            return
+        channel_id, _, message_id = old.console_ref.partition("/")
+        channel = self.bot.get_channel(int(channel_id))
+        if not isinstance(channel, discord.TextChannel):
+            return
+        with contextlib.suppress(discord.HTTPException):
+            await channel.get_partial_message(int(message_id)).edit(
+                embed=await self.render(candidate_id),
+                view=console_view(candidate_id, old.conversation_id),
+            )
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -273,14 +364,21 @@ class ConsoleDesk:
             return
         await self.deliver_node(node, replaces=outcome.replaces)
 
-    async def deliver_node(self, node: MessageNode, *, replaces: int | None = None) -> None:
-        """Deliver one ``approved`` node: edit the messages it inherited, or post new ones."""
+    async def deliver_node(
+        self, node: MessageNode, *, replaces: int | None = None, recovering: bool = False
+    ) -> None:
+        """Deliver one ``approved`` node: edit the messages it inherited, or post new ones.
+
+        New messages carry the node's id as their nonce; ``recovering`` (after a restart) also
+        looks for a webhook copy already in the channel, since webhooks take no nonce.
+        """
         conversation = await self.bot.engine.store.get_conversation(node.conversation_id)
         target = await self._target(conversation) if conversation else None
         if target is None:
             return
         persona = self.bot.engine.personas.get(node.author_name)
         avatar = persona.greenroom.avatar_url
+        crash_point("deliver.before_send")
         if node.external_id:
             ids = [int(part) for part in node.external_id.split()]
             kept = await self.bot.voice.edit(
@@ -288,20 +386,31 @@ class ConsoleDesk:
             )
             external = " ".join(str(i) for i in kept)
         else:
-            reference = None
             parent = (
                 await self.bot.engine.store.get_node(node.parent_id) if node.parent_id else None
             )
-            if (
-                parent is not None
-                and parent.external_id
+            # The parent's last Discord message: the user's message, or the last part of the
+            # persona's previous reply (a takeover line can follow it).
+            after = int(parent.external_id.split()[-1]) if parent and parent.external_id else None
+            reference = (
+                target.get_partial_message(after)
+                if after is not None
+                and parent is not None
+                and parent.role == "user"
                 and isinstance(target, discord.TextChannel)
-            ):
-                reference = target.get_partial_message(int(parent.external_id))
+                else None
+            )
             sent = await self.bot.voice.send(
-                target, persona.name, node.content, reference=reference, avatar_url=avatar
+                target,
+                persona.name,
+                node.content,
+                reference=reference,
+                avatar_url=avatar,
+                nonce=f"gr{node.id}",
+                after=after if recovering else None,
             )
             external = " ".join(str(m.id) for m in sent)
+        crash_point("deliver.after_send")
         await self.bot.engine.delivered(node.id, external_id=external, replaces=replaces)
 
     async def refresh(self, candidate_id: int) -> None:
@@ -346,6 +455,9 @@ class ConsoleDesk:
             "Press Release on the console message to give the conversation back to the model.",
             allowed_mentions=discord.AllowedMentions.none(),
         )
+        # What the user said since the claim, before this thread existed, would show nowhere.
+        for author, text in await store.unanswered_user_lines(conversation_id, limit=10):
+            await self._mirror(thread, author, text)
         return thread
 
     async def speak_as_persona(self, message: discord.Message) -> bool:
@@ -395,10 +507,14 @@ class ConsoleDesk:
             return
         thread = self.bot.get_channel(int(conversation.console_thread_id))
         if isinstance(thread, discord.Thread):
-            await thread.send(
-                f"**{discord.utils.escape_markdown(author)}:** {text}"[:2000],
-                allowed_mentions=discord.AllowedMentions.none(),
-            )
+            await self._mirror(thread, author, text)
+
+    @staticmethod
+    async def _mirror(thread: discord.Thread, author: str, text: str) -> None:
+        await thread.send(
+            f"**{discord.utils.escape_markdown(author)}:** {text}"[:2000],
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
 
     async def close(self) -> None:
         """Stop hold timers (their candidates stay held in the database and resume later)."""

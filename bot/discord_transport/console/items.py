@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.discord_transport.outages import (
+    DATABASE_UNAVAILABLE,
+    is_connection_error,
+    is_database_error,
+)
+from bot.faults import crash_point
 from bot.llm import GenerationError
 from feedback.corrections import MAX_REWRITE_CHARS, TAGS, Actor, InvalidAction
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from bot.discord_transport.client import GreenroomBot
     from bot.discord_transport.console.desk import ConsoleDesk
 
@@ -35,6 +42,7 @@ __all__ = [
     "TakeOverButton",
     "actor_of",
     "handle_rewrite_submit",
+    "tell_when_database_down",
 ]
 
 _log = logging.getLogger(__name__)
@@ -120,7 +128,26 @@ class _Tracked:
     async def callback(self, interaction: discord.Interaction) -> None:
         bot: GreenroomBot = interaction.client  # type: ignore[assignment]
         with bot.tracking():
-            await self.act(interaction)
+            await tell_when_database_down(interaction, self.act(interaction))
+
+
+async def tell_when_database_down(
+    interaction: discord.Interaction, action: Coroutine[Any, Any, None]
+) -> None:
+    """Run an actor's action; if the database is unreachable, say so to the actor (ephemeral)
+    instead of failing silently. Nothing is retried: the actor clicks again."""
+    try:
+        await action
+    except Exception as error:
+        if not (is_connection_error(error) and is_database_error(error)):
+            raise
+        _log.warning(
+            "console action %r by %s failed: database unreachable (%s)",
+            (interaction.data or {}).get("custom_id"),
+            interaction.user.id,
+            type(error).__name__,
+        )
+        await _ephemeral(interaction, DATABASE_UNAVAILABLE)
 
 
 class _IdButton(
@@ -167,14 +194,17 @@ class ApproveButton(_CandidateButton, template=r"gr:approve:(?P<id>[0-9]{1,19})"
         if not await _check_actor(interaction, self.candidate_id):
             return
         desk = _desk(interaction)
+        crash_point("action.before_commit")
         outcome = await desk.corrections.approve(
             self.candidate_id, actor=actor_of(interaction), key=str(interaction.id)
         )
+        crash_point("action.after_commit")
         if outcome.status == "refused":
             await _ephemeral(interaction, outcome.message)
             return
         desk.decided(self.candidate_id)
         await _ack(interaction)
+        crash_point("action.after_ack")
         if outcome.status == "done":
             await desk.deliver(outcome)
             await desk.refresh(self.candidate_id)
@@ -196,7 +226,7 @@ class RewriteButton(_CandidateButton, template=r"gr:rewrite:(?P<id>[0-9]{1,19})"
         modal = discord.ui.Modal(
             title=f"Rewrite {node.author_name}'s reply"[:45],
             custom_id=f"gr:rewrite-modal:{node.id}",
-            timeout=None,
+            timeout=900,  # the interaction token lives 15 minutes; then discord.py forgets it
         )
         modal.add_item(
             discord.ui.TextInput(
@@ -218,6 +248,7 @@ async def handle_rewrite_submit(interaction: discord.Interaction, candidate_id: 
         return
     desk = _desk(interaction)
     text = _submitted_text(interaction.data or {})
+    crash_point("action.before_commit")
     try:
         outcome = await desk.corrections.rewrite(
             candidate_id, actor=actor_of(interaction), text=text, key=str(interaction.id)
@@ -225,26 +256,30 @@ async def handle_rewrite_submit(interaction: discord.Interaction, candidate_id: 
     except InvalidAction as error:
         await _ephemeral(interaction, str(error))
         return
+    crash_point("action.after_commit")
     if outcome.status == "refused":
         await _ephemeral(interaction, outcome.message)
         return
     desk.decided(candidate_id)
     await _ack(interaction)
+    crash_point("action.after_ack")
     if outcome.status == "done":
         await desk.deliver(outcome)
         await desk.refresh(candidate_id)
 
 
 def _submitted_text(data: dict[str, Any]) -> str:
-    """The ``text`` input's value from a modal submit payload (rows or labels)."""
-    stack = list(data.get("components", []))
+    """The ``text`` input's value from a modal submit payload (rows or labels); a malformed
+    payload has none."""
+    stack: list[Any] = [data.get("components")]
     while stack:
         component = stack.pop()
-        if component.get("custom_id") == "text" and "value" in component:
-            return str(component["value"])
-        stack.extend(component.get("components", []))
-        if "component" in component:
-            stack.append(component["component"])
+        if isinstance(component, list):
+            stack.extend(component)
+        elif isinstance(component, dict):
+            if component.get("custom_id") == "text" and "value" in component:
+                return str(component["value"])
+            stack += [component.get("components"), component.get("component")]
     return ""
 
 
@@ -261,42 +296,34 @@ class RegenerateButton(_CandidateButton, template=r"gr:regen:(?P<id>[0-9]{1,19})
         if node.decided_by is not None:
             await _ephemeral(interaction, await desk.corrections.describe_decision(node.id))
             return
-        # Generation takes longer than Discord's 3 s: acknowledge first, report after.
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        # Generation takes longer than Discord's 3 s: store the request, acknowledge, then
+        # generate; a restart in between finishes it (ConsoleDesk.resume).
+        actor, key = actor_of(interaction), str(interaction.id)
+        crash_point("action.before_commit")
+        refused = await desk.corrections.request_regeneration(
+            self.candidate_id, actor=actor, key=key
+        )
+        crash_point("action.after_commit")
+        if refused is not None:  # refused, or this very click was already done
+            if refused.status == "refused":
+                await _ephemeral(interaction, refused.message)
+            else:
+                await _ack(interaction)
+            return
         try:
-            text, snapshot, flags = await desk.bot.engine.regenerate(self.candidate_id)
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        except discord.HTTPException as error:  # the same click delivered twice: one works on it
+            _log.info("interaction %s already acknowledged: %s", interaction.id, error)
+            return
+        crash_point("action.after_ack")
+        try:
+            outcome = await desk.regenerate(self.candidate_id, actor=actor, key=key)
         except (GenerationError, LookupError) as error:
             await _ephemeral(interaction, f"Could not regenerate: {error}")
             return
-        held = node.state == "held"
-        until = (
-            datetime.now(UTC) + timedelta(seconds=desk.bot.settings.console.hold_seconds)
-            if held
-            else None
-        )
-        outcome = await desk.corrections.regenerate(
-            self.candidate_id,
-            actor=actor_of(interaction),
-            text=text,
-            snapshot=snapshot,
-            flags=flags,
-            hold_until=until,
-            key=str(interaction.id),
-        )
         if outcome.status == "refused":
             await _ephemeral(interaction, outcome.message)
             return
-        if outcome.status == "done" and outcome.result_id is not None:
-            if held:
-                desk.decided(self.candidate_id)
-                desk.start_hold(outcome.result_id, until)  # type: ignore[arg-type]
-            from bot.discord_transport.console.render import console_view
-
-            if interaction.message is not None:
-                await interaction.message.edit(
-                    embed=await desk.render(outcome.result_id),
-                    view=console_view(outcome.result_id, node.conversation_id),
-                )
         await _ephemeral(interaction, f"New candidate #{outcome.result_id} is in the console.")
 
 

@@ -18,6 +18,7 @@ from bot.discord_transport.console.items import (
     DYNAMIC_ITEMS,
     REWRITE_MODAL_ID,
     handle_rewrite_submit,
+    tell_when_database_down,
 )
 from bot.discord_transport.errors import UserFacingError, reply_error
 
@@ -103,7 +104,9 @@ class Console(commands.GroupCog, group_name="console"):
                 )
                 return
             with self.bot.tracking():
-                await handle_rewrite_submit(interaction, int(match["id"]))
+                await tell_when_database_down(
+                    interaction, handle_rewrite_submit(interaction, int(match["id"]))
+                )
             return
         templates = [item.__discord_ui_compiled_template__ for item in DYNAMIC_ITEMS]  # type: ignore[attr-defined]
         if interaction.type is discord.InteractionType.component and not any(

@@ -2,22 +2,32 @@
 
 Messages of one channel are handled one at a time, in arrival order (a lock per channel taken
 before anything else awaits); different channels run concurrently.
+
+Nothing a user sent is lost to a crash or a disconnection: after every READY the cog reads back
+each channel's recent messages (``discord.catch_up_minutes``) and runs them through the same
+path. The engine is idempotent on the Discord message id, so a message already answered is
+skipped, a stored turn without a reply is answered, and a reply stored but maybe not sent is sent
+with its nonce (Discord returns the first copy instead of posting a second).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 import weakref
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
+from bot.discord_transport.outages import OutageGaveUpError, retry_through_outage
 from bot.discord_transport.typing import keep_typing
-from bot.engine import IncomingMessage, Refusal
+from bot.engine import AlreadyHandled, IncomingMessage, Refusal
+from bot.faults import crash_point
 
 if TYPE_CHECKING:
     from bot.discord_transport.client import GreenroomBot
@@ -55,6 +65,7 @@ class Conversation(commands.Cog):
         self._channel_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        self._catching_up: asyncio.Task[object] | None = None
 
     def _is_addressed_by_shape(self, message: discord.Message) -> bool:
         """A DM, a mention of the bot, or a reply to one of its messages."""
@@ -80,21 +91,50 @@ class Conversation(commands.Cog):
             or message.type not in _ANSWERED_TYPES
         )
 
+    def _lock_for(self, channel_id: int) -> asyncio.Lock:
+        lock = self._channel_locks.get(channel_id)
+        if lock is None:
+            lock = self._channel_locks[channel_id] = asyncio.Lock()
+        return lock
+
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
         if self._should_ignore(message):
             return
-        lock = self._channel_locks.get(message.channel.id)
-        if lock is None:
-            lock = self._channel_locks[message.channel.id] = asyncio.Lock()
+        crash_point("turn.received")
+        lock = self._lock_for(message.channel.id)
         with self.bot.tracking():
-            try:
-                async with lock:
-                    await self._handle(message)
-            except Exception:
-                _log.exception("failed to answer message %s", message.id)
+            async with lock:
+                await self._answer(message)
 
-    async def _handle(self, message: discord.Message) -> None:
+    async def _answer(self, message: discord.Message, *, redelivery: bool = False) -> None:
+        """Handle one message under its channel's lock; never raises.
+
+        A database outage holds this channel's queue (order kept) and retries; a retry is a
+        redelivery, which the engine answers idempotently. If the outage outlasts
+        ``discord.db_retry_s``, the user is asked to send the message again.
+        """
+        try:
+            await retry_through_outage(
+                lambda attempt: self._handle(message, redelivery=redelivery or attempt > 0),
+                what=f"message {message.id}",
+                total_s=self.bot.settings.discord.db_retry_s,
+                state=self.bot.health.database,
+                health=self.bot.health,
+            )
+        except OutageGaveUpError:  # the retry logged it as an error
+            with contextlib.suppress(discord.HTTPException):
+                await self.voice.notice(
+                    message.channel,
+                    "I couldn't answer that just now (my memory store is down). "
+                    "Please send it again in a few minutes.",
+                    reference=message if message.guild is not None else None,
+                )
+        except Exception:
+            _log.exception("failed to answer message %s", message.id)
+
+    async def _handle(self, message: discord.Message, *, redelivery: bool = False) -> None:
+        """Answer one message; ``redelivery`` when it may have been seen before a restart."""
         if isinstance(message.channel, discord.Thread) and await self.bot.desk.speak_as_persona(
             message
         ):
@@ -102,12 +142,13 @@ class Conversation(commands.Cog):
         bound = await self.bot.channels.persona_for(channel_key(message.channel))
         if bound is None and not self._is_addressed_by_shape(message):
             return
-        if self._cooling_down(message):
+        if not redelivery and self._cooling_down(message):
             return
         persona_name = bound or self.bot.settings.default_persona
         text = self._text_of(message)
         if not text.strip():
-            await self._non_text(message, persona_name)
+            if not redelivery:  # a courtesy line, not stored: never said twice
+                await self._non_text(message, persona_name)
             return
         incoming = IncomingMessage(
             transport="discord",
@@ -118,12 +159,18 @@ class Conversation(commands.Cog):
             persona=persona_name,
             external_id=str(message.id),
             guild_key=f"discord:{message.guild.id}" if message.guild else None,
+            redelivery=redelivery,
         )
         if await self._taken_over(incoming):
             return
         async with keep_typing(message.channel):
             result = await self.bot.engine.respond(incoming)
+        self.bot.health.observe_reply(result)
+        if isinstance(result, AlreadyHandled):
+            return
         if isinstance(result, Refusal):
+            if redelivery:  # its notice may have gone out before the restart; say nothing
+                return
             if result.reason != "empty":
                 reference = message if message.guild is not None else None
                 await self.voice.notice(message.channel, result.notice, reference=reference)
@@ -190,3 +237,93 @@ class Conversation(commands.Cog):
             reference=message if message.guild is not None else None,
             avatar_url=persona.greenroom.avatar_url,
         )
+
+    # -- catch-up after READY -----------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        """Read back what was said while the bot was away (every READY: a restart or a new
+        session; a RESUME replays missed events itself)."""
+        minutes = self.bot.settings.discord.catch_up_minutes
+        if minutes <= 0:
+            return
+        if self._catching_up is not None and not self._catching_up.done():
+            return
+        self._catching_up = asyncio.current_task()
+        with self.bot.tracking():
+            try:
+                count = await self.catch_up(timedelta(minutes=minutes))
+            except Exception:
+                _log.exception("catch-up after READY failed")
+                return
+        _log.info("catch-up after READY: read back %d messages", count)
+
+    async def catch_up(self, window: timedelta) -> int:
+        """Run the messages of the last ``window`` through the normal path, channel by channel
+        (in order, holding the channel's lock); returns how many messages were read back.
+
+        A channel is read from just before its oldest turn still open (stored, reply not sent)
+        or after its newest stored turn, so answered messages are not read again; a channel
+        with nothing stored in the window is read whole.
+        """
+        since = datetime.now(UTC) - window
+        window_start = discord.utils.time_snowflake(since)
+        marks = await self.bot.engine.store.catch_up_marks("discord", since)
+        starts = {
+            int(scope.partition(":")[2]): max(window_start, int(mark))
+            for scope, mark in marks.items()
+            if mark is not None and scope.partition(":")[2].isdigit()
+        }
+        channels = await self._catch_up_channels(marks, window_start, starts)
+        limit = asyncio.Semaphore(4)
+
+        async def one(channel: discord.abc.Messageable, after: int) -> int:
+            async with limit:
+                return await self._catch_up_channel(channel, after)
+
+        counts = await asyncio.gather(*(one(channel, after) for channel, after in channels))
+        return sum(counts)
+
+    async def _catch_up_channels(
+        self, marks: dict[str, str | None], window_start: int, starts: dict[int, int]
+    ) -> list[tuple[discord.abc.Messageable, int]]:
+        """Guild text channels and threads with messages after their start, and the DMs of
+        conversations active in the window (a DM from a user the bot never talked to before is
+        not listed to bots by Discord), each with the id to read after."""
+        found: dict[int, tuple[discord.abc.Messageable, int]] = {}
+        for guild in self.bot.guilds:
+            me = guild.me
+            for channel in [*guild.text_channels, *guild.threads]:
+                if me is None or not channel.permissions_for(me).read_message_history:
+                    continue
+                after = starts.get(channel.id, window_start)
+                last = channel.last_message_id
+                if last is not None and last > after:
+                    found[channel.id] = (channel, after)
+        for scope in marks:
+            kind, _, ident = scope.partition(":")
+            if kind != "dm" or not ident.isdigit():
+                continue
+            try:
+                user = self.bot.get_user(int(ident)) or await self.bot.fetch_user(int(ident))
+                dm = user.dm_channel or await user.create_dm()
+            except discord.HTTPException:
+                _log.warning("catch-up: cannot open the DM of user %s", ident)
+                continue
+            found[dm.id] = (dm, starts.get(int(ident), window_start))
+        return list(found.values())
+
+    async def _catch_up_channel(self, channel: discord.abc.Messageable, after: int) -> int:
+        read = 0
+        lock = self._lock_for(channel.id)  # type: ignore[attr-defined]
+        try:
+            async with lock:
+                async for message in channel.history(
+                    after=discord.Object(after), oldest_first=True, limit=None
+                ):
+                    read += 1
+                    if not self._should_ignore(message):
+                        await self._answer(message, redelivery=True)
+        except discord.HTTPException as error:
+            _log.warning("catch-up: cannot read channel %s: %s", channel.id, error)  # type: ignore[attr-defined]
+        return read
