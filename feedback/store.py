@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -22,11 +22,79 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
+    from sqlalchemy import Table
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 __all__ = ["ERASED_TEXT", "ConversationStore", "HistoryTurn", "SnapshotData"]
 
 _log = logging.getLogger(__name__)
+
+# The statements every turn runs, built once on the tables themselves (Core, not the ORM's
+# bulk paths); a call only binds its values.
+_MESSAGES = cast("Table", MessageNode.__table__)
+_SNAPSHOTS = cast("Table", PromptSnapshot.__table__)
+_NODE_COLUMNS = (
+    "conversation_id",
+    "parent_id",
+    "role",
+    "origin",
+    "author_id",
+    "author_name",
+    "content",
+    "state",
+    "external_id",
+    "prompt_snapshot_id",
+    "flags",
+)
+_INSERT_NODE = (
+    insert(_MESSAGES)
+    .values({name: bindparam(name) for name in _NODE_COLUMNS})
+    .returning(_MESSAGES.c.id)
+)
+_INSERT_SNAPSHOT = (
+    insert(_SNAPSHOTS)
+    .values(
+        {
+            name: bindparam(name)
+            for name in (
+                "messages",
+                "persona",
+                "persona_version",
+                "memories",
+                "model_name",
+                "params",
+            )
+        }
+    )
+    .returning(_SNAPSHOTS.c.id)
+)
+_SET_STATE = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("node_id"))
+    .values(state=bindparam("new_state"))
+)
+_MARK_SENT = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("node_id"))
+    .values(state="sent", external_id=bindparam("sent_as"))
+)
+# A user turn is ``pending`` or ``answered``; of the persona's nodes, only what was sent counts.
+_HISTORY = (
+    select(
+        _MESSAGES.c.id,
+        _MESSAGES.c.role,
+        _MESSAGES.c.author_id,
+        _MESSAGES.c.author_name,
+        _MESSAGES.c.content,
+        _MESSAGES.c.external_id,
+    )
+    .where(
+        _MESSAGES.c.conversation_id == bindparam("conversation_id"),
+        or_(_MESSAGES.c.role == "user", _MESSAGES.c.state == "sent"),
+    )
+    .order_by(_MESSAGES.c.id.desc())
+    .limit(bindparam("limit"))
+)
 
 #: What replaces a user's words inside kept prompt snapshots after they ask to be forgotten.
 ERASED_TEXT = "[removed at the user's request]"
@@ -124,26 +192,13 @@ class ConversationStore:
     ) -> list[HistoryTurn]:
         """The last ``limit`` turns that the user said or that were sent, oldest first
         (only those older than node ``before_id`` when given)."""
-        query = (
-            select(
-                MessageNode.id,
-                MessageNode.role,
-                MessageNode.author_id,
-                MessageNode.author_name,
-                MessageNode.content,
-                MessageNode.external_id,
-            )
-            .where(
-                MessageNode.conversation_id == conversation_id,
-                MessageNode.state.in_(("pending", "answered", "sent")),
-            )
-            .order_by(MessageNode.id.desc())
-            .limit(limit)
-        )
+        query = _HISTORY
+        params: dict[str, Any] = {"conversation_id": conversation_id, "limit": limit}
         if before_id is not None:
-            query = query.where(MessageNode.id < before_id)
+            query = query.where(_MESSAGES.c.id < bindparam("before_id"))
+            params["before_id"] = before_id
         async with autocommit(self._sessions) as session:
-            rows = (await session.execute(query)).all()
+            rows = (await session.execute(query, params)).all()
         return [HistoryTurn(*row) for row in reversed(rows)]
 
     async def find_user_turn(self, conversation_id: int, external_id: str) -> MessageNode | None:
@@ -228,20 +283,20 @@ class ConversationStore:
         async with autocommit(self._sessions) as session:
             return (
                 await session.execute(
-                    insert(MessageNode)
-                    .values(
-                        conversation_id=conversation_id,
-                        parent_id=parent_id,
-                        role="user",
-                        origin="user",
-                        author_id=user_id,
-                        author_name=user_name,
-                        content=text,
-                        state="pending",
-                        external_id=external_id,
-                        flags=[],
-                    )
-                    .returning(MessageNode.id)
+                    _INSERT_NODE,
+                    {
+                        "conversation_id": conversation_id,
+                        "parent_id": parent_id,
+                        "role": "user",
+                        "origin": "user",
+                        "author_id": user_id,
+                        "author_name": user_name,
+                        "content": text,
+                        "state": "pending",
+                        "external_id": external_id,
+                        "prompt_snapshot_id": None,
+                        "flags": [],
+                    },
                 )
             ).scalar_one()
 
@@ -267,51 +322,43 @@ class ConversationStore:
             if snapshot is not None:
                 snapshot_id = (
                     await session.execute(
-                        insert(PromptSnapshot)
-                        .values(
-                            messages=snapshot.messages,
-                            persona=snapshot.persona,
-                            persona_version=snapshot.persona_version,
-                            memories=list(snapshot.memories),
-                            model_name=snapshot.model_name,
-                            params=snapshot.params,
-                        )
-                        .returning(PromptSnapshot.id)
+                        _INSERT_SNAPSHOT,
+                        {
+                            "messages": snapshot.messages,
+                            "persona": snapshot.persona,
+                            "persona_version": snapshot.persona_version,
+                            "memories": list(snapshot.memories),
+                            "model_name": snapshot.model_name,
+                            "params": snapshot.params,
+                        },
                     )
                 ).scalar_one()
             candidate_id = (
                 await session.execute(
-                    insert(MessageNode)
-                    .values(
-                        conversation_id=conversation_id,
-                        parent_id=user_turn_id,
-                        role="assistant",
-                        origin=origin,
-                        author_id=f"persona:{persona}",
-                        author_name=persona,
-                        content=text,
-                        state=state,
-                        prompt_snapshot_id=snapshot_id,
-                        flags=list(flags),
-                    )
-                    .returning(MessageNode.id)
+                    _INSERT_NODE,
+                    {
+                        "conversation_id": conversation_id,
+                        "parent_id": user_turn_id,
+                        "role": "assistant",
+                        "origin": origin,
+                        "author_id": f"persona:{persona}",
+                        "author_name": persona,
+                        "content": text,
+                        "state": state,
+                        "external_id": None,
+                        "prompt_snapshot_id": snapshot_id,
+                        "flags": list(flags),
+                    },
                 )
             ).scalar_one()
-            await session.execute(
-                update(MessageNode).where(MessageNode.id == user_turn_id).values(state="answered")
-            )
+            await session.execute(_SET_STATE, {"node_id": user_turn_id, "new_state": "answered"})
             await session.commit()
         return candidate_id
 
     async def mark_sent(self, candidate_id: int, external_id: str | None = None) -> None:
         """Mark a candidate as the reply that went out."""
         async with autocommit(self._sessions) as session:
-            await session.execute(
-                update(MessageNode)
-                .where(MessageNode.id == candidate_id)
-                .values(state="sent", external_id=external_id)
-            )
-            await session.commit()
+            await session.execute(_MARK_SENT, {"node_id": candidate_id, "sent_as": external_id})
 
     async def get_conversation(self, conversation_id: int) -> Conversation | None:
         """One conversation, or ``None``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -54,6 +55,10 @@ async def run_bot(settings: Settings, token: str) -> None:
             channels=ChannelSettingsStore(runtime.sessions),
             settings=settings,
         )
+        # Everything loaded so far (modules, personas, models) lives as long as the process:
+        # keep it out of the collector's full passes, which otherwise stall busy replies.
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
