@@ -170,110 +170,41 @@ def _generate(path: Path, events_wanted: int, seed: int = 1) -> dict[str, int]:
                 )
             )
 
+        def reply_row(
+            node: int,
+            origin: str,
+            author: str,
+            text: str,
+            state: str,
+            prompt: int,
+            decided: str | None,
+            conversation: int = conversation,
+            turn: int = turn,
+            persona: str = persona,
+        ) -> None:
+            row = (node, conversation, turn, "assistant", origin, author, persona, text, state)
+            messages.append((*row, prompt, decided))
+
         sent = candidate
         if action < 0.35:
-            messages.append(
-                (
-                    candidate,
-                    conversation,
-                    turn,
-                    "assistant",
-                    "model",
-                    f"persona:{persona}",
-                    persona,
-                    reply,
-                    "sent",
-                    snap,
-                    actor,
-                )
-            )
+            reply_row(candidate, "model", f"persona:{persona}", reply, "sent", snap, actor)
             event("approve", candidate)
         elif action < 0.55:
             node_id += 1
             sent = node_id
-            messages.append(
-                (
-                    candidate,
-                    conversation,
-                    turn,
-                    "assistant",
-                    "model",
-                    f"persona:{persona}",
-                    persona,
-                    reply,
-                    "rejected",
-                    snap,
-                    actor,
-                )
-            )
-            messages.append(
-                (
-                    sent,
-                    conversation,
-                    turn,
-                    "assistant",
-                    "rewrite",
-                    actor,
-                    persona,
-                    reply + " Kid.",
-                    "sent",
-                    snap,
-                    actor,
-                )
-            )
+            reply_row(candidate, "model", f"persona:{persona}", reply, "rejected", snap, actor)
+            reply_row(sent, "rewrite", actor, reply + " Kid.", "sent", snap, actor)
             event("rewrite", candidate, sent)
         elif action < 0.65:
             node_id += 1
             sent = node_id
             fresh = snapshot(user, persona)
-            messages.append(
-                (
-                    candidate,
-                    conversation,
-                    turn,
-                    "assistant",
-                    "model",
-                    f"persona:{persona}",
-                    persona,
-                    reply,
-                    "rejected",
-                    snap,
-                    actor,
-                )
-            )
-            messages.append(
-                (
-                    sent,
-                    conversation,
-                    turn,
-                    "assistant",
-                    "model",
-                    f"persona:{persona}",
-                    persona,
-                    "Another take.",
-                    "sent",
-                    fresh,
-                    actor,
-                )
-            )
+            reply_row(candidate, "model", f"persona:{persona}", reply, "rejected", snap, actor)
+            reply_row(sent, "model", f"persona:{persona}", "Another take.", "sent", fresh, actor)
             event("regenerate", candidate, sent)
             event("approve", sent)
         else:
-            messages.append(
-                (
-                    candidate,
-                    conversation,
-                    turn,
-                    "assistant",
-                    "model",
-                    f"persona:{persona}",
-                    persona,
-                    reply,
-                    "sent",
-                    snap,
-                    None,
-                )
-            )
+            reply_row(candidate, "model", f"persona:{persona}", reply, "sent", snap, None)
             for rater in rnd.sample(range(_ACTORS), rnd.randint(1, 3)):
                 tags = json.dumps(
                     rnd.sample(["in-character", "funny", "too-long"], rnd.randint(0, 1))

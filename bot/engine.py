@@ -356,12 +356,6 @@ class ConversationEngine:
     ) -> Reply:
         """A reply stored before a crash, rebuilt for delivery (its risk from its flags)."""
         flags = list(candidate.flags or [])
-        risk_flag = next((flag for flag in flags if flag.get("kind") == "risk"), None)
-        risk = (
-            Risk(hold=True, urgent=bool(risk_flag["urgent"]), reasons=tuple(risk_flag["reasons"]))
-            if risk_flag
-            else Risk(hold=False, urgent=False, reasons=())
-        )
         _log.info("delivering stored candidate %s (stored before a restart)", candidate.id)
         return Reply(
             persona=persona.name,
@@ -373,7 +367,7 @@ class ConversationEngine:
             candidate_id=candidate.id,
             fallback=candidate.origin == "fallback",
             flags=flags,
-            risk=risk,
+            risk=Risk.from_flags(flags),
             redelivered=True,
         )
 

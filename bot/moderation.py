@@ -61,6 +61,14 @@ class Risk:
         """The risk as a stored flag (``kind: risk``)."""
         return {"kind": "risk", "urgent": self.urgent, "reasons": list(self.reasons)}
 
+    @classmethod
+    def from_flags(cls, flags: Sequence[dict[str, Any]]) -> Risk:
+        """The risk a stored candidate's flags recorded (only held candidates carry one)."""
+        flag = next((flag for flag in flags if flag.get("kind") == "risk"), None)
+        if flag is None:
+            return cls(hold=False, urgent=False, reasons=())
+        return cls(hold=True, urgent=bool(flag["urgent"]), reasons=tuple(flag["reasons"]))
+
 
 class RiskAssessor:
     """Scores a user message and a candidate's flags; cheap enough for every turn (~0.1 ms)."""

@@ -9,8 +9,7 @@ from discord import app_commands
 
 from bot.discord_transport.outages import (
     DATABASE_UNAVAILABLE,
-    is_connection_error,
-    is_database_error,
+    is_database_outage,
 )
 
 __all__ = ["STALE_COMMAND", "UserFacingError", "reply_error"]
@@ -47,7 +46,7 @@ async def reply_error(
     ):
         _log.warning("refused a command from %s: %s", interaction.user.id, error)
         message = STALE_COMMAND
-    elif is_connection_error(original) and is_database_error(original):
+    elif is_database_outage(original):
         _log.warning("command %s failed: database unreachable", interaction.command)
         message = DATABASE_UNAVAILABLE
     else:

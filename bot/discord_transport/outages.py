@@ -24,6 +24,7 @@ __all__ = [
     "OutageGaveUpError",
     "is_connection_error",
     "is_database_error",
+    "is_database_outage",
     "retry_through_outage",
 ]
 
@@ -113,6 +114,12 @@ def _raised_in(error: BaseException, packages: frozenset[str]) -> bool:
 def is_database_error(error: BaseException) -> bool:
     """Whether the database driver or SQLAlchemy raised ``error`` (or something it wraps)."""
     return any(_raised_in(link, _DATABASE_PACKAGES) for link in _chain(error))
+
+
+def is_database_outage(error: BaseException) -> bool:
+    """Whether ``error`` is the database being unreachable (not a bad query, not the network
+    to Discord): what actors and command users are told to retry later."""
+    return is_connection_error(error) and is_database_error(error)
 
 
 def _describe(error: BaseException | str) -> str:

@@ -328,17 +328,24 @@ class ConsoleDesk:
 
     async def _show_candidate(self, old: MessageNode, candidate_id: int) -> None:
         """Turn the console message of ``old`` into the console of ``candidate_id``."""
-        if not old.console_ref:
-            return
-        channel_id, _, message_id = old.console_ref.partition("/")
-        channel = self.bot.get_channel(int(channel_id))
-        if not isinstance(channel, discord.TextChannel):
+        message = self._console_message(old.console_ref)
+        if message is None:
             return
         with contextlib.suppress(discord.HTTPException):
-            await channel.get_partial_message(int(message_id)).edit(
+            await message.edit(
                 embed=await self.render(candidate_id),
                 view=console_view(candidate_id, old.conversation_id),
             )
+
+    def _console_message(self, console_ref: str | None) -> discord.PartialMessage | None:
+        """The console message a ``channel id/message id`` reference names, if reachable."""
+        if not console_ref:
+            return None
+        channel_id, _, message_id = console_ref.partition("/")
+        channel = self.bot.get_channel(int(channel_id))
+        if not isinstance(channel, discord.TextChannel):
+            return None
+        return channel.get_partial_message(int(message_id))
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -416,15 +423,12 @@ class ConsoleDesk:
     async def refresh(self, candidate_id: int) -> None:
         """Redraw a candidate's console message from the database (buttons stay)."""
         node = await self.bot.engine.store.get_node(candidate_id)
-        if node is None or not node.console_ref:
-            return
-        channel_id, _, message_id = node.console_ref.partition("/")
-        channel = self.bot.get_channel(int(channel_id))
-        if not isinstance(channel, discord.TextChannel):
+        message = self._console_message(node.console_ref if node else None)
+        if message is None:
             return
         embed = await self.render(candidate_id)
         with contextlib.suppress(discord.HTTPException):
-            await channel.get_partial_message(int(message_id)).edit(embed=embed)
+            await message.edit(embed=embed)
 
     # -- takeover ---------------------------------------------------------------------------
 

@@ -17,8 +17,7 @@ import discord
 
 from bot.discord_transport.outages import (
     DATABASE_UNAVAILABLE,
-    is_connection_error,
-    is_database_error,
+    is_database_outage,
 )
 from bot.faults import crash_point
 from bot.llm import GenerationError
@@ -139,7 +138,7 @@ async def tell_when_database_down(
     try:
         await action
     except Exception as error:
-        if not (is_connection_error(error) and is_database_error(error)):
+        if not is_database_outage(error):
             raise
         _log.warning(
             "console action %r by %s failed: database unreachable (%s)",
@@ -334,9 +333,17 @@ class _ConversationButton(_IdButton, template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})"):
     def conversation_id(self) -> int:
         return self.target_id
 
-    async def _persona(self, desk: ConsoleDesk) -> str | None:
+    async def _begin(self, interaction: discord.Interaction) -> tuple[ConsoleDesk, str] | None:
+        """The role check, then the conversation's persona; ``None`` when the click was
+        refused (the clicker was told why)."""
+        if not await _check_actor(interaction, None):
+            return None
+        desk = _desk(interaction)
         conversation = await desk.bot.engine.store.get_conversation(self.conversation_id)
-        return conversation.persona if conversation else None
+        if conversation is None:
+            await _ephemeral(interaction, "This conversation no longer exists.")
+            return None
+        return desk, conversation.persona
 
 
 async def _show_claim(desk: ConsoleDesk, interaction: discord.Interaction) -> None:
@@ -356,13 +363,10 @@ class TakeOverButton(_ConversationButton, template=r"gr:takeover:(?P<id>[0-9]{1,
     action, label, style = "takeover", "Take over", discord.ButtonStyle.danger
 
     async def act(self, interaction: discord.Interaction) -> None:
-        if not await _check_actor(interaction, None):
+        begun = await self._begin(interaction)
+        if begun is None:
             return
-        desk = _desk(interaction)
-        persona = await self._persona(desk)
-        if persona is None:
-            await _ephemeral(interaction, "This conversation no longer exists.")
-            return
+        desk, persona = begun
         outcome = await desk.corrections.claim(
             self.conversation_id,
             actor=actor_of(interaction),
@@ -388,13 +392,10 @@ class ReleaseButton(_ConversationButton, template=r"gr:release:(?P<id>[0-9]{1,19
     action, label = "release", "Release"
 
     async def act(self, interaction: discord.Interaction) -> None:
-        if not await _check_actor(interaction, None):
+        begun = await self._begin(interaction)
+        if begun is None:
             return
-        desk = _desk(interaction)
-        persona = await self._persona(desk)
-        if persona is None:
-            await _ephemeral(interaction, "This conversation no longer exists.")
-            return
+        desk, persona = begun
         outcome = await desk.corrections.release(
             self.conversation_id,
             actor=actor_of(interaction),

@@ -126,7 +126,7 @@ class Conversation(commands.Cog):
             with contextlib.suppress(discord.HTTPException):
                 await self.voice.notice(
                     message.channel,
-                    "I couldn't answer that just now (my memory store is down). "
+                    "I couldn't answer that just now (my database is unreachable). "
                     "Please send it again in a few minutes.",
                     reference=message if message.guild is not None else None,
                 )
