@@ -6,8 +6,9 @@ snapshots of a ~250-character system prompt plus up to 6 history messages) into 
 and for ``--backend postgresql`` copies it into a scratch database on the local server
 (``COPY``, then ``ANALYZE`` as autovacuum would). Then runs each export format in a fresh
 subprocess and reports, per format: output records/s, queue events/s (the N events divided by
-the export's time), the CPU seconds of the process (all threads; steadier than wall time on a
-shared machine) and peak RSS (``VmHWM``).
+the export's time), the CPU seconds of the process and of the export's helper process (all
+threads; steadier than wall time on a shared machine), and the peak RSS of each (``VmHWM``;
+``ru_maxrss`` of the helper, 0 when the export ran without one).
 Targets: >= 50,000 records/s, peak RSS < 300 MB, flat from 100k to 1M events.
 
     .venv/bin/python bench/bench_export.py [--sizes 100000,1000000] [--formats all]
@@ -351,6 +352,7 @@ async def _child(url: str, fmt: str, out: Path) -> dict[str, float]:
     elapsed = time.perf_counter() - started
     await engine.dispose()
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    helper = resource.getrusage(resource.RUSAGE_CHILDREN)
     records = sum(counts.values())
     return {
         "records": records,
@@ -358,8 +360,15 @@ async def _child(url: str, fmt: str, out: Path) -> dict[str, float]:
         "seconds": elapsed,
         "records_per_s": records / elapsed,
         "turns_per_s": turns / elapsed,
-        "cpu_s": usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime,
+        "cpu_s": usage.ru_utime
+        + usage.ru_stime
+        - before.ru_utime
+        - before.ru_stime
+        + helper.ru_utime
+        + helper.ru_stime,
         "peak_rss_mb": _peak_rss_mb(usage),
+        # The export's helper process (a large export runs one), 0 when there was none.
+        "helper_rss_mb": helper.ru_maxrss / 1024,
     }
 
 
@@ -378,7 +387,7 @@ def _report(backend: str, size: int, fmt: str, r: dict[str, float]) -> None:
         f"{backend:>10} {size:>9} {fmt:>10} {r['turns']:>8.0f} {r['records']:>8.0f} "
         f"{r['seconds']:>6.1f} {r['cpu_s']:>6.1f} {r['records_per_s']:>10,.0f} "
         f"{size / r['seconds']:>9,.0f} {r['records'] / r['cpu_s']:>10,.0f} "
-        f"{r['peak_rss_mb']:>7.0f} {r['bytes'] / 1e6:>8.1f}",
+        f"{r['peak_rss_mb']:>7.0f} {r['helper_rss_mb']:>7.0f} {r['bytes'] / 1e6:>8.1f}",
         flush=True,
     )
 
@@ -422,7 +431,7 @@ def main() -> None:
     print(
         f"{'backend':>10} {'events':>9} {'format':>10} {'turns':>8} {'records':>8} {'s':>6} "
         f"{'CPU s':>6} {'records/s':>10} {'events/s':>9} {'rec/CPU-s':>10} {'RSS MB':>7} "
-        f"{'file MB':>8}"
+        f"{'help MB':>7} {'file MB':>8}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
         path = folder / f"bench-{size}.sqlite3"

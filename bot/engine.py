@@ -10,9 +10,11 @@ reply and stores the user turn and the reply with the exact prompt that produced
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -31,7 +33,7 @@ from feedback.store import SnapshotData
 from personas import approx_tokens
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from langchain_core.language_models import BaseChatModel
 
@@ -89,6 +91,8 @@ class MemoryPort(UserDataOwner, Protocol):
     async def sync_persona(
         self, persona: str, *, canon_facts: Sequence[str], voice_examples: Sequence[str]
     ) -> None: ...
+
+    async def preload(self, scopes: Iterable[tuple[str, str]], *, limit: int = ...) -> int: ...
 
     async def replace_turn(
         self, *, persona: str, user_id: str, turn_id: str, text: str
@@ -163,6 +167,25 @@ class EngineLimits:
     timeout_s: float = 60.0
     recall_k: int = 6
     recall_token_budget: int = 200
+
+
+def _user_line(name: str, text: str, group: bool) -> str:
+    safe = neutralise_user_text(text)
+    return f"{display_name(name)}: {safe}" if group else safe
+
+
+@functools.lru_cache(maxsize=8192)
+def _history_message(
+    role: str, author_name: str, content: str, group: bool
+) -> tuple[BaseMessage, int]:
+    """A stored turn as a prompt message, with its token estimate. Memoised on its text: every
+    turn re-reads up to ``history_turns`` stored turns, and building a message costs more than
+    the rest of the prompt. The messages are shared, so nothing may change them."""
+    if role == "user":
+        message: BaseMessage = HumanMessage(content=_user_line(author_name, content, group))
+    else:
+        message = AIMessage(content=content)
+    return message, approx_tokens(str(message.content))
 
 
 class ConversationEngine:
@@ -526,6 +549,16 @@ class ConversationEngine:
                 voice_examples=voice or [persona.greeting("you")],
             )
 
+    async def preload_memory(self, *, days: float = 7, limit: int = 128) -> int:
+        """Warm the memories of the users who spoke in the last ``days`` (most recent first, at
+        most ``limit``), so their first recall after a start is not a cold one; returns how many
+        scopes were loaded. Meant as a background task at start-up."""
+        if self.memory is None:
+            return 0
+        since = datetime.now(UTC) - timedelta(days=days)
+        speakers = await self.store.recent_speakers(since, limit)
+        return await self.memory.preload(speakers, limit=limit)
+
     def build_prompt(
         self,
         persona: Persona,
@@ -553,7 +586,7 @@ class ConversationEngine:
         head: list[BaseMessage] = [SystemMessage(content=system)]
         for role, line in persona.example_dialogue(user_name):
             head.append(HumanMessage(content=line) if role == "user" else AIMessage(content=line))
-        tail = [HumanMessage(content=self._user_line(user_name, text, group))]
+        tail = [HumanMessage(content=_user_line(user_name, text, group))]
         budget = (
             self.limits.context_tokens
             - self.limits.max_new_tokens
@@ -561,13 +594,8 @@ class ConversationEngine:
         )
         kept: list[BaseMessage] = []
         for turn in reversed(history):
-            if turn.role == "user":
-                message: BaseMessage = HumanMessage(
-                    content=self._user_line(turn.author_name, turn.content, group)
-                )
-            else:
-                message = AIMessage(content=turn.content)
-            budget -= approx_tokens(str(message.content))
+            message, tokens = _history_message(turn.role, turn.author_name, turn.content, group)
+            budget -= tokens
             if budget < 0:
                 break
             kept.append(message)
@@ -576,11 +604,6 @@ class ConversationEngine:
         while kept and isinstance(kept[0], AIMessage):
             kept.pop(0)
         return head + kept + tail
-
-    @staticmethod
-    def _user_line(name: str, text: str, group: bool) -> str:
-        safe = neutralise_user_text(text)
-        return f"{display_name(name)}: {safe}" if group else safe
 
     async def _recall(
         self,

@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from rapidfuzz.distance import Levenshtein
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from feedback.database import autocommit
+from feedback.database import autocommit, autocommit_engine
 from feedback.models import (
     ConversationClaim,
     FeedbackEvent,
@@ -135,6 +135,10 @@ def check_rewrite(original: str, text: str) -> str:
     return text
 
 
+_CLAIMS = ConversationClaim.__table__
+_CLAIM = select(_CLAIMS).where(_CLAIMS.c.conversation_id == bindparam("conversation_id"))
+
+
 class CorrectionStore:
     """Records actor actions; every method commits before it returns."""
 
@@ -145,6 +149,7 @@ class CorrectionStore:
         claim_ttl: timedelta = timedelta(minutes=10),
     ) -> None:
         self._sessions = sessions
+        self._autocommit = autocommit_engine(sessions)
         self.claim_ttl = claim_ttl
 
     # -- helpers -------------------------------------------------------------------------
@@ -615,12 +620,14 @@ class CorrectionStore:
     # -- conversations -------------------------------------------------------------------
 
     async def claim_holder(self, conversation_id: int) -> ConversationClaim | None:
-        """The live claim on a conversation, if any (one read, no transaction: every turn asks)."""
-        async with autocommit(self._sessions) as session:
-            claim = await session.get(ConversationClaim, conversation_id)
-        if claim is None or claim.expires_at <= _now():
+        """The live claim on a conversation, if any (one Core read, no transaction: every turn
+        asks). The claim returned is not attached to a session."""
+        async with self._autocommit.connect() as connection:
+            result = await connection.execute(_CLAIM, {"conversation_id": conversation_id})
+            row = result.first()
+        if row is None or row.expires_at <= _now():
             return None
-        return claim
+        return ConversationClaim(**row._mapping)
 
     async def claim(
         self,

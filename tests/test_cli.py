@@ -183,7 +183,8 @@ def test_terminal_corrections_are_recorded_as_feedback_events(tmp_path: Path) ->
         "SELECT kind, actor_id, rating, tags, new_text FROM feedback_events ORDER BY id"
     ).fetchall()
     assert [e[0] for e in events] == ["rate", "rewrite", "regenerate", "approve"]
-    assert events[0][1:4] == ("terminal:ann", 4, '["in-character", "funny"]')
+    assert events[0][1:3] == ("terminal:ann", 4)
+    assert json.loads(events[0][3]) == ["in-character", "funny"]
     assert events[1][4] == "Evening, friend. The rain never stops."
     history = database.execute(
         "SELECT content FROM messages WHERE state IN ('sent', 'answered') ORDER BY id"

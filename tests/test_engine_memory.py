@@ -109,3 +109,26 @@ async def test_a_reply_against_canon_is_flagged_with_the_fact(
     right = await engine.respond(_said("Where did you grow up, again?"))
     assert isinstance(right, Reply)
     assert not [f for f in right.flags if f["kind"] == "contradiction"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_restart_preloads_the_memories_of_recent_speakers(
+    store: ConversationStore,
+    memory: MemoryService,
+    embedder: SentenceTransformerEmbedder,
+    tmp_path: Path,
+) -> None:
+    engine = await _engine(store, memory, ["Noted."])
+    for user in ("ann", "bob"):
+        reply = await engine.respond(_said(f"My name is {user} and I like kites.", user))
+        assert isinstance(reply, Reply)
+        await engine.mark_sent(reply)
+    memory.close()
+    restarted = MemoryService.open(path=tmp_path / "chroma", embedder=embedder)
+    try:
+        engine.memory = restarted
+        assert await engine.preload_memory() == 2
+        assert await engine.preload_memory(limit=1) == 1
+        assert await engine.preload_memory(days=-1) == 0  # nobody spoke in the future
+    finally:
+        restarted.close()

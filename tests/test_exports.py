@@ -549,6 +549,42 @@ async def test_export_split_is_deterministic_and_keeps_conversations_together(
     assert len(users(outputs[0]["train"]) | users(outputs[0]["test"])) == 12
 
 
+@pytest.mark.parametrize("fmt", ["trl-sft", "trl-dpo", "oasst"])
+async def test_export_with_a_helper_process_writes_the_same_files(
+    store: ConversationStore, corrections: CorrectionStore, tmp_path: Path, fmt: str
+) -> None:
+    await build_scenario(store, corrections)
+    for user in range(2, 6):
+        user_id = f"discord:{user}"
+        await set_consent(store._sessions, user_id, True)
+        for index in range(2):
+            turn = await add_turn(store, user_id=user_id, state="held", text=f"hi {index}")
+            await corrections.approve(turn.candidate_id, actor=BOB_ACTOR, key=f"h{user}{index}")
+    split = {"train": 0.5, "test": 0.5}
+    outputs = []
+    for folder, min_turns in (("one", 10**9), ("two", 0)):
+        out = tmp_path / folder / "export.jsonl"
+        out.parent.mkdir()
+        seen: list[int] = []
+        counts = await export_to_file(
+            store._sessions,
+            fmt,
+            ExportFilter(),
+            out,
+            split=split,
+            seed=3,
+            pseudonym_secret=SECRET,
+            progress=seen.append,
+            batch_size=4,
+            parallel_min_turns=min_turns,
+        )
+        files = {path.name: path.read_bytes() for path in sorted(out.parent.iterdir())}
+        assert list(files) == ["export.test.jsonl", "export.train.jsonl"]  # no temporary left
+        assert sum(counts.values()) > 0 and sum(seen) == 14
+        outputs.append((counts, files))
+    assert outputs[0] == outputs[1]
+
+
 async def test_export_to_file_counts_progress_and_lines(
     store: ConversationStore, corrections: CorrectionStore, tmp_path: Path
 ) -> None:

@@ -318,6 +318,48 @@ async def test_erase_leaves_nothing(service: MemoryService) -> None:
     assert await service.delete_data_for_user(requester="owner", user_id=user) == 0
 
 
+async def test_preload_warms_written_scopes_only(tmp_path: Path) -> None:
+    store = tmp_path / "chroma"
+    memory = MemoryService.open(path=store, embedder=HashingEmbedder())
+    await memory.sync_persona(PERSONA, canon_facts=CANON, voice_examples=VOICE)
+    await _say(memory, "discord:1", 0, "My sister's name is Maya.")
+    memory.close()
+    restarted = MemoryService.open(path=store, embedder=HashingEmbedder())
+    try:
+        scopes = [(PERSONA, "discord:1"), (PERSONA, "discord:1"), (PERSONA, "discord:2")]
+        assert await restarted.preload(scopes) == 1  # the duplicate and the unknown skipped
+        assert await restarted.preload(scopes, limit=0) == 0
+        names = {c.name for c in restarted._client.list_collections()}
+        assert restarted._scope_name(PERSONA, "discord:2") not in names  # nothing created
+        hits = await restarted.recall(
+            persona=PERSONA, user_id="discord:1", query_texts=["my sister Maya"], k=3
+        )
+        assert any("Maya" in hit.text for hit in hits)
+    finally:
+        restarted.close()
+
+
+async def test_preload_stops_on_store_failure(service: MemoryService) -> None:
+    await _say(service, "discord:1", 0, "I live in Porto.")
+    service.close()
+    assert await service.preload([(PERSONA, "discord:1")]) == 0
+
+
+def test_embedded_store_indexes_the_log_by_collection(tmp_path: Path) -> None:
+    import sqlite3
+
+    MemoryService.open(path=tmp_path / "chroma", embedder=HashingEmbedder()).close()
+    connection = sqlite3.connect(tmp_path / "chroma" / "chroma.sqlite3")
+    try:
+        plan = connection.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM embeddings_queue WHERE topic = ? AND seq_id < ?",
+            ("t", 1),
+        ).fetchall()
+    finally:
+        connection.close()
+    assert "greenroom_embeddings_queue_topic" in str(plan)
+
+
 def test_collection_names_carry_no_personal_data() -> None:
     assert _digest("discord:1234") not in "discord:1234"
     for prefix in (_SCOPE_PREFIX, _CANON_PREFIX, _VOICE_PREFIX, _HISTORY_PREFIX):

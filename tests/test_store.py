@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from feedback.models import Base, MessageNode, PromptSnapshot
 from feedback.store import ERASED_TEXT, ConversationStore, SnapshotData
@@ -94,6 +97,48 @@ async def test_history_is_the_sent_path_as_a_tree(store: ConversationStore) -> N
     assert user_node is not None and user_node.state == "answered"
     assert (await store.get_node(first_reply)).parent_id == first_user  # type: ignore[union-attr]
     assert len(await store.history(conversation, 2)) == 2
+
+
+async def test_reply_snapshot_and_answered_turn_land_together(store: ConversationStore) -> None:
+    """One statement on PostgreSQL, one transaction on SQLite: all three writes or none."""
+    conversation = await store.conversation_id("terminal", "terminal:cy", "Marlowe")
+    user_turn, candidate = await _turn(store, conversation, "terminal:cy", "hi")
+    node = await store.get_node(candidate)
+    assert node is not None and node.parent_id == user_turn and node.prompt_snapshot_id
+    assert (await store.get_node(user_turn)).state == "answered"  # type: ignore[union-attr]
+
+    async def snapshots() -> int:
+        async with store._sessions() as session:
+            return await session.scalar(select(func.count()).select_from(PromptSnapshot)) or 0
+
+    before = await snapshots()
+    with pytest.raises(IntegrityError):  # no such user turn: the candidate cannot be stored
+        await store.add_candidate(
+            conversation_id=conversation,
+            user_turn_id=10**9,
+            persona="Marlowe",
+            text="orphan",
+            origin="model",
+            snapshot=_snapshot([{"role": "user", "content": "hi"}]),
+        )
+    assert await snapshots() == before
+
+
+async def test_recent_speakers_newest_first_per_persona(store: ConversationStore) -> None:
+    marlowe = await store.conversation_id("discord", "channel:7", "Marlowe")
+    juniper = await store.conversation_id("discord", "channel:8", "Juniper")
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    await _turn(store, marlowe, "discord:1", "first")
+    await _turn(store, juniper, "discord:2", "second")
+    await _turn(store, marlowe, "discord:3", "third")
+    await _turn(store, marlowe, "discord:1", "fourth")
+    assert await store.recent_speakers(start, 10) == [
+        ("Marlowe", "discord:1"),
+        ("Marlowe", "discord:3"),
+        ("Juniper", "discord:2"),
+    ]
+    assert await store.recent_speakers(start, 1) == [("Marlowe", "discord:1")]
+    assert await store.recent_speakers(datetime.now(UTC) + timedelta(minutes=1), 10) == []
 
 
 async def test_candidate_keeps_its_exact_prompt(store: ConversationStore) -> None:

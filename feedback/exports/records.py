@@ -73,11 +73,19 @@ class RecordBuilder:
         self._pseudonym = lru_cache(maxsize=_TEXT_CACHE_SIZE)(self._pseudonym_uncached)
         self._tree: TurnTree | None = None
         self._tree_names: dict[int | None, tuple[str, ...]] = {}
+        #: Names to mask in a DM or terminal turn, by (user name, persona): they depend on
+        #: nothing else there.
+        self._direct_names: dict[tuple[str, str], tuple[str, ...]] = {}
 
     @staticmethod
     def needs_times(fmt: str) -> bool:
         """Whether records of ``fmt`` show creation times (read trees with ``times=True``)."""
         return fmt == "oasst"
+
+    @staticmethod
+    def min_replies(fmt: str) -> int:
+        """Replies a turn needs to give a record of ``fmt``: a preference pair needs two."""
+        return 2 if fmt in ("openai-dpo", "trl-dpo") else 1
 
     # -- text ----------------------------------------------------------------------------
 
@@ -124,10 +132,18 @@ class RecordBuilder:
 
     def _names(self, tree: TurnTree, snapshot: Snapshot | None) -> tuple[str, ...]:
         """Display names to mask: the turn's author, and the speakers of a group's lines."""
+        if not tree.is_group:
+            key = (tree.user_name, tree.persona)
+            names = self._direct_names.get(key)
+            if names is None:
+                if len(self._direct_names) >= _TEXT_CACHE_SIZE:
+                    self._direct_names.clear()
+                names = self._direct_names[key] = self._names_uncached(tree, None)
+            return names
         if tree is not self._tree:
             self._tree = tree
             self._tree_names = {}
-        key = snapshot.id if snapshot is not None and tree.is_group else None
+        key = snapshot.id if snapshot is not None else None
         names = self._tree_names.get(key)
         if names is None:
             names = self._tree_names[key] = self._names_uncached(tree, snapshot)

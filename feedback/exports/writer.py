@@ -12,6 +12,12 @@ leaves no partial file behind.
 Splits: a record goes to a split by a keyed hash of ``seed`` and its conversation id, so a
 conversation's turns stay in one split (no context shared between train and test) and the same
 data and seed give the same files byte for byte.
+
+Large exports use two cores: a helper process (``python -m feedback.exports.helper``) writes the
+second half of the user turns, by id, into its own temporary files, which are appended to the
+first half's at the end; the files are the same as one process writes. Building records is
+Python-bound (reading, cleaning and serialising cost about the same per turn), so a second
+process is the one way past what one core does.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ import contextlib
 import hashlib
 import logging
 import os
+import pickle
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -30,7 +39,7 @@ import orjson
 from feedback.exports.collector import collect_young, gc_paused
 from feedback.exports.filters import FORMATS, ExportError, check_format
 from feedback.exports.records import RecordBuilder
-from feedback.exports.tree import DEFAULT_BATCH_SIZE, iter_turn_trees
+from feedback.exports.tree import DEFAULT_BATCH_SIZE, iter_turn_trees, turn_id_range
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -54,6 +63,11 @@ _WRITE_CHUNK = 512
 #: :func:`~feedback.exports.tree.iter_turn_trees`) progress while this page is built.
 _YIELD_EVERY = 128
 _LINE = orjson.OPT_APPEND_NEWLINE
+#: Selected user turns (by id span; ids are shared with replies, so it overstates them) from
+#: which an export takes a helper process: starting one costs about a second of imports.
+PARALLEL_MIN_TURNS = 50_000
+#: The folder that holds the ``feedback`` package, for the helper process's imports.
+_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def record_to_jsonl(record: dict[str, Any]) -> str:
@@ -85,6 +99,7 @@ async def iter_records(
         batch_size=batch_size,
         times=builder.needs_times(fmt),
         prefetch=prefetch,
+        min_replies=builder.min_replies(fmt),
     )
     async with contextlib.aclosing(pages):
         async for page in pages:
@@ -155,28 +170,101 @@ async def export_to_file(
     pseudonym_secret: bytes,
     progress: Callable[[int], None] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    parallel_min_turns: int = PARALLEL_MIN_TURNS,
 ) -> dict[str, int]:
     """Write the export as JSONL; returns the record count per split (``all`` without split).
 
-    ``progress`` is called with the number of user turns read, page by page. Raises
-    :class:`ExportError` for a bad format or an output that cannot be written; on any error
-    (or cancellation) the temporary files are removed and nothing is renamed into place.
+    When the selected user turns span at least ``parallel_min_turns`` ids, a helper process
+    exports the second half of them into its own temporary files while this one exports the
+    first half; its files are appended to these (same bytes as one process would write, in
+    the same order). A database the helper cannot open (in-memory SQLite) is exported in one
+    process.
+
+    ``progress`` is called with the number of user turns read, page by page (the helper's
+    turns when it finishes). Raises :class:`ExportError` for a bad format or an output that
+    cannot be written; on any error (or cancellation) the helper is stopped, the temporary
+    files are removed and nothing is renamed into place.
     """
     check_format(fmt)
     targets = split_paths(out, split)
     _check_output(out)
-    choose = _split_chooser(split, seed)
-    builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
     files: dict[str, tuple[IO[bytes], Path]] = {}
-    counts = dict.fromkeys(targets, 0)
-    with gc_paused():
-        try:
-            for name, path in targets.items():
-                files[name] = _open_temporary(path)
-            buffers: dict[str, list[bytes]] = {name: [] for name in targets}
-            dumps = orjson.dumps
+    helper: _Helper | None = None
+    try:
+        for name, path in targets.items():
+            files[name] = _open_temporary(path)
+        part = _Part(fmt, flt, pseudonym_secret, split, seed, batch_size)
+        helper = await _start_helper(sessions, part, targets, parallel_min_turns)
+        counts = await part.write(
+            sessions,
+            {name: handle for name, (handle, _) in files.items()},
+            progress=progress,
+            last_id=None if helper is None else helper.after_id,
+        )
+        if helper is not None:
+            helper_counts, helper_turns = await helper.result()
+            for name, (handle, _) in files.items():
+                _append(handle, helper.paths[name])
+                counts[name] += helper_counts[name]
+            if progress is not None:
+                progress(helper_turns)
+        for handle, _ in files.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        for name, (_, temporary) in files.items():
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, targets[name])
+        files.clear()
+    except OSError as error:
+        raise ExportError(f"cannot write {out}: {error.strerror or error}") from None
+    finally:
+        if helper is not None:
+            helper.stop()
+        for handle, temporary in files.values():
+            handle.close()
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+    _log.info("exported %s to %s: %s", fmt, out, counts)
+    return counts
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What one process of an export writes: everything but the database and the files."""
+
+    fmt: str
+    flt: ExportFilter
+    pseudonym_secret: bytes
+    split: dict[str, float] | None
+    seed: int
+    batch_size: int
+
+    async def write(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        handles: dict[str, IO[bytes]],
+        *,
+        progress: Callable[[int], None] | None = None,
+        after_id: int | None = None,
+        last_id: int | None = None,
+    ) -> dict[str, int]:
+        """Records of the user turns after ``after_id`` up to ``last_id`` into ``handles``
+        (one per split); returns the record count per split."""
+        builder = RecordBuilder(self.flt, pseudonym_secret=self.pseudonym_secret)
+        choose = _split_chooser(self.split, self.seed)
+        counts = dict.fromkeys(handles, 0)
+        buffers: dict[str, list[bytes]] = {name: [] for name in handles}
+        dumps = orjson.dumps
+        with gc_paused():
             pages = iter_turn_trees(
-                sessions, flt, batch_size=batch_size, times=builder.needs_times(fmt)
+                sessions,
+                self.flt,
+                after_id=after_id,
+                last_id=last_id,
+                batch_size=self.batch_size,
+                times=builder.needs_times(self.fmt),
+                min_replies=builder.min_replies(self.fmt),
             )
             async with contextlib.aclosing(pages):
                 async for page in pages:
@@ -184,7 +272,7 @@ async def export_to_file(
                     for index, tree in enumerate(page):
                         if index % _YIELD_EVERY == _YIELD_EVERY - 1:
                             await asyncio.sleep(0)
-                        records = builder.records(tree, fmt)
+                        records = builder.records(tree, self.fmt)
                         if not records:
                             continue
                         name = choose(tree.conversation_id)
@@ -193,29 +281,119 @@ async def export_to_file(
                             buffer.append(dumps(record, option=_LINE))
                         counts[name] += len(records)
                         if len(buffer) >= _WRITE_CHUNK:
-                            files[name][0].write(b"".join(buffer))
+                            handles[name].write(b"".join(buffer))
                             buffer.clear()
                     if progress is not None:
                         progress(len(page))
-            for name, buffer in buffers.items():
-                files[name][0].write(b"".join(buffer))
-            for handle, _ in files.values():
-                handle.flush()
-                os.fsync(handle.fileno())
-                handle.close()
-            for name, (_, temporary) in files.items():
-                os.chmod(temporary, 0o644)
-                os.replace(temporary, targets[name])
-            files.clear()
-        except OSError as error:
-            raise ExportError(f"cannot write {out}: {error.strerror or error}") from None
-        finally:
-            for handle, temporary in files.values():
-                handle.close()
-                with contextlib.suppress(FileNotFoundError):
-                    temporary.unlink()
-    _log.info("exported %s to %s: %s", fmt, out, counts)
-    return counts
+        for name, buffer in buffers.items():
+            handles[name].write(b"".join(buffer))
+        return counts
+
+
+@dataclass
+class _Helper:
+    """The process exporting the user turns after ``after_id`` into ``paths`` (one per split)."""
+
+    process: asyncio.subprocess.Process
+    after_id: int
+    paths: dict[str, Path]
+
+    async def result(self) -> tuple[dict[str, int], int]:
+        """Its record counts per split and the user turns it read, once it is done."""
+        output, errors = await self.process.communicate()
+        if self.process.returncode != 0:
+            last = errors.decode(errors="replace").strip().splitlines()[-1:]
+            raise ExportError(f"the export's helper process failed: {' '.join(last)}")
+        counts, turns = orjson.loads(output)
+        return counts, turns
+
+    def stop(self) -> None:
+        """End the process if it still runs, and remove its files."""
+        if self.process.returncode is None:
+            self.process.kill()
+        for path in self.paths.values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+async def _start_helper(
+    sessions: async_sessionmaker[AsyncSession],
+    part: _Part,
+    targets: dict[str, Path],
+    min_turns: int,
+) -> _Helper | None:
+    """A helper for the second half of the selected user turns, if they are many enough.
+
+    It runs ``python -m feedback.exports.helper`` (not :mod:`multiprocessing`, which would run
+    the caller's main module again) and reads its job, pickled, on standard input.
+    """
+    engine = sessions.kw.get("bind")
+    if engine is None or engine.url.database in (None, "", ":memory:"):
+        return None
+    first, last = await turn_id_range(sessions, part.flt)
+    if first is None or last is None or last - first < min_turns:
+        return None
+    after_id = (first + last) // 2
+    url = engine.url.render_as_string(hide_password=False)
+    paths: dict[str, Path] = {}
+    try:
+        for name, path in targets.items():
+            handle, paths[name] = _open_temporary(path)
+            handle.close()
+        search_path = os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH"))))
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "feedback.exports.helper",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": search_path},
+        )
+    except BaseException:
+        for temporary in paths.values():
+            temporary.unlink()
+        raise
+    assert process.stdin is not None
+    process.stdin.write(pickle.dumps((url, part, after_id, paths)))
+    process.stdin.close()
+    return _Helper(process, after_id, paths)
+
+
+async def run_helper(job: bytes) -> tuple[dict[str, int], int]:
+    """The helper process's work (see :func:`_start_helper`): export the user turns after the
+    job's ``after_id`` into its files; returns the counts per split and the turns read."""
+    from feedback.database import create_engine, session_factory
+
+    url, part, after_id, paths = pickle.loads(job)
+    engine = create_engine(url)
+    turns = 0
+
+    def count(read: int) -> None:
+        nonlocal turns
+        turns += read
+
+    handles = {name: path.open("wb", buffering=1 << 20) for name, path in paths.items()}
+    try:
+        sessions = session_factory(engine)
+        counts = await part.write(sessions, handles, progress=count, after_id=after_id)
+    finally:
+        for handle in handles.values():
+            handle.close()
+        await engine.dispose()
+    return counts, turns
+
+
+def _append(handle: IO[bytes], path: Path) -> None:
+    """Append the file at ``path`` to ``handle`` inside the kernel (no copy through Python)."""
+    handle.flush()
+    with path.open("rb") as source:
+        left = os.fstat(source.fileno()).st_size
+        while left > 0:
+            copied = os.copy_file_range(source.fileno(), handle.fileno(), left)
+            if copied == 0:
+                raise OSError(f"{path} ended early")
+            left -= copied
 
 
 async def dry_run_counts(
@@ -233,8 +411,11 @@ async def dry_run_counts(
     builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
     counts: dict[str, dict[str, int]] = {fmt: {} for fmt in formats}
     times = any(builder.needs_times(fmt) for fmt in formats)
+    min_replies = min(builder.min_replies(fmt) for fmt in formats)
     with gc_paused():
-        pages = iter_turn_trees(sessions, flt, batch_size=batch_size, times=times)
+        pages = iter_turn_trees(
+            sessions, flt, batch_size=batch_size, times=times, min_replies=min_replies
+        )
         async with contextlib.aclosing(pages):
             async for page in pages:
                 collect_young()
