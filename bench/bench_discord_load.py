@@ -43,9 +43,15 @@ PERSONAS = ("Marlowe", "Juniper", "Captain Vex")
 
 
 async def run(
-    backend: str, users: int, messages: int, channels: int, think_s: float
-) -> tuple[float, float, float]:
-    """One run on a fresh database and bot process: (p50 ms, p99 ms, turns/s)."""
+    backend: str,
+    users: int,
+    messages: int,
+    channels: int,
+    think_s: float,
+    source: Path | None = None,
+) -> tuple[float, float, float, float]:
+    """One run on a fresh database and bot process (its code from ``source`` when given):
+    (p50 ms, p99 ms, turns/s, bot CPU ms per turn)."""
     server = DiscordTestServer(heartbeat_interval_ms=5000, rate_limit=(100_000, 1.0))
     await server.start()
     owner = server.add_user("owner")
@@ -64,7 +70,7 @@ async def run(
             )
         await db.dispose()
         with tempfile.TemporaryDirectory() as folder:
-            bot = await _start_bot(server, url, Path(folder))
+            bot = await _start_bot(server, url, Path(folder), source)
             try:
                 await server.wait_for_identified(timeout=60)
                 await server.wait_for_request(
@@ -88,7 +94,7 @@ async def run(
                 bot.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(bot.wait(), 60)
     await server.stop()
-    return figures
+    return (*figures, cpu_ms)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -116,9 +122,11 @@ def _database_cpu_seconds() -> float:
 
 
 async def _start_bot(
-    server: DiscordTestServer, url: str, folder: Path
+    server: DiscordTestServer, url: str, folder: Path, source: Path | None
 ) -> asyncio.subprocess.Process:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    if source is not None:  # another checkout's packages shadow this one's in the bot
+        environment["PYTHONPATH"] = str(source)
     environment.update(
         DISCORD_TOKEN=server.bot_token,
         GREENROOM_DISCORD__API_BASE=server.api_base,
@@ -221,19 +229,43 @@ def main() -> None:
     parser.add_argument(
         "--runs", type=int, default=5, help="runs per backend; the medians are reported"
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="another checkout (e.g. a git worktree of an older commit): its bot and this one "
+        "take turns, run by run, and both are reported (side by side on the same machine state)",
+    )
     args = parser.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    sides: dict[str, Path | None] = {"this checkout": None}
+    if args.compare is not None:
+        sides = {f"{args.compare}": args.compare.resolve(), **sides}
     for backend in backends:
-        runs = [
-            asyncio.run(run(backend, args.users, args.messages, args.channels, args.think))
-            for _ in range(args.runs)
-        ]
-        p50s, p99s, rates = zip(*runs, strict=True)
-        print(
-            f"{backend}: median of {args.runs} runs: p50 {statistics.median(p50s):.1f} ms, "
-            f"p99 {statistics.median(p99s):.1f} ms, {statistics.median(rates):.0f} turns/s "
-            f"(p99 per run: {', '.join(f'{p:.0f}' for p in p99s)} ms)"
-        )
+        runs: dict[str, list[tuple[float, float, float, float]]] = {side: [] for side in sides}
+        for _ in range(args.runs):
+            for side, source in sides.items():
+                print(f"-- {side}")
+                runs[side].append(
+                    asyncio.run(
+                        run(
+                            backend,
+                            args.users,
+                            args.messages,
+                            args.channels,
+                            args.think,
+                            source,
+                        )
+                    )
+                )
+        for side, figures in runs.items():
+            p50s, p99s, rates, cpus = zip(*figures, strict=True)
+            print(
+                f"{backend}, {side}: median of {args.runs} runs: p50 "
+                f"{statistics.median(p50s):.1f} ms, p99 {statistics.median(p99s):.1f} ms, "
+                f"{statistics.median(rates):.0f} turns/s, bot CPU "
+                f"{statistics.median(cpus):.2f} ms per turn (p99 per run: "
+                f"{', '.join(f'{p:.0f}' for p in p99s)} ms)"
+            )
 
 
 if __name__ == "__main__":
