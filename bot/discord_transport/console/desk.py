@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,11 @@ class ConsoleDesk:
         self._decided: dict[int, asyncio.Event] = {}
         self._holds: set[asyncio.Task[None]] = set()
         self._warned_guilds: set[int] = set()
+        #: Per conversation: a silent turn's store-and-mirror and a new thread's catch-up of the
+        #: turns before it take turns, so each line shows in the thread exactly once.
+        self._thread_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # -- where things go -------------------------------------------------------------------
 
@@ -432,10 +438,27 @@ class ConsoleDesk:
 
     # -- takeover ---------------------------------------------------------------------------
 
+    def thread_lock(self, conversation_id: int) -> asyncio.Lock:
+        """Hold it while storing a silent turn and mirroring it (see :meth:`takeover_thread`)."""
+        lock = self._thread_locks.get(conversation_id)
+        if lock is None:
+            lock = self._thread_locks[conversation_id] = asyncio.Lock()
+        return lock
+
     async def takeover_thread(
         self, conversation_id: int, console_message: discord.Message | None
     ) -> discord.Thread | None:
-        """The console thread where actors speak as the persona (created on first takeover)."""
+        """The console thread where actors speak as the persona (created on first takeover).
+
+        A new thread is given the user's lines stored since the claim; that runs under
+        :meth:`thread_lock`, so a line stored meanwhile is mirrored by one side only.
+        """
+        async with self.thread_lock(conversation_id):
+            return await self._takeover_thread(conversation_id, console_message)
+
+    async def _takeover_thread(
+        self, conversation_id: int, console_message: discord.Message | None
+    ) -> discord.Thread | None:
         store = self.bot.engine.store
         conversation = await store.get_conversation(conversation_id)
         if conversation is None:

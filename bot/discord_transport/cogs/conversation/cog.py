@@ -185,9 +185,12 @@ class Conversation(commands.Cog):
         claim = await self.bot.desk.corrections.claim_holder(conversation_id)
         if claim is None or not claim.takeover:
             return False
-        stored = await self.bot.engine.record_user_turn(incoming)
-        if isinstance(stored, int):
-            await self.bot.desk.mirror_to_thread(conversation_id, incoming.user_name, incoming.text)
+        async with self.bot.desk.thread_lock(conversation_id):  # not mirrored twice
+            stored = await self.bot.engine.record_user_turn(incoming)
+            if isinstance(stored, int):
+                await self.bot.desk.mirror_to_thread(
+                    conversation_id, incoming.user_name, incoming.text
+                )
         return True
 
     def _text_of(self, message: discord.Message) -> str:
