@@ -9,10 +9,8 @@ reply and stores the user turn and the reply with the exact prompt that produced
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-import weakref
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -21,6 +19,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from bot.faults import crash_point
 from bot.llm import GenerationError, describe_model, generate
+from bot.locks import KeyedLocks
 from bot.moderation import Risk, RiskAssessor
 from bot.text import (
     clean_reply,
@@ -211,16 +210,7 @@ class ConversationEngine:
         self.limits = limits or EngineLimits()
         self._model_name, self._model_params = describe_model(model)
         self.risk = RiskAssessor()
-        self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
-
-    def _lock_for(self, key: tuple[str, str, str]) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        return lock
+        self._locks: KeyedLocks[tuple[str, str, str]] = KeyedLocks()
 
     def check(self, text: str) -> str | Refusal:
         """Normalise ``text`` or say why it cannot be answered (nothing is stored either way)."""
@@ -256,7 +246,7 @@ class ConversationEngine:
             return checked
         persona = self.personas.get(incoming.persona)
         key = (incoming.transport, incoming.scope, persona.name)
-        async with self._lock_for(key):
+        async with self._locks[key]:
             return await self._respond_locked(incoming, persona, checked, on_token)
 
     async def _respond_locked(
@@ -405,7 +395,7 @@ class ConversationEngine:
             return checked
         persona = self.personas.get(incoming.persona)
         key = (incoming.transport, incoming.scope, persona.name)
-        async with self._lock_for(key):
+        async with self._locks[key]:
             conversation_id = await self.store.conversation_id(*key, guild_key=incoming.guild_key)
             history = await self.store.history(conversation_id, self.limits.history_turns)
             seen = await self._seen_turn(conversation_id, incoming, history)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from bot.discord_transport.console.render import console_embed, console_view
 from bot.discord_transport.typing import keep_typing
 from bot.faults import crash_point
 from bot.llm import GenerationError
+from bot.locks import KeyedLocks
 from feedback.channels import GuildSettingsStore
 from feedback.corrections import Actor, CorrectionStore, InvalidAction
 
@@ -55,9 +55,7 @@ class ConsoleDesk:
         self._warned_guilds: set[int] = set()
         #: Per conversation: a silent turn's store-and-mirror and a new thread's catch-up of the
         #: turns before it take turns, so each line shows in the thread exactly once.
-        self._thread_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self.thread_locks: KeyedLocks[int] = KeyedLocks()
 
     # -- where things go -------------------------------------------------------------------
 
@@ -438,22 +436,15 @@ class ConsoleDesk:
 
     # -- takeover ---------------------------------------------------------------------------
 
-    def thread_lock(self, conversation_id: int) -> asyncio.Lock:
-        """Hold it while storing a silent turn and mirroring it (see :meth:`takeover_thread`)."""
-        lock = self._thread_locks.get(conversation_id)
-        if lock is None:
-            lock = self._thread_locks[conversation_id] = asyncio.Lock()
-        return lock
-
     async def takeover_thread(
         self, conversation_id: int, console_message: discord.Message | None
     ) -> discord.Thread | None:
         """The console thread where actors speak as the persona (created on first takeover).
 
         A new thread is given the user's lines stored since the claim; that runs under
-        :meth:`thread_lock`, so a line stored meanwhile is mirrored by one side only.
+        :attr:`thread_locks`, so a line stored meanwhile is mirrored by one side only.
         """
-        async with self.thread_lock(conversation_id):
+        async with self.thread_locks[conversation_id]:
             return await self._takeover_thread(conversation_id, console_message)
 
     async def _takeover_thread(

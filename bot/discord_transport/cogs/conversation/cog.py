@@ -17,7 +17,6 @@ import contextlib
 import logging
 import re
 import time
-import weakref
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,7 @@ from bot.discord_transport.outages import OutageGaveUpError, retry_through_outag
 from bot.discord_transport.typing import keep_typing
 from bot.engine import AlreadyHandled, IncomingMessage, Refusal
 from bot.faults import crash_point
+from bot.locks import KeyedLocks
 
 if TYPE_CHECKING:
     from bot.discord_transport.client import GreenroomBot
@@ -62,9 +62,7 @@ class Conversation(commands.Cog):
             limits.cooldown_messages, limits.cooldown_seconds, commands.BucketType.user
         )
         self._noticed_until: dict[int, float] = {}
-        self._channel_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._channel_locks: KeyedLocks[int] = KeyedLocks()
         self._catching_up: asyncio.Task[object] | None = None
 
     def _is_addressed_by_shape(self, message: discord.Message) -> bool:
@@ -91,18 +89,12 @@ class Conversation(commands.Cog):
             or message.type not in _ANSWERED_TYPES
         )
 
-    def _lock_for(self, channel_id: int) -> asyncio.Lock:
-        lock = self._channel_locks.get(channel_id)
-        if lock is None:
-            lock = self._channel_locks[channel_id] = asyncio.Lock()
-        return lock
-
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
         if self._should_ignore(message):
             return
         crash_point("turn.received")
-        lock = self._lock_for(message.channel.id)
+        lock = self._channel_locks[message.channel.id]
         with self.bot.tracking():
             async with lock:
                 await self._answer(message)
@@ -185,7 +177,7 @@ class Conversation(commands.Cog):
         claim = await self.bot.desk.corrections.claim_holder(conversation_id)
         if claim is None or not claim.takeover:
             return False
-        async with self.bot.desk.thread_lock(conversation_id):  # not mirrored twice
+        async with self.bot.desk.thread_locks[conversation_id]:  # not mirrored twice
             stored = await self.bot.engine.record_user_turn(incoming)
             if isinstance(stored, int):
                 await self.bot.desk.mirror_to_thread(
@@ -318,7 +310,7 @@ class Conversation(commands.Cog):
 
     async def _catch_up_channel(self, channel: discord.abc.Messageable, after: int) -> int:
         read = 0
-        lock = self._lock_for(channel.id)  # type: ignore[attr-defined]
+        lock = self._channel_locks[channel.id]  # type: ignore[attr-defined]
         try:
             async with lock:
                 async for message in channel.history(
