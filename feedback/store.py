@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
-    from sqlalchemy import Select, Table
+    from sqlalchemy import Insert, Select, Table
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 __all__ = ["ERASED_TEXT", "ConversationStore", "HistoryTurn", "SnapshotData"]
@@ -52,11 +52,18 @@ _INSERT_NODE = (
     .returning(_MESSAGES.c.id)
 )
 _SNAPSHOT_COLUMNS = ("messages", "persona", "persona_version", "memories", "model_name", "params")
-_INSERT_SNAPSHOT = (
-    insert(_SNAPSHOTS)
-    .values({name: bindparam(name) for name in _SNAPSHOT_COLUMNS})
-    .returning(_SNAPSHOTS.c.id)
-)
+
+
+def _insert_snapshot(bind_prefix: str = "") -> Insert:
+    """``INSERT`` of a prompt snapshot returning its id, binding ``<bind_prefix><column>``."""
+    return (
+        insert(_SNAPSHOTS)
+        .values({name: bindparam(f"{bind_prefix}{name}") for name in _SNAPSHOT_COLUMNS})
+        .returning(_SNAPSHOTS.c.id)
+    )
+
+
+_INSERT_SNAPSHOT = _insert_snapshot()
 _SET_STATE = (
     update(_MESSAGES)
     .where(_MESSAGES.c.id == bindparam("node_id"))
@@ -75,12 +82,7 @@ def _answer_in_one_statement() -> Select[tuple[int]]:
     one round trip instead of five. Binds ``snapshot_<column>``, ``candidate_<column>`` (its
     ``parent_id`` is the user turn) and returns the candidate's id. Bind names differ from the
     column names, which an ``UPDATE`` would otherwise also set from the parameters."""
-    snapshot = (
-        insert(_SNAPSHOTS)
-        .values({name: bindparam(f"snapshot_{name}") for name in _SNAPSHOT_COLUMNS})
-        .returning(_SNAPSHOTS.c.id)
-        .cte("snapshot")
-    )
+    snapshot = _insert_snapshot("snapshot_").cte("snapshot")
     node_columns = [name for name in _NODE_COLUMNS if name != "prompt_snapshot_id"]
     candidate = (
         insert(_MESSAGES)
