@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import signal
 import sys
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import select
 
-from bench.common import scratch_database
+from bench.common import loopback_bot_environment, scratch_database
 from feedback.channels import ChannelSettingsStore, GuildSettingsStore
 from feedback.database import create_engine, migrate, session_factory
 from feedback.models import FeedbackEvent, MessageNode
@@ -187,19 +186,13 @@ class CrashHarness:
     # -- the bot process --------------------------------------------------------------------
 
     async def start_bot(self) -> None:
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
-        environment.update(
-            DISCORD_TOKEN=self.server.bot_token,
-            GREENROOM_DISCORD__API_BASE=self.server.api_base,
-            GREENROOM_DISCORD__COOLDOWN_MESSAGES="1000",
-            GREENROOM_DISCORD__USE_WEBHOOKS="false",
+        environment = loopback_bot_environment(
+            self.server,
+            self.url,
+            self.folder,
             GREENROOM_DISCORD__SYNC_COMMANDS="false",
             GREENROOM_CONSOLE__HOLD_SECONDS=str(self.hold_seconds),
             GREENROOM_CONSOLE__ON_TIMEOUT="send",
-            GREENROOM_MODEL__PROVIDER="fake",
-            GREENROOM_MEMORY__ENABLED="false",
-            GREENROOM_DATABASE_URL=self.url,
-            GREENROOM_DATA_DIR=str(self.folder),
             GREENROOM_LOG_LEVEL="INFO",
             GREENROOM_CRASH_FILE=str(self.crash_file),
         )

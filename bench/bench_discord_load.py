@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import percentile, scratch_database
+from bench.common import loopback_bot_environment, percentile, scratch_database
 from feedback.channels import ChannelSettingsStore
 from feedback.database import create_engine, migrate, session_factory
 from tests.discord_server import DiscordTestServer
@@ -124,20 +124,9 @@ def _database_cpu_seconds() -> float:
 async def _start_bot(
     server: DiscordTestServer, url: str, folder: Path, source: Path | None
 ) -> asyncio.subprocess.Process:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    environment = loopback_bot_environment(server, url, folder, GREENROOM_LOG_LEVEL="WARNING")
     if source is not None:  # another checkout's packages shadow this one's in the bot
         environment["PYTHONPATH"] = str(source)
-    environment.update(
-        DISCORD_TOKEN=server.bot_token,
-        GREENROOM_DISCORD__API_BASE=server.api_base,
-        GREENROOM_DISCORD__COOLDOWN_MESSAGES="1000",
-        GREENROOM_DISCORD__USE_WEBHOOKS="false",
-        GREENROOM_MODEL__PROVIDER="fake",
-        GREENROOM_MEMORY__ENABLED="false",
-        GREENROOM_DATABASE_URL=url,
-        GREENROOM_DATA_DIR=str(folder),
-        GREENROOM_LOG_LEVEL="WARNING",
-    )
     return await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("greenroom")), "run", env=environment, cwd=folder
     )

@@ -69,7 +69,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import re
 import signal
@@ -86,7 +85,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import discord
 from sqlalchemy import select
 
-from bench.common import percentile, scratch_database
+from bench.common import loopback_bot_environment, percentile, scratch_database
 from feedback.channels import ChannelSettingsStore, GuildSettingsStore
 from feedback.database import create_engine, migrate, session_factory
 from feedback.models import Conversation, FeedbackEvent, MessageNode
@@ -441,18 +440,12 @@ def _custom_ids(message: dict[str, Any]) -> list[str]:
 async def _start_bot(
     server: DiscordTestServer, url: str, folder: Path, config: SoakConfig, log: Any
 ) -> asyncio.subprocess.Process:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
-    environment.update(
-        DISCORD_TOKEN=server.bot_token,
-        GREENROOM_DISCORD__API_BASE=server.api_base,
-        GREENROOM_DISCORD__COOLDOWN_MESSAGES="1000",
-        GREENROOM_DISCORD__USE_WEBHOOKS="false",
-        GREENROOM_MODEL__PROVIDER="fake",
-        GREENROOM_MEMORY__ENABLED="false",
+    environment = loopback_bot_environment(
+        server,
+        url,
+        folder,
         GREENROOM_CONSOLE__HOLD_SECONDS=str(config.hold_seconds),
         GREENROOM_CONSOLE__ON_TIMEOUT=config.on_timeout,
-        GREENROOM_DATABASE_URL=url,
-        GREENROOM_DATA_DIR=str(folder),
         GREENROOM_LOG_LEVEL="INFO",
     )
     return await asyncio.create_subprocess_exec(

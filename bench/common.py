@@ -1,8 +1,10 @@
-"""Helpers shared by the benchmark scripts: percentiles and throwaway databases."""
+"""Helpers shared by the benchmark scripts: percentiles, throwaway databases, and the
+environment of a bot process on the loopback Discord server."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import tempfile
 import uuid
@@ -14,7 +16,15 @@ import asyncpg
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-__all__ = ["POSTGRES_ADMIN_DSN", "percentile", "scratch_database", "summary"]
+    from tests.discord_server import DiscordTestServer
+
+__all__ = [
+    "POSTGRES_ADMIN_DSN",
+    "loopback_bot_environment",
+    "percentile",
+    "scratch_database",
+    "summary",
+]
 
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -53,3 +63,25 @@ async def scratch_database(backend: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def loopback_bot_environment(
+    server: DiscordTestServer, url: str, folder: Path, **settings: str
+) -> dict[str, str]:
+    """The environment of a ``greenroom run`` process under benchmark: this one's, without its
+    ``GREENROOM_*`` variables, pointed at the loopback Discord ``server``, the database ``url``
+    and the data ``folder``, with the instant fake model, no memory, no webhooks and no
+    cooldown; ``settings`` add or override variables."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    environment.update(
+        DISCORD_TOKEN=server.bot_token,
+        GREENROOM_DISCORD__API_BASE=server.api_base,
+        GREENROOM_DISCORD__COOLDOWN_MESSAGES="1000",
+        GREENROOM_DISCORD__USE_WEBHOOKS="false",
+        GREENROOM_MODEL__PROVIDER="fake",
+        GREENROOM_MEMORY__ENABLED="false",
+        GREENROOM_DATABASE_URL=url,
+        GREENROOM_DATA_DIR=str(folder),
+        **settings,
+    )
+    return environment
