@@ -6,8 +6,6 @@ settings, so every other package receives what it needs through its constructor.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -110,17 +108,6 @@ def open_memory(settings: Settings) -> MemoryPort | None:
     return MemoryService.open(path=settings.data_dir / "chroma", embedder=embedder)
 
 
-async def _preload_memory(engine: ConversationEngine) -> None:
-    """Start-up warming of recent users' memories; a failure costs only speed, so it is logged."""
-    try:
-        loaded = await engine.preload_memory()
-    except Exception:
-        _log.warning("memory preload failed; first recalls will be slower", exc_info=True)
-    else:
-        if loaded:
-            _log.info("memory: preloaded %d recent scopes", loaded)
-
-
 @asynccontextmanager
 async def open_runtime(
     settings: Settings,
@@ -138,7 +125,6 @@ async def open_runtime(
     chat_model = model if model is not None else build_chat_model(settings.model)
     db = create_engine(settings.resolved_database_url)
     memory_port: MemoryPort | None = None
-    preload: asyncio.Task[None] | None = None
     try:
         await migrate(db)
         sessions = session_factory(db)
@@ -155,7 +141,6 @@ async def open_runtime(
             limits=engine_limits(settings),
         )
         await engine.sync_personas()
-        preload = asyncio.create_task(_preload_memory(engine))
         yield Runtime(
             settings=settings,
             db=db,
@@ -167,10 +152,6 @@ async def open_runtime(
             engine=engine,
         )
     finally:
-        if preload is not None:
-            preload.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await preload
         if memory_port is not None and memory is True:
             memory_port.close()
         await db.dispose()

@@ -17,6 +17,7 @@ from bot.runtime import open_runtime
 from feedback.channels import ChannelSettingsStore
 
 if TYPE_CHECKING:
+    from bot.engine import ConversationEngine
     from bot.settings import Settings
 
 __all__ = ["MissingTokenError", "discord_token", "run_bot"]
@@ -66,16 +67,36 @@ async def run_bot(settings: Settings, token: str) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        async with bot:
-            running = asyncio.create_task(bot.start(token), name="discord-bot")
-            stopping = asyncio.create_task(stop.wait(), name="stop-signal")
-            done, _ = await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if stopping in done:
-                _log.info("stopping: finishing replies in flight")
-                await bot.shutdown(settings.discord.shutdown_grace_s)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await running
-            else:
-                stopping.cancel()
-                running.result()
+        preload = asyncio.create_task(_preload_memory(runtime.engine), name="memory-preload")
+        try:
+            async with bot:
+                running = asyncio.create_task(bot.start(token), name="discord-bot")
+                stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+                done, _ = await asyncio.wait(
+                    {running, stopping}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if stopping in done:
+                    _log.info("stopping: finishing replies in flight")
+                    await bot.shutdown(settings.discord.shutdown_grace_s)
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await running
+                else:
+                    stopping.cancel()
+                    running.result()
+        finally:
+            preload.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await preload
         _log.info("stopped cleanly")
+
+
+async def _preload_memory(engine: ConversationEngine) -> None:
+    """Warm recent users' memories while the bot connects (a one-shot command has no use for
+    it); a failure costs only speed, so it is logged."""
+    try:
+        loaded = await engine.preload_memory()
+    except Exception:
+        _log.warning("memory preload failed; first recalls will be slower", exc_info=True)
+    else:
+        if loaded:
+            _log.info("memory: preloaded %d recent scopes", loaded)
