@@ -28,7 +28,7 @@ from bot.text import (
     normalise_incoming,
     split_message,
 )
-from feedback.store import SnapshotData
+from feedback.store import NewUserTurn, SnapshotData
 from personas import approx_tokens
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ __all__ = [
     "MemoryPort",
     "Refusal",
     "Reply",
+    "TakenOver",
     "UserDataOwner",
 ]
 
@@ -133,6 +134,14 @@ class AlreadyHandled:
     """The message was stored before and its reply went out or waits for an actor."""
 
     user_turn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """An actor has taken the conversation over: the model stays silent and nothing was stored
+    (the transport stores and shows the turn, see :meth:`ConversationEngine.record_user_turn`)."""
+
+    conversation_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +239,9 @@ class ConversationEngine:
         incoming: IncomingMessage,
         *,
         on_token: Callable[[str], Awaitable[None]] | None = None,
-    ) -> Reply | Refusal | AlreadyHandled:
-        """Answer ``incoming``: a stored :class:`Reply`, or a :class:`Refusal` for bad input.
+    ) -> Reply | Refusal | AlreadyHandled | TakenOver:
+        """Answer ``incoming``: a stored :class:`Reply`, a :class:`Refusal` for bad input, or
+        :class:`TakenOver` (nothing stored) while an actor holds the conversation.
 
         Idempotent on ``incoming.external_id``: a message seen before is not stored twice. If
         its reply was stored but not sent (a crash in between), that reply is returned to be
@@ -255,13 +265,25 @@ class ConversationEngine:
         persona: Persona,
         text: str,
         on_token: Callable[[str], Awaitable[None]] | None,
-    ) -> Reply | AlreadyHandled:
+    ) -> Reply | AlreadyHandled | TakenOver:
         conversation_id = await self.store.conversation_id(
             incoming.transport, incoming.scope, persona.name, guild_key=incoming.guild_key
         )
-        history = await self.store.history(conversation_id, self.limits.history_turns)
-        seen = await self._seen_turn(conversation_id, incoming, history)
-        if seen is not None:
+        new_turn = NewUserTurn(
+            incoming.user_id, incoming.user_name, text, external_id=incoming.external_id
+        )
+        # A redelivery may be older than the history: it is looked up before anything is stored.
+        opened = await self.store.open_turn(
+            conversation_id,
+            self.limits.history_turns,
+            None if incoming.redelivery else new_turn,
+        )
+        if opened.taken_over:
+            return TakenOver(conversation_id)
+        history = opened.history
+        if opened.user_turn_id is not None:
+            user_turn_id = opened.user_turn_id
+        elif (seen := await self._seen_turn(conversation_id, incoming, history)) is not None:
             answers = await self.store.answers_to(seen.id)
             if any(node.state != "candidate" for node in answers):
                 return AlreadyHandled(seen.id)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TextIO
 from rich.live import Live
 from rich.text import Text
 
-from bot.engine import IncomingMessage, Refusal
+from bot.engine import IncomingMessage, Refusal, TakenOver
 from bot.llm import GenerationError
 from feedback.corrections import TAGS, Actor, InvalidAction
 from personas import UnknownPersonaError
@@ -71,6 +71,11 @@ class TerminalChat:
             text=text,
             persona=self.persona,
         )
+
+    async def _pass_to_actor(self, line: str) -> str:
+        """Store a line the model must not answer (an actor holds the conversation)."""
+        await self.engine.record_user_turn(self._incoming(line))
+        return f"An actor is speaking for {self.persona} now; your message was passed on."
 
     @property
     def actor(self) -> Actor:
@@ -178,6 +183,9 @@ class TerminalChat:
                     print(reply_line, file=out, flush=True)
                 continue
             result = await self.engine.respond(self._incoming(line))
+            if isinstance(result, TakenOver):
+                print(f"! {await self._pass_to_actor(line)}", file=err, flush=True)
+                continue
             if isinstance(result, Refusal):
                 if result.reason != "empty":
                     print(f"! {result.notice}", file=err, flush=True)
@@ -228,6 +236,9 @@ class TerminalChat:
                 live.update(header + shown)
 
             result = await self.engine.respond(self._incoming(line), on_token=on_token)
+        if isinstance(result, TakenOver):
+            console.print(f"[dim]{await self._pass_to_actor(line)}[/]")
+            return None
         if isinstance(result, Refusal):
             if result.reason != "empty":
                 console.print(f"[yellow]{result.notice}[/]")

@@ -8,24 +8,42 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from feedback.database import autocommit, autocommit_engine
-from feedback.models import Conversation, MessageNode, PromptSnapshot
+from feedback.models import Conversation, ConversationClaim, MessageNode, PromptSnapshot
 from feedback.privacy import PrivacyStore
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from datetime import datetime
 
-    from sqlalchemy import Insert, Select, Table
+    from sqlalchemy import CompoundSelect, Insert, Select, Table
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-__all__ = ["ERASED_TEXT", "ConversationStore", "HistoryTurn", "SnapshotData"]
+__all__ = [
+    "ERASED_TEXT",
+    "ConversationStore",
+    "HistoryTurn",
+    "NewUserTurn",
+    "OpenedTurn",
+    "SnapshotData",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -33,6 +51,7 @@ _log = logging.getLogger(__name__)
 # bulk paths); a call only binds its values.
 _MESSAGES = cast("Table", MessageNode.__table__)
 _SNAPSHOTS = cast("Table", PromptSnapshot.__table__)
+_CLAIMS = cast("Table", ConversationClaim.__table__)
 _NODE_COLUMNS = (
     "conversation_id",
     "parent_id",
@@ -127,6 +146,55 @@ _HISTORY = (
     .limit(bindparam("limit"))
 )
 
+# A live takeover claim: the model stays silent in the conversation.
+_TAKEN_OVER = select(_CLAIMS.c.conversation_id).where(
+    _CLAIMS.c.conversation_id == bindparam("conversation_id"),
+    _CLAIMS.c.takeover.is_(True),
+    _CLAIMS.c.expires_at > bindparam("now"),
+)
+
+
+def _open_turn_in_one_statement() -> CompoundSelect:
+    """PostgreSQL: the takeover check, the history read and the new user turn's insert (under
+    the newest turn, unless the message is in that history already or an actor has taken the
+    conversation over) as one statement: one round trip instead of three on every turn.
+
+    Binds ``conversation_id``, ``limit``, ``now``, ``external_id`` and ``turn_<column>``. Rows
+    are ``(part, id, role, author_id, author_name, content, external_id)`` with ``part`` one
+    of ``history`` (the turns before this one, in no particular order), ``turn`` (the new
+    turn's id) and ``takeover``. The history CTE reads the snapshot before the insert, so it
+    never holds the new turn.
+    """
+    history = _HISTORY.cte("history")
+    taken_over = _TAKEN_OVER.exists()
+    seen = (
+        select(history.c.id)
+        .where(history.c.role == "user", history.c.external_id == bindparam("external_id"))
+        .exists()
+    )
+    node_columns = [name for name in _NODE_COLUMNS if name != "parent_id"]
+    turn = (
+        insert(_MESSAGES)
+        .from_select(
+            [*node_columns, "parent_id"],
+            select(
+                *(bindparam(f"turn_{name}", type_=_MESSAGES.c[name].type) for name in node_columns),
+                select(func.max(history.c.id)).scalar_subquery(),
+            ).where(~taken_over, ~seen),
+        )
+        .returning(_MESSAGES.c.id)
+        .cte("turn")
+    )
+    blanks = [null()] * (len(history.c) - 1)
+    return union_all(
+        select(literal("history").label("part"), *history.c),
+        select(literal("turn"), turn.c.id, *blanks),
+        select(literal("takeover"), null(), *blanks).where(taken_over),
+    )
+
+
+_OPEN_TURN = _open_turn_in_one_statement()
+
 #: What replaces a user's words inside kept prompt snapshots after they ask to be forgotten.
 ERASED_TEXT = "[removed at the user's request]"
 
@@ -144,6 +212,46 @@ class HistoryTurn:
     content: str
     #: For a user turn, the transport's id of the message (how a redelivery is recognised).
     external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewUserTurn:
+    """What a user said, to store as a turn (see :meth:`ConversationStore.open_turn`)."""
+
+    user_id: str
+    user_name: str
+    text: str
+    #: The transport's id of the message (how a redelivery is recognised).
+    external_id: str | None = None
+
+    def row_values(self, conversation_id: int, parent_id: int | None) -> dict[str, Any]:
+        """The ``messages`` columns of this turn, ``pending`` until a reply is stored."""
+        return {
+            "conversation_id": conversation_id,
+            "parent_id": parent_id,
+            "role": "user",
+            "origin": "user",
+            "author_id": self.user_id,
+            "author_name": self.user_name,
+            "content": self.text,
+            "state": "pending",
+            "external_id": self.external_id,
+            "prompt_snapshot_id": None,
+            "flags": [],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedTurn:
+    """What :meth:`ConversationStore.open_turn` found and stored."""
+
+    #: The turns before this one, oldest first.
+    history: list[HistoryTurn]
+    #: The new user turn, or ``None`` when nothing was stored: no turn was given, the message
+    #: is in ``history`` already, or the conversation is taken over.
+    user_turn_id: int | None
+    #: An actor holds a takeover claim on the conversation: the model must stay silent.
+    taken_over: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +347,53 @@ class ConversationStore:
             rows = (await connection.execute(query, params)).all()
         return [HistoryTurn(*row) for row in reversed(rows)]
 
+    async def open_turn(
+        self, conversation_id: int, limit: int, turn: NewUserTurn | None
+    ) -> OpenedTurn:
+        """Start a turn: whether an actor has taken the conversation over, its last ``limit``
+        turns, and ``turn`` stored under the newest of them unless its ``external_id`` is among
+        them or the conversation is taken over (``None``: only read).
+
+        One statement on PostgreSQL (:func:`_open_turn_in_one_statement`), three on one
+        connection elsewhere; no transaction either way, as for :meth:`add_user_turn`.
+        """
+        params: dict[str, Any] = {
+            "conversation_id": conversation_id,
+            "limit": limit,
+            "now": datetime.now(UTC),
+        }
+        if turn is not None and self._engine.dialect.name == "postgresql":
+            params["external_id"] = turn.external_id
+            values = turn.row_values(conversation_id, None)
+            params.update((f"turn_{name}", value) for name, value in values.items())
+            async with self._autocommit.connect() as connection:
+                rows = (await connection.execute(_OPEN_TURN, params)).all()
+            history = sorted(
+                (HistoryTurn(*row[1:]) for row in rows if row.part == "history"),
+                key=lambda t: t.id,
+            )
+            user_turn_id = next((row.id for row in rows if row.part == "turn"), None)
+            taken_over = any(row.part == "takeover" for row in rows)
+            return OpenedTurn(history, user_turn_id, taken_over)
+        async with self._autocommit.connect() as connection:
+            taken_over = (await connection.execute(_TAKEN_OVER, params)).first() is not None
+            rows = (await connection.execute(_HISTORY, params)).all()
+            history = [HistoryTurn(*row) for row in reversed(rows)]
+            if (
+                turn is None
+                or taken_over
+                or (
+                    turn.external_id is not None
+                    and any(t.role == "user" and t.external_id == turn.external_id for t in history)
+                )
+            ):
+                return OpenedTurn(history, None, taken_over)
+            parent_id = history[-1].id if history else None
+            result = await connection.execute(
+                _INSERT_NODE, turn.row_values(conversation_id, parent_id)
+            )
+            return OpenedTurn(history, result.scalar_one(), taken_over=False)
+
     async def find_user_turn(self, conversation_id: int, external_id: str) -> MessageNode | None:
         """The user turn stored for the transport's message ``external_id``, or ``None``."""
         async with autocommit(self._sessions) as session:
@@ -331,27 +486,14 @@ class ConversationStore:
     ) -> int:
         """Record what the user said (state ``pending`` until a reply is stored).
 
-        One ``INSERT ... RETURNING`` without a transaction around it: every turn pays for this.
+        One ``INSERT ... RETURNING`` without a transaction around it.
         """
+        turn = NewUserTurn(user_id, user_name, text, external_id)
         async with self._autocommit.connect() as connection:
-            return (
-                await connection.execute(
-                    _INSERT_NODE,
-                    {
-                        "conversation_id": conversation_id,
-                        "parent_id": parent_id,
-                        "role": "user",
-                        "origin": "user",
-                        "author_id": user_id,
-                        "author_name": user_name,
-                        "content": text,
-                        "state": "pending",
-                        "external_id": external_id,
-                        "prompt_snapshot_id": None,
-                        "flags": [],
-                    },
-                )
-            ).scalar_one()
+            result = await connection.execute(
+                _INSERT_NODE, turn.row_values(conversation_id, parent_id)
+            )
+            return result.scalar_one()
 
     async def add_candidate(
         self,

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 
 import pytest
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from bot.engine import ConversationEngine, EngineLimits, IncomingMessage, Refusal, Reply
+from bot.engine import (
+    ConversationEngine,
+    EngineLimits,
+    IncomingMessage,
+    Refusal,
+    Reply,
+    TakenOver,
+)
 from bot.llm import FakeChatModel
+from bot.terminal import TerminalChat
+from feedback.corrections import CorrectionStore
+from feedback.privacy import PrivacyStore
 from feedback.store import ConversationStore, HistoryTurn
 from personas import PersonaRegistry, UnknownPersonaError
+from tests.factories import ALICE_ACTOR
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +107,51 @@ async def test_conversations_are_separate_per_persona(
     assert isinstance(a, Reply) and isinstance(b, Reply)
     assert a.conversation_id != b.conversation_id
     assert b.persona == "Juniper"
+
+
+async def test_a_taken_over_conversation_is_not_answered_or_stored(
+    store: ConversationStore, personas: PersonaRegistry
+) -> None:
+    engine = _engine(store, personas, FakeChatModel())
+    first = await engine.respond(_incoming("hello"))
+    assert isinstance(first, Reply)
+    corrections = CorrectionStore(store._sessions)
+    await corrections.claim(
+        first.conversation_id, actor=ALICE_ACTOR, takeover=True, persona="Marlowe", key="k"
+    )
+    result = await engine.respond(_incoming("are you there?"))
+    assert result == TakenOver(first.conversation_id)
+    assert [t.content for t in await store.history(first.conversation_id, 10)] == ["hello"]
+    assert isinstance(await engine.record_user_turn(_incoming("are you there?")), int)
+    await corrections.release(first.conversation_id, actor=ALICE_ACTOR, persona="Marlowe", key="r")
+    after = await engine.respond(_incoming("back?"))
+    assert isinstance(after, Reply)
+    history = await store.history(first.conversation_id, 10)
+    assert [t.content for t in history if t.role == "user"] == ["hello", "are you there?", "back?"]
+
+
+async def test_the_terminal_passes_lines_to_the_actor_during_a_takeover(
+    store: ConversationStore, personas: PersonaRegistry
+) -> None:
+    engine = _engine(store, personas, FakeChatModel())
+    corrections = CorrectionStore(store._sessions)
+    chat = TerminalChat(
+        engine,
+        persona="Marlowe",
+        user="ann",
+        corrections=corrections,
+        privacy=PrivacyStore(store._sessions),
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert await chat.run_script(["hello"], out, err) == 1
+    conversation = await store.conversation_id("terminal", "terminal:ann", "Marlowe")
+    await corrections.claim(
+        conversation, actor=ALICE_ACTOR, takeover=True, persona="Marlowe", key="k"
+    )
+    assert await chat.run_script(["still there?"], out, err) == 0
+    assert "An actor is speaking for Marlowe now" in err.getvalue()
+    history = await store.history(conversation, 10)
+    assert [t.content for t in history if t.role == "user"] == ["hello", "still there?"]
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\u200b\u200b", "\n\t"])

@@ -12,8 +12,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from feedback.models import Base, MessageNode, PromptSnapshot
-from feedback.store import ERASED_TEXT, ConversationStore, SnapshotData
+from feedback.corrections import CorrectionStore
+from feedback.models import Base, ConversationClaim, MessageNode, PromptSnapshot
+from feedback.store import ERASED_TEXT, ConversationStore, NewUserTurn, SnapshotData
+from tests.factories import ALICE_ACTOR
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -97,6 +99,50 @@ async def test_history_is_the_sent_path_as_a_tree(store: ConversationStore) -> N
     assert user_node is not None and user_node.state == "answered"
     assert (await store.get_node(first_reply)).parent_id == first_user  # type: ignore[union-attr]
     assert len(await store.history(conversation, 2)) == 2
+
+
+async def test_open_turn_reads_stores_and_respects_takeovers(store: ConversationStore) -> None:
+    """One statement on PostgreSQL, three on SQLite; the same answers on both."""
+    conversation = await store.conversation_id("discord", "channel:5", "Marlowe")
+    _, first_reply = await _turn(store, conversation, "discord:1", "hello")
+    said = NewUserTurn("discord:2", "Bo", "what's new?", external_id="m-2")
+
+    opened = await store.open_turn(conversation, 10, said)
+    assert not opened.taken_over and opened.user_turn_id is not None
+    assert [t.content for t in opened.history] == ["hello", "re: hello"]  # not the new turn
+    node = await store.get_node(opened.user_turn_id)
+    assert node is not None
+    assert (node.parent_id, node.role, node.state) == (first_reply, "user", "pending")
+    assert (node.author_id, node.author_name, node.content) == ("discord:2", "Bo", "what's new?")
+    assert node.external_id == "m-2" and node.flags == []
+
+    again = await store.open_turn(conversation, 10, said)  # the same message: seen, not stored
+    assert again.user_turn_id is None and not again.taken_over
+    assert [t.external_id for t in again.history][-1] == "m-2"
+    only_read = await store.open_turn(conversation, 2, None)
+    assert only_read.user_turn_id is None and len(only_read.history) == 2
+
+    corrections = CorrectionStore(store._sessions)
+    await corrections.claim(
+        conversation, actor=ALICE_ACTOR, takeover=True, persona="Marlowe", key="k1"
+    )
+    silent = NewUserTurn("discord:2", "Bo", "anyone there?", external_id="m-3")
+    held = await store.open_turn(conversation, 10, silent)
+    assert held.taken_over and held.user_turn_id is None
+    assert [t.content for t in held.history][-1] == "what's new?"
+
+    async with store._sessions() as session:  # an expired claim no longer silences the model
+        claim = await session.get(ConversationClaim, conversation)
+        assert claim is not None
+        claim.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        await session.commit()
+    resumed = await store.open_turn(conversation, 10, silent)
+    assert not resumed.taken_over and resumed.user_turn_id is not None
+
+    fresh = await store.conversation_id("discord", "channel:6", "Marlowe")
+    first = await store.open_turn(fresh, 10, NewUserTurn("discord:3", "Cy", "hi", None))
+    assert first.history == [] and first.user_turn_id is not None
+    assert (await store.get_node(first.user_turn_id)).parent_id is None  # type: ignore[union-attr]
 
 
 async def test_reply_snapshot_and_answered_turn_land_together(store: ConversationStore) -> None:

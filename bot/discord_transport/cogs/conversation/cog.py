@@ -25,7 +25,7 @@ from discord.ext import commands
 
 from bot.discord_transport.outages import OutageGaveUpError, retry_through_outage
 from bot.discord_transport.typing import keep_typing
-from bot.engine import AlreadyHandled, IncomingMessage, Refusal
+from bot.engine import AlreadyHandled, IncomingMessage, Refusal, TakenOver
 from bot.faults import crash_point
 from bot.locks import KeyedLocks
 
@@ -153,11 +153,12 @@ class Conversation(commands.Cog):
             guild_key=f"discord:{message.guild.id}" if message.guild else None,
             redelivery=redelivery,
         )
-        if await self._taken_over(incoming):
-            return
         async with keep_typing(message.channel):
             result = await self.bot.engine.respond(incoming)
         self.bot.health.observe_reply(result)
+        if isinstance(result, TakenOver):
+            await self._taken_over(incoming, result.conversation_id)
+            return
         if isinstance(result, AlreadyHandled):
             return
         if isinstance(result, Refusal):
@@ -169,21 +170,14 @@ class Conversation(commands.Cog):
             return
         await self.bot.desk.route(message, result)
 
-    async def _taken_over(self, incoming: IncomingMessage) -> bool:
+    async def _taken_over(self, incoming: IncomingMessage, conversation_id: int) -> None:
         """In takeover mode the model is silent: store the turn and show it to the actor."""
-        store = self.bot.engine.store
-        persona = self.bot.engine.personas.get(incoming.persona).name
-        conversation_id = await store.conversation_id(incoming.transport, incoming.scope, persona)
-        claim = await self.bot.desk.corrections.claim_holder(conversation_id)
-        if claim is None or not claim.takeover:
-            return False
         async with self.bot.desk.thread_locks[conversation_id]:  # not mirrored twice
             stored = await self.bot.engine.record_user_turn(incoming)
             if isinstance(stored, int):
                 await self.bot.desk.mirror_to_thread(
                     conversation_id, incoming.user_name, incoming.text
                 )
-        return True
 
     def _text_of(self, message: discord.Message) -> str:
         """The message as the persona should read it: mentions as names, its own removed."""
