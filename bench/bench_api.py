@@ -5,8 +5,10 @@ approval on each reply and a rating on every other one), runs ``ANALYZE`` on Pos
 autovacuum would on a live database; without statistics the planner joins the fresh tables
 badly), starts ``greenroom``'s API in a separate process (uvicorn on loopback), and pages
 through ``/v1/corrections`` with ``limit=10000`` (wrapping round at the end), timing each
-request until its body is received. The default 60,000 turns make every page a full one; the
-first 3 pages are warm-up and not counted.
+request until its body is received, and the server process's CPU time per request (all its
+threads, from ``/proc``: steadier than wall time on a shared machine, and it leaves out the
+database server). The default 60,000 turns make every page a full one; the first 3 pages are
+warm-up and not counted.
 
     .venv/bin/python bench/bench_api.py [--turns 60000] [--pages 50] [--format trl-sft]
         [--backend postgresql|sqlite]
@@ -28,7 +30,7 @@ import httpx
 from sqlalchemy import insert
 from sqlalchemy import text as sql
 
-from bench.common import scratch_database, summary
+from bench.common import cpu_seconds, scratch_database, summary
 from feedback.database import create_engine, migrate, session_factory
 from feedback.models import (
     Conversation,
@@ -151,7 +153,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def measure(port: int, token: str, fmt: str, pages: int, limit: int) -> None:
+def measure(port: int, server_pid: int, token: str, fmt: str, pages: int, limit: int) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
         for _ in range(200):
@@ -162,20 +164,24 @@ def measure(port: int, token: str, fmt: str, pages: int, limit: int) -> None:
                 time.sleep(0.1)
         cursor: str | None = None
         durations: list[float] = []
+        cpu: list[float] = []
         sizes: list[int] = []
         counts: list[int] = []
         for n in range(pages + 3):
             params: dict[str, str | int] = {"format": fmt, "limit": limit}
             if cursor:
                 params["cursor"] = cursor
+            cpu_before = cpu_seconds(server_pid)
             started = time.perf_counter()
             response = client.get("/v1/corrections", params=params)
             elapsed = time.perf_counter() - started
+            cpu_used = cpu_seconds(server_pid) - cpu_before
             response.raise_for_status()
             body = response.json()
             cursor = body["next_cursor"] if body["has_more"] else None
             if n >= 3:  # warm-up pages are not counted
                 durations.append(elapsed)
+                cpu.append(cpu_used)
                 sizes.append(len(response.content))
                 counts.append(len(body["records"]))
     print(
@@ -183,6 +189,7 @@ def measure(port: int, token: str, fmt: str, pages: int, limit: int) -> None:
         f"{sum(sizes) / len(sizes) / 1e6:.1f} MB a page"
     )
     print(f"GET /v1/corrections limit={limit}: {summary(durations)}")
+    print(f"server CPU a request (10 ms ticks): {summary(cpu)}")
 
 
 async def run(backend: str, turns: int, pages: int, fmt: str, limit: int) -> None:
@@ -194,7 +201,8 @@ async def run(backend: str, turns: int, pages: int, fmt: str, limit: int) -> Non
         server = multiprocessing.get_context("spawn").Process(target=serve, args=(url, port))
         server.start()
         try:
-            await asyncio.to_thread(measure, port, token, fmt, pages, limit)
+            assert server.pid is not None
+            await asyncio.to_thread(measure, port, server.pid, token, fmt, pages, limit)
         finally:
             server.terminate()
             server.join()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import signal
 import statistics
@@ -33,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import loopback_bot_environment, percentile, scratch_database
+from bench.common import cpu_seconds, loopback_bot_environment, percentile, scratch_database
 from feedback.channels import ChannelSettingsStore
 from feedback.database import create_engine, migrate, session_factory
 from tests.discord_server import DiscordTestServer
@@ -78,11 +77,11 @@ async def run(
                 )
                 await asyncio.sleep(1.0)
                 await _warm_up(server, rooms, people)
-                cpu_before, own_before = _cpu_seconds(bot.pid), time.process_time()
+                cpu_before, own_before = cpu_seconds(bot.pid), time.process_time()
                 database_before = _database_cpu_seconds()
                 figures = await _load(server, rooms, people, messages, backend, think_s)
                 turns = users * messages
-                cpu_ms = (_cpu_seconds(bot.pid) - cpu_before) * 1000 / turns
+                cpu_ms = (cpu_seconds(bot.pid) - cpu_before) * 1000 / turns
                 own_ms = (time.process_time() - own_before) * 1000 / turns
                 database_ms = (_database_cpu_seconds() - database_before) * 1000 / turns
                 print(
@@ -97,16 +96,6 @@ async def run(
     return (*figures, cpu_ms)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds a process has used (Linux ``/proc``): a per-turn cost that
-    does not depend on what else the machine is doing (0 when it has ended)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _database_cpu_seconds() -> float:
     """CPU seconds used so far by the PostgreSQL server processes on this machine (0 with
     SQLite): with the bot and the loopback server, what shares the 2 cores."""
@@ -117,7 +106,7 @@ def _database_cpu_seconds() -> float:
         except OSError:  # the process ended
             continue
         if "(postgres)" in text:
-            total += _cpu_seconds(int(stat.parent.name))
+            total += cpu_seconds(int(stat.parent.name))
     return total
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "POSTGRES_ADMIN_DSN",
+    "cpu_seconds",
     "loopback_bot_environment",
     "percentile",
     "scratch_database",
@@ -85,3 +86,13 @@ def loopback_bot_environment(
         **settings,
     )
     return environment
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used (Linux ``/proc``): a per-item cost that
+    does not depend on what else the machine is doing (0 when it has ended)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
