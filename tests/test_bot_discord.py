@@ -82,6 +82,7 @@ async def test_guild_messages_need_a_mention_a_reply_or_a_binding(world: World) 
     assert replies[1]["content"] == "**Marlowe:** You said: Mia: and another thing"
     await asyncio.sleep(0.2)
     assert len(world.bot_replies(channel)) == 2  # "just chatting" was not answered
+    assert server.requests_to("POST", TYPING) == []  # instant replies need no indicator
 
 
 async def test_bots_system_messages_and_own_messages_are_ignored(world: World) -> None:

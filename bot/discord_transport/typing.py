@@ -25,8 +25,7 @@ _log = logging.getLogger(__name__)
 _RENEW_EVERY_S = 8.0
 
 
-async def _typing_loop(channel: discord.abc.Messageable, delay: float) -> None:
-    await asyncio.sleep(delay)
+async def _typing_loop(channel: discord.abc.Messageable) -> None:
     while True:
         try:
             await channel.typing()
@@ -39,15 +38,22 @@ async def _typing_loop(channel: discord.abc.Messageable, delay: float) -> None:
 async def keep_typing(
     channel: discord.abc.Messageable, *, delay: float = 0.3
 ) -> AsyncIterator[None]:
-    """Show "typing..." in ``channel`` while the body runs (from ``delay`` seconds on)."""
-    task = asyncio.create_task(_typing_loop(channel, delay))
+    """Show "typing..." in ``channel`` while the body runs (from ``delay`` seconds on).
+
+    Until then only a timer is pending (no task), which is all a fast reply ever costs.
+    """
+    loop = asyncio.get_running_loop()
+    typing: list[asyncio.Task[None]] = []
+    timer = loop.call_later(delay, lambda: typing.append(loop.create_task(_typing_loop(channel))))
     try:
         yield
     finally:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # we are being cancelled ourselves: never swallow that
+        timer.cancel()
+        for task in typing:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # we are being cancelled ourselves: never swallow that
