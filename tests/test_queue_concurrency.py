@@ -24,14 +24,25 @@ if TYPE_CHECKING:
 WORKERS = 4
 
 
-async def lease_and_ack_loop(url: str, job: str, limit: int) -> list[int]:
-    """Claim and acknowledge until the queue is empty; the event ids this worker consumed."""
+async def lease_and_ack_loop(
+    url: str, job: str, limit: int, first_leases: asyncio.Barrier
+) -> list[int]:
+    """Claim and acknowledge until the queue is empty; the event ids this worker consumed.
+
+    Each worker waits at ``first_leases`` holding its first lease until every worker holds one:
+    the leases overlap and the work is shared whatever order the database lets them in (SQLite's
+    single write lock is not fair, and one worker could otherwise drain the queue alone).
+    """
     engine = create_engine(url)
     sessions = session_factory(engine)
     consumed: list[int] = []
+    first = True
     try:
         while True:
             batch = await claim_batch(sessions, job, limit, timedelta(minutes=5))
+            if first:
+                first = False
+                await first_leases.wait()
             if batch.lease_id is None:
                 return consumed
             result = await ack(sessions, batch.lease_id)
@@ -43,13 +54,14 @@ async def lease_and_ack_loop(url: str, job: str, limit: int) -> list[int]:
 
 async def run_workers(db_engine: AsyncEngine, url: str, events: int, limit: int) -> None:
     ids = await seed_events(session_factory(db_engine), events)
+    first_leases = asyncio.Barrier(WORKERS)
     results = await asyncio.gather(
-        *(lease_and_ack_loop(url, f"job-{n}", limit) for n in range(WORKERS))
+        *(lease_and_ack_loop(url, f"job-{n}", limit, first_leases) for n in range(WORKERS))
     )
     delivered = Counter(event_id for worker in results for event_id in worker)
     assert sorted(delivered) == ids
     assert set(delivered.values()) == {1}
-    assert sum(1 for worker in results if worker) > 1  # the work was really shared
+    assert all(results)  # every worker consumed some: the work was really shared
     async with session_factory(db_engine)() as session:
         left = await session.scalar(select(func.count()).where(FeedbackEvent.consumed_at.is_(None)))
     assert left == 0
