@@ -28,7 +28,7 @@ from bot.text import (
     normalise_incoming,
     split_message,
 )
-from feedback.store import NewUserTurn, SnapshotData
+from feedback.store import NewUserTurn, SnapshotData, said_in
 from personas import approx_tokens
 
 if TYPE_CHECKING:
@@ -375,9 +375,8 @@ class ConversationEngine:
         transport says it may be a redelivery."""
         if incoming.external_id is None:
             return None
-        for turn in reversed(history):
-            if turn.role == "user" and turn.external_id == incoming.external_id:
-                return turn
+        if (turn := said_in(history, incoming.external_id)) is not None:
+            return turn
         if not incoming.redelivery:
             return None
         return await self.store.find_user_turn(conversation_id, incoming.external_id)

@@ -43,6 +43,7 @@ __all__ = [
     "NewUserTurn",
     "OpenedTurn",
     "SnapshotData",
+    "said_in",
 ]
 
 _log = logging.getLogger(__name__)
@@ -214,6 +215,15 @@ class HistoryTurn:
     external_id: str | None = None
 
 
+def said_in(history: Sequence[HistoryTurn], external_id: str | None) -> HistoryTurn | None:
+    """The user turn in ``history`` stored for the transport's message ``external_id``."""
+    if external_id is None:
+        return None
+    return next(
+        (t for t in reversed(history) if t.role == "user" and t.external_id == external_id), None
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class NewUserTurn:
     """What a user said, to store as a turn (see :meth:`ConversationStore.open_turn`)."""
@@ -379,14 +389,7 @@ class ConversationStore:
             taken_over = (await connection.execute(_TAKEN_OVER, params)).first() is not None
             rows = (await connection.execute(_HISTORY, params)).all()
             history = [HistoryTurn(*row) for row in reversed(rows)]
-            if (
-                turn is None
-                or taken_over
-                or (
-                    turn.external_id is not None
-                    and any(t.role == "user" and t.external_id == turn.external_id for t in history)
-                )
-            ):
+            if turn is None or taken_over or said_in(history, turn.external_id) is not None:
                 return OpenedTurn(history, None, taken_over)
             parent_id = history[-1].id if history else None
             result = await connection.execute(
