@@ -91,15 +91,21 @@ _KIND_LABELS = {
 }
 
 
-def _index_log_topics(database: Path) -> None:
-    """Index Chroma's log by collection: ``embeddings_queue (topic, seq_id)``.
+def _index_chroma_lookups(database: Path) -> None:
+    """Index the two lookups by collection that Chroma 1.5 runs unindexed on the first touch of a
+    collection in a process (a cold recall, or any add to a new scope).
 
-    Chroma 1.5 keeps each collection's last log record (its vector included) and, the first time
-    a process touches a collection, reads and purges that collection's records with
-    ``WHERE topic = ?``. Unindexed, that scans the whole log: one row per collection, 5 MB with
-    3,000 scopes, measured 3 ms of every cold recall on 100,000 memories. Chroma neither creates
-    nor drops this index (``IF NOT EXISTS``); a Chroma server's database is out of reach, so
-    :meth:`MemoryService.open` adds it for an embedded store only.
+    * ``embeddings_queue (topic, seq_id)``: Chroma keeps each collection's last log record (its
+      vector included) and reads and purges that collection's records with ``WHERE topic = ?``.
+      Unindexed, that scans the whole log: one row per collection, 5 MB with 3,000 scopes,
+      measured 3 ms of every cold recall on 100,000 memories.
+    * ``segments (collection)``: each collection has two segments, looked up with
+      ``WHERE collection = ?``; unindexed, two full scans of the table (about 390 page reads
+      with 3,000 scopes, seen with ``strace``). Indexed: 1 ms less per cold recall (6.0 against
+      4.9 ms in Chroma alone) and 25% more adds per second into new scopes at 2,000 scopes.
+
+    Chroma neither creates nor drops these indexes (``IF NOT EXISTS``); a Chroma server's
+    database is out of reach, so :meth:`MemoryService.open` adds them for an embedded store.
     """
     import sqlite3
 
@@ -107,6 +113,9 @@ def _index_log_topics(database: Path) -> None:
         connection.execute(
             "CREATE INDEX IF NOT EXISTS greenroom_embeddings_queue_topic"
             " ON embeddings_queue (topic, seq_id)"
+        )
+        connection.execute(
+            "CREATE INDEX IF NOT EXISTS greenroom_segments_collection ON segments (collection)"
         )
         connection.commit()
 
@@ -273,7 +282,7 @@ class MemoryService:
             probe.unlink()
             client = chromadb.PersistentClient(path=str(path), settings=settings)
             client.list_collections(limit=1)
-            _index_log_topics(path / "chroma.sqlite3")
+            _index_chroma_lookups(path / "chroma.sqlite3")
         except Exception as error:
             raise MemoryStoreError(f"cannot open the {location}: {error}") from None
         return cls(client, embedder=embedder, location=location, **options)

@@ -345,19 +345,23 @@ async def test_preload_stops_on_store_failure(service: MemoryService) -> None:
     assert await service.preload([(PERSONA, "discord:1")]) == 0
 
 
-def test_embedded_store_indexes_the_log_by_collection(tmp_path: Path) -> None:
+def test_embedded_store_indexes_chromas_lookups_by_collection(tmp_path: Path) -> None:
     import sqlite3
 
     MemoryService.open(path=tmp_path / "chroma", embedder=HashingEmbedder()).close()
     connection = sqlite3.connect(tmp_path / "chroma" / "chroma.sqlite3")
     try:
-        plan = connection.execute(
+        log_plan = connection.execute(
             "EXPLAIN QUERY PLAN DELETE FROM embeddings_queue WHERE topic = ? AND seq_id < ?",
             ("t", 1),
         ).fetchall()
+        segments_plan = connection.execute(
+            "EXPLAIN QUERY PLAN SELECT id, type, scope FROM segments WHERE collection = ?", ("c",)
+        ).fetchall()
     finally:
         connection.close()
-    assert "greenroom_embeddings_queue_topic" in str(plan)
+    assert "greenroom_embeddings_queue_topic" in str(log_plan)
+    assert "greenroom_segments_collection" in str(segments_plan)
 
 
 def test_collection_names_carry_no_personal_data() -> None:
