@@ -622,7 +622,7 @@ class CorrectionStore:
     async def claim_holder(self, conversation_id: int) -> ConversationClaim | None:
         """The live claim on a conversation, if any (one Core read, no transaction: every turn
         asks). The claim returned is not attached to a session."""
-        async with self._autocommit.connect() as connection:
+        async with self._autocommit.begin() as connection:
             result = await connection.execute(_CLAIM, {"conversation_id": conversation_id})
             row = result.first()
         if row is None or row.expires_at <= _now():

@@ -17,6 +17,8 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from feedback.sqlite_driver import use_single_trip_cursors
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
@@ -75,6 +77,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("max_overflow", 0)
         kwargs.setdefault("pool_timeout", 60)
         engine = create_async_engine(url, **kwargs)
+        use_single_trip_cursors(engine)
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
         return engine
     # No pre-ping (a round trip per checkout on every turn): a connection that died with a
@@ -102,10 +105,19 @@ async def autocommit(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterato
 
 
 def autocommit_engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
-    """The sessions' engine with each statement committing on its own, for Core statements on
-    the per-turn path: a Core connection costs a third of a session's CPU per statement (no
-    unit of work, no transaction events). Shares the engine's pool."""
+    """The sessions' engine for Core statements on the per-turn path (a Core connection costs a
+    third of a session's CPU per statement: no unit of work, no transaction events). Shares the
+    engine's pool. Use it as ``async with engine.begin()``.
+
+    On PostgreSQL each statement commits on its own (``AUTOCOMMIT``): no ``BEGIN``/``COMMIT``
+    round trips. On SQLite the block is one transaction, committed at its end (no trip at all
+    for a block that only read, see :mod:`feedback.sqlite_driver`): switching a pooled SQLite
+    connection to autocommit and back costs three trips to aiosqlite's thread around every
+    use (the isolation level twice, then a ``PRAGMA``).
+    """
     engine = sessions.kw["bind"]
+    if engine.dialect.name == "sqlite":
+        return engine
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 

@@ -353,7 +353,7 @@ class ConversationStore:
         if before_id is not None:
             query = query.where(_MESSAGES.c.id < bindparam("before_id"))
             params["before_id"] = before_id
-        async with self._autocommit.connect() as connection:
+        async with self._autocommit.begin() as connection:
             rows = (await connection.execute(query, params)).all()
         return [HistoryTurn(*row) for row in reversed(rows)]
 
@@ -364,8 +364,8 @@ class ConversationStore:
         turns, and ``turn`` stored under the newest of them unless its ``external_id`` is among
         them or the conversation is taken over (``None``: only read).
 
-        One statement on PostgreSQL (:func:`_open_turn_in_one_statement`), three on one
-        connection elsewhere; no transaction either way, as for :meth:`add_user_turn`.
+        One statement on PostgreSQL (:func:`_open_turn_in_one_statement`, committing by itself),
+        three in one transaction on SQLite (see :func:`feedback.database.autocommit_engine`).
         """
         params: dict[str, Any] = {
             "conversation_id": conversation_id,
@@ -376,7 +376,7 @@ class ConversationStore:
             params["external_id"] = turn.external_id
             values = turn.row_values(conversation_id, None)
             params.update((f"turn_{name}", value) for name, value in values.items())
-            async with self._autocommit.connect() as connection:
+            async with self._autocommit.begin() as connection:
                 rows = (await connection.execute(_OPEN_TURN, params)).all()
             history = sorted(
                 (HistoryTurn(*row[1:]) for row in rows if row.part == "history"),
@@ -385,7 +385,7 @@ class ConversationStore:
             user_turn_id = next((row.id for row in rows if row.part == "turn"), None)
             taken_over = any(row.part == "takeover" for row in rows)
             return OpenedTurn(history, user_turn_id, taken_over)
-        async with self._autocommit.connect() as connection:
+        async with self._autocommit.begin() as connection:
             taken_over = (await connection.execute(_TAKEN_OVER, params)).first() is not None
             rows = (await connection.execute(_HISTORY, params)).all()
             history = [HistoryTurn(*row) for row in reversed(rows)]
@@ -489,10 +489,11 @@ class ConversationStore:
     ) -> int:
         """Record what the user said (state ``pending`` until a reply is stored).
 
-        One ``INSERT ... RETURNING`` without a transaction around it.
+        One ``INSERT ... RETURNING``, committing by itself (PostgreSQL) or in a transaction of
+        its own (SQLite, see :func:`feedback.database.autocommit_engine`).
         """
         turn = NewUserTurn(user_id, user_name, text, external_id)
-        async with self._autocommit.connect() as connection:
+        async with self._autocommit.begin() as connection:
             result = await connection.execute(
                 _INSERT_NODE, turn.row_values(conversation_id, parent_id)
             )
@@ -529,7 +530,7 @@ class ConversationStore:
             "flags": list(flags),
         }
         if snapshot is not None and self._engine.dialect.name == "postgresql":
-            async with self._autocommit.connect() as connection:
+            async with self._autocommit.begin() as connection:
                 params = {f"candidate_{name}": value for name, value in node.items()}
                 params.update(
                     (f"snapshot_{name}", value) for name, value in snapshot.row_values().items()
@@ -550,7 +551,7 @@ class ConversationStore:
 
     async def mark_sent(self, candidate_id: int, external_id: str | None = None) -> None:
         """Mark a candidate as the reply that went out."""
-        async with self._autocommit.connect() as connection:
+        async with self._autocommit.begin() as connection:
             await connection.execute(_MARK_SENT, {"node_id": candidate_id, "sent_as": external_id})
 
     async def get_conversation(self, conversation_id: int) -> Conversation | None:
