@@ -54,13 +54,11 @@ class _SingleTripCursor(aiosqlite.Cursor):
         return rows, len(rows) == PREFETCH
 
     async def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> _SingleTripCursor:
-        rows, more = await self._execute(self._run, "execute", sql, parameters or ())
-        self._rows, self._more = rows, more
+        self._rows, self._more = await self._execute(self._run, "execute", sql, parameters or ())
         return self
 
     async def executemany(self, sql: str, parameters: Iterable[Iterable[Any]]) -> _SingleTripCursor:
-        rows, more = await self._execute(self._run, "executemany", sql, parameters)
-        self._rows, self._more = rows, more
+        self._rows, self._more = await self._execute(self._run, "executemany", sql, parameters)
         return self
 
     async def fetchone(self) -> sqlite3.Row | None:
@@ -83,8 +81,9 @@ class _SingleTripCursor(aiosqlite.Cursor):
         return taken
 
     async def _fill(self, size: int) -> None:
-        rows = await self._execute(self._cursor.fetchmany, max(size, PREFETCH))
-        self._more = len(rows) == max(size, PREFETCH)
+        size = max(size, PREFETCH)
+        rows = await self._execute(self._cursor.fetchmany, size)
+        self._more = len(rows) == size
         self._rows += rows
 
     async def close(self) -> None:
