@@ -11,17 +11,24 @@ database server). The default 60,000 turns make every page a full one; the first
 warm-up and not counted.
 
     .venv/bin/python bench/bench_api.py [--turns 60000] [--pages 50] [--format trl-sft]
-        [--backend postgresql|sqlite]
+        [--backend postgresql|sqlite] [--runs N] [--compare DIR]
+
+``--compare DIR`` serves the same database from another checkout too (``git worktree add DIR
+REV``), alternating the two run by run (``--runs`` each), so a change is measured side by side
+on a machine whose speed drifts; the report gives each side's runs and their medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
+import os
 import socket
+import statistics
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,7 +37,7 @@ import httpx
 from sqlalchemy import insert
 from sqlalchemy import text as sql
 
-from bench.common import cpu_seconds, scratch_database, summary
+from bench.common import cpu_seconds, percentile, scratch_database, summary
 from feedback.database import create_engine, migrate, session_factory
 from feedback.models import (
     Conversation,
@@ -132,19 +139,31 @@ async def seed(url: str, turns: int, conversations: int) -> str:
     return token
 
 
-def serve(url: str, port: int) -> None:
-    """The API in its own process, as `greenroom api` runs it."""
-    import uvicorn
+#: The API in its own process, as ``greenroom api`` runs it, from the checkout on ``sys.path``.
+_SERVE = """
+import asyncio, sys
+import uvicorn
+from feedback.api import create_app
+from feedback.database import create_engine, session_factory
 
-    from feedback.api import create_app
+async def main(url, port, secret):
+    engine = create_engine(url)
+    app = create_app(session_factory(engine), pseudonym_secret=secret)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    await uvicorn.Server(config).serve()
 
-    async def main() -> None:
-        engine = create_engine(url)
-        app = create_app(session_factory(engine), pseudonym_secret=SECRET)
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        await uvicorn.Server(config).serve()
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()))
+"""
+_ROOT = Path(__file__).resolve().parent.parent
 
-    asyncio.run(main())
+
+def serve(root: Path, url: str, port: int) -> subprocess.Popen[bytes]:
+    """Start the API of the checkout at ``root`` on ``port``."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _SERVE, url, str(port), SECRET.decode()],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
 
 
 def _free_port() -> int:
@@ -153,7 +172,17 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def measure(port: int, server_pid: int, token: str, fmt: str, pages: int, limit: int) -> None:
+@dataclass
+class Run:
+    """One run's timings: wall time and server CPU per request (seconds), page sizes."""
+
+    durations: list[float]
+    cpu: list[float]
+    sizes: list[int]
+    counts: list[int]
+
+
+def measure(port: int, server_pid: int, token: str, fmt: str, pages: int, limit: int) -> Run:
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as client:
         for _ in range(200):
@@ -184,28 +213,52 @@ def measure(port: int, server_pid: int, token: str, fmt: str, pages: int, limit:
                 cpu.append(cpu_used)
                 sizes.append(len(response.content))
                 counts.append(len(body["records"]))
-    print(
-        f"{fmt}: {min(counts):,} to {max(counts):,} records a page, "
-        f"{sum(sizes) / len(sizes) / 1e6:.1f} MB a page"
-    )
-    print(f"GET /v1/corrections limit={limit}: {summary(durations)}")
-    print(f"server CPU a request (10 ms ticks): {summary(cpu)}")
+    return Run(durations, cpu, sizes, counts)
 
 
-async def run(backend: str, turns: int, pages: int, fmt: str, limit: int) -> None:
+async def run(
+    backend: str, turns: int, pages: int, fmt: str, limit: int, runs: int, compare: Path | None
+) -> None:
+    sides = {"this": _ROOT}
+    if compare is not None:
+        sides = {str(compare): compare, **sides}
+    results: dict[str, list[Run]] = {side: [] for side in sides}
     async with scratch_database(backend) as url:
         started = time.perf_counter()
         token = await seed(url, turns, conversations=200)
         print(f"{backend}: seeded {turns:,} turns in {time.perf_counter() - started:.1f} s")
-        port = _free_port()
-        server = multiprocessing.get_context("spawn").Process(target=serve, args=(url, port))
-        server.start()
-        try:
-            assert server.pid is not None
-            await asyncio.to_thread(measure, port, server.pid, token, fmt, pages, limit)
-        finally:
-            server.terminate()
-            server.join()
+        for number in range(runs):
+            for side, root in sides.items():
+                port = _free_port()
+                server = serve(root, url, port)
+                try:
+                    result = await asyncio.to_thread(
+                        measure, port, server.pid, token, fmt, pages, limit
+                    )
+                finally:
+                    server.terminate()
+                    server.wait()
+                results[side].append(result)
+                print(
+                    f"run {number + 1} {side}: {summary(result.durations)}; "
+                    f"server CPU {summary(result.cpu)}",
+                    flush=True,
+                )
+    first = next(iter(results.values()))[0]
+    print(
+        f"{fmt}: {min(first.counts):,} to {max(first.counts):,} records a page, "
+        f"{sum(first.sizes) / len(first.sizes) / 1e6:.1f} MB a page"
+    )
+    for side, side_runs in results.items():
+        p50 = [statistics.median(r.durations) * 1000 for r in side_runs]
+        p99 = [percentile([d * 1000 for d in r.durations], 99) for r in side_runs]
+        cpu = [statistics.median(r.cpu) * 1000 for r in side_runs]
+        print(
+            f"{side}: GET /v1/corrections limit={limit}, median of {len(side_runs)} runs: "
+            f"p50 {statistics.median(p50):.1f} ms, p99 {statistics.median(p99):.1f} ms "
+            f"(per run {', '.join(f'{v:.0f}' for v in p99)}), "
+            f"server CPU p50 {statistics.median(cpu):.0f} ms (10 ms ticks)"
+        )
 
 
 def main() -> None:
@@ -215,8 +268,22 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=10_000)
     parser.add_argument("--format", default="trl-sft")
     parser.add_argument("--backend", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each side")
+    parser.add_argument(
+        "--compare", type=Path, help="another checkout to serve too, alternating run by run"
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.backend, args.turns, args.pages, args.format, args.limit))
+    asyncio.run(
+        run(
+            args.backend,
+            args.turns,
+            args.pages,
+            args.format,
+            args.limit,
+            args.runs,
+            None if args.compare is None else args.compare.resolve(),
+        )
+    )
 
 
 if __name__ == "__main__":

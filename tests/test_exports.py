@@ -24,6 +24,7 @@ from feedback.exports import (
     iter_turn_trees,
     record_to_jsonl,
 )
+from feedback.exports import tree as tree_module
 from feedback.models import ChannelSetting, GuildSetting, MessageNode, UserPrivacy
 from feedback.redact import pseudonym
 from tests.factories import ALICE_ACTOR, BOB_ACTOR, Turn, add_turn, snapshot_for
@@ -736,3 +737,58 @@ async def test_exports_turn_the_collector_back_on(
     assert gc.isenabled()
     await dry_run_counts(store._sessions, ExportFilter(), pseudonym_secret=SECRET)
     assert gc.isenabled()
+
+
+async def test_read_ahead_stops_at_the_turns_the_caller_needs(
+    store: ConversationStore, corrections: CorrectionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await build_scenario(store, corrections)
+    reads: list[int] = []
+    original = tree_module._read_turns
+
+    async def counted(*args: Any) -> Any:
+        reads.append(args[2])  # the position it reads after
+        return await original(*args)
+
+    monkeypatch.setattr(tree_module, "_read_turns", counted)
+    pages = iter_turn_trees(store._sessions, ExportFilter(), batch_size=2, read_ahead_until=4)
+    async with contextlib.aclosing(pages):
+        first = await anext(pages)
+        await asyncio.sleep(0.05)  # room for a read-ahead to run
+        assert len(reads) == 2  # this page and the next, read ahead
+        second = await anext(pages)
+        await asyncio.sleep(0.05)
+        assert len(reads) == 2  # 4 turns read: no third page until it is asked for
+        third = await anext(pages)
+        assert len(reads) == 3
+    assert [len(p) for p in (first, second, third)] == [2, 2, 2]
+    ids = [tree.user_turn_id for p in (first, second, third) for tree in p]
+    assert ids == sorted(set(ids))
+    everything = [
+        tree.user_turn_id
+        async for p in iter_turn_trees(store._sessions, ExportFilter(), batch_size=2)
+        for tree in p
+    ]
+    assert everything[:6] == ids
+
+
+async def test_retained_pages_are_the_pages_read(
+    store: ConversationStore, corrections: CorrectionStore
+) -> None:
+    await build_scenario(store, corrections)
+    retained: list[Any] = []
+    keys = [
+        key
+        async for key, _ in iter_records(
+            store._sessions,
+            "trl-sft",
+            ExportFilter(),
+            pseudonym_secret=SECRET,
+            batch_size=2,
+            retain=retained,
+        )
+    ]
+    turn_ids = [tree.user_turn_id for p in retained for tree in p]
+    assert all(len(p) <= 2 for p in retained)
+    assert set(keys) <= set(turn_ids)
+    assert turn_ids == sorted(turn_ids)

@@ -26,6 +26,7 @@ import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import text
+from starlette.background import BackgroundTask
 
 from feedback.api.auth import require_scope
 from feedback.api.errors import ApiError, install_error_handlers
@@ -144,13 +145,20 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
             after=after,
             limit=limit,
         )
-        return _json(
-            {
-                "records": result.records,
-                "next_cursor": result.next_cursor,
-                "has_more": result.has_more,
-            }
-        )
+        try:
+            body = orjson.dumps(
+                {
+                    "records": result.records,
+                    "next_cursor": result.next_cursor,
+                    "has_more": result.has_more,
+                }
+            )
+        except BaseException:
+            await result.release()
+            raise
+        # The page is freed after the response went out (see Page.release).
+        release = BackgroundTask(result.release)
+        return Response(body, media_type="application/json", background=release)
 
     @app.post(
         "/v1/leases",

@@ -6,15 +6,16 @@ and :mod:`feedback.redact`; this module pages them and cleans leased events the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from feedback.exports import iter_records
-from feedback.exports.collector import gc_paused
+from feedback.exports.collector import GcPause
 from feedback.redact import mask_names, pseudonym, redact
 
 if TYPE_CHECKING:
@@ -27,23 +28,48 @@ __all__ = ["CursorError", "Page", "decode_cursor", "encode_cursor", "lease_recor
 
 #: Longest cursor accepted; the ones we issue are far shorter.
 MAX_CURSOR_CHARS = 200
-#: User turns the exports read per query round: about one page's worth (fewer round trips for
-#: big pages), but not fewer than this (many turns give no record), nor more.
+#: User turns the exports read per query round: a page's worth split in this many rounds (the
+#: database reads the next while this process builds records from the last), but not fewer
+#: than ``_MIN_BATCH`` turns (many turns give no record), nor more than ``_MAX_BATCH``.
+_READS_A_PAGE = 4
 _MIN_BATCH = 500
 _MAX_BATCH = 10_001
+#: Records freed between two turns of the event loop by :meth:`Page.release`.
+_RELEASE_CHUNK = 2_000
 
 
 class CursorError(ValueError):
     """A cursor this API did not issue, or one issued for another format."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Page:
-    """One page: the records, the cursor to resume after them, and whether more were waiting."""
+    """One page: the records, the cursor to resume after them, and whether more were waiting.
+
+    A page also holds the conversation trees its records were built from, and keeps Python's
+    garbage collector paused, until :meth:`release`: the API releases it after the response
+    went out, so freeing (a third of the cost of building, on a 10,000-record page) and the
+    collection of the young objects are not in the response's time. A page dropped without
+    :meth:`release` frees everything and resumes collection as usual.
+    """
 
     records: list[dict[str, Any]]
     next_cursor: str | None
     has_more: bool
+    retained: list[Any] = field(default_factory=list)
+    pause: GcPause | None = None
+
+    async def release(self) -> None:
+        """Free the records and trees a piece at a time (the event loop runs in between, so
+        the rest of a large response keeps flowing), then let collection resume."""
+        while self.retained:
+            self.retained.pop()
+            await asyncio.sleep(0)
+        while self.records:
+            del self.records[-_RELEASE_CHUNK:]
+            await asyncio.sleep(0)
+        if self.pause is not None:
+            self.pause.end()
 
 
 def encode_cursor(fmt: str, key: int) -> str:
@@ -88,7 +114,9 @@ async def page(
     ``after``), so a trainer that reached the end can poll again later and receive only newer
     records.
     """
-    with gc_paused():
+    pause = GcPause()
+    retained: list[Any] = []
+    try:
         records: list[dict[str, Any]] = []
         last = after
         has_more = False
@@ -100,9 +128,11 @@ async def page(
             flt,
             pseudonym_secret=pseudonym_secret,
             after_id=after,
-            batch_size=min(max(limit + 1, _MIN_BATCH), _MAX_BATCH),
-            # One page is usually one batch: a read-ahead would mostly be thrown away.
-            prefetch=False,
+            batch_size=min(max(-(-(limit + 1) // _READS_A_PAGE), _MIN_BATCH), _MAX_BATCH),
+            # The next batch is read while this one is built, up to the turns a page needs
+            # when each gives a record (no batch is read to be thrown away).
+            read_ahead_until=limit + 1,
+            retain=retained,
         )
         async with contextlib.aclosing(source) as items:
             async for key, record in items:
@@ -123,10 +153,15 @@ async def page(
                 elif turn:
                     records.extend(turn)
                     last = turn_key
+    except BaseException:
+        pause.end()
+        raise
     return Page(
         records=records,
         next_cursor=None if last is None else encode_cursor(fmt, last),
         has_more=has_more,
+        retained=retained,
+        pause=pause,
     )
 
 

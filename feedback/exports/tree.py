@@ -534,6 +534,7 @@ async def iter_turn_trees(
     batch_size: int = DEFAULT_BATCH_SIZE,
     times: bool = True,
     prefetch: bool = True,
+    read_ahead_until: int | None = None,
     min_replies: int = 1,
 ) -> AsyncIterator[list[TurnTree]]:
     """Pages of :class:`TurnTree` in user-turn id order, after ``after_id`` up to ``last_id``.
@@ -547,7 +548,9 @@ async def iter_turn_trees(
     With ``prefetch`` the next page is read by a background task while the caller works on
     this one (at most two pages in memory). It only progresses while the caller awaits
     something, so a caller that spends long on a page should ``await asyncio.sleep(0)`` now
-    and then. The task is cancelled when the iteration is closed early.
+    and then. The task is cancelled when the iteration is closed early. A caller that needs
+    about N turns passes ``read_ahead_until=N``: once N turns are read, the next page is read
+    only when asked for, so none is read to be thrown away.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -556,29 +559,27 @@ async def iter_turn_trees(
         base = base.where(MessageNode.id <= last_id)
     base = base.order_by(MessageNode.id).limit(batch_size)
     position = after_id if after_id is not None else 0
-    if not prefetch:
+    turns_read = 0
+    pending: asyncio.Task[tuple[list[Any], list[TurnTree]]] | None = None
+    try:
         while True:
-            turn_rows, page = await _read_turns(sessions, base, position, times, min_replies)
+            if pending is not None:
+                turn_rows, page = await pending
+                pending = None
+            else:
+                turn_rows, page = await _read_turns(sessions, base, position, times, min_replies)
             if not turn_rows:
                 return
             position = turn_rows[-1][0]
-            yield page
-            if len(turn_rows) < batch_size:
-                return
-    pending: asyncio.Task[tuple[list[Any], list[TurnTree]]] | None = asyncio.ensure_future(
-        _read_turns(sessions, base, position, times, min_replies)
-    )
-    try:
-        while pending is not None:
-            turn_rows, page = await pending
-            pending = None
-            if not turn_rows:
-                return
-            if len(turn_rows) == batch_size:
+            turns_read += len(turn_rows)
+            more = len(turn_rows) == batch_size
+            if more and prefetch and (read_ahead_until is None or turns_read < read_ahead_until):
                 pending = asyncio.ensure_future(
-                    _read_turns(sessions, base, turn_rows[-1][0], times, min_replies)
+                    _read_turns(sessions, base, position, times, min_replies)
                 )
             yield page
+            if not more:
+                return
     finally:
         if pending is not None:
             pending.cancel()

@@ -84,11 +84,16 @@ async def iter_records(
     after_id: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     prefetch: bool = True,
+    read_ahead_until: int | None = None,
+    retain: list[Any] | None = None,
 ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
     """``(user turn id, record)`` of format ``fmt`` after ``after_id``, in a stable order.
 
     With ``prefetch`` the next page of ``batch_size`` turns is read while the caller consumes
-    this one (two pages in memory; wasted if the caller stops early).
+    this one (two pages in memory; wasted if the caller stops early), until
+    ``read_ahead_until`` turns were read (see :func:`~feedback.exports.tree.iter_turn_trees`).
+    Each page of trees read is appended to ``retain`` when it is given, so the caller decides
+    when they are freed (freeing a page of trees costs about a third of building its records).
     """
     check_format(fmt)
     builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
@@ -99,10 +104,13 @@ async def iter_records(
         batch_size=batch_size,
         times=builder.needs_times(fmt),
         prefetch=prefetch,
+        read_ahead_until=read_ahead_until,
         min_replies=builder.min_replies(fmt),
     )
     async with contextlib.aclosing(pages):
         async for page in pages:
+            if retain is not None:
+                retain.append(page)
             for index, tree in enumerate(page):
                 if index % _YIELD_EVERY == _YIELD_EVERY - 1:
                     await asyncio.sleep(0)
