@@ -26,11 +26,11 @@ from feedback.exports import (
     ExportError,
     ExportFilter,
     check_format,
-    count_turns,
     dry_run_counts,
     export_to_file,
     parse_split,
     parse_time,
+    progress_total,
 )
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ async def _export(
     splits: dict[str, float] | None,
     seed: int,
 ) -> dict[str, int]:
-    total = await count_turns(sessions, flt)
+    total = await progress_total(sessions, flt, (fmt,))
     with _progress() as progress:
         task = progress.add_task(f"export {fmt}", total=total)
         return await export_to_file(
@@ -167,7 +167,7 @@ async def _dry_run(
     flt: ExportFilter,
     formats: tuple[str, ...],
 ) -> dict[str, dict[str, int]]:
-    total = await count_turns(sessions, flt)
+    total = await progress_total(sessions, flt, formats)
     with _progress() as progress:
         task = progress.add_task("count", total=total)
         return await dry_run_counts(

@@ -22,6 +22,7 @@ from feedback.exports import (
     export_to_file,
     iter_records,
     iter_turn_trees,
+    progress_total,
     record_to_jsonl,
 )
 from feedback.exports import tree as tree_module
@@ -581,7 +582,9 @@ async def test_export_with_a_helper_process_writes_the_same_files(
         )
         files = {path.name: path.read_bytes() for path in sorted(out.parent.iterdir())}
         assert list(files) == ["export.test.jsonl", "export.train.jsonl"]  # no temporary left
-        assert sum(counts.values()) > 0 and sum(seen) == 14
+        total = await progress_total(store._sessions, ExportFilter(), (fmt,))
+        assert sum(counts.values()) > 0 and sum(seen) == total
+        assert total == (3 if fmt == "trl-dpo" else 14)  # turns with two replies, or all
         outputs.append((counts, files))
     assert outputs[0] == outputs[1]
 
@@ -606,6 +609,21 @@ async def test_export_to_file_counts_progress_and_lines(
     lines = out.read_text(encoding="utf-8").splitlines()
     assert counts == {"all": len(lines)} and seen == [4, 2]
     assert lines == [record_to_jsonl(r) for _, r in await _records(store._sessions, "trl-kto")]
+    assert sum(seen) == await progress_total(store._sessions, ExportFilter(), ("trl-kto",))
+    # a preference export reads only the turns with two replies, and its total says so
+    seen.clear()
+    await export_to_file(
+        store._sessions,
+        "trl-dpo",
+        ExportFilter(),
+        tmp_path / "dpo.jsonl",
+        pseudonym_secret=SECRET,
+        progress=seen.append,
+        batch_size=4,
+    )
+    assert sum(seen) == await progress_total(store._sessions, ExportFilter(), ("trl-dpo",)) == 3
+    # a dry run of several formats reads what the widest of them reads
+    assert await progress_total(store._sessions, ExportFilter(), ("trl-dpo", "oasst")) == 6
 
 
 async def test_export_to_a_missing_folder_leaves_nothing(

@@ -6,6 +6,7 @@ Library functions shared by the ``greenroom export`` command and the HTTP API:
 - :func:`iter_records` streams ``(user turn id, record)`` in a stable order
 - :func:`export_to_file` writes one file per split, atomically
 - :func:`dry_run_counts` counts records per format and persona
+- :func:`progress_total` is the number of user turns either reads (a progress bar's total)
 - :func:`record_to_jsonl` serialises one record
 
 What a record is, per format, is documented in :mod:`feedback.exports.records`.
@@ -28,6 +29,7 @@ from feedback.exports.writer import (
     dry_run_counts,
     export_to_file,
     iter_records,
+    progress_total,
     record_to_jsonl,
     split_paths,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "parse_split",
     "parse_tags",
     "parse_time",
+    "progress_total",
     "record_to_jsonl",
     "split_paths",
 ]

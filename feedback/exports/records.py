@@ -161,26 +161,37 @@ class RecordBuilder:
         persona = tree.persona.casefold()
         return tuple(sorted(name for name in names if name and name.casefold() != persona))
 
+    def _messages(self, snapshot: Snapshot, names: tuple[str, ...]) -> list[dict[str, str]]:
+        """The snapshot's messages, cleaned: the hot loop of every format (one dict lookup a
+        message, in the usual case)."""
+        get = (self._young.get(names) or {}).get
+        miss = self._clean_miss
+        return [
+            {"role": message["role"], "content": get(content) or miss(content, names)}
+            for message in snapshot.messages
+            for content in (message["content"],)
+        ]
+
     def _context(self, tree: TurnTree, node: ReplyNode) -> list[dict[str, str]] | None:
         snapshot = tree.snapshot_for(node)
         if snapshot is None:
             return None
-        names = self._names(tree, snapshot)
-        # The hot loop of every format: one dict lookup a message, in the usual case.
-        cache = self._young.get(names) or {}
-        miss = self._clean_miss
-        context = []
-        for message in snapshot.messages:
-            content = message["content"]
-            cleaned = cache.get(content)
-            if cleaned is None:
-                cleaned = miss(content, names)
-            context.append({"role": message["role"], "content": cleaned})
-        return context
+        return self._messages(snapshot, self._names(tree, snapshot))
 
     def _reply(self, tree: TurnTree, node: ReplyNode) -> dict[str, str]:
         names = self._names(tree, tree.snapshot_for(node))
         return {"role": "assistant", "content": self._clean(node.content, names)}
+
+    def _context_and_reply(
+        self, tree: TurnTree, node: ReplyNode
+    ) -> tuple[list[dict[str, str]], dict[str, str]] | None:
+        """:meth:`_context` and :meth:`_reply` of one node, its names worked out once."""
+        snapshot = tree.snapshot_for(node)
+        if snapshot is None:
+            return None
+        names = self._names(tree, snapshot)
+        reply = {"role": "assistant", "content": self._clean(node.content, names)}
+        return self._messages(snapshot, names), reply
 
     # -- verdicts ------------------------------------------------------------------------
 
@@ -235,10 +246,12 @@ class RecordBuilder:
             return None
         if not final.carries_any(self.filter.tags):
             return None
-        context = self._context(tree, final)
-        if context is None:
+        prompt = self._context_and_reply(tree, final)
+        if prompt is None:
             return None
-        return [*context, self._reply(tree, final)]
+        context, reply = prompt
+        context.append(reply)
+        return context
 
     def dpo_triples(
         self, tree: TurnTree
@@ -268,12 +281,10 @@ class RecordBuilder:
                 label = False
             else:
                 continue
-            context = self._context(tree, node)
-            if context is None:
+            prompt = self._context_and_reply(tree, node)
+            if prompt is None:
                 continue
-            records.append(
-                {"prompt": context, "completion": [self._reply(tree, node)], "label": label}
-            )
+            records.append({"prompt": prompt[0], "completion": [prompt[1]], "label": label})
         return records
 
     def oasst_tree(self, tree: TurnTree) -> dict[str, Any] | None:

@@ -199,8 +199,10 @@ class TurnTree:
     @property
     def final(self) -> ReplyNode | None:
         """The reply that went out (the latest if several were marked), or ``None``."""
-        finals = [node for node in self.replies if node.is_final]
-        return finals[-1] if finals else None
+        for node in reversed(self.replies):
+            if node.state in FINAL_STATES:
+                return node
+        return None
 
     def node(self, node_id: int) -> ReplyNode | None:
         """The sibling with this id, if it is under this turn."""
@@ -254,10 +256,10 @@ def consent_rule(flt: ExportFilter) -> tuple[list[Any], ColumnElement[bool]]:
     return joins, condition
 
 
-def _turn_query(flt: ExportFilter, *, times: bool = True, count_replies: bool = False) -> Any:
-    """User turns that pass the filter and consent (columns: id, conversation id, author id and
-    name, content, persona, scope, with ``times`` the creation time, and with ``count_replies``
-    last the number of assistant replies)."""
+def _turn_query(flt: ExportFilter, *, times: bool = True, min_replies: int = 1) -> Any:
+    """User turns that pass the filter and consent, and with ``min_replies`` above 1 have at
+    least that many assistant replies (columns: id, conversation id, author id and name,
+    content, persona, scope, with ``times`` the creation time)."""
     joins, consent = consent_rule(flt)
     columns: list[Any] = [
         MessageNode.id,
@@ -270,13 +272,6 @@ def _turn_query(flt: ExportFilter, *, times: bool = True, count_replies: bool = 
     ]
     if times:
         columns.append(MessageNode.created_at)
-    if count_replies:
-        reply = aliased(MessageNode)
-        columns.append(
-            select(func.count())
-            .where(reply.parent_id == MessageNode.id, reply.role == "assistant")
-            .scalar_subquery()
-        )
     query = select(*columns).join(Conversation, Conversation.id == MessageNode.conversation_id)
     for target, on in joins:
         query = query.outerjoin(target, on)
@@ -287,6 +282,14 @@ def _turn_query(flt: ExportFilter, *, times: bool = True, count_replies: bool = 
         conditions.append(MessageNode.created_at < flt.until)
     if flt.persona is not None:
         conditions.append(Conversation.persona == flt.persona)
+    if min_replies > 1:
+        reply = aliased(MessageNode)
+        replies = (
+            select(func.count())
+            .where(reply.parent_id == MessageNode.id, reply.role == "assistant")
+            .scalar_subquery()
+        )
+        conditions.append(replies >= min_replies)
     return query.where(*conditions)
 
 
@@ -301,9 +304,12 @@ async def turn_id_range(
     return first, last
 
 
-async def count_turns(sessions: async_sessionmaker[AsyncSession], flt: ExportFilter) -> int:
-    """How many user turns the filter selects (the total of a progress bar)."""
-    subquery = _turn_query(flt, times=False).subquery()
+async def count_turns(
+    sessions: async_sessionmaker[AsyncSession], flt: ExportFilter, *, min_replies: int = 1
+) -> int:
+    """How many user turns the filter selects (the total of a progress bar; pass the
+    ``min_replies`` the export reads with, see :func:`iter_turn_trees`)."""
+    subquery = _turn_query(flt, times=False, min_replies=min_replies).subquery()
     async with sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(subquery)) or 0)
 
@@ -444,13 +450,9 @@ def _tags(raw: str | None) -> tuple[str, ...]:
 
 
 async def _read_page(
-    connection: AsyncConnection, turn_rows: list[Any], *, times: bool = True, min_replies: int = 1
+    connection: AsyncConnection, turn_rows: list[Any], *, times: bool = True
 ) -> list[TurnTree]:
-    """The trees of ``turn_rows``: three more queries (replies, their events, snapshots).
-
-    With ``min_replies`` above 1 the rows end with their reply count, and the replies of turns
-    with fewer are not read (their trees stay empty).
-    """
+    """The trees of ``turn_rows``: three more queries (replies, their events, snapshots)."""
     queries = _page_queries(connection.dialect, times)
     driver = (await connection.get_raw_connection()).driver_connection
     trees: dict[int, TurnTree] = {}
@@ -458,14 +460,9 @@ async def _read_page(
         trees[row[0]] = TurnTree(
             row[0], row[1], row[5], row[6], row[2], row[3], row[4], row[7] if times else None
         )
-    wanted = list(trees)
-    if min_replies > 1:
-        wanted = [row[0] for row in turn_rows if row[-1] >= min_replies]
-        if not wanted:
-            return list(trees.values())
     nodes: dict[int, ReplyNode] = {}
     snapshot_ids: set[int] = set()
-    for row in await queries.replies.rows(driver, wanted):
+    for row in await queries.replies.rows(driver, list(trees)):
         node = ReplyNode(
             row[0],
             row[2],
@@ -513,7 +510,6 @@ async def _read_turns(
     base: Any,
     position: int,
     times: bool,
-    min_replies: int,
 ) -> tuple[list[Any], list[TurnTree]]:
     """One page in its own short transaction: the turn rows after ``position``, and the trees."""
     async with sessions() as session:
@@ -521,7 +517,7 @@ async def _read_turns(
         turn_rows = (await connection.execute(base.where(MessageNode.id > position))).all()
         if not turn_rows:
             return turn_rows, []
-        trees = await _read_page(connection, turn_rows, times=times, min_replies=min_replies)
+        trees = await _read_page(connection, turn_rows, times=times)
         return turn_rows, trees
 
 
@@ -542,8 +538,8 @@ async def iter_turn_trees(
     Each page is read in its own short transaction, so a long export never holds a database
     snapshot open; turns added while it runs are picked up if their id is still ahead.
     ``times=False`` leaves ``created_at`` out (``None``): only the oasst format shows times.
-    With ``min_replies`` above 1, turns with fewer assistant replies come without them (empty
-    ``replies``, nothing else read for them): preference pairs need two siblings.
+    With ``min_replies`` above 1, turns with fewer assistant replies are left out (the database
+    skips them): preference pairs need two siblings, and most turns have one reply.
 
     With ``prefetch`` the next page is read by a background task while the caller works on
     this one (at most two pages in memory). It only progresses while the caller awaits
@@ -554,7 +550,7 @@ async def iter_turn_trees(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    base = _turn_query(flt, times=times, count_replies=min_replies > 1)
+    base = _turn_query(flt, times=times, min_replies=min_replies)
     if last_id is not None:
         base = base.where(MessageNode.id <= last_id)
     base = base.order_by(MessageNode.id).limit(batch_size)
@@ -567,16 +563,14 @@ async def iter_turn_trees(
                 turn_rows, page = await pending
                 pending = None
             else:
-                turn_rows, page = await _read_turns(sessions, base, position, times, min_replies)
+                turn_rows, page = await _read_turns(sessions, base, position, times)
             if not turn_rows:
                 return
             position = turn_rows[-1][0]
             turns_read += len(turn_rows)
             more = len(turn_rows) == batch_size
             if more and prefetch and (read_ahead_until is None or turns_read < read_ahead_until):
-                pending = asyncio.ensure_future(
-                    _read_turns(sessions, base, position, times, min_replies)
-                )
+                pending = asyncio.ensure_future(_read_turns(sessions, base, position, times))
             yield page
             if not more:
                 return

@@ -39,7 +39,12 @@ import orjson
 from feedback.exports.collector import collect_young, gc_paused
 from feedback.exports.filters import FORMATS, ExportError, check_format
 from feedback.exports.records import RecordBuilder
-from feedback.exports.tree import DEFAULT_BATCH_SIZE, iter_turn_trees, turn_id_range
+from feedback.exports.tree import (
+    DEFAULT_BATCH_SIZE,
+    count_turns,
+    iter_turn_trees,
+    turn_id_range,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -52,6 +57,7 @@ __all__ = [
     "dry_run_counts",
     "export_to_file",
     "iter_records",
+    "progress_total",
     "record_to_jsonl",
     "split_paths",
 ]
@@ -63,6 +69,10 @@ _WRITE_CHUNK = 512
 #: :func:`~feedback.exports.tree.iter_turn_trees`) progress while this page is built.
 _YIELD_EVERY = 128
 _LINE = orjson.OPT_APPEND_NEWLINE
+#: Pages between two collections of the young generations while records are built: each
+#: walks every live young object (two pages of trees), so once a page cost 5 % of an export;
+#: the few cycles of the database layer wait a little longer to be freed.
+_COLLECT_EVERY = 8
 #: Selected user turns (by id span; ids are shared with replies, so it overstates them) from
 #: which an export takes a helper process: starting one costs about a second of imports.
 PARALLEL_MIN_TURNS = 50_000
@@ -116,6 +126,17 @@ async def iter_records(
                     await asyncio.sleep(0)
                 for record in builder.records(tree, fmt):
                     yield tree.user_turn_id, record
+
+
+async def progress_total(
+    sessions: async_sessionmaker[AsyncSession], flt: ExportFilter, formats: tuple[str, ...]
+) -> int:
+    """The user turns an export (or dry run) of ``formats`` reads: the total of the turns its
+    ``progress`` callback reports (preference formats read only turns with two replies)."""
+    for fmt in formats:
+        check_format(fmt)
+    min_replies = min(RecordBuilder.min_replies(fmt) for fmt in formats)
+    return await count_turns(sessions, flt, min_replies=min_replies)
 
 
 def split_paths(out: Path, split: dict[str, float] | None) -> dict[str, Path]:
@@ -264,6 +285,7 @@ class _Part:
         counts = dict.fromkeys(handles, 0)
         buffers: dict[str, list[bytes]] = {name: [] for name in handles}
         dumps = orjson.dumps
+        read = 0
         with gc_paused():
             pages = iter_turn_trees(
                 sessions,
@@ -276,7 +298,9 @@ class _Part:
             )
             async with contextlib.aclosing(pages):
                 async for page in pages:
-                    collect_young()
+                    read += 1
+                    if read % _COLLECT_EVERY == 0:
+                        collect_young()
                     for index, tree in enumerate(page):
                         if index % _YIELD_EVERY == _YIELD_EVERY - 1:
                             await asyncio.sleep(0)
@@ -420,13 +444,16 @@ async def dry_run_counts(
     counts: dict[str, dict[str, int]] = {fmt: {} for fmt in formats}
     times = any(builder.needs_times(fmt) for fmt in formats)
     min_replies = min(builder.min_replies(fmt) for fmt in formats)
+    read = 0
     with gc_paused():
         pages = iter_turn_trees(
             sessions, flt, batch_size=batch_size, times=times, min_replies=min_replies
         )
         async with contextlib.aclosing(pages):
             async for page in pages:
-                collect_young()
+                read += 1
+                if read % _COLLECT_EVERY == 0:
+                    collect_young()
                 for index, tree in enumerate(page):
                     if index % _YIELD_EVERY == _YIELD_EVERY - 1:
                         await asyncio.sleep(0)
