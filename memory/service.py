@@ -38,12 +38,12 @@ import numpy as np
 from .consistency import find_conflicts, voice_centroid
 from .errors import MemoryInputError, MemoryStoreError
 from .facts import extract_facts, split_sentences
+from .sealing import SealedCollection
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
     from chromadb.api import ClientAPI
-    from chromadb.api.models.Collection import Collection
 
     from .embedding import Embedder
 
@@ -234,7 +234,7 @@ class MemoryService:
         self.similarity_gate = similarity_gate
         self.drift_threshold = drift_threshold
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="memory")
-        self._handles: dict[str, Collection] = {}
+        self._handles: dict[str, SealedCollection] = {}
         self._handles_lock = threading.Lock()
         self._persona_hash: dict[str, str] = {}
         self._canon_cache: dict[str, tuple[list[str], np.ndarray, list[str], list[float]]] = {}
@@ -328,12 +328,16 @@ class MemoryService:
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self._embedder.embed(list(texts)), dtype=np.float32)
 
-    def _collection(self, name: str) -> Collection:
+    def _collection(self, name: str) -> SealedCollection:
+        """The collection ``name`` (made on first use), its writes sealed (see
+        :mod:`memory.sealing`)."""
         with self._handles_lock:
             handle = self._handles.get(name)
         if handle is None:
-            handle = self._client.get_or_create_collection(
-                name, embedding_function=None, metadata=dict(_COLLECTION_METADATA)
+            handle = SealedCollection(
+                self._client.get_or_create_collection(
+                    name, embedding_function=None, metadata=dict(_COLLECTION_METADATA)
+                )
             )
             with self._handles_lock:
                 self._handles[name] = handle
@@ -342,7 +346,7 @@ class MemoryService:
     def _scope_name(self, persona: str, user_id: str) -> str:
         return f"{_SCOPE_PREFIX}{_digest(user_id)}_{_digest(persona)}"
 
-    def _scope(self, persona: str, user_id: str) -> Collection:
+    def _scope(self, persona: str, user_id: str) -> SealedCollection:
         return self._collection(self._scope_name(persona, user_id))
 
     def _user_collections(self, user_id: str) -> list[str]:
@@ -393,7 +397,7 @@ class MemoryService:
         except NotFoundError:
             return False
         with self._handles_lock:
-            self._handles.setdefault(name, collection)
+            self._handles.setdefault(name, SealedCollection(collection))
         probe = np.full((1, self._dim()), self._dim() ** -0.5, dtype=np.float32)
         collection.query(query_embeddings=probe, n_results=1, include=[])
         self._canon(persona)
@@ -558,7 +562,7 @@ class MemoryService:
 
     def _apply_facts(
         self,
-        scope: Collection,
+        scope: SealedCollection,
         persona: str,
         user_id: str,
         subject: Literal["user", "persona"],
@@ -1085,7 +1089,9 @@ class MemoryService:
         with self._handles_lock:
             self._handles.pop(name, None)
         try:
-            history = self._client.get_collection(f"{_HISTORY_PREFIX}{_digest(user_id)}")
+            history = SealedCollection(
+                self._client.get_collection(f"{_HISTORY_PREFIX}{_digest(user_id)}")
+            )
         except NotFoundError:
             return removed
         ids = history.get(where={"persona": persona}, include=[])["ids"]

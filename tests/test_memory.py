@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import resource
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -21,7 +23,15 @@ from memory import (
     extract_facts,
     format_memory_lines,
 )
-from memory.service import _CANON_PREFIX, _HISTORY_PREFIX, _SCOPE_PREFIX, _VOICE_PREFIX, _digest
+from memory.sealing import SealedCollection
+from memory.service import (
+    _CANON_PREFIX,
+    _COLLECTION_METADATA,
+    _HISTORY_PREFIX,
+    _SCOPE_PREFIX,
+    _VOICE_PREFIX,
+    _digest,
+)
 
 PERSONA = "Marlowe"
 CANON = ["I grew up in Lisbon.", "I am 34.", "I have a sister.", "I work as a lighthouse keeper."]
@@ -362,6 +372,76 @@ def test_embedded_store_indexes_chromas_lookups_by_collection(tmp_path: Path) ->
         connection.close()
     assert "greenroom_embeddings_queue_topic" in str(log_plan)
     assert "greenroom_segments_collection" in str(segments_plan)
+
+
+def _open_with_a_small_index_cache(store: Path) -> tuple[MemoryService, int]:
+    """A store whose Chroma keeps few indexes loaded, and how many: Chroma sizes its cache from
+    the open-files limit at start (a fifth of it), lowered here for that moment only."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = len(os.listdir("/proc/self/fd")) + 100
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, soft), hard))
+    try:
+        return MemoryService.open(path=store, embedder=HashingEmbedder()), min(limit, soft) // 5
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_writes_survive_the_index_cache_evicting_their_scope(tmp_path: Path) -> None:
+    # Without sealing, Chroma loads an evicted index back without its last unpersisted write:
+    # a one-record scope fails every query, a rewritten turn shows its old text again.
+    memory, cached = _open_with_a_small_index_cache(tmp_path / "chroma")
+    users = [f"discord:{n}" for n in range(cached + 30)]
+    try:
+        for user in users:
+            await memory.pin(
+                persona=PERSONA, user_id=user, text=f"{user} owns a kayak.", source="user"
+            )
+            assert await memory.recall(persona=PERSONA, user_id=user, query_texts=["kayak"])
+        rewritten = users[:20]
+        for user in rewritten:
+            await _say(memory, user, 0, "I sail a blue boat on weekends.")
+            await memory.replace_turn(
+                persona=PERSONA,
+                user_id=user,
+                turn_id=f"{user}-{PERSONA}-0",
+                text="I sail a green boat on weekends.",
+            )
+        for user in users[20:]:  # push the rewritten scopes out of the cache
+            await memory.recall(persona=PERSONA, user_id=user, query_texts=["kayak"])
+        for user in users:
+            hits = await memory.recall(persona=PERSONA, user_id=user, query_texts=["boat kayak"])
+            texts = [hit.text for hit in hits]
+            assert f"{user} owns a kayak." in texts
+            if user in rewritten:
+                assert "I sail a green boat on weekends." in texts
+                assert not any("blue" in text for text in texts)
+    finally:
+        memory.close()
+
+
+def test_a_sealed_deletion_stays_deleted_after_an_eviction(tmp_path: Path) -> None:
+    memory, cached = _open_with_a_small_index_cache(tmp_path / "chroma")
+    client = memory._client
+    rng = np.random.default_rng(3)
+    try:
+        names = [f"gr_t_{n}" for n in range(cached + 30)]
+        for name in names:
+            collection = SealedCollection(
+                client.create_collection(name, metadata=dict(_COLLECTION_METADATA))
+            )
+            vectors = rng.standard_normal((2, 8)).astype(np.float32)
+            # two records reach disk together; the deletion alone would not (unsealed, "gone"
+            # is found again once the index is evicted and loaded back)
+            collection.collection.add(ids=["keep", "gone"], embeddings=vectors)
+            collection.delete(ids=["gone"])
+            collection.query(query_embeddings=vectors[:1], n_results=2)
+        for name in names:  # each was evicted and is loaded again
+            found = client.get_collection(name).query(
+                query_embeddings=rng.standard_normal((1, 8)).astype(np.float32), n_results=2
+            )
+            assert found["ids"] == [["keep"]]
+    finally:
+        memory.close()
 
 
 def test_collection_names_carry_no_personal_data() -> None:
