@@ -105,7 +105,11 @@ def open_memory(settings: Settings) -> MemoryPort | None:
         return MemoryService.open(
             host=settings.memory.chroma_host, port=settings.memory.chroma_port, embedder=embedder
         )
-    return MemoryService.open(path=settings.data_dir / "chroma", embedder=embedder)
+    return MemoryService.open(
+        path=settings.data_dir / "chroma",
+        embedder=embedder,
+        index_cache_size=settings.memory.index_cache_scopes,
+    )
 
 
 @asynccontextmanager

@@ -75,6 +75,9 @@ class MemorySettings(BaseModel):
     embedding_backend: Literal["onnx-int8", "onnx", "torch"] = "onnx-int8"
     recall_k: int = Field(default=6, ge=0, le=50)
     recall_token_budget: int = Field(default=200, ge=0, le=4000)
+    #: Scopes (persona and user) whose vector indexes the embedded store keeps loaded, about
+    #: 2.8 MB each; an evicted scope is loaded again on its next use (a few ms).
+    index_cache_scopes: int = Field(default=1024, ge=8, le=100_000)
 
 
 class ChatLimits(BaseModel):

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import numpy as np
 
+from .chroma_api import index_cache_limit
 from .consistency import find_conflicts, voice_centroid
 from .errors import MemoryInputError, MemoryStoreError
 from .facts import extract_facts, split_sentences
@@ -79,6 +80,9 @@ _VOICE_PREFIX = "gr_v_"
 # which made a cold query 60+ ms on 100k memories in 3,000 collections.
 _COLLECTION_METADATA = {"hnsw:space": "cosine", "hnsw:batch_size": 2, "hnsw:sync_threshold": 2}
 _ADD_CHUNK = 5000
+#: Scopes whose indexes an embedded store keeps loaded at most (see :mod:`memory.chroma_api`):
+#: about 2.8 GB; Chroma's own default is the open-files limit / 5, often 204 or 4,000.
+DEFAULT_INDEX_CACHE_SIZE = 1024
 #: Scopes :meth:`MemoryService.preload` loads by default: well within Chroma's index cache.
 _PRELOAD_LIMIT = 128
 _TURN_HALF_LIFE_DAYS = 14.0
@@ -251,13 +255,15 @@ class MemoryService:
         host: str | None = None,
         port: int = 8000,
         embedder: Embedder,
+        index_cache_size: int = DEFAULT_INDEX_CACHE_SIZE,
         **options: Any,
     ) -> MemoryService:
         """Open the store: ``chromadb.PersistentClient(path)``, or ``HttpClient(host, port)``.
 
-        A directory that cannot be created or read, a corrupted database, or an unreachable
-        server raises :class:`MemoryStoreError` naming the path or address. ``options`` go to
-        the constructor (``timeout_s``, thresholds).
+        An embedded store keeps about ``index_cache_size`` scopes' indexes loaded at most (see
+        :mod:`memory.chroma_api`). A directory that cannot be created or read, a corrupted
+        database, or an unreachable server raises :class:`MemoryStoreError` naming the path or
+        address. ``options`` go to the constructor (``timeout_s``, thresholds).
         """
         import chromadb
         from chromadb.config import Settings
@@ -280,7 +286,8 @@ class MemoryService:
             probe = path / ".greenroom-write-probe"
             probe.write_bytes(b"")
             probe.unlink()
-            client = chromadb.PersistentClient(path=str(path), settings=settings)
+            with index_cache_limit(index_cache_size):
+                client = chromadb.PersistentClient(path=str(path), settings=settings)
             client.list_collections(limit=1)
             _index_chroma_lookups(path / "chroma.sqlite3")
         except Exception as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from memory import (
     extract_facts,
     format_memory_lines,
 )
+from memory.chroma_api import FILES_PER_INDEX, SPARE_FILES, index_cache_limit
 from memory.sealing import SealedCollection
 from memory.service import (
     _CANON_PREFIX,
@@ -375,15 +377,38 @@ def test_embedded_store_indexes_chromas_lookups_by_collection(tmp_path: Path) ->
 
 
 def _open_with_a_small_index_cache(store: Path) -> tuple[MemoryService, int]:
-    """A store whose Chroma keeps few indexes loaded, and how many: Chroma sizes its cache from
-    the open-files limit at start (a fifth of it), lowered here for that moment only."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit = len(os.listdir("/proc/self/fd")) + 100
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, soft), hard))
+    """A store whose Chroma keeps few indexes loaded, and about how many (the cache keeps room
+    for the files the process has open, see :func:`memory.chroma_api.index_cache_limit`)."""
+    cached = (len(os.listdir("/proc/self/fd")) + SPARE_FILES) // FILES_PER_INDEX
+    memory = MemoryService.open(path=store, embedder=HashingEmbedder(), index_cache_size=1)
+    return memory, cached
+
+
+def _loaded_indexes(store: Path) -> int:
+    """Indexes of the store at ``store`` that are loaded: their open header files."""
+    count = 0
+    for descriptor in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(descriptor)
+            count += target.startswith(str(store)) and target.endswith("header.bin")
+    return count
+
+
+async def test_embedded_store_keeps_a_bounded_number_of_indexes_loaded(tmp_path: Path) -> None:
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    store = tmp_path / "chroma"
+    memory, cached = _open_with_a_small_index_cache(store)
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == limits  # lowered only for the start
     try:
-        return MemoryService.open(path=store, embedder=HashingEmbedder()), min(limit, soft) // 5
+        users = [f"discord:{n}" for n in range(cached + 30)]
+        for user in users:
+            await memory.add_many(persona=PERSONA, user_id=user, texts=[f"{user} rows a kayak."])
+            await memory.recall(persona=PERSONA, user_id=user, query_texts=["kayak"])
+        assert 0 < _loaded_indexes(store) < len(users)
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        memory.close()
+    with pytest.raises(ValueError, match="room for one index"), index_cache_limit(0):
+        pass
 
 
 async def test_writes_survive_the_index_cache_evicting_their_scope(tmp_path: Path) -> None:
