@@ -96,10 +96,20 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 @contextlib.asynccontextmanager
 async def autocommit(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session whose statements each commit on their own: no ``BEGIN``/``COMMIT``/``ROLLBACK``
-    round trips. Only for reads and single-statement writes, which are atomic by themselves; a
-    write of several statements that must land together needs a normal session."""
+    """A session for reads and single-statement writes, with no transaction round trips.
+
+    On PostgreSQL each statement commits on its own (``AUTOCOMMIT``: no ``BEGIN``/``COMMIT``/
+    ``ROLLBACK``). On SQLite the block is one transaction committed at its end, which costs no
+    trip for a block that only read (see :mod:`feedback.sqlite_driver`); switching the pooled
+    SQLite connection to autocommit and back cost three trips to its thread. Only for reads and
+    single-statement writes, which are atomic by themselves; a write of several statements
+    that must land together needs a normal session.
+    """
     async with sessions() as session:
+        if session.bind is not None and session.bind.dialect.name == "sqlite":
+            async with session.begin():
+                yield session
+            return
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
 

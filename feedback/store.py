@@ -567,7 +567,6 @@ class ConversationStore:
                 .where(Conversation.id == conversation_id)
                 .values(console_thread_id=thread_id)
             )
-            await session.commit()
 
     async def conversation_for_thread(self, thread_id: str) -> Conversation | None:
         """The conversation whose console thread this is, or ``None``."""

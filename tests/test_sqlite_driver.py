@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from feedback.database import autocommit_engine, create_engine, session_factory
+from feedback.database import autocommit, autocommit_engine, create_engine, session_factory
 from feedback.sqlite_driver import PREFETCH, _SingleTripConnection
 
 if TYPE_CHECKING:
@@ -88,6 +88,22 @@ async def test_the_per_turn_engine_commits_on_sqlite_without_switching_isolation
     async with per_turn.begin() as connection:
         await connection.execute(text("INSERT INTO t (v) VALUES ('kept')"))
     assert "_run:PRAGMA" not in trips
+    async with engine.connect() as connection:
+        kept = (await connection.execute(text("SELECT v FROM t"))).scalars().all()
+    assert kept == ["kept"]
+
+
+async def test_autocommit_sessions_commit_on_sqlite_without_switching_isolation(
+    engine: AsyncEngine, trips: Counter[str]
+) -> None:
+    sessions = session_factory(engine)
+    async with autocommit(sessions) as session:
+        await session.execute(text("SELECT v FROM t"))
+    assert trips == Counter({"_run:SELECT": 1})  # a read: no trip to commit, no PRAGMA
+    trips.clear()
+    async with autocommit(sessions) as session:
+        await session.execute(text("INSERT INTO t (v) VALUES ('kept')"))
+    assert trips == Counter({"_run:INSERT": 1, "commit": 1})
     async with engine.connect() as connection:
         kept = (await connection.execute(text("SELECT v FROM t"))).scalars().all()
     assert kept == ["kept"]
