@@ -179,7 +179,9 @@ class RecordBuilder:
         return self._messages(snapshot, self._names(tree, snapshot))
 
     def _reply(self, tree: TurnTree, node: ReplyNode) -> dict[str, str]:
-        names = self._names(tree, tree.snapshot_for(node))
+        return self._reply_message(node, self._names(tree, tree.snapshot_for(node)))
+
+    def _reply_message(self, node: ReplyNode, names: tuple[str, ...]) -> dict[str, str]:
         return {"role": "assistant", "content": self._clean(node.content, names)}
 
     def _context_and_reply(
@@ -190,8 +192,7 @@ class RecordBuilder:
         if snapshot is None:
             return None
         names = self._names(tree, snapshot)
-        reply = {"role": "assistant", "content": self._clean(node.content, names)}
-        return self._messages(snapshot, names), reply
+        return self._messages(snapshot, names), self._reply_message(node, names)
 
     # -- verdicts ------------------------------------------------------------------------
 

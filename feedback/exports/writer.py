@@ -135,8 +135,13 @@ async def progress_total(
     ``progress`` callback reports (preference formats read only turns with two replies)."""
     for fmt in formats:
         check_format(fmt)
-    min_replies = min(RecordBuilder.min_replies(fmt) for fmt in formats)
-    return await count_turns(sessions, flt, min_replies=min_replies)
+    return await count_turns(sessions, flt, min_replies=_min_replies(formats))
+
+
+def _min_replies(formats: tuple[str, ...]) -> int:
+    """Replies a turn needs to give a record of any of ``formats`` (what a pass over them
+    reads, see :meth:`RecordBuilder.min_replies`)."""
+    return min(RecordBuilder.min_replies(fmt) for fmt in formats)
 
 
 def split_paths(out: Path, split: dict[str, float] | None) -> dict[str, Path]:
@@ -443,7 +448,7 @@ async def dry_run_counts(
     builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
     counts: dict[str, dict[str, int]] = {fmt: {} for fmt in formats}
     times = any(builder.needs_times(fmt) for fmt in formats)
-    min_replies = min(builder.min_replies(fmt) for fmt in formats)
+    min_replies = _min_replies(formats)
     read = 0
     with gc_paused():
         pages = iter_turn_trees(
