@@ -54,6 +54,8 @@ def test_config_file_named_by_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         ("GREENROOM_MODEL__TEMPERATURE", "9", "model.temperature"),
         ("GREENROOM_DATABASE_URL", "mysql://x", "database_url"),
         ("GREENROOM_LOG_LEVEL", "LOUD", "log_level"),
+        ("GREENROOM_MEMORY__INDEX_CACHE_SCOPES", "3", "memory.index_cache_scopes"),
+        ("GREENROOM_MEMORY__INDEX_CACHE_SCOPES", "many", "memory.index_cache_scopes"),
     ],
 )
 def test_a_wrong_value_is_one_line_naming_the_setting(
