@@ -5,10 +5,10 @@ approval on each reply and a rating on every other one), runs ``ANALYZE`` on Pos
 autovacuum would on a live database; without statistics the planner joins the fresh tables
 badly), starts ``greenroom``'s API in a separate process (uvicorn on loopback), and pages
 through ``/v1/corrections`` with ``limit=10000`` (wrapping round at the end), timing each
-request until its body is received, and the server process's CPU time per request (all its
-threads, from ``/proc``: steadier than wall time on a shared machine, and it leaves out the
-database server). The default 60,000 turns make every page a full one; the first 3 pages are
-warm-up and not counted.
+request until its body is received, and the server's CPU time per request (all threads of its
+process and of its page helper process, from ``/proc``: steadier than wall time on a shared
+machine, and it leaves out the database server). The default 60,000 turns make every page a
+full one; the first 3 pages are warm-up and not counted.
 
     .venv/bin/python bench/bench_api.py [--turns 60000] [--pages 50] [--format trl-sft]
         [--backend postgresql|sqlite] [--runs N] [--compare DIR]
@@ -37,7 +37,7 @@ import httpx
 from sqlalchemy import insert
 from sqlalchemy import text as sql
 
-from bench.common import cpu_seconds, percentile, scratch_database, summary
+from bench.common import percentile, scratch_database, summary, tree_cpu_seconds
 from feedback.database import create_engine, migrate, session_factory
 from feedback.models import (
     Conversation,
@@ -200,11 +200,11 @@ def measure(port: int, server_pid: int, token: str, fmt: str, pages: int, limit:
             params: dict[str, str | int] = {"format": fmt, "limit": limit}
             if cursor:
                 params["cursor"] = cursor
-            cpu_before = cpu_seconds(server_pid)
+            cpu_before = tree_cpu_seconds(server_pid)
             started = time.perf_counter()
             response = client.get("/v1/corrections", params=params)
             elapsed = time.perf_counter() - started
-            cpu_used = cpu_seconds(server_pid) - cpu_before
+            cpu_used = tree_cpu_seconds(server_pid) - cpu_before
             response.raise_for_status()
             body = response.json()
             cursor = body["next_cursor"] if body["has_more"] else None

@@ -17,6 +17,7 @@ Large bodies are serialised with orjson straight to bytes (no validation pass), 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from starlette.background import BackgroundTask
 
 from feedback.api.auth import require_scope
 from feedback.api.errors import ApiError, install_error_handlers
+from feedback.api.helper import DEFAULT_MIN_RECORDS, PageHelper
 from feedback.api.records import CursorError, decode_cursor, lease_record, page
 from feedback.api.schemas import (
     AckResponse,
@@ -44,6 +46,8 @@ from feedback.queue import MAX_BATCH as MAX_PAGE
 from feedback.queue import LeaseExpired, QueueError, UnknownLease, ack, claim_batch, stats
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from feedback.models import ApiToken
@@ -66,12 +70,37 @@ def _json(data: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
-def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: bytes) -> FastAPI:
+def create_app(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    pseudonym_secret: bytes,
+    helper_min_records: int | None = DEFAULT_MIN_RECORDS,
+) -> FastAPI:
     """The API over ``sessions``; ``pseudonym_secret`` keys the actor and conversation
-    pseudonyms (keep it stable, or pseudonyms change between runs)."""
+    pseudonyms (keep it stable, or pseudonyms change between runs).
+
+    Pages of at least ``helper_min_records`` records are built with a helper process (see
+    :mod:`feedback.api.helper`; ``None``: never). It starts with the app's lifespan (or in
+    the background with the first such page) and stops with it, or when this process ends.
+    """
     if len(pseudonym_secret) < 16:
         raise ValueError("the pseudonym secret must be at least 16 bytes")
+    helper = None
+    if helper_min_records is not None:
+        helper = PageHelper.for_sessions(sessions, pseudonym_secret, min_records=helper_min_records)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if helper is not None:
+            await helper.start()
+        try:
+            yield
+        finally:
+            if helper is not None:
+                await helper.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Greenroom trainer API",
         version="1",
         description="Corrections by human actors, as training data. Authenticate with "
@@ -79,6 +108,7 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
     )
     app.state.sessions = sessions
     app.state.pseudonym_secret = pseudonym_secret
+    app.state.page_helper = helper
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"], responses={503: {"model": ErrorResponse}})
@@ -144,6 +174,7 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
             pseudonym_secret=request.app.state.pseudonym_secret,
             after=after,
             limit=limit,
+            helper=request.app.state.page_helper,
         )
         try:
             body = orjson.dumps(

@@ -11,20 +11,30 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from feedback.exports import iter_records
+import orjson
+
+from feedback.api.helper import HELPER_SHARE, HelperError, Turn
+from feedback.exports import RecordBuilder, iter_records
 from feedback.exports.collector import GcPause
+from feedback.exports.tree import nth_turn_id
 from feedback.redact import mask_names, pseudonym, redact
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+    from feedback.api.helper import PageHelper
     from feedback.exports import ExportFilter
     from feedback.queue import QueueRecord
 
 __all__ = ["CursorError", "Page", "decode_cursor", "encode_cursor", "lease_record", "page"]
+
+_log = logging.getLogger(__name__)
 
 #: Longest cursor accepted; the ones we issue are far shorter.
 MAX_CURSOR_CHARS = 200
@@ -53,7 +63,8 @@ class Page:
     :meth:`release` frees everything and resumes collection as usual.
     """
 
-    records: list[dict[str, Any]]
+    #: Record dicts, and :class:`orjson.Fragment` for those the helper process serialised.
+    records: list[Any]
     next_cursor: str | None
     has_more: bool
     retained: list[Any] = field(default_factory=list)
@@ -97,6 +108,48 @@ def decode_cursor(cursor: str, fmt: str) -> int:
     return key
 
 
+class _PageFill:
+    """The page rule, fed one whole user turn at a time in key order.
+
+    Records of one turn are never split across pages: a page stops before a turn that would
+    overflow it, unless that turn alone exceeds ``limit`` (then the page holds just that turn).
+    ``has_more`` is set when a turn was left for the next page.
+    """
+
+    __slots__ = ("has_more", "last", "limit", "records")
+
+    def __init__(self, limit: int, after: int | None) -> None:
+        self.limit = limit
+        self.records: list[Any] = []
+        self.last = after
+        self.has_more = False
+
+    def add(self, key: int, records: list[Any]) -> bool:
+        """Take the turn if it fits; ``False`` (and ``has_more``) once the page is done."""
+        held = len(self.records)
+        if held >= self.limit or (held and held + len(records) > self.limit):
+            self.has_more = True
+            return False
+        self.records.extend(records)
+        self.last = key
+        return True
+
+
+async def _turns(source: AsyncIterator[tuple[int, dict[str, Any]]]) -> AsyncIterator[Turn]:
+    """``(key, record)`` pairs grouped by key: each user turn's records together."""
+    turn: Turn | None = None
+    async with contextlib.aclosing(source) as items:  # type: ignore[type-var]
+        async for key, record in items:
+            if turn is not None and turn[0] == key:
+                turn[1].append(record)
+                continue
+            if turn is not None:
+                yield turn
+            turn = (key, [record])
+    if turn is not None:
+        yield turn
+
+
 async def page(
     sessions: async_sessionmaker[AsyncSession],
     fmt: str,
@@ -105,64 +158,142 @@ async def page(
     pseudonym_secret: bytes,
     after: int | None,
     limit: int,
+    helper: PageHelper | None = None,
 ) -> Page:
     """Up to ``limit`` records of ``fmt`` after the key ``after``, in a stable order.
 
-    Records of one user turn share a key and are never split across pages: a page stops before
-    a turn that would overflow it, unless that turn alone exceeds ``limit`` (then the page holds
-    just that turn). ``next_cursor`` is set whenever a record was returned (or echoes
+    Records of one user turn share a key and are never split across pages (see
+    :class:`_PageFill`). ``next_cursor`` is set whenever a record was returned (or echoes
     ``after``), so a trainer that reached the end can poll again later and receive only newer
-    records.
+    records. With a ``helper`` that is free and a ``limit`` it takes, the first part of the
+    page is built by the helper process (see :mod:`feedback.api.helper`); the records are the
+    same.
     """
     pause = GcPause()
     retained: list[Any] = []
+    fill = _PageFill(limit, after)
     try:
-        records: list[dict[str, Any]] = []
-        last = after
-        has_more = False
-        turn_key: int | None = None
-        turn: list[dict[str, Any]] = []
-        source = iter_records(
+        reservation = None if helper is None else helper.reserve(limit)
+        if reservation is None or not await _fill_with_helper(
+            helper,  # type: ignore[arg-type]
+            reservation,
             sessions,
             fmt,
             flt,
-            pseudonym_secret=pseudonym_secret,
-            after_id=after,
-            batch_size=min(max(-(-(limit + 1) // _READS_A_PAGE), _MIN_BATCH), _MAX_BATCH),
-            # The next batch is read while this one is built, up to the turns a page needs
-            # when each gives a record (no batch is read to be thrown away).
-            read_ahead_until=limit + 1,
-            retain=retained,
-        )
-        async with contextlib.aclosing(source) as items:
-            async for key, record in items:
-                if turn and key != turn_key:
-                    if records and len(records) + len(turn) > limit:
-                        has_more = True
+            pseudonym_secret,
+            fill,
+            retained,
+        ):
+            fill = _PageFill(limit, after)
+            retained.clear()
+            source = _turns(
+                iter_records(
+                    sessions,
+                    fmt,
+                    flt,
+                    pseudonym_secret=pseudonym_secret,
+                    after_id=after,
+                    batch_size=_batch_size(limit + 1),
+                    # The next batch is read while this one is built, up to the turns a page
+                    # needs when each gives a record (no batch is read to be thrown away).
+                    read_ahead_until=limit + 1,
+                    retain=retained,
+                )
+            )
+            async with contextlib.aclosing(source) as turns:
+                async for key, records in turns:
+                    if not fill.add(key, records):
                         break
-                    records.extend(turn)
-                    last, turn = turn_key, []
-                    if len(records) >= limit:
-                        has_more = True
-                        break
-                turn_key = key
-                turn.append(record)
-            else:
-                if turn and records and len(records) + len(turn) > limit:
-                    has_more = True
-                elif turn:
-                    records.extend(turn)
-                    last = turn_key
     except BaseException:
         pause.end()
         raise
     return Page(
-        records=records,
-        next_cursor=None if last is None else encode_cursor(fmt, last),
-        has_more=has_more,
+        records=fill.records,
+        next_cursor=None if fill.last is None else encode_cursor(fmt, fill.last),
+        has_more=fill.has_more,
         retained=retained,
         pause=pause,
     )
+
+
+def _batch_size(turns: int) -> int:
+    """Turns a query round reads when about ``turns`` are wanted (see :data:`_READS_A_PAGE`)."""
+    return min(max(-(-turns // _READS_A_PAGE), _MIN_BATCH), _MAX_BATCH)
+
+
+async def _fill_with_helper(
+    helper: PageHelper,
+    reservation: object,
+    sessions: async_sessionmaker[AsyncSession],
+    fmt: str,
+    flt: ExportFilter,
+    secret: bytes,
+    fill: _PageFill,
+    retained: list[Any],
+) -> bool:
+    """Fill the page with the helper building its first turns; ``False`` if the helper could
+    not, or the turns ahead are too few to share (the caller then builds it alone)."""
+    request: asyncio.Future[list[Turn]] | None = None
+    try:
+        share = helper.share_turns(fmt, fill.limit)
+        split = helper.estimated_share_end(fmt, fill.last, fill.limit)
+        if split is None:
+            split = await nth_turn_id(
+                sessions,
+                flt,
+                after_id=fill.last,
+                n=share,
+                min_replies=RecordBuilder.min_replies(fmt),
+            )
+            if split is None:
+                return False
+        request = asyncio.ensure_future(
+            helper.turns(reservation, fmt, flt, fill.last, split, _batch_size(share))
+        )
+        own = _turns(
+            iter_records(
+                sessions,
+                fmt,
+                flt,
+                pseudonym_secret=secret,
+                after_id=split,
+                batch_size=_batch_size(share),
+                read_ahead_until=share + 1,
+                retain=retained,
+            )
+        )
+        async with contextlib.aclosing(own) as turns:
+            # Build this process's share while the helper builds its own; what else the page
+            # needs is built once the helper's records are counted.
+            ahead: list[Turn] = []
+            built = 0
+            own_share = fill.limit - int(fill.limit * HELPER_SHARE)
+            async for turn in turns:
+                ahead.append(turn)
+                built += len(turn[1])
+                if request.done() or built >= own_share:
+                    break
+            try:
+                shared = await request
+            except HelperError as error:
+                _log.warning("building the page in one process: %s", error)
+                return False
+            for key, records in shared:
+                if not fill.add(key, [orjson.Fragment(record) for record in records]):
+                    return True
+            for key, records in ahead:
+                if not fill.add(key, records):
+                    return True
+            async for key, records in turns:
+                if not fill.add(key, records):
+                    return True
+            return True
+    finally:
+        if request is not None and not request.done():
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError, HelperError):
+                await request
+        helper.release(reservation)
 
 
 def lease_record(record: QueueRecord, secret: bytes) -> dict[str, Any]:

@@ -72,6 +72,7 @@ __all__ = [
     "TurnTree",
     "count_turns",
     "iter_turn_trees",
+    "nth_turn_id",
     "turn_id_range",
 ]
 
@@ -302,6 +303,29 @@ async def turn_id_range(
         first = await session.scalar(query.order_by(MessageNode.id).limit(1))
         last = await session.scalar(query.order_by(MessageNode.id.desc()).limit(1))
     return first, last
+
+
+async def nth_turn_id(
+    sessions: async_sessionmaker[AsyncSession],
+    flt: ExportFilter,
+    *,
+    after_id: int | None,
+    n: int,
+    min_replies: int = 1,
+) -> int | None:
+    """The id of the ``n``-th user turn after ``after_id`` that the filter selects (with
+    ``min_replies``, as :func:`iter_turn_trees` reads them), or ``None`` if there are fewer.
+
+    One indexed query that skips ``n - 1`` turns: where a reader's share of a range ends.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, not {n}")
+    query = _turn_query(flt, times=False, min_replies=min_replies)
+    if after_id is not None:
+        query = query.where(MessageNode.id > after_id)
+    query = query.order_by(MessageNode.id).offset(n - 1).limit(1)
+    async with sessions() as session:
+        return await session.scalar(query)
 
 
 async def count_turns(

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "dry_run_counts",
     "export_to_file",
+    "helper_environment",
     "iter_records",
     "progress_total",
     "record_to_jsonl",
@@ -80,6 +81,13 @@ PARALLEL_MIN_TURNS = 50_000
 _ROOT = str(Path(__file__).resolve().parents[2])
 
 
+def helper_environment() -> dict[str, str]:
+    """The environment of a ``python -m feedback...`` helper process: this one's, with the
+    folder that holds the ``feedback`` package first on its import path."""
+    search_path = os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH"))))
+    return {**os.environ, "PYTHONPATH": search_path}
+
+
 def record_to_jsonl(record: dict[str, Any]) -> str:
     """One JSON line (no trailing newline): compact, UTF-8, keys in the record's order."""
     return orjson.dumps(record).decode("utf-8")
@@ -92,12 +100,14 @@ async def iter_records(
     *,
     pseudonym_secret: bytes,
     after_id: int | None = None,
+    last_id: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     prefetch: bool = True,
     read_ahead_until: int | None = None,
     retain: list[Any] | None = None,
 ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-    """``(user turn id, record)`` of format ``fmt`` after ``after_id``, in a stable order.
+    """``(user turn id, record)`` of format ``fmt`` after ``after_id`` (up to ``last_id``
+    included, when given), in a stable order.
 
     With ``prefetch`` the next page of ``batch_size`` turns is read while the caller consumes
     this one (two pages in memory; wasted if the caller stops early), until
@@ -111,6 +121,7 @@ async def iter_records(
         sessions,
         flt,
         after_id=after_id,
+        last_id=last_id,
         batch_size=batch_size,
         times=builder.needs_times(fmt),
         prefetch=prefetch,
@@ -377,7 +388,6 @@ async def _start_helper(
         for name, path in targets.items():
             handle, paths[name] = _open_temporary(path)
             handle.close()
-        search_path = os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH"))))
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -385,7 +395,7 @@ async def _start_helper(
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": search_path},
+            env=helper_environment(),
         )
     except BaseException:
         for temporary in paths.values():
