@@ -230,3 +230,13 @@ async def test_nth_turn_id_counts_the_turns_an_export_reads(apis: Apis, min_repl
             apis.sessions, flt, after_id=after, n=len(ahead) + 1, min_replies=min_replies
         )
         assert too_far is None
+
+
+async def test_ctrl_c_leaves_the_helper_to_its_api(apis: Apis) -> None:
+    pid = apis.helper.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
+    await asyncio.sleep(0.5)
+    assert apis.helper.pid == pid
+    expected = await apis.pages(apis.alone, "trl-sft", 9)
+    assert await apis.pages(apis.shared, "trl-sft", 9) == expected

@@ -33,9 +33,12 @@ import contextlib
 import logging
 import math
 import pickle
+import signal
 import struct
 import sys
 from typing import TYPE_CHECKING, Any, BinaryIO
+
+from feedback.subprocesses import shared_database_url, start_module
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -112,11 +115,8 @@ class PageHelper:
         min_records: int = DEFAULT_MIN_RECORDS,
     ) -> PageHelper | None:
         """A helper for the database of ``sessions``, or ``None`` for an in-memory one."""
-        engine = sessions.kw.get("bind")
-        if engine is None or engine.url.database in (None, "", ":memory:"):
-            return None
-        url = engine.url.render_as_string(hide_password=False)
-        return cls(url, secret, min_records=min_records)
+        url = shared_database_url(sessions)
+        return None if url is None else cls(url, secret, min_records=min_records)
 
     @property
     def pid(self) -> int | None:
@@ -207,18 +207,9 @@ class PageHelper:
             raise
 
     async def _start(self) -> None:
-        from feedback.exports.writer import helper_environment
-
         process = None
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "feedback.api.page_worker",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=helper_environment(),
-            )
+            process = await start_module("feedback.api.page_worker")
             if await self._ask(process, (self.url, self._secret)) != ("ready",):
                 raise HelperError("the page helper did not say it was ready")
             self._process = process
@@ -343,6 +334,11 @@ async def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
 
 
 def main() -> None:
-    """Serve the API process on standard input and output (:mod:`feedback.api.page_worker`)."""
+    """Serve the API process on standard input and output (:mod:`feedback.api.page_worker`).
+
+    Ctrl-C in a terminal reaches the whole process group: the helper ignores it and stops
+    when the API closes its input, as the API shuts down.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     asyncio.run(_serve(sys.stdin.buffer, sys.stdout.buffer))

@@ -28,7 +28,6 @@ import hashlib
 import logging
 import os
 import pickle
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from feedback.exports.tree import (
     iter_turn_trees,
     turn_id_range,
 )
+from feedback.subprocesses import shared_database_url, start_module
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 __all__ = [
     "dry_run_counts",
     "export_to_file",
-    "helper_environment",
     "iter_records",
     "progress_total",
     "record_to_jsonl",
@@ -77,15 +76,6 @@ _COLLECT_EVERY = 8
 #: Selected user turns (by id span; ids are shared with replies, so it overstates them) from
 #: which an export takes a helper process: starting one costs about a second of imports.
 PARALLEL_MIN_TURNS = 50_000
-#: The folder that holds the ``feedback`` package, for the helper process's imports.
-_ROOT = str(Path(__file__).resolve().parents[2])
-
-
-def helper_environment() -> dict[str, str]:
-    """The environment of a ``python -m feedback...`` helper process: this one's, with the
-    folder that holds the ``feedback`` package first on its import path."""
-    search_path = os.pathsep.join(filter(None, (_ROOT, os.environ.get("PYTHONPATH"))))
-    return {**os.environ, "PYTHONPATH": search_path}
 
 
 def record_to_jsonl(record: dict[str, Any]) -> str:
@@ -375,28 +365,19 @@ async def _start_helper(
     It runs ``python -m feedback.exports.helper`` (not :mod:`multiprocessing`, which would run
     the caller's main module again) and reads its job, pickled, on standard input.
     """
-    engine = sessions.kw.get("bind")
-    if engine is None or engine.url.database in (None, "", ":memory:"):
+    url = shared_database_url(sessions)
+    if url is None:
         return None
     first, last = await turn_id_range(sessions, part.flt)
     if first is None or last is None or last - first < min_turns:
         return None
     after_id = (first + last) // 2
-    url = engine.url.render_as_string(hide_password=False)
     paths: dict[str, Path] = {}
     try:
         for name, path in targets.items():
             handle, paths[name] = _open_temporary(path)
             handle.close()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "feedback.exports.helper",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=helper_environment(),
-        )
+        process = await start_module("feedback.exports.helper", capture_errors=True)
     except BaseException:
         for temporary in paths.values():
             temporary.unlink()
