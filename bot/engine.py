@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -53,6 +55,12 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+#: Seconds within which a typing user's memory is not warmed again (Chroma keeps a loaded
+#: scope until ``memory.index_cache_scopes`` others push it out).
+WARM_AGAIN_SECONDS = 300.0
+#: Users remembered as warmed (the oldest are forgotten first).
+_WARMED_KEPT = 4096
 
 
 class UserDataOwner(Protocol):
@@ -220,6 +228,9 @@ class ConversationEngine:
         self._model_name, self._model_params = describe_model(model)
         self.risk = RiskAssessor()
         self._locks: KeyedLocks[tuple[str, str, str]] = KeyedLocks()
+        #: When each (persona, user) memory was last warmed, oldest first (see warm_memory).
+        self._warmed: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._warming = False
 
     def check(self, text: str) -> str | Refusal:
         """Normalise ``text`` or say why it cannot be answered (nothing is stored either way)."""
@@ -569,6 +580,34 @@ class ConversationEngine:
         since = datetime.now(UTC) - timedelta(days=days)
         speakers = await self.store.recent_speakers(since, limit)
         return await self.memory.preload(speakers, limit=limit)
+
+    async def warm_memory(self, *, persona_name: str, user_id: str) -> bool:
+        """Load what ``persona_name`` remembers of ``user_id`` ahead of their message (they
+        are typing), so the recall of that turn is not a cold one; returns whether it loaded.
+
+        Cheap to call on every typing signal: a scope warmed in the last
+        :data:`WARM_AGAIN_SECONDS` is skipped, and while one warm-up runs, others are dropped
+        (a burst of typing never keeps the memory workers from live turns). Never raises:
+        a failure costs only the head start.
+        """
+        if self.memory is None or self.limits.recall_k == 0 or self._warming:
+            return False
+        key = (persona_name.casefold(), user_id)
+        now = time.monotonic()
+        if now - self._warmed.get(key, -WARM_AGAIN_SECONDS) < WARM_AGAIN_SECONDS:
+            return False
+        self._warmed[key] = now
+        self._warmed.move_to_end(key)
+        while len(self._warmed) > _WARMED_KEPT:
+            self._warmed.popitem(last=False)
+        self._warming = True
+        try:
+            return await self.memory.preload([(persona_name, user_id)], limit=1) > 0
+        except Exception as error:
+            _log.debug("warming the memory of %s failed: %s", user_id, error)
+            return False
+        finally:
+            self._warming = False
 
     def build_prompt(
         self,

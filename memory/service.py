@@ -379,10 +379,10 @@ class MemoryService:
 
         Chroma loads a collection's index on the first query of a process (measured 8 to 14 ms
         on 100,000 memories, against 3 ms warm). Pass the scopes of recently active
-        conversations, most recent first, at start-up as a background task. At most ``limit``
-        scopes, each held in Chroma's index cache (about 1.7 KB per memory); that cache keeps
-        the open-files soft limit / 5 indexes (204 under the common 1,024), so a larger
-        ``limit`` evicts the first ones again. One scope at a time, so live turns keep the other
+        conversations, most recent first, at start-up as a background task, or the scope of a
+        user who is typing. At most ``limit`` scopes, each held in Chroma's index cache (about
+        2.8 MB each, see ``index_cache_size`` of :meth:`open`), so a ``limit`` larger than that
+        cache evicts the first ones again. One scope at a time, so live turns keep the other
         worker; scopes never written are skipped, not created. Returns how many were loaded; a
         store failure stops it and is logged.
         """

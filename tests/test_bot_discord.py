@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -483,5 +483,49 @@ async def test_remember_show_and_forget_with_memory(
                 )
             )
             assert await memory.show_user(user_id=f"discord:{world.member.id}") == []
+    finally:
+        memory.close()
+
+
+async def test_a_typing_user_has_their_memory_loaded_before_their_message(
+    discord_server: DiscordTestServer, db_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """DMs and bound channels load the typing user's memory of the persona, once in a while;
+    unbound channels do not (only a mention would be answered there)."""
+    server = discord_server
+    memory = MemoryService.open(path=tmp_path / "chroma", embedder=HashingEmbedder())
+    loads: asyncio.Queue[tuple[list[tuple[str, str]], int]] = asyncio.Queue()
+    preload = memory.preload
+
+    async def recorded(scopes: Any, *, limit: int) -> int:
+        scopes = list(scopes)
+        loaded = await preload(scopes, limit=limit)
+        loads.put_nowait((scopes, loaded))
+        return loaded
+
+    memory.preload = recorded  # type: ignore[method-assign]
+    try:
+        async with running_bot(server, db_engine, tmp_path, memory=memory) as world:
+            member, owner = world.member, world.owner
+            for user, persona in ((member, "Marlowe"), (owner, "Juniper")):
+                await memory.pin(
+                    persona=persona,
+                    user_id=f"discord:{user.id}",
+                    text="My sister is Maya",
+                    source="user",
+                )
+            server.user_starts_typing(world.channel, owner)  # unbound: no warm-up
+            server.user_starts_typing(server.dm_channel_for(member), member)
+            loaded = await asyncio.wait_for(loads.get(), 10)
+            assert loaded == ([("Marlowe", f"discord:{member.id}")], 1)
+            server.user_starts_typing(server.dm_channel_for(member), member)  # warmed lately
+            await world.bot.channels.bind(
+                f"discord:{world.channel.id}", persona="Juniper", guild_key=None, by="test"
+            )
+            server.user_starts_typing(world.channel, owner)
+            loaded = await asyncio.wait_for(loads.get(), 10)
+            assert loaded == ([("Juniper", f"discord:{owner.id}")], 1)
+            await asyncio.sleep(0.3)
+            assert loads.empty()  # the unbound channel and the second DM signal loaded nothing
     finally:
         memory.close()

@@ -23,6 +23,7 @@ from bot.terminal import TerminalChat
 from feedback.corrections import CorrectionStore
 from feedback.privacy import PrivacyStore
 from feedback.store import ConversationStore, HistoryTurn
+from memory import MemoryStoreError
 from personas import PersonaRegistry, UnknownPersonaError
 from tests.factories import ALICE_ACTOR
 
@@ -302,3 +303,43 @@ def test_group_channels_name_each_speaker(personas: PersonaRegistry) -> None:
         personas.get("Marlowe"), user_name="ann", history=history, text="yo", group=True
     )
     assert messages[-2].content == "bo: hey all" and messages[-1].content == "ann: yo"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_warming_a_typing_users_memory_runs_one_at_a_time_and_never_raises(
+    store: ConversationStore,
+) -> None:
+    class Memory:
+        """Just the preload of a memory port: it waits for ``gate``, then loads or fails."""
+
+        def __init__(self) -> None:
+            self.calls: list[list[tuple[str, str]]] = []
+            self.gate = asyncio.Event()
+            self.error: Exception | None = None
+
+        async def preload(self, scopes: Any, *, limit: int) -> int:
+            self.calls.append(list(scopes))
+            await self.gate.wait()
+            if self.error is not None:
+                raise self.error
+            return 1
+
+    memory = Memory()
+    engine = ConversationEngine(
+        personas=PersonaRegistry.load(),
+        store=store,
+        model=FakeChatModel(),
+        memory=memory,  # type: ignore[arg-type]
+    )
+    first = asyncio.create_task(engine.warm_memory(persona_name="Marlowe", user_id="u1"))
+    await asyncio.sleep(0)
+    # One at a time: a burst of typing never holds the memory workers.
+    assert await engine.warm_memory(persona_name="Juniper", user_id="u2") is False
+    memory.gate.set()
+    assert await first is True
+    assert await engine.warm_memory(persona_name="marlowe", user_id="u1") is False  # lately
+    memory.error = MemoryStoreError("the vector store is down")
+    assert await engine.warm_memory(persona_name="Juniper", user_id="u2") is False
+    assert memory.calls == [[("Marlowe", "u1")], [("Juniper", "u2")]]
+    engine.memory = None
+    assert await engine.warm_memory(persona_name="Juniper", user_id="u3") is False

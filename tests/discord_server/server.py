@@ -395,6 +395,22 @@ class DiscordTestServer:
 
     # -- acting as users -----------------------------------------------------------------
 
+    def user_starts_typing(self, channel: Channel, user: User) -> None:
+        """A user starts typing in `channel`: TYPING_START, as Discord sends it (a guild
+        channel's event carries the member)."""
+        self._require_channel_access(channel, user)
+        data: dict[str, Any] = {
+            "channel_id": str(channel.id),
+            "user_id": str(user.id),
+            "timestamp": int(time.time()),
+        }
+        guild = self.guild_of(channel)
+        if guild is not None:
+            data["guild_id"] = str(guild.id)
+            data["member"] = self._member(guild, user.id).to_dict()
+        self.gateway.dispatch("TYPING_START", data)
+        self.notify_waiters()
+
     def send_user_message(
         self,
         channel: Channel,

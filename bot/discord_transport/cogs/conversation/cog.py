@@ -99,6 +99,29 @@ class Conversation(commands.Cog):
             async with lock:
                 await self._answer(message)
 
+    @commands.Cog.listener()
+    async def on_raw_typing(self, payload: discord.RawTypingEvent) -> None:
+        """A user started typing where a persona answers them (a DM, or a channel bound to a
+        persona): warm what it remembers of them, so their message's recall is not a cold one.
+        Raw, so a DM channel not yet cached counts too; failures only lose the head start."""
+        me = self.bot.user
+        user = payload.user
+        if not self.bot.accepting or me is None or payload.user_id == me.id:
+            return
+        if user is not None and user.bot:
+            return
+        try:
+            bound = await self.bot.channels.persona_for(f"discord:{payload.channel_id}")
+        except Exception as error:  # a database outage: the message itself will wait for it
+            _log.debug("no memory warm-up for a typing user: %s", error)
+            return
+        if bound is None and payload.guild_id is not None:
+            return  # an unbound server channel: only a mention would be answered
+        await self.bot.engine.warm_memory(
+            persona_name=bound or self.bot.settings.default_persona,
+            user_id=f"discord:{payload.user_id}",
+        )
+
     async def _answer(self, message: discord.Message, *, redelivery: bool = False) -> None:
         """Handle one message under its channel's lock; never raises.
 
