@@ -1,12 +1,14 @@
 """Per-channel and per-server settings: bound persona, moderation mode, the actor console.
 
-Read on every incoming message, so lookups are cached in process; writes go through this store
-and refresh the cache.
+Read on every incoming message (and typing signal), so lookups are cached in process, the most
+recently used :data:`CACHED_CHANNELS` channels; writes go through this store and refresh the
+cache.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -16,7 +18,10 @@ from feedback.models import ChannelSetting, GuildSetting
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-__all__ = ["ChannelSettingsStore", "GuildSettingsStore"]
+__all__ = ["CACHED_CHANNELS", "ChannelSettingsStore", "GuildSettingsStore"]
+
+#: Channels whose settings stay cached (every DM is a channel; about 200 bytes each).
+CACHED_CHANNELS = 50_000
 
 _log = logging.getLogger(__name__)
 
@@ -24,22 +29,36 @@ _log = logging.getLogger(__name__)
 class ChannelSettingsStore:
     """Channel bindings, keyed ``transport:channel id``."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, cache_size: int = CACHED_CHANNELS
+    ) -> None:
         self._sessions = sessions
-        self._cache: dict[str, tuple[str | None, str | None]] = {}
+        self._cache: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
+        self._cache_size = cache_size
 
     async def _row(self, channel_key: str) -> tuple[str | None, str | None]:
-        if channel_key not in self._cache:
-            async with self._sessions() as session:
-                row = (
-                    await session.execute(
-                        select(ChannelSetting.persona, ChannelSetting.mode).where(
-                            ChannelSetting.channel_key == channel_key
-                        )
+        cached = self._cache.get(channel_key)
+        if cached is not None:
+            self._cache.move_to_end(channel_key)
+            return cached
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(ChannelSetting.persona, ChannelSetting.mode).where(
+                        ChannelSetting.channel_key == channel_key
                     )
-                ).first()
-            self._cache[channel_key] = (row[0], row[1]) if row else (None, None)
-        return self._cache[channel_key]
+                )
+            ).first()
+        return self._remember(channel_key, (row[0], row[1]) if row else (None, None))
+
+    def _remember(
+        self, channel_key: str, settings: tuple[str | None, str | None]
+    ) -> tuple[str | None, str | None]:
+        self._cache[channel_key] = settings
+        self._cache.move_to_end(channel_key)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return settings
 
     async def persona_for(self, channel_key: str) -> str | None:
         """The persona bound to the channel, or ``None``."""
@@ -73,7 +92,7 @@ class ChannelSettingsStore:
                 setattr(row, name, value)
             row.updated_by = by
             await session.commit()
-            self._cache[channel_key] = (row.persona, row.mode)
+            self._remember(channel_key, (row.persona, row.mode))
         _log.info("channel %s set %s by %s", channel_key, values, by)
 
 

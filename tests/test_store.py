@@ -12,7 +12,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from feedback.channels import ChannelSettingsStore
 from feedback.corrections import CorrectionStore
+from feedback.database import session_factory
 from feedback.models import Base, ConversationClaim, MessageNode, PromptSnapshot
 from feedback.store import ERASED_TEXT, ConversationStore, NewUserTurn, SnapshotData
 from tests.factories import ALICE_ACTOR
@@ -241,3 +243,18 @@ async def test_migrations_match_the_models(db_engine: AsyncEngine) -> None:
 
     async with db_engine.connect() as connection:
         assert await connection.run_sync(compare) == []
+
+
+async def test_channel_settings_cache_keeps_the_most_recently_used(db_engine: AsyncEngine) -> None:
+    sessions = session_factory(db_engine)
+    channels = ChannelSettingsStore(sessions, cache_size=3)
+    await channels.bind("discord:1", persona="Juniper", guild_key=None, by="test")
+    for n in range(2, 6):  # typing signals from four DMs never written
+        assert await channels.persona_for(f"discord:{n}") is None
+    assert list(channels._cache) == ["discord:3", "discord:4", "discord:5"]
+    assert await channels.persona_for("discord:1") == "Juniper"  # read back from the database
+    assert await channels.persona_for("discord:4") is None  # a hit moves it to the end
+    assert list(channels._cache) == ["discord:5", "discord:1", "discord:4"]
+    await channels.bind("discord:5", persona="Marlowe", guild_key=None, by="test")
+    assert list(channels._cache) == ["discord:1", "discord:4", "discord:5"]  # a write refreshes
+    assert await channels.persona_for("discord:5") == "Marlowe"
