@@ -41,11 +41,20 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from feedback.subprocesses import shared_database_url, start_module
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from feedback.exports import ExportFilter
 
-__all__ = ["DEFAULT_MIN_RECORDS", "HELPER_SHARE", "HelperError", "PageHelper", "Turn"]
+__all__ = [
+    "DEFAULT_MIN_RECORDS",
+    "HELPER_SHARE",
+    "HelperError",
+    "PageHelper",
+    "Turn",
+    "group_turns",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -66,6 +75,22 @@ _HEADER = struct.Struct(">I")
 
 #: A user turn's records: its key (the user turn id) and the records, in order.
 Turn = tuple[int, list[Any]]
+
+
+async def group_turns(source: AsyncIterator[tuple[int, Any]]) -> AsyncIterator[Turn]:
+    """``(key, record)`` pairs (of :func:`feedback.exports.iter_records`) grouped by key: each
+    user turn's records together, in order."""
+    turn: Turn | None = None
+    async with contextlib.aclosing(source) as items:  # type: ignore[type-var]
+        async for key, record in items:
+            if turn is not None and turn[0] == key:
+                turn[1].append(record)
+                continue
+            if turn is not None:
+                yield turn
+            turn = (key, [record])
+    if turn is not None:
+        yield turn
 
 
 class HelperError(RuntimeError):
@@ -290,12 +315,9 @@ async def _share(
         batch_size=batch_size,
         retain=retained,
     )
-    async with contextlib.aclosing(source) as items:
-        async for key, record in items:
-            if turns and turns[-1][0] == key:
-                turns[-1][1].append(dumps(record))
-            else:
-                turns.append((key, [dumps(record)]))
+    async with contextlib.aclosing(group_turns(source)) as grouped:
+        async for key, records in grouped:
+            turns.append((key, [dumps(record) for record in records]))
     return sum(len(trees) for trees in retained), turns
 
 

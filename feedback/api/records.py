@@ -17,15 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from feedback.api.helper import HELPER_SHARE, HelperError, Turn
+from feedback.api.helper import HELPER_SHARE, HelperError, Turn, group_turns
 from feedback.exports import RecordBuilder, iter_records
 from feedback.exports.collector import GcPause
 from feedback.exports.tree import nth_turn_id
 from feedback.redact import mask_names, pseudonym, redact
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from feedback.api.helper import PageHelper
@@ -135,21 +133,6 @@ class _PageFill:
         return True
 
 
-async def _turns(source: AsyncIterator[tuple[int, dict[str, Any]]]) -> AsyncIterator[Turn]:
-    """``(key, record)`` pairs grouped by key: each user turn's records together."""
-    turn: Turn | None = None
-    async with contextlib.aclosing(source) as items:  # type: ignore[type-var]
-        async for key, record in items:
-            if turn is not None and turn[0] == key:
-                turn[1].append(record)
-                continue
-            if turn is not None:
-                yield turn
-            turn = (key, [record])
-    if turn is not None:
-        yield turn
-
-
 async def page(
     sessions: async_sessionmaker[AsyncSession],
     fmt: str,
@@ -184,9 +167,8 @@ async def page(
             fill,
             retained,
         ):
-            fill = _PageFill(limit, after)
             retained.clear()
-            source = _turns(
+            source = group_turns(
                 iter_records(
                     sessions,
                     fmt,
@@ -232,7 +214,8 @@ async def _fill_with_helper(
     retained: list[Any],
 ) -> bool:
     """Fill the page with the helper building its first turns; ``False`` if the helper could
-    not, or the turns ahead are too few to share (the caller then builds it alone)."""
+    not, or the turns ahead are too few to share (then ``fill`` has taken no turn, and the
+    caller builds the page alone)."""
     request: asyncio.Future[list[Turn]] | None = None
     try:
         share = helper.share_turns(fmt, fill.limit)
@@ -250,7 +233,7 @@ async def _fill_with_helper(
         request = asyncio.ensure_future(
             helper.turns(reservation, fmt, flt, fill.last, split, _batch_size(share))
         )
-        own = _turns(
+        own = group_turns(
             iter_records(
                 sessions,
                 fmt,
