@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import re
@@ -538,3 +539,49 @@ async def test_store_failure_mid_conversation(tmp_path: Path) -> None:
 async def test_bad_role_is_refused(service: MemoryService) -> None:
     with pytest.raises(MemoryInputError, match="role"):
         await _say(service, "u", 0, "hello", role="system")
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """Paths under ``folder`` that this process holds open (from ``/proc/self/fd``)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(str(folder)):
+                held.append(target)
+    return held
+
+
+async def test_close_closes_the_chroma_client(tmp_path: Path) -> None:
+    store = tmp_path / "chroma"
+    memory = MemoryService.open(path=store, embedder=HashingEmbedder())
+    await _say(memory, "u", 0, "I live in Porto.")
+    assert any(path.endswith("chroma.sqlite3") for path in _open_files_under(store))
+    memory.close()
+    # Chroma's Client.close stopped the embedded store: once its objects are collected (a
+    # cycle holds them), its files are let go, and the store opens again with what was written.
+    gc.collect()
+    assert _open_files_under(store) == []
+    reopened = MemoryService.open(path=store, embedder=HashingEmbedder())
+    try:
+        hits = await reopened.recall(persona=PERSONA, user_id="u", query_texts=["Porto?"])
+        assert any("Porto" in hit.text for hit in hits)
+    finally:
+        reopened.close()
+
+
+async def test_close_leaves_the_client_open_under_a_running_operation(tmp_path: Path) -> None:
+    embedder = _HangingEmbedder()
+    store = tmp_path / "chroma"
+    memory = MemoryService.open(path=store, embedder=embedder, timeout_s=0.3)
+    await _say(memory, "u", 0, "I live in Porto.")
+    embedder.hang = True
+    with pytest.raises(MemoryStoreError, match="took longer"):
+        await memory.recall(persona=PERSONA, user_id="u", query_texts=["where do I live?"])
+    memory.close()  # the recall's worker still sleeps (2 s): close waits timeout_s, no longer
+    # so the client is still open: not closed under the running operation, nor waited for.
+    gc.collect()
+    assert any(path.endswith("chroma.sqlite3") for path in _open_files_under(store))
+    with pytest.raises(MemoryStoreError, match="closed"):
+        await memory.recall(persona=PERSONA, user_id="u", query_texts=["where do I live?"])
+    await asyncio.sleep(2.0)  # let the abandoned worker finish before the folder goes
