@@ -1,17 +1,26 @@
 """Trainer API page latency: 10,000-record pages through a real uvicorn. Target: p99 < 200 ms.
 
-Seeds ``--turns`` reviewed user turns (consenting users, prompt snapshots of five messages, an
-approval on each reply and a rating on every other one), runs ``ANALYZE`` on PostgreSQL (as
-autovacuum would on a live database; without statistics the planner joins the fresh tables
-badly), starts ``greenroom``'s API in a separate process (uvicorn on loopback), and pages
-through ``/v1/corrections`` with ``limit=10000`` (wrapping round at the end), timing each
-request until its body is received, and the server's CPU time per request (all threads of its
-process and of its page helper process, from ``/proc``: steadier than wall time on a shared
-machine, and it leaves out the database server). The default 60,000 turns make every page a
-full one; the first 3 pages are warm-up and not counted.
+Seeds :mod:`bench.bench_export`'s queue of ``--events`` feedback events (consenting users;
+approvals, rewrites, regenerations and ratings by several actors; prompt snapshots of a system
+prompt and up to six history messages), which gives records of every format, runs ``ANALYZE``
+on PostgreSQL (as autovacuum would on a live database; without statistics the planner joins
+the fresh tables badly), starts ``greenroom``'s API in a separate process (uvicorn on
+loopback), and pages through ``/v1/corrections`` with ``limit=10000``, timing each request
+until its body is received, and the server's CPU time per request (all threads of its process
+and of its page helper process, from ``/proc``: steadier than wall time on a shared machine,
+and it leaves out the database server). ``--format all`` measures each format in turn on the
+one seeded database; the first 3 pages of each run are warm-up and not counted. Paging wraps
+round at the end: the preference formats give about 80,000 records from the default 400,000
+events, so their runs include a short last page.
 
-    .venv/bin/python bench/bench_api.py [--turns 60000] [--pages 50] [--format trl-sft]
-        [--backend postgresql|sqlite] [--runs N] [--compare DIR]
+``--data uniform`` seeds the queue of sessions before this one instead: ``--turns`` turns of
+one approved reply each (a rating on every other one), five-message prompts, no text to
+redact. It gives SFT, KTO and oasst records only, and an SFT page there takes about half the
+time of a mixed one; use it to compare with figures taken before.
+
+    .venv/bin/python bench/bench_api.py [--events 400000] [--pages 50] [--format trl-sft|all]
+        [--backend postgresql|sqlite] [--runs N] [--compare DIR] [--data mixed|uniform]
+        [--turns 60000]
 
 ``--compare DIR`` serves the same database from another checkout too (``git worktree add DIR
 REV``), alternating the two run by run (``--runs`` each), so a change is measured side by side
@@ -27,6 +36,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +47,10 @@ import httpx
 from sqlalchemy import insert
 from sqlalchemy import text as sql
 
-from bench.common import percentile, scratch_database, summary, tree_cpu_seconds
+from bench.bench_export import prepare_queue
+from bench.common import copy_to_postgres, percentile, scratch_database, summary, tree_cpu_seconds
 from feedback.database import create_engine, migrate, session_factory
+from feedback.exports import FORMATS
 from feedback.models import (
     Conversation,
     FeedbackEvent,
@@ -53,7 +65,7 @@ _CHUNK = 2000
 
 
 async def seed(url: str, turns: int, conversations: int) -> str:
-    """Reviewed turns in bulk; returns a read token."""
+    """The uniform queue: ``turns`` approved turns in bulk; returns a read token."""
     engine = create_engine(url)
     await migrate(engine)
     sessions = session_factory(engine)
@@ -139,6 +151,21 @@ async def seed(url: str, turns: int, conversations: int) -> str:
     return token
 
 
+async def seed_mixed(url: str, events: int) -> str:
+    """:mod:`bench.bench_export`'s queue of ``events`` feedback events; returns a read token."""
+    with tempfile.TemporaryDirectory() as folder:
+        if url.startswith("sqlite"):
+            await prepare_queue(url, Path(url.split(":///", 1)[1]), events)
+        else:  # generated into SQLite, then copied (as bench_export.py does)
+            source = Path(folder) / "queue.sqlite3"
+            await prepare_queue(f"sqlite+aiosqlite:///{source}", source, events)
+            await copy_to_postgres(source, url)
+    engine = create_engine(url)
+    token = await create_token(session_factory(engine), "bench", "read")
+    await engine.dispose()
+    return token
+
+
 #: The API in its own process, as ``greenroom api`` runs it, from the checkout on ``sys.path``.
 _SERVE = """
 import asyncio, sys
@@ -216,34 +243,49 @@ def measure(port: int, server_pid: int, token: str, fmt: str, pages: int, limit:
     return Run(durations, cpu, sizes, counts)
 
 
-async def run(
-    backend: str, turns: int, pages: int, fmt: str, limit: int, runs: int, compare: Path | None
+async def run(args: argparse.Namespace) -> None:
+    """Seed one database, then measure each format on it."""
+    formats = FORMATS if args.format == "all" else tuple(args.format.split(","))
+    async with scratch_database(args.backend) as url:
+        started = time.perf_counter()
+        if args.data == "mixed":
+            token = await seed_mixed(url, args.events)
+            seeded = f"{args.events:,} feedback events (mixed)"
+        else:
+            token = await seed(url, args.turns, conversations=200)
+            seeded = f"{args.turns:,} turns"
+        print(f"{args.backend}: seeded {seeded} in {time.perf_counter() - started:.1f} s")
+        compare = None if args.compare is None else args.compare.resolve()
+        for fmt in formats:
+            await measure_format(url, token, fmt, args, compare)
+
+
+async def measure_format(
+    url: str, token: str, fmt: str, args: argparse.Namespace, compare: Path | None
 ) -> None:
+    """``args.runs`` runs of each side on format ``fmt``, alternating, and their report."""
+    pages, limit, runs = args.pages, args.limit, args.runs
     sides = {"this": _ROOT}
     if compare is not None:
         sides = {str(compare): compare, **sides}
     results: dict[str, list[Run]] = {side: [] for side in sides}
-    async with scratch_database(backend) as url:
-        started = time.perf_counter()
-        token = await seed(url, turns, conversations=200)
-        print(f"{backend}: seeded {turns:,} turns in {time.perf_counter() - started:.1f} s")
-        for number in range(runs):
-            for side, root in sides.items():
-                port = _free_port()
-                server = serve(root, url, port)
-                try:
-                    result = await asyncio.to_thread(
-                        measure, port, server.pid, token, fmt, pages, limit
-                    )
-                finally:
-                    server.terminate()
-                    server.wait()
-                results[side].append(result)
-                print(
-                    f"run {number + 1} {side}: {summary(result.durations)}; "
-                    f"server CPU {summary(result.cpu)}",
-                    flush=True,
+    for number in range(runs):
+        for side, root in sides.items():
+            port = _free_port()
+            server = serve(root, url, port)
+            try:
+                result = await asyncio.to_thread(
+                    measure, port, server.pid, token, fmt, pages, limit
                 )
+            finally:
+                server.terminate()
+                server.wait()
+            results[side].append(result)
+            print(
+                f"{fmt} run {number + 1} {side}: {summary(result.durations)}; "
+                f"server CPU {summary(result.cpu)}",
+                flush=True,
+            )
     first = next(iter(results.values()))[0]
     print(
         f"{fmt}: {min(first.counts):,} to {max(first.counts):,} records a page, "
@@ -263,27 +305,21 @@ async def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--turns", type=int, default=60_000)
     parser.add_argument("--pages", type=int, default=50)
     parser.add_argument("--limit", type=int, default=10_000)
-    parser.add_argument("--format", default="trl-sft")
+    parser.add_argument("--format", default="trl-sft", help="a format, a comma list, or all")
     parser.add_argument("--backend", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--runs", type=int, default=1, help="runs of each side")
     parser.add_argument(
         "--compare", type=Path, help="another checkout to serve too, alternating run by run"
     )
-    args = parser.parse_args()
-    asyncio.run(
-        run(
-            args.backend,
-            args.turns,
-            args.pages,
-            args.format,
-            args.limit,
-            args.runs,
-            None if args.compare is None else args.compare.resolve(),
-        )
+    parser.add_argument(
+        "--data", choices=("mixed", "uniform"), default="mixed", help="the queue seeded"
     )
+    parser.add_argument("--events", type=int, default=400_000, help="with --data mixed")
+    parser.add_argument("--turns", type=int, default=60_000, help="with --data uniform")
+    args = parser.parse_args()
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -32,9 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg
-
-from bench.common import scratch_database
+from bench.common import copy_to_postgres, scratch_database
 from feedback.database import create_engine, migrate
 from feedback.exports import FORMATS, ExportFilter, export_to_file
 from feedback.exports.tree import DEFAULT_BATCH_SIZE
@@ -230,90 +228,12 @@ def _generate(path: Path, events_wanted: int, seed: int = 1) -> dict[str, int]:
     return counts
 
 
-async def _prepare(url: str, path: Path, events: int) -> dict[str, int]:
+async def prepare_queue(url: str, path: Path, events: int) -> dict[str, int]:
+    """Migrate the SQLite database at ``url`` (the file ``path``) and fill it with the queue."""
     engine = create_engine(url)
     await migrate(engine)
     await engine.dispose()
     return _generate(path, events)
-
-
-#: Tables copied to PostgreSQL, in foreign-key order, with the columns the generator fills and
-#: how to turn SQLite's values into PostgreSQL's (booleans are 0/1 in SQLite).
-_COPY: list[tuple[str, tuple[str, ...], dict[str, type]]] = [
-    ("conversations", ("id", "transport", "scope", "persona"), {}),
-    ("user_privacy", ("user_id", "consent"), {"consent": bool}),
-    (
-        "prompt_snapshots",
-        ("id", "messages", "persona", "persona_version", "memories", "model_name", "params"),
-        {},
-    ),
-    (
-        "messages",
-        (
-            "id",
-            "conversation_id",
-            "parent_id",
-            "role",
-            "origin",
-            "author_id",
-            "author_name",
-            "content",
-            "state",
-            "prompt_snapshot_id",
-            "flags",
-            "decided_by",
-        ),
-        {},
-    ),
-    (
-        "feedback_events",
-        (
-            "id",
-            "kind",
-            "actor_id",
-            "conversation_id",
-            "candidate_id",
-            "result_id",
-            "persona",
-            "rating",
-            "tags",
-            "original_text",
-            "new_text",
-        ),
-        {},
-    ),
-]
-
-
-async def _copy_to_postgres(source: Path, url: str) -> None:
-    """Copy the generated SQLite queue into the migrated PostgreSQL database at ``url``."""
-    engine = create_engine(url)
-    await migrate(engine)
-    await engine.dispose()
-    target = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    db = sqlite3.connect(source)
-    try:
-        for table, columns, convert in _COPY:
-            cursor = db.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY 1")
-            indexes = [(columns.index(name), kind) for name, kind in convert.items()]
-            while chunk := cursor.fetchmany(50_000):
-                if indexes:
-                    rows = [list(row) for row in chunk]
-                    for row in rows:
-                        for index, kind in indexes:
-                            if row[index] is not None:
-                                row[index] = kind(row[index])
-                    chunk = rows
-                await target.copy_records_to_table(table, records=chunk, columns=columns)
-            if "id" in columns:
-                await target.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"(SELECT coalesce(max(id), 1) FROM {table}))"
-                )
-        await target.execute("ANALYZE")
-    finally:
-        db.close()
-        await target.close()
 
 
 def _peak_rss_mb(usage: resource.struct_rusage) -> float:
@@ -397,7 +317,7 @@ async def _postgres_runs(
 ) -> None:
     async with scratch_database("postgresql") as url:
         started = time.perf_counter()
-        await _copy_to_postgres(source, url)
+        await copy_to_postgres(source, url)
         print(f"# copied to PostgreSQL in {time.perf_counter() - started:.0f} s", flush=True)
         for fmt in formats:
             out = folder / f"{fmt}-{size}-postgresql.jsonl"
@@ -438,7 +358,7 @@ def main() -> None:
         url = f"sqlite+aiosqlite:///{path}"
         if not path.exists():
             started = time.perf_counter()
-            counts = asyncio.run(_prepare(url, path, size))
+            counts = asyncio.run(prepare_queue(url, path, size))
             print(
                 f"# generated {counts} in {time.perf_counter() - started:.0f} s "
                 f"({path.stat().st_size / 1e6:.0f} MB)",

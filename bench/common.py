@@ -1,10 +1,11 @@
-"""Helpers shared by the benchmark scripts: percentiles, throwaway databases, and the
-environment of a bot process on the loopback Discord server."""
+"""Helpers shared by the benchmark scripts: percentiles, throwaway databases, copying a generated
+queue into PostgreSQL, and the environment of a bot process on the loopback Discord server."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import statistics
 import tempfile
 import uuid
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from feedback.database import create_engine, migrate
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "POSTGRES_ADMIN_DSN",
+    "copy_to_postgres",
     "cpu_seconds",
     "loopback_bot_environment",
     "percentile",
@@ -105,3 +109,82 @@ def tree_cpu_seconds(pid: int) -> float:
     except OSError:
         children = []
     return cpu_seconds(pid) + sum(tree_cpu_seconds(int(child)) for child in children)
+
+
+#: Tables copied to PostgreSQL, in foreign-key order, with the columns the generator fills and
+#: how to turn SQLite's values into PostgreSQL's (booleans are 0/1 in SQLite).
+_COPIED_TABLES: list[tuple[str, tuple[str, ...], dict[str, type]]] = [
+    ("conversations", ("id", "transport", "scope", "persona"), {}),
+    ("user_privacy", ("user_id", "consent"), {"consent": bool}),
+    (
+        "prompt_snapshots",
+        ("id", "messages", "persona", "persona_version", "memories", "model_name", "params"),
+        {},
+    ),
+    (
+        "messages",
+        (
+            "id",
+            "conversation_id",
+            "parent_id",
+            "role",
+            "origin",
+            "author_id",
+            "author_name",
+            "content",
+            "state",
+            "prompt_snapshot_id",
+            "flags",
+            "decided_by",
+        ),
+        {},
+    ),
+    (
+        "feedback_events",
+        (
+            "id",
+            "kind",
+            "actor_id",
+            "conversation_id",
+            "candidate_id",
+            "result_id",
+            "persona",
+            "rating",
+            "tags",
+            "original_text",
+            "new_text",
+        ),
+        {},
+    ),
+]
+
+
+async def copy_to_postgres(source: Path, url: str) -> None:
+    """Copy the generated SQLite queue into the migrated PostgreSQL database at ``url``."""
+    engine = create_engine(url)
+    await migrate(engine)
+    await engine.dispose()
+    target = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    db = sqlite3.connect(source)
+    try:
+        for table, columns, convert in _COPIED_TABLES:
+            cursor = db.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY 1")
+            indexes = [(columns.index(name), kind) for name, kind in convert.items()]
+            while chunk := cursor.fetchmany(50_000):
+                if indexes:
+                    rows = [list(row) for row in chunk]
+                    for row in rows:
+                        for index, kind in indexes:
+                            if row[index] is not None:
+                                row[index] = kind(row[index])
+                    chunk = rows
+                await target.copy_records_to_table(table, records=chunk, columns=columns)
+            if "id" in columns:
+                await target.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"(SELECT coalesce(max(id), 1) FROM {table}))"
+                )
+        await target.execute("ANALYZE")
+    finally:
+        db.close()
+        await target.close()
