@@ -21,8 +21,8 @@ top-5 agreement) are spread over users x personas scopes. Two embedders run side
   third copy, the first recall of each scope after ``MemoryService.preload`` loaded it (what a
   restart that preloads recently active conversations gives them); then both passes again for
   ours alone, on a fourth copy in a process of its own that first loads 700 other scopes (a
-  bot near its index cache bound): the interleaved passes give the ratio, and these come
-  closer to the latency a bot sees (see ``_alone``);
+  bot near its index cache bound): the interleaved passes give the ratio, and this pass the
+  latency of a bot's own process (see ``_alone`` for what else it depends on);
 * recall@5: each store's raw top-5 against exact brute-force cosine over the same scope with
   the same vectors, and *after*'s end-to-end top-5 against exact cosine on *before*'s vectors
   (the quality cost of the int8 model), with the cosine agreement of the two.
@@ -292,7 +292,6 @@ async def _run(args: argparse.Namespace) -> None:
         },
     }
     (workdir / "own-process-job.json").write_text(json.dumps(job))
-    parent_cpu = time.process_time()
     child = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, __file__, "--alone-child"],
@@ -301,7 +300,6 @@ async def _run(args: argparse.Namespace) -> None:
         text=True,
         check=True,
     )
-    parent_cpu = time.process_time() - parent_cpu
     timings_alone: dict[str, list[float]] = json.loads(child.stdout.strip().splitlines()[-1])
     embed_only = {"before": [], "after": []}
     for _, query in passes["warm"]:
@@ -335,7 +333,6 @@ async def _run(args: argparse.Namespace) -> None:
         ok = p50 <= _TARGET_P50_MS and p99 <= _TARGET_P99_MS
         text = f"{pass_}, own process: ours, {names['after']}"
         print(f"  {text:<46} p50 {p50:6.2f} ms, p99 {p99:6.2f} ms [target: {_met(ok)}]")
-    print(f"  (this process used {parent_cpu:.1f} CPU s while the own-process passes ran)")
     p50, p99 = _percentiles(first_after_preload)
     ok = p50 <= _TARGET_P50_MS and p99 <= _TARGET_P99_MS
     print(
@@ -407,21 +404,24 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 async def _alone(job: dict[str, Any]) -> dict[str, list[float]]:
-    """Both recall passes on one store in a fresh process, as a restarted bot runs it. The
-    interleaved passes run up to four stores and the usual recipe in one process, and a cold
-    load there costs twice what it costs a bot (measured on the 100k store: cold p50 6.6 ms
-    with one other store of 300 loaded scopes in the process, 14 ms with two or three; 7.0 ms
-    and 8.9 ms in one store that had loaded 300 and 700 other scopes). Like a bot near its
-    cache bound, the process first loads :data:`_BUSY_SCOPES` other scopes. Its store is a
-    copy of one whose client was closed (``MemoryService.close``), as a bot's shutdown leaves
-    it: a copy of a store still open loads each scope at twice the cost.
+    """Both recall passes on one store in a fresh process, as a bot runs it.
 
-    Not understood yet: on the 100k store this pass gave cold p50 14.4 to 14.8 ms inside the
-    bench, and 7.1 to 7.6 ms when the same job (saved as ``own-process-job.json`` in the
-    working directory) was run again by hand, after the bench, on a fresh copy of ``ours``:
-    ``bench_memory.py --alone-child < job.json``, its ``store`` pointed at the copy. The
-    parent process was idle meanwhile, and neither dirty pages nor the environment the parent
-    passes on made the difference."""
+    The interleaved passes run up to four stores and the usual recipe in one process, and a
+    cold load there costs twice what it costs a bot (measured on the 100k store: cold p50 6.6
+    ms with one other store of 300 loaded scopes in the process, 14 ms with two or three; 7.0
+    and 8.9 ms in one store that had loaded 300 and 700 other scopes). Like a bot near its
+    cache bound, this process first loads :data:`_BUSY_SCOPES` other scopes; its store is a
+    copy of one whose client was closed (``MemoryService.close``), as a bot's shutdown leaves
+    it (a copy of a store still open loads each scope at twice the cost).
+
+    What this pass gives depends on the machine's memory, not only on the store. A cold load
+    allocates the scope's index (about 2.8 MB, see ``MemoryService.preload``), and while another
+    process holds several GB, page faults on this virtual machine slow down (touching 2 GB: 0.85
+    s alone; 5.6 s, then 1.39 s, while another process held 8 GB). The bench's own process
+    holds several GB: this pass gave cold p50 14 to 16 ms on the 100k store in four full runs;
+    the saved job (``own-process-job.json``) run again by hand on a fresh copy gave 7.1 to 8.0
+    ms alone, and 15 to 16 ms while another process held 6 GB.
+    """
     embedder = SentenceTransformerEmbedder(
         backend=job["backend"], onnx_cache_dir=Path(job["models"]), cache_size=0
     )
