@@ -153,10 +153,10 @@ async def seed(url: str, turns: int, conversations: int) -> str:
 
 async def seed_mixed(url: str, events: int) -> str:
     """:mod:`bench.bench_export`'s queue of ``events`` feedback events; returns a read token."""
-    with tempfile.TemporaryDirectory() as folder:
-        if url.startswith("sqlite"):
-            await prepare_queue(url, Path(url.split(":///", 1)[1]), events)
-        else:  # generated into SQLite, then copied (as bench_export.py does)
+    if url.startswith("sqlite"):
+        await prepare_queue(url, Path(url.split(":///", 1)[1]), events)
+    else:  # generated into SQLite, then copied (as bench_export.py does)
+        with tempfile.TemporaryDirectory() as folder:
             source = Path(folder) / "queue.sqlite3"
             await prepare_queue(f"sqlite+aiosqlite:///{source}", source, events)
             await copy_to_postgres(source, url)

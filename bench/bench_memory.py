@@ -271,31 +271,29 @@ async def _run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     await preloaded.preload([scopes[s] for s in picked], limit=len(picked))
     preload_s = time.perf_counter() - started
-    first_after_preload = []
-    for scope, query in passes["cold"]:
-        persona, user = scopes[scope]
-        started = time.perf_counter()
-        await preloaded.recall(
-            persona=persona, user_id=user, query_texts=[query], k=5, token_budget=10_000
-        )
-        first_after_preload.append(time.perf_counter() - started)
+    first_after_preload = await _recall_times(
+        preloaded, [(*scopes[scope], query) for scope, query in passes["cold"]]
+    )
     preloaded.close()
     # Ours alone, on a fourth copy, in a process of its own (as a bot runs it): see _alone.
-    job = {
-        "store": str(workdir / "ours-alone"),
-        "models": str(workdir / "models"),
-        "backend": args.backend,
-        "busy": [scopes[s] for s in range(len(scopes)) if s not in set(picked)][:_BUSY_SCOPES],
-        "passes": {
-            pass_: [(*scopes[scope], query) for scope, query in queries]
-            for pass_, queries in passes.items()
-        },
-    }
-    (workdir / "own-process-job.json").write_text(json.dumps(job))
+    recalled = set(picked)
+    job = json.dumps(
+        {
+            "store": str(workdir / "ours-alone"),
+            "models": str(workdir / "models"),
+            "backend": args.backend,
+            "busy": [scopes[s] for s in range(len(scopes)) if s not in recalled][:_BUSY_SCOPES],
+            "passes": {
+                pass_: [(*scopes[scope], query) for scope, query in queries]
+                for pass_, queries in passes.items()
+            },
+        }
+    )
+    (workdir / "own-process-job.json").write_text(job)
     child = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, __file__, "--alone-child"],
-        input=json.dumps(job),
+        input=job,
         capture_output=True,
         text=True,
         check=True,
@@ -428,16 +426,22 @@ async def _alone(job: dict[str, Any]) -> dict[str, list[float]]:
     store = MemoryService.open(path=Path(job["store"]), embedder=embedder, timeout_s=600)
     busy = [tuple(scope) for scope in job["busy"]]
     await store.preload(busy, limit=len(busy))
-    timings: dict[str, list[float]] = {}
-    for pass_, queries in job["passes"].items():
-        timings[pass_] = []
-        for persona, user, query in queries:
-            started = time.perf_counter()
-            await store.recall(
-                persona=persona, user_id=user, query_texts=[query], k=5, token_budget=10_000
-            )
-            timings[pass_].append(time.perf_counter() - started)
+    timings = {
+        pass_: await _recall_times(store, queries) for pass_, queries in job["passes"].items()
+    }
     store.close()
+    return timings
+
+
+async def _recall_times(store: MemoryService, queries: list[tuple[str, str, str]]) -> list[float]:
+    """Seconds each ``(persona, user, query)`` recall of ``store`` took, one after another."""
+    timings = []
+    for persona, user, query in queries:
+        started = time.perf_counter()
+        await store.recall(
+            persona=persona, user_id=user, query_texts=[query], k=5, token_budget=10_000
+        )
+        timings.append(time.perf_counter() - started)
     return timings
 
 

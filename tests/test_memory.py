@@ -385,14 +385,20 @@ def _open_with_a_small_index_cache(store: Path) -> tuple[MemoryService, int]:
     return memory, cached
 
 
+def _open_files_under(folder: Path) -> list[str]:
+    """Paths under ``folder`` that this process holds open (from ``/proc/self/fd``)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(str(folder)):
+                held.append(target)
+    return held
+
+
 def _loaded_indexes(store: Path) -> int:
     """Indexes of the store at ``store`` that are loaded: their open header files."""
-    count = 0
-    for descriptor in Path("/proc/self/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(descriptor)
-            count += target.startswith(str(store)) and target.endswith("header.bin")
-    return count
+    return sum(path.endswith("header.bin") for path in _open_files_under(store))
 
 
 async def test_embedded_store_keeps_a_bounded_number_of_indexes_loaded(tmp_path: Path) -> None:
@@ -539,17 +545,6 @@ async def test_store_failure_mid_conversation(tmp_path: Path) -> None:
 async def test_bad_role_is_refused(service: MemoryService) -> None:
     with pytest.raises(MemoryInputError, match="role"):
         await _say(service, "u", 0, "hello", role="system")
-
-
-def _open_files_under(folder: Path) -> list[str]:
-    """Paths under ``folder`` that this process holds open (from ``/proc/self/fd``)."""
-    held = []
-    for fd in Path("/proc/self/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith(str(folder)):
-                held.append(target)
-    return held
 
 
 async def test_close_closes_the_chroma_client(tmp_path: Path) -> None:
