@@ -319,6 +319,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=400_000, help="with --data mixed")
     parser.add_argument("--turns", type=int, default=60_000, help="with --data uniform")
     args = parser.parse_args()
+    if args.format != "all":
+        unknown = sorted(set(args.format.split(",")) - set(FORMATS))
+        if unknown:
+            parser.error(f"unknown format {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
     asyncio.run(run(args))
 
 
