@@ -22,6 +22,11 @@ time of a mixed one; use it to compare with figures taken before.
         [--backend postgresql|sqlite] [--runs N] [--compare DIR] [--data mixed|uniform]
         [--turns 60000]
 
+Each run serves this checkout three ways, side by side: ``built`` builds every record and keeps
+none, ``first`` starts with no kept record (they are deleted first) and keeps what its pages
+build, ``kept`` serves what ``first`` kept (see :mod:`feedback.exports.cache`); ``--passes``
+picks some of them.
+
 ``--compare DIR`` serves the same database from another checkout too (``git worktree add DIR
 REV``), alternating the two run by run (``--runs`` each), so a change is measured side by side
 on a machine whose speed drifts; the report gives each side's runs and their medians.
@@ -173,21 +178,23 @@ import uvicorn
 from feedback.api import create_app
 from feedback.database import create_engine, session_factory
 
-async def main(url, port, secret):
+async def main(url, port, secret, keep):
     engine = create_engine(url)
-    app = create_app(session_factory(engine), pseudonym_secret=secret)
+    options = {} if keep == "default" else {"keep_records": keep == "keep"}
+    app = create_app(session_factory(engine), pseudonym_secret=secret, **options)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     await uvicorn.Server(config).serve()
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]))
 """
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-def serve(root: Path, url: str, port: int) -> subprocess.Popen[bytes]:
-    """Start the API of the checkout at ``root`` on ``port``."""
+def serve(root: Path, url: str, port: int, keep: str = "default") -> subprocess.Popen[bytes]:
+    """Start the API of the checkout at ``root`` on ``port`` (``keep``: ``keep``, ``build``
+    or, for a checkout from before kept records, ``default``)."""
     return subprocess.Popen(
-        [sys.executable, "-c", _SERVE, url, str(port), SECRET.decode()],
+        [sys.executable, "-c", _SERVE, url, str(port), SECRET.decode(), keep],
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
     )
@@ -265,14 +272,18 @@ async def measure_format(
 ) -> None:
     """``args.runs`` runs of each side on format ``fmt``, alternating, and their report."""
     pages, limit, runs = args.pages, args.limit, args.runs
-    sides = {"this": _ROOT}
+    sides: dict[str, tuple[Path, str]] = {}
     if compare is not None:
-        sides = {str(compare): compare, **sides}
+        sides[str(compare)] = (compare, "default")
+    for name in args.passes.split(","):
+        sides[name] = (_ROOT, "build" if name == "built" else "keep")
     results: dict[str, list[Run]] = {side: [] for side in sides}
     for number in range(runs):
-        for side, root in sides.items():
+        for side, (root, keep) in sides.items():
+            if side == "first":
+                await forget_kept_records(url)
             port = _free_port()
-            server = serve(root, url, port)
+            server = serve(root, url, port, keep)
             try:
                 result = await asyncio.to_thread(
                     measure, port, server.pid, token, fmt, pages, limit
@@ -303,6 +314,14 @@ async def measure_format(
         )
 
 
+async def forget_kept_records(url: str) -> None:
+    """Delete every kept export record, so the next pages build theirs."""
+    engine = create_engine(url)
+    async with engine.begin() as connection:
+        await connection.execute(sql("DELETE FROM turn_records"))
+    await engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pages", type=int, default=50)
@@ -318,7 +337,13 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=400_000, help="with --data mixed")
     parser.add_argument("--turns", type=int, default=60_000, help="with --data uniform")
+    parser.add_argument(
+        "--passes", default="built,first,kept", help="of this checkout, in this order"
+    )
     args = parser.parse_args()
+    unknown = sorted(set(args.passes.split(",")) - {"built", "first", "kept"})
+    if unknown:
+        parser.error(f"unknown pass {', '.join(unknown)}: choose from built, first, kept")
     if args.format != "all":
         unknown = sorted(set(args.format.split(",")) - set(FORMATS))
         if unknown:

@@ -9,6 +9,12 @@ subprocess and reports, per format: output records/s, queue events/s (the N even
 the export's time), the CPU seconds of the process and of the export's helper process (all
 threads; steadier than wall time on a shared machine), and the peak RSS of each (``VmHWM``;
 ``ru_maxrss`` of the helper, 0 when the export ran without one).
+
+Each format runs three passes, side by side: ``built`` builds every record and keeps none (the
+path of a filtered export, and of every export before records were kept), ``first`` starts
+with no kept record (they are deleted first), builds them all and keeps them, and ``kept`` serves
+the kept ones (see :mod:`feedback.exports.cache`). ``same`` says whether the pass's file is
+byte for byte the ``built`` one; ``kept MB`` is the size of the kept records of the format.
 Targets: >= 50,000 records/s, peak RSS < 300 MB, flat from 100k to 1M events.
 
     .venv/bin/python bench/bench_export.py [--sizes 100000,1000000] [--formats all]
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import resource
@@ -29,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -246,10 +254,23 @@ def _peak_rss_mb(usage: resource.struct_rusage) -> float:
     return usage.ru_maxrss / 1024
 
 
-async def _child(url: str, fmt: str, out: Path) -> dict[str, float]:
+#: The passes of each format (see the module docstring).
+PASSES = ("built", "first", "kept")
+
+
+async def _child(url: str, fmt: str, out: Path, mode: str) -> dict[str, Any]:
+    from sqlalchemy import delete, func, select
+
     from feedback.database import session_factory
+    from feedback.exports.cache import cache_key
+    from feedback.models import TurnRecords
 
     engine = create_engine(url)
+    sessions = session_factory(engine)
+    if mode == "first":
+        async with sessions() as session:
+            await session.execute(delete(TurnRecords))
+            await session.commit()
     turns = 0
 
     def progress(count: int) -> None:
@@ -259,7 +280,7 @@ async def _child(url: str, fmt: str, out: Path) -> dict[str, float]:
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     counts = await export_to_file(
-        session_factory(engine),
+        sessions,
         fmt,
         ExportFilter(),
         out,
@@ -268,8 +289,17 @@ async def _child(url: str, fmt: str, out: Path) -> dict[str, float]:
         pseudonym_secret=b"bench",
         progress=progress,
         batch_size=DEFAULT_BATCH_SIZE,
+        keep_records=mode != "built",
     )
     elapsed = time.perf_counter() - started
+    key = cache_key(fmt, ExportFilter(), b"bench")
+    assert key is not None
+    async with sessions() as session:
+        kept_bytes = await session.scalar(
+            select(func.coalesce(func.sum(func.length(TurnRecords.body)), 0)).where(
+                TurnRecords.kind == key.kind
+            )
+        )
     await engine.dispose()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     helper = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -289,12 +319,13 @@ async def _child(url: str, fmt: str, out: Path) -> dict[str, float]:
         "peak_rss_mb": _peak_rss_mb(usage),
         # The export's helper process (a large export runs one), 0 when there was none.
         "helper_rss_mb": helper.ru_maxrss / 1024,
+        "kept_mb": kept_bytes / 1e6,
     }
 
 
-def _run_child(url: str, fmt: str, out: Path) -> dict[str, float]:
+def _run_child(url: str, fmt: str, out: Path, mode: str) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, __file__, "--child", url, fmt, str(out)],
+        [sys.executable, __file__, "--child", url, fmt, str(out), mode],
         check=True,
         capture_output=True,
         text=True,
@@ -302,12 +333,25 @@ def _run_child(url: str, fmt: str, out: Path) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _report(backend: str, size: int, fmt: str, r: dict[str, float]) -> None:
+def _run_passes(backend: str, size: int, url: str, fmt: str, out: Path, keep: bool) -> None:
+    """The three passes of one format (see the module docstring), one line each."""
+    built = ""
+    for mode in PASSES:
+        result = _run_child(url, fmt, out, mode)
+        built = built or result["sha256"]
+        _report(backend, size, fmt, mode, result, same=result["sha256"] == built)
+        if not keep:
+            with contextlib.suppress(FileNotFoundError):
+                out.unlink()
+
+
+def _report(backend: str, size: int, fmt: str, mode: str, r: dict[str, Any], same: bool) -> None:
     print(
-        f"{backend:>10} {size:>9} {fmt:>10} {r['turns']:>8.0f} {r['records']:>8.0f} "
+        f"{backend:>10} {size:>9} {fmt:>10} {mode:>5} {r['turns']:>8.0f} {r['records']:>8.0f} "
         f"{r['seconds']:>6.1f} {r['cpu_s']:>6.1f} {r['records_per_s']:>10,.0f} "
         f"{size / r['seconds']:>9,.0f} {r['records'] / r['cpu_s']:>10,.0f} "
-        f"{r['peak_rss_mb']:>7.0f} {r['helper_rss_mb']:>7.0f} {r['bytes'] / 1e6:>8.1f}",
+        f"{r['peak_rss_mb']:>7.0f} {r['helper_rss_mb']:>7.0f} {r['bytes'] / 1e6:>8.1f} "
+        f"{r['kept_mb']:>7.1f} {'yes' if same else 'NO':>4}",
         flush=True,
     )
 
@@ -321,11 +365,7 @@ async def _postgres_runs(
         print(f"# copied to PostgreSQL in {time.perf_counter() - started:.0f} s", flush=True)
         for fmt in formats:
             out = folder / f"{fmt}-{size}-postgresql.jsonl"
-            result = await asyncio.to_thread(_run_child, url, fmt, out)
-            _report("postgresql", size, fmt, result)
-            if not keep:
-                with contextlib.suppress(FileNotFoundError):
-                    out.unlink()
+            await asyncio.to_thread(_run_passes, "postgresql", size, url, fmt, out, keep)
 
 
 def main() -> None:
@@ -335,13 +375,15 @@ def main() -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="sqlite")
     parser.add_argument("--keep", type=Path, help="keep the databases and files in this folder")
     parser.add_argument(
-        "--child", nargs=3, metavar=("URL", "FORMAT", "OUT"), help=argparse.SUPPRESS
+        "--child", nargs=4, metavar=("URL", "FORMAT", "OUT", "PASS"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.child:
-        url, fmt, out = args.child
-        figures = asyncio.run(_child(url, fmt, Path(out)))
-        figures["bytes"] = Path(out).stat().st_size
+        url, fmt, out, mode = args.child
+        figures = asyncio.run(_child(url, fmt, Path(out), mode))
+        data = Path(out).read_bytes()
+        figures["bytes"] = len(data)
+        figures["sha256"] = hashlib.sha256(data).hexdigest()
         print(json.dumps(figures))
         return
     formats = FORMATS if args.formats == "all" else tuple(args.formats.split(","))
@@ -349,9 +391,9 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     print(
-        f"{'backend':>10} {'events':>9} {'format':>10} {'turns':>8} {'records':>8} {'s':>6} "
-        f"{'CPU s':>6} {'records/s':>10} {'events/s':>9} {'rec/CPU-s':>10} {'RSS MB':>7} "
-        f"{'help MB':>7} {'file MB':>8}"
+        f"{'backend':>10} {'events':>9} {'format':>10} {'pass':>5} {'turns':>8} {'records':>8} "
+        f"{'s':>6} {'CPU s':>6} {'records/s':>10} {'events/s':>9} {'rec/CPU-s':>10} "
+        f"{'RSS MB':>7} {'help MB':>7} {'file MB':>8} {'kept MB':>7} {'same':>4}"
     )
     for size in (int(s) for s in args.sizes.split(",")):
         path = folder / f"bench-{size}.sqlite3"
@@ -367,9 +409,7 @@ def main() -> None:
         if "sqlite" in backends:
             for fmt in formats:
                 out = folder / f"{fmt}-{size}.jsonl"
-                _report("sqlite", size, fmt, _run_child(url, fmt, out))
-                if not args.keep:
-                    out.unlink()
+                _run_passes("sqlite", size, url, fmt, out, bool(args.keep))
         if "postgresql" in backends:
             asyncio.run(_postgres_runs(path, size, formats, folder, bool(args.keep)))
 

@@ -136,6 +136,7 @@ _COPIED_TABLES: list[tuple[str, tuple[str, ...], dict[str, type]]] = [
             "prompt_snapshot_id",
             "flags",
             "decided_by",
+            "revision",
         ),
         {},
     ),
@@ -167,6 +168,9 @@ async def copy_to_postgres(source: Path, url: str) -> None:
     target = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     db = sqlite3.connect(source)
     try:
+        # Without triggers (nor foreign-key checks): the copy is whole and consistent, and the
+        # empty database keeps no export record for the turn-revision triggers to drop.
+        await target.execute("SET session_replication_role = replica")
         for table, columns, convert in _COPIED_TABLES:
             cursor = db.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY 1")
             indexes = [(columns.index(name), kind) for name, kind in convert.items()]
@@ -184,6 +188,7 @@ async def copy_to_postgres(source: Path, url: str) -> None:
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                     f"(SELECT coalesce(max(id), 1) FROM {table}))"
                 )
+        await target.execute("SET session_replication_role = DEFAULT")
         await target.execute("ANALYZE")
     finally:
         db.close()

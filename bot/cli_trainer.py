@@ -38,21 +38,26 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+    from bot.settings import Settings
+
 
 __all__ = ["export_command", "report_command"]
 
 #: The environment variable that holds the pseudonym secret (until a setting exists).
 
 
-def _run(job: Callable[[async_sessionmaker[AsyncSession], bytes], Awaitable[Any]]) -> Any:
-    """Open the configured database, run ``job`` with the pseudonym key, errors as one line."""
+def _run(
+    job: Callable[[async_sessionmaker[AsyncSession], bytes, Settings], Awaitable[Any]],
+) -> Any:
+    """Open the configured database, run ``job`` with the pseudonym key and the settings,
+    errors as one line."""
     try:
         settings = load_settings()
         secret = pseudonym_secret(settings)
     except ConfigError as error:
         fail(str(error))
     return with_database(
-        settings, lambda sessions: job(sessions, secret), user_errors=(ExportError,)
+        settings, lambda sessions: job(sessions, secret, settings), user_errors=(ExportError,)
     )
 
 
@@ -123,14 +128,18 @@ def export_command(
         fail(str(error))
     if dry_run:
         formats = (fmt,) if fmt else FORMATS
-        counts = _run(lambda sessions, key: _dry_run(sessions, key, flt, formats))
+        counts = _run(lambda sessions, key, _settings: _dry_run(sessions, key, flt, formats))
         _print_counts(counts)
         return
     if fmt is None:
         fail(f"--format is required; use one of: {', '.join(FORMATS)}")
     if out is None:
         fail("--out is required: the JSONL file to write")
-    written = _run(lambda sessions, key: _export(sessions, key, fmt, flt, out, splits, seed))
+    written = _run(
+        lambda sessions, key, settings: _export(
+            sessions, key, fmt, flt, out, splits, seed, keep_records=settings.exports.keep_records
+        )
+    )
     console = Console()
     for name, count in written.items():
         target = out if name == "all" else out.with_name(f"{out.stem}.{name}{out.suffix}")
@@ -145,6 +154,8 @@ async def _export(
     out: Path,
     splits: dict[str, float] | None,
     seed: int,
+    *,
+    keep_records: bool,
 ) -> dict[str, int]:
     total = await progress_total(sessions, flt, (fmt,))
     with _progress() as progress:
@@ -158,6 +169,7 @@ async def _export(
             seed=seed,
             pseudonym_secret=secret,
             progress=lambda turns: progress.advance(task, turns),
+            keep_records=keep_records,
         )
 
 
@@ -198,7 +210,9 @@ def report_command(
     """Plot ratings, rewrite rate by turn depth, tags, actors, agreement and flag verdicts."""
     from feedback.report import ReportError, write_report
 
-    def job(sessions: async_sessionmaker[AsyncSession], secret: bytes) -> Awaitable[Path]:
+    def job(
+        sessions: async_sessionmaker[AsyncSession], secret: bytes, _settings: Settings
+    ) -> Awaitable[Path]:
         return write_report(sessions, out, persona=persona, pseudonym_secret=secret)
 
     try:

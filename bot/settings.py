@@ -145,6 +145,17 @@ class PrivacySettings(BaseModel):
     pseudonym_secret: SecretStr | None = None
 
 
+class ExportSettings(BaseModel):
+    """Training-data exports and the trainer API's pages."""
+
+    #: Keep each user turn's records per format in the database (``turn_records``), so later
+    #: exports and pages serve them instead of building them again (about 3x the records per
+    #: second). Costs about the size of the exports of the formats pulled. Triggers drop a
+    #: turn's records when it changes and an erasure removes them; turned off, the rows already
+    #: kept stay until their turns change (``DELETE FROM turn_records`` frees them).
+    keep_records: bool = True
+
+
 class Settings(BaseSettings):
     """All of Greenroom's settings, read once per process by :func:`get_settings`."""
 
@@ -168,6 +179,7 @@ class Settings(BaseSettings):
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    exports: ExportSettings = Field(default_factory=ExportSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
 
     @model_validator(mode="after")

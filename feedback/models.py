@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -38,6 +39,7 @@ __all__ = [
     "MessageNode",
     "PendingAction",
     "PromptSnapshot",
+    "TurnRecords",
     "UserPrivacy",
     "UserTurnState",
 ]
@@ -116,6 +118,7 @@ class MessageNode(Base):
         Index("ix_messages_parent_id", "parent_id"),
         Index("ix_messages_author_id", "author_id"),
         Index("ix_messages_created_at", "created_at"),
+        Index("ix_messages_prompt_snapshot_id", "prompt_snapshot_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -147,7 +150,35 @@ class MessageNode(Base):
     console_ref: Mapped[str | None] = mapped_column(String(64), default=None)
     #: Who decided this candidate's fate (an actor id, or ``timeout``).
     decided_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    #: For a user turn: raised by database triggers whenever anything its export records are
+    #: built from changes (its replies, their events and prompt snapshots, the turn itself),
+    #: which also delete its :class:`TurnRecords` (see migration 0003).
+    revision: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class TurnRecords(Base):
+    """The export records one user turn gives in one format, built once and served again.
+
+    ``body`` holds the records as JSON lines, exactly as an export writes them. A row is valid
+    while its ``revision`` equals the turn's and its ``build_key`` matches the running code and
+    pseudonym secret (see :mod:`feedback.exports.cache`); triggers delete the rows of a turn
+    that changes, so no stale or erased text stays here. Consent is not stored: it is applied
+    when turns are selected.
+    """
+
+    __tablename__ = "turn_records"
+
+    user_turn_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: ``sft`` (both SFT formats share records), ``openai-dpo``, ``trl-dpo``, ``trl-kto``,
+    #: ``oasst``.
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    build_key: Mapped[str] = mapped_column(String(32))
+    revision: Mapped[int] = mapped_column(Integer)
+    record_count: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class ChannelSetting(Base):

@@ -647,7 +647,7 @@ class ConversationStore:
             replies = (
                 await session.execute(
                     select(MessageNode.id, MessageNode.prompt_snapshot_id).where(
-                        MessageNode.parent_id.in_(own_ids)
+                        MessageNode.parent_id.in_(own_ids), MessageNode.role == "assistant"
                     )
                 )
             ).all()

@@ -61,17 +61,26 @@ async def test_pages_never_split_a_user_turn(monkeypatch: pytest.MonkeyPatch) ->
     keys = [1, 1, 2, 3, 3, 3, 4]
 
     async def fake_records(*_args: Any, after_id: int | None, **_kwargs: Any) -> AsyncIterator[Any]:
+        turns: dict[int, list[Any]] = {}
         for n, key in enumerate(keys):
+            turns.setdefault(key, []).append({"n": n})
+        for key, turn in turns.items():
             if after_id is None or key > after_id:
-                yield key, {"n": n}
+                yield key, turn
 
-    monkeypatch.setattr(records, "iter_records", fake_records)
+    monkeypatch.setattr(records, "iter_turn_records", fake_records)
 
     async def next_page(after: int | None, limit: int) -> tuple[list[int], int | None, bool]:
         sessions: Any = None
         flt: Any = None
         result = await page(
-            sessions, "trl-dpo", flt, pseudonym_secret=b"x", after=after, limit=limit
+            sessions,
+            "trl-dpo",
+            flt,
+            pseudonym_secret=b"x",
+            after=after,
+            limit=limit,
+            keep_records=False,
         )
         last = None if result.next_cursor is None else decode_cursor(result.next_cursor, "trl-dpo")
         return [r["n"] for r in result.records], last, result.has_more

@@ -196,3 +196,40 @@ def test_report_command_writes_the_page(
     (tmp_path / "afile").write_text("x")
     code, _, stderr = _invoke(app, "report", "--out", str(tmp_path / "afile"))
     assert code == 2 and "it is a file" in stderr
+
+
+def _kept_rows(db_url: str) -> int:
+    import asyncio
+
+    from sqlalchemy import func, select
+
+    from feedback.database import create_engine
+    from feedback.models import TurnRecords
+
+    async def count() -> int:
+        engine = create_engine(db_url)
+        try:
+            async with engine.connect() as connection:
+                return int(await connection.scalar(select(func.count()).select_from(TurnRecords)))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(count())
+
+
+def test_export_keeps_records_unless_the_setting_says_not(
+    app: typer.Typer,
+    env: dict[str, str],
+    filled: None,
+    tmp_path: Path,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "kto.jsonl"
+    monkeypatch.setenv("GREENROOM_EXPORTS__KEEP_RECORDS", "false")
+    assert _invoke(app, "export", "--format", "trl-kto", "--out", str(out))[0] == 0
+    assert _kept_rows(db_url) == 0
+    built = out.read_bytes()
+    monkeypatch.delenv("GREENROOM_EXPORTS__KEEP_RECORDS")
+    assert _invoke(app, "export", "--format", "trl-kto", "--out", str(out))[0] == 0
+    assert _kept_rows(db_url) == 6 and out.read_bytes() == built

@@ -207,9 +207,14 @@ async def test_erase_removes_the_user_and_scrubs_shared_snapshots(
     store: ConversationStore,
 ) -> None:
     channel = await store.conversation_id("discord", "channel:5", "Marlowe")
-    await _turn(store, channel, "discord:1", "my secret is 42")
+    first_turn, _ = await _turn(store, channel, "discord:1", "my secret is 42")
+    # said before the first reply went out: a child of the erased user's turn, and not theirs
     user_turn = await store.add_user_turn(
-        conversation_id=channel, parent_id=None, user_id="discord:2", user_name="two", text="hi"
+        conversation_id=channel,
+        parent_id=first_turn,
+        user_id="discord:2",
+        user_name="two",
+        text="hi",
     )
     await store.add_candidate(
         conversation_id=channel,

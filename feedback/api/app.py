@@ -75,6 +75,7 @@ def create_app(
     *,
     pseudonym_secret: bytes,
     helper_min_records: int | None = DEFAULT_MIN_RECORDS,
+    keep_records: bool = True,
 ) -> FastAPI:
     """The API over ``sessions``; ``pseudonym_secret`` keys the actor and conversation
     pseudonyms (keep it stable, or pseudonyms change between runs).
@@ -82,6 +83,8 @@ def create_app(
     Pages of at least ``helper_min_records`` records are built with a helper process (see
     :mod:`feedback.api.helper`; ``None``: never). It starts with the app's lifespan (or in
     the background with the first such page) and stops with it, or when this process ends.
+    With ``keep_records`` pages serve and keep built records (see
+    :mod:`feedback.exports.cache`).
     """
     if len(pseudonym_secret) < 16:
         raise ValueError("the pseudonym secret must be at least 16 bytes")
@@ -109,6 +112,7 @@ def create_app(
     app.state.sessions = sessions
     app.state.pseudonym_secret = pseudonym_secret
     app.state.page_helper = helper
+    app.state.keep_records = keep_records
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"], responses={503: {"model": ErrorResponse}})
@@ -175,6 +179,7 @@ def create_app(
             after=after,
             limit=limit,
             helper=request.app.state.page_helper,
+            keep_records=request.app.state.keep_records,
         )
         try:
             body = orjson.dumps(

@@ -12,8 +12,9 @@ The helper is ``python -m feedback.api.page_worker`` (not :mod:`multiprocessing`
 the caller's main module again). Protocol on its standard input and output: frames of a 4-byte
 big-endian length and a pickle. The first frame is ``(database URL, pseudonym secret)``, so the
 secret is never on a command line. Each request is ``(format, filter, after_id, last_id,
-batch_size)``; the answer is ``("ok", turns read, [(turn key, [record bytes, ...]), ...])`` or
-``("error", message)``. The helper exits when its input closes, so it never outlives the API.
+batch_size, keep records)``; the answer is ``("ok", turns read, [(turn key, [record bytes,
+...]), ...])`` or ``("error", message)``. The helper exits when its input closes, so it never
+outlives the API.
 
 The helper answers the first frame with ``("ready",)`` once it has imported what it needs and
 opened the database; until then, and whenever it is not running, pages are built in one
@@ -41,11 +42,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from feedback.subprocesses import shared_database_url, start_module
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from feedback.exports import ExportFilter
+    from feedback.exports.cache import RecordFill
 
 __all__ = [
     "DEFAULT_MIN_RECORDS",
@@ -53,7 +53,6 @@ __all__ = [
     "HelperError",
     "PageHelper",
     "Turn",
-    "group_turns",
 ]
 
 _log = logging.getLogger(__name__)
@@ -75,22 +74,6 @@ _HEADER = struct.Struct(">I")
 
 #: A user turn's records: its key (the user turn id) and the records, in order.
 Turn = tuple[int, list[Any]]
-
-
-async def group_turns(source: AsyncIterator[tuple[int, Any]]) -> AsyncIterator[Turn]:
-    """``(key, record)`` pairs (of :func:`feedback.exports.iter_records`) grouped by key: each
-    user turn's records together, in order."""
-    turn: Turn | None = None
-    async with contextlib.aclosing(source) as items:  # type: ignore[type-var]
-        async for key, record in items:
-            if turn is not None and turn[0] == key:
-                turn[1].append(record)
-                continue
-            if turn is not None:
-                yield turn
-            turn = (key, [record])
-    if turn is not None:
-        yield turn
 
 
 class HelperError(RuntimeError):
@@ -195,14 +178,18 @@ class PageHelper:
         after_id: int | None,
         last_id: int,
         batch_size: int,
+        keep_records: bool = True,
     ) -> list[Turn]:
         """The records, serialised, of the user turns after ``after_id`` up to ``last_id``;
-        ends the reservation. Raises :class:`HelperError` if the helper cannot answer."""
+        ends the reservation. With ``keep_records`` the helper reads and keeps records as
+        :func:`feedback.api.records.page` does. Raises :class:`HelperError` if the helper
+        cannot answer."""
         try:
             process = self._process
             if self._holder is not reservation or process is None:
                 raise HelperError("the page helper is not reserved for this page")
-            answer = await self._ask(process, (fmt, flt, after_id, last_id, batch_size))
+            request = (fmt, flt, after_id, last_id, batch_size, keep_records)
+            answer = await self._ask(process, request)
         finally:
             self.release(reservation)
         if answer[0] != "ok":
@@ -295,17 +282,23 @@ def _read_frame(stream: BinaryIO) -> Any:
 async def _share(
     sessions: async_sessionmaker[AsyncSession],
     secret: bytes,
-    request: tuple[str, ExportFilter, int | None, int, int],
+    request: tuple[str, ExportFilter, int | None, int, int, bool],
     retained: list[Any],
+    kept: list[RecordFill],
 ) -> tuple[int, list[Turn]]:
     import orjson
 
-    from feedback.exports import iter_records
+    from feedback.exports import iter_turn_records
+    from feedback.exports.cache import RecordFill, cache_key
 
-    fmt, flt, after_id, last_id, batch_size = request
+    fmt, flt, after_id, last_id, batch_size, keep_records = request
+    key = cache_key(fmt, flt, secret) if keep_records else None
+    fill = None if key is None else RecordFill(sessions, key)
+    if fill is not None:
+        kept.append(fill)
     turns: list[Turn] = []
     dumps = orjson.dumps
-    source = iter_records(
+    source = iter_turn_records(
         sessions,
         fmt,
         flt,
@@ -314,8 +307,9 @@ async def _share(
         last_id=last_id,
         batch_size=batch_size,
         retain=retained,
+        fill=fill,
     )
-    async with contextlib.aclosing(group_turns(source)) as grouped:
+    async with contextlib.aclosing(source) as grouped:
         async for key, records in grouped:
             turns.append((key, [dumps(record) for record in records]))
     return sum(len(trees) for trees in retained), turns
@@ -338,9 +332,10 @@ async def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
         while (request := _read_frame(requests)) is not None:
             retained: list[Any] = []
             turns: list[Turn] = []
+            kept: list[RecordFill] = []
             with gc_paused():
                 try:
-                    read, turns = await _share(sessions, secret, request, retained)
+                    read, turns = await _share(sessions, secret, request, retained, kept)
                     answer: tuple[Any, ...] = ("ok", read, turns)
                 except Exception as error:
                     _log.exception("the page helper failed")
@@ -350,6 +345,8 @@ async def _serve(requests: BinaryIO, answers: BinaryIO) -> None:
                 # Freed after the answer went out, as the API frees its own pages.
                 del answer, turns
                 retained.clear()
+                for fill in kept:
+                    await fill.save()
             collect_young()
     finally:
         await engine.dispose()

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from feedback.api.helper import HELPER_SHARE, HelperError, Turn, group_turns
-from feedback.exports import RecordBuilder, iter_records
+from feedback.api.helper import HELPER_SHARE, HelperError, Turn
+from feedback.exports import RecordBuilder, iter_turn_records
+from feedback.exports.cache import RecordFill, cache_key
 from feedback.exports.collector import GcPause
 from feedback.exports.tree import nth_turn_id
 from feedback.redact import mask_names, pseudonym, redact
@@ -67,18 +68,25 @@ class Page:
     has_more: bool
     retained: list[Any] = field(default_factory=list)
     pause: GcPause | None = None
+    #: Records built for this page, kept for the next pages (see :mod:`feedback.exports.cache`).
+    kept: RecordFill | None = None
 
     async def release(self) -> None:
         """Free the records and trees a piece at a time (the event loop runs in between, so
-        the rest of a large response keeps flowing), then let collection resume."""
+        the rest of a large response keeps flowing), keep the records built for the page, then
+        let collection resume."""
         while self.retained:
             self.retained.pop()
             await asyncio.sleep(0)
         while self.records:
             del self.records[-_RELEASE_CHUNK:]
             await asyncio.sleep(0)
-        if self.pause is not None:
-            self.pause.end()
+        try:
+            if self.kept is not None:
+                await self.kept.save()
+        finally:
+            if self.pause is not None:
+                self.pause.end()
 
 
 def encode_cursor(fmt: str, key: int) -> str:
@@ -142,6 +150,7 @@ async def page(
     after: int | None,
     limit: int,
     helper: PageHelper | None = None,
+    keep_records: bool = True,
 ) -> Page:
     """Up to ``limit`` records of ``fmt`` after the key ``after``, in a stable order.
 
@@ -150,8 +159,11 @@ async def page(
     ``after``), so a trainer that reached the end can poll again later and receive only newer
     records. With a ``helper`` that is free and a ``limit`` it takes, the first part of the
     page is built by the helper process (see :mod:`feedback.api.helper`); the records are the
-    same.
+    same. With ``keep_records`` (and a filter that allows it) turns whose records were kept are
+    not built again, and those built now are kept when the page is released.
     """
+    key = cache_key(fmt, flt, pseudonym_secret) if keep_records else None
+    kept = None if key is None else RecordFill(sessions, key)
     pause = GcPause()
     retained: list[Any] = []
     fill = _PageFill(limit, after)
@@ -166,21 +178,21 @@ async def page(
             pseudonym_secret,
             fill,
             retained,
+            kept,
         ):
             retained.clear()
-            source = group_turns(
-                iter_records(
-                    sessions,
-                    fmt,
-                    flt,
-                    pseudonym_secret=pseudonym_secret,
-                    after_id=after,
-                    batch_size=_batch_size(limit + 1),
-                    # The next batch is read while this one is built, up to the turns a page
-                    # needs when each gives a record (no batch is read to be thrown away).
-                    read_ahead_until=limit + 1,
-                    retain=retained,
-                )
+            source = iter_turn_records(
+                sessions,
+                fmt,
+                flt,
+                pseudonym_secret=pseudonym_secret,
+                after_id=after,
+                batch_size=_batch_size(limit + 1),
+                # The next batch is read while this one is built, up to the turns a page
+                # needs when each gives a record (no batch is read to be thrown away).
+                read_ahead_until=limit + 1,
+                retain=retained,
+                fill=kept,
             )
             async with contextlib.aclosing(source) as turns:
                 async for key, records in turns:
@@ -195,6 +207,7 @@ async def page(
         has_more=fill.has_more,
         retained=retained,
         pause=pause,
+        kept=kept,
     )
 
 
@@ -212,6 +225,7 @@ async def _fill_with_helper(
     secret: bytes,
     fill: _PageFill,
     retained: list[Any],
+    kept: RecordFill | None,
 ) -> bool:
     """Fill the page with the helper building its first turns; ``False`` if the helper could
     not, or the turns ahead are too few to share (then ``fill`` has taken no turn, and the
@@ -231,19 +245,20 @@ async def _fill_with_helper(
             if split is None:
                 return False
         request = asyncio.ensure_future(
-            helper.turns(reservation, fmt, flt, fill.last, split, _batch_size(share))
-        )
-        own = group_turns(
-            iter_records(
-                sessions,
-                fmt,
-                flt,
-                pseudonym_secret=secret,
-                after_id=split,
-                batch_size=_batch_size(share),
-                read_ahead_until=share + 1,
-                retain=retained,
+            helper.turns(
+                reservation, fmt, flt, fill.last, split, _batch_size(share), kept is not None
             )
+        )
+        own = iter_turn_records(
+            sessions,
+            fmt,
+            flt,
+            pseudonym_secret=secret,
+            after_id=split,
+            batch_size=_batch_size(share),
+            read_ahead_until=share + 1,
+            retain=retained,
+            fill=kept,
         )
         async with contextlib.aclosing(own) as turns:
             # Build this process's share while the helper builds its own; what else the page

@@ -41,9 +41,11 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    type_coerce,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import aliased
+from sqlalchemy.types import NullType
 
 from feedback.models import (
     Conversation,
@@ -51,6 +53,7 @@ from feedback.models import (
     GuildSetting,
     MessageNode,
     PromptSnapshot,
+    TurnRecords,
     UserPrivacy,
 )
 
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
     from sqlalchemy.sql.elements import ColumnElement
 
+    from feedback.exports.cache import CacheKey
     from feedback.exports.filters import ExportFilter
 
 __all__ = [
@@ -191,6 +195,11 @@ class TurnTree:
     created_at: datetime | None
     replies: list[ReplyNode] = field(default_factory=list)
     snapshots: dict[int, Snapshot] = field(default_factory=dict)
+    #: Read with a cache key: the turn's revision, and its kept records (JSON lines) when
+    #: they are valid, in which case ``replies`` and ``snapshots`` are left empty.
+    revision: int = 0
+    cached: bytes | None = None
+    cached_count: int = 0
 
     @property
     def is_group(self) -> bool:
@@ -257,10 +266,17 @@ def consent_rule(flt: ExportFilter) -> tuple[list[Any], ColumnElement[bool]]:
     return joins, condition
 
 
-def _turn_query(flt: ExportFilter, *, times: bool = True, min_replies: int = 1) -> Any:
+def _turn_query(
+    flt: ExportFilter,
+    *,
+    times: bool = True,
+    min_replies: int = 1,
+    cache: CacheKey | None = None,
+) -> Any:
     """User turns that pass the filter and consent, and with ``min_replies`` above 1 have at
     least that many assistant replies (columns: id, conversation id, author id and name,
-    content, persona, scope, with ``times`` the creation time)."""
+    content, persona, scope, with ``times`` the creation time, with ``cache`` the revision,
+    and the record count and body of the turn's valid kept records, or nulls)."""
     joins, consent = consent_rule(flt)
     columns: list[Any] = [
         MessageNode.id,
@@ -272,10 +288,27 @@ def _turn_query(flt: ExportFilter, *, times: bool = True, min_replies: int = 1) 
         Conversation.scope,
     ]
     if times:
-        columns.append(MessageNode.created_at)
+        # With kept records, the time is converted only for the turns that are built.
+        columns.append(
+            MessageNode.created_at
+            if cache is None
+            else type_coerce(MessageNode.created_at, NullType()).label("created_at")
+        )
+    if cache is not None:
+        columns += [MessageNode.revision, TurnRecords.record_count, TurnRecords.body]
     query = select(*columns).join(Conversation, Conversation.id == MessageNode.conversation_id)
     for target, on in joins:
         query = query.outerjoin(target, on)
+    if cache is not None:
+        query = query.outerjoin(
+            TurnRecords,
+            and_(
+                TurnRecords.user_turn_id == MessageNode.id,
+                TurnRecords.kind == cache.kind,
+                TurnRecords.build_key == cache.build_key,
+                TurnRecords.revision == MessageNode.revision,
+            ),
+        )
     conditions = [MessageNode.role == "user", consent]
     if flt.since is not None:
         conditions.append(MessageNode.created_at >= flt.since)
@@ -467,6 +500,14 @@ def _page_queries(dialect: Dialect, times: bool) -> _PageQueries:
     )
 
 
+@lru_cache(maxsize=4)
+def _time_processor(dialect: Dialect) -> Callable[[Any], Any]:
+    """What turns a raw ``created_at`` value of ``dialect`` into an aware datetime."""
+    column_type = MessageNode.created_at.type.dialect_impl(dialect)
+    processor = column_type.result_processor(dialect, None)
+    return processor if processor is not None else (lambda value: value)
+
+
 def _tags(raw: str | None) -> tuple[str, ...]:
     if not raw or raw == "[]":
         return ()
@@ -474,19 +515,40 @@ def _tags(raw: str | None) -> tuple[str, ...]:
 
 
 async def _read_page(
-    connection: AsyncConnection, turn_rows: list[Any], *, times: bool = True
+    connection: AsyncConnection,
+    turn_rows: list[Any],
+    *,
+    times: bool = True,
+    cached: bool = False,
 ) -> list[TurnTree]:
-    """The trees of ``turn_rows``: three more queries (replies, their events, snapshots)."""
+    """The trees of ``turn_rows``: three more queries (replies, their events, snapshots) for
+    the turns without valid kept records (``cached``: the rows carry them, see
+    :func:`_turn_query`)."""
     queries = _page_queries(connection.dialect, times)
     driver = (await connection.get_raw_connection()).driver_connection
     trees: dict[int, TurnTree] = {}
+    to_read: dict[int, TurnTree] = {}
+    base = 8 if times else 7
+    to_time = _time_processor(connection.dialect) if cached and times else None
     for row in turn_rows:
-        trees[row[0]] = TurnTree(
+        tree = trees[row[0]] = TurnTree(
             row[0], row[1], row[5], row[6], row[2], row[3], row[4], row[7] if times else None
         )
+        if cached:
+            tree.revision = row[base]
+            if row[base + 2] is not None:
+                tree.cached = bytes(row[base + 2])
+                tree.cached_count = row[base + 1]
+                tree.created_at = None
+                continue
+            if to_time is not None:
+                tree.created_at = to_time(tree.created_at)
+        to_read[row[0]] = tree
+    if not to_read:
+        return list(trees.values())
     nodes: dict[int, ReplyNode] = {}
     snapshot_ids: set[int] = set()
-    for row in await queries.replies.rows(driver, list(trees)):
+    for row in await queries.replies.rows(driver, list(to_read)):
         node = ReplyNode(
             row[0],
             row[2],
@@ -521,7 +583,7 @@ async def _read_page(
     if snapshot_ids:
         rows = await queries.snapshots.rows(driver, sorted(snapshot_ids))
         by_id = {row[0]: Snapshot(row[0], row[1], row[2]) for row in rows}
-        for tree in trees.values():
+        for tree in to_read.values():
             for node in tree.replies:
                 snapshot_id = node.snapshot_id
                 if snapshot_id is not None and snapshot_id in by_id:
@@ -534,6 +596,7 @@ async def _read_turns(
     base: Any,
     position: int,
     times: bool,
+    cached: bool,
 ) -> tuple[list[Any], list[TurnTree]]:
     """One page in its own short transaction: the turn rows after ``position``, and the trees."""
     async with sessions() as session:
@@ -541,7 +604,7 @@ async def _read_turns(
         turn_rows = (await connection.execute(base.where(MessageNode.id > position))).all()
         if not turn_rows:
             return turn_rows, []
-        trees = await _read_page(connection, turn_rows, times=times)
+        trees = await _read_page(connection, turn_rows, times=times, cached=cached)
         return turn_rows, trees
 
 
@@ -556,6 +619,7 @@ async def iter_turn_trees(
     prefetch: bool = True,
     read_ahead_until: int | None = None,
     min_replies: int = 1,
+    cache: CacheKey | None = None,
 ) -> AsyncIterator[list[TurnTree]]:
     """Pages of :class:`TurnTree` in user-turn id order, after ``after_id`` up to ``last_id``.
 
@@ -571,10 +635,14 @@ async def iter_turn_trees(
     and then. The task is cancelled when the iteration is closed early. A caller that needs
     about N turns passes ``read_ahead_until=N``: once N turns are read, the next page is read
     only when asked for, so none is read to be thrown away.
+
+    With a ``cache`` key, each tree carries its revision, and the turns whose kept records are
+    valid come with them instead of their replies (see :mod:`feedback.exports.cache`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    base = _turn_query(flt, times=times, min_replies=min_replies)
+    base = _turn_query(flt, times=times, min_replies=min_replies, cache=cache)
+    cached = cache is not None
     if last_id is not None:
         base = base.where(MessageNode.id <= last_id)
     base = base.order_by(MessageNode.id).limit(batch_size)
@@ -587,14 +655,16 @@ async def iter_turn_trees(
                 turn_rows, page = await pending
                 pending = None
             else:
-                turn_rows, page = await _read_turns(sessions, base, position, times)
+                turn_rows, page = await _read_turns(sessions, base, position, times, cached)
             if not turn_rows:
                 return
             position = turn_rows[-1][0]
             turns_read += len(turn_rows)
             more = len(turn_rows) == batch_size
             if more and prefetch and (read_ahead_until is None or turns_read < read_ahead_until):
-                pending = asyncio.ensure_future(_read_turns(sessions, base, position, times))
+                pending = asyncio.ensure_future(
+                    _read_turns(sessions, base, position, times, cached)
+                )
             yield page
             if not more:
                 return

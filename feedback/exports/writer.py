@@ -35,6 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from feedback.exports.cache import RecordFill, cache_key, split_lines
 from feedback.exports.collector import collect_young, gc_paused
 from feedback.exports.filters import FORMATS, ExportError, check_format
 from feedback.exports.records import RecordBuilder
@@ -57,6 +58,7 @@ __all__ = [
     "dry_run_counts",
     "export_to_file",
     "iter_records",
+    "iter_turn_records",
     "progress_total",
     "record_to_jsonl",
     "split_paths",
@@ -89,15 +91,38 @@ async def iter_records(
     flt: ExportFilter,
     *,
     pseudonym_secret: bytes,
+    **options: Any,
+) -> AsyncIterator[tuple[int, Any]]:
+    """``(user turn id, record)`` of format ``fmt``, one record at a time, in a stable order
+    (the options are :func:`iter_turn_records`')."""
+    turns = iter_turn_records(sessions, fmt, flt, pseudonym_secret=pseudonym_secret, **options)
+    async with contextlib.aclosing(turns):
+        async for key, records in turns:
+            for record in records:
+                yield key, record
+
+
+async def iter_turn_records(
+    sessions: async_sessionmaker[AsyncSession],
+    fmt: str,
+    flt: ExportFilter,
+    *,
+    pseudonym_secret: bytes,
     after_id: int | None = None,
     last_id: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     prefetch: bool = True,
     read_ahead_until: int | None = None,
     retain: list[Any] | None = None,
-) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-    """``(user turn id, record)`` of format ``fmt`` after ``after_id`` (up to ``last_id``
-    included, when given), in a stable order.
+    fill: RecordFill | None = None,
+) -> AsyncIterator[tuple[int, list[Any]]]:
+    """``(user turn id, its records)`` of format ``fmt`` for each user turn after ``after_id``
+    (up to ``last_id`` included, when given) that gives at least one, in a stable order.
+
+    Each record is a dict, or, with a ``fill``, an :class:`orjson.Fragment` of its JSON (the
+    same bytes ``orjson.dumps`` gives the dict): turns with valid kept records are not built
+    again, and the records of the others are added to ``fill``, which the caller saves when it
+    suits it (see :mod:`feedback.exports.cache`).
 
     With ``prefetch`` the next page of ``batch_size`` turns is read while the caller consumes
     this one (two pages in memory; wasted if the caller stops early), until
@@ -117,7 +142,9 @@ async def iter_records(
         prefetch=prefetch,
         read_ahead_until=read_ahead_until,
         min_replies=builder.min_replies(fmt),
+        cache=None if fill is None else fill.key,
     )
+    dumps, fragment = orjson.dumps, orjson.Fragment
     async with contextlib.aclosing(pages):
         async for page in pages:
             if retain is not None:
@@ -125,8 +152,21 @@ async def iter_records(
             for index, tree in enumerate(page):
                 if index % _YIELD_EVERY == _YIELD_EVERY - 1:
                     await asyncio.sleep(0)
-                for record in builder.records(tree, fmt):
-                    yield tree.user_turn_id, record
+                if fill is None:
+                    records: list[Any] = builder.records(tree, fmt)
+                elif tree.cached is not None:
+                    if not tree.cached_count:
+                        continue
+                    if tree.cached_count == 1:
+                        records = [fragment(tree.cached[:-1])]
+                    else:
+                        records = [fragment(line) for line in split_lines(tree.cached)]
+                else:
+                    built = [dumps(record) for record in builder.records(tree, fmt)]
+                    fill.add(tree.user_turn_id, tree.revision, [line + b"\n" for line in built])
+                    records = [fragment(line) for line in built]
+                if records:
+                    yield tree.user_turn_id, records
 
 
 async def progress_total(
@@ -206,6 +246,7 @@ async def export_to_file(
     progress: Callable[[int], None] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     parallel_min_turns: int = PARALLEL_MIN_TURNS,
+    keep_records: bool = True,
 ) -> dict[str, int]:
     """Write the export as JSONL; returns the record count per split (``all`` without split).
 
@@ -219,6 +260,10 @@ async def export_to_file(
     turns when it finishes). Raises :class:`ExportError` for a bad format or an output that
     cannot be written; on any error (or cancellation) the helper is stopped, the temporary
     files are removed and nothing is renamed into place.
+
+    With ``keep_records`` (and a filter that allows it), turns whose records were kept by an
+    earlier export or page are not built again, and the records built now are kept (see
+    :mod:`feedback.exports.cache`); the files are the same either way.
     """
     check_format(fmt)
     targets = split_paths(out, split)
@@ -228,7 +273,7 @@ async def export_to_file(
     try:
         for name, path in targets.items():
             files[name] = _open_temporary(path)
-        part = _Part(fmt, flt, pseudonym_secret, split, seed, batch_size)
+        part = _Part(fmt, flt, pseudonym_secret, split, seed, batch_size, keep_records)
         helper = await _start_helper(sessions, part, targets, parallel_min_turns)
         counts = await part.write(
             sessions,
@@ -274,6 +319,7 @@ class _Part:
     split: dict[str, float] | None
     seed: int
     batch_size: int
+    keep_records: bool = True
 
     async def write(
         self,
@@ -291,6 +337,8 @@ class _Part:
         counts = dict.fromkeys(handles, 0)
         buffers: dict[str, list[bytes]] = {name: [] for name in handles}
         dumps = orjson.dumps
+        key = cache_key(self.fmt, self.flt, self.pseudonym_secret) if self.keep_records else None
+        fill = None if key is None else RecordFill(sessions, key)
         read = 0
         with gc_paused():
             pages = iter_turn_trees(
@@ -301,6 +349,7 @@ class _Part:
                 batch_size=self.batch_size,
                 times=builder.needs_times(self.fmt),
                 min_replies=builder.min_replies(self.fmt),
+                cache=key,
             )
             async with contextlib.aclosing(pages):
                 async for page in pages:
@@ -310,17 +359,31 @@ class _Part:
                     for index, tree in enumerate(page):
                         if index % _YIELD_EVERY == _YIELD_EVERY - 1:
                             await asyncio.sleep(0)
-                        records = builder.records(tree, self.fmt)
-                        if not records:
-                            continue
-                        name = choose(tree.conversation_id)
-                        buffer = buffers[name]
-                        for record in records:
-                            buffer.append(dumps(record, option=_LINE))
-                        counts[name] += len(records)
+                        if tree.cached is not None:
+                            if not tree.cached_count:
+                                continue
+                            name = choose(tree.conversation_id)
+                            buffer = buffers[name]
+                            buffer.append(tree.cached)
+                            counts[name] += tree.cached_count
+                        else:
+                            lines = [
+                                dumps(record, option=_LINE)
+                                for record in builder.records(tree, self.fmt)
+                            ]
+                            if fill is not None:
+                                fill.add(tree.user_turn_id, tree.revision, lines)
+                            if not lines:
+                                continue
+                            name = choose(tree.conversation_id)
+                            buffer = buffers[name]
+                            buffer.extend(lines)
+                            counts[name] += len(lines)
                         if len(buffer) >= _WRITE_CHUNK:
                             handles[name].write(b"".join(buffer))
                             buffer.clear()
+                    if fill is not None:
+                        await fill.save()
                     if progress is not None:
                         progress(len(page))
         for name, buffer in buffers.items():

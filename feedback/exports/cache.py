@@ -1,0 +1,157 @@
+"""Export records kept per user turn (``turn_records``), so a turn is built once per format.
+
+Building records is most of an export's CPU (reading the tree, redacting, masking names,
+serialising), and a turn's records only change when the turn does. An export or an API page
+reads a turn's kept records along with the turn row (one outer join) and builds only the
+turns that have none; the records it built are saved for next time (:class:`RecordFill`).
+
+What keeps them right:
+
+- **Changes.** Database triggers (migration 0003) raise the user turn's ``revision`` whenever
+  a reply, an event on a reply, a prompt snapshot, the turn or its conversation changes, and
+  delete the turn's kept records in the same transaction. A kept row is read only when its
+  revision equals the turn's, and it is saved only if the turn's revision is still the one it
+  was built from (on PostgreSQL the turn row is locked ``FOR SHARE`` while saving, so a
+  concurrent change either waits for the save and then deletes it, or commits first and the
+  save stores nothing). So neither a stale record nor an erased text is left behind.
+- **Code and secret.** A row also carries a :func:`build_key`: a hash of the source of the
+  modules that shape records and of the pseudonym secret. New code or a new secret reads no
+  old row (the rows are rebuilt and replaced as exports meet them).
+- **Consent** is not kept in a row: turns are selected with the consent rule as before, so a
+  change of consent applies at once.
+- **Filters.** ``--since``, ``--until`` and ``--persona`` only select turns, so they read kept
+  records. ``--min-rating`` and ``--tags`` change the records themselves: those exports build
+  every turn and keep nothing (:func:`cache_key` is ``None``).
+
+Limits: the rows take about as much room as the exports of the formats that were pulled; a
+failed save (a read-only replica, a locked SQLite file) is logged once and the export goes on
+without keeping records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from feedback import redact
+from feedback.exports import filters, records, tree
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from feedback.exports.filters import ExportFilter
+
+__all__ = ["CacheKey", "RecordFill", "build_key", "cache_key", "split_lines"]
+
+_log = logging.getLogger(__name__)
+
+#: Formats whose records are the same bytes share one kept row.
+_KIND = {
+    "openai-sft": "sft",
+    "trl-sft": "sft",
+    "openai-dpo": "openai-dpo",
+    "trl-dpo": "trl-dpo",
+    "trl-kto": "trl-kto",
+    "oasst": "oasst",
+}
+#: Modules whose code decides a record's bytes (the build key hashes their source).
+_SHAPING_MODULES = (records, tree, filters, redact)
+
+_SAVE = """
+INSERT INTO turn_records (user_turn_id, kind, build_key, revision, record_count, body)
+SELECT id, :kind, :build_key, revision, :record_count, :body
+FROM messages WHERE id = :turn_id AND revision = :revision{lock}
+ON CONFLICT (user_turn_id, kind) DO UPDATE SET
+    build_key = excluded.build_key,
+    revision = excluded.revision,
+    record_count = excluded.record_count,
+    body = excluded.body
+"""
+_SAVE_SQLITE = text(_SAVE.format(lock=""))
+_SAVE_POSTGRESQL = text(_SAVE.format(lock=" FOR SHARE"))
+
+
+@lru_cache(maxsize=1)
+def _code_fingerprint() -> bytes:
+    digest = hashlib.blake2b(orjson.__version__.encode(), digest_size=32)
+    for module in _SHAPING_MODULES:
+        digest.update(Path(module.__file__ or "").read_bytes())
+    return digest.digest()
+
+
+@lru_cache(maxsize=8)
+def build_key(pseudonym_secret: bytes) -> str:
+    """What a kept row must carry to be read: 32 hex digits of the shaping code and secret."""
+    secret = hashlib.blake2b(pseudonym_secret, digest_size=32).digest()
+    return hashlib.blake2b(_code_fingerprint(), key=secret, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheKey:
+    """Which kept rows an export of one format reads and writes."""
+
+    kind: str
+    build_key: str
+
+
+def cache_key(fmt: str, flt: ExportFilter, pseudonym_secret: bytes) -> CacheKey | None:
+    """The rows for ``fmt``, or ``None`` when the filter changes the records themselves."""
+    if flt.min_rating is not None or flt.tags:
+        return None
+    return CacheKey(_KIND[fmt], build_key(pseudonym_secret))
+
+
+def split_lines(body: bytes) -> list[bytes]:
+    """The records of a kept body, one JSON document each (without the newline)."""
+    return body.split(b"\n")[:-1]
+
+
+@dataclass(slots=True)
+class RecordFill:
+    """Records built during an export or a page, waiting to be kept (see :meth:`save`)."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    key: CacheKey
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    #: Set after a failed save: the rest of the export keeps nothing.
+    failed: bool = False
+
+    def add(self, user_turn_id: int, revision: int, lines: list[bytes]) -> None:
+        """Keep a turn's records (JSON lines ending in a newline; none is kept too)."""
+        if not self.failed:
+            self.rows.append(
+                {
+                    "turn_id": user_turn_id,
+                    "revision": revision,
+                    "record_count": len(lines),
+                    "body": b"".join(lines),
+                    "kind": self.key.kind,
+                    "build_key": self.key.build_key,
+                }
+            )
+
+    async def save(self) -> int:
+        """Write the waiting rows in one transaction; how many were waiting. A turn that
+        changed since it was read keeps nothing. A failure is logged, never raised."""
+        rows, self.rows = self.rows, []
+        if not rows or self.failed:
+            return 0
+        try:
+            async with self.sessions() as session:
+                dialect = session.bind.dialect.name if session.bind is not None else ""
+                statement = _SAVE_POSTGRESQL if dialect == "postgresql" else _SAVE_SQLITE
+                await session.execute(statement, rows)
+                await session.commit()
+        except (SQLAlchemyError, OSError) as error:
+            self.failed = True
+            _log.warning("export records are not kept for next time: %s", error)
+            return 0
+        return len(rows)
