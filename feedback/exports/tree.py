@@ -604,9 +604,17 @@ async def _read_turns(
     times: bool,
     cached: bool,
 ) -> tuple[list[Any], list[TurnTree]]:
-    """One page in its own short transaction: the turn rows after ``position``, and the trees."""
+    """One page in its own short transaction: the turn rows after ``position``, and the trees.
+
+    With kept records on PostgreSQL, the turn query is planned for its values each time
+    (``plan_cache_mode``): asyncpg prepares it, and after five runs PostgreSQL may switch to a
+    generic plan made while ``turn_records`` looked empty, which scanned the whole table for
+    each turn's kept body as it filled (pages of 4-9 s instead of 0.5 s).
+    """
     async with sessions() as session:
         connection = await session.connection()
+        if cached and connection.dialect.name == "postgresql":
+            await connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
         turn_rows = (await connection.execute(base.where(MessageNode.id > position))).all()
         if not turn_rows:
             return turn_rows, []
