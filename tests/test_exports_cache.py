@@ -36,13 +36,15 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-def sessions(store: ConversationStore) -> async_sessionmaker[AsyncSession]:
-    return store._sessions
+def corrections(store: ConversationStore) -> CorrectionStore:
+    return CorrectionStore(store._sessions)
 
 
-@pytest.fixture
-def corrections(sessions: async_sessionmaker[AsyncSession]) -> CorrectionStore:
-    return CorrectionStore(sessions)
+async def _write(store: ConversationStore, statement: Any) -> None:
+    """One statement in its own transaction, as a change from outside the stores would be."""
+    async with store._sessions() as session:
+        await session.execute(statement)
+        await session.commit()
 
 
 async def _export(
@@ -199,65 +201,43 @@ async def _mark_sent(
     store: ConversationStore, corrections: CorrectionStore, s: Scenario
 ) -> int | set[int]:
     await store.mark_sent(s.rewrite_id, "m1-edited")  # same state, new ids: not in records
-    async with store._sessions() as session:
-        await session.execute(
-            update(MessageNode)
-            .where(MessageNode.id == s.rewritten.candidate_id)
-            .values(state="dropped")
-        )
-        await session.commit()
+    dropped = update(MessageNode).where(MessageNode.id == s.rewritten.candidate_id)
+    await _write(store, dropped.values(state="dropped"))
     return s.rewritten.user_turn_id
 
 
 async def _delete_event(
     store: ConversationStore, corrections: CorrectionStore, s: Scenario
 ) -> int | set[int]:
-    async with store._sessions() as session:
-        await session.execute(
-            delete(FeedbackEvent).where(FeedbackEvent.candidate_id == s.low.candidate_id)
-        )
-        await session.commit()
+    await _write(
+        store, delete(FeedbackEvent).where(FeedbackEvent.candidate_id == s.low.candidate_id)
+    )
     return s.low.user_turn_id
 
 
 async def _edit_snapshot(
     store: ConversationStore, corrections: CorrectionStore, s: Scenario
 ) -> int | set[int]:
-    async with store._sessions() as session:
-        node = await session.get(MessageNode, s.rated.candidate_id)
-        assert node is not None and node.prompt_snapshot_id is not None
-        await session.execute(
-            update(PromptSnapshot)
-            .where(PromptSnapshot.id == node.prompt_snapshot_id)
-            .values(messages=[{"role": "system", "content": "You are someone new."}])
-        )
-        await session.commit()
+    node = await store.get_node(s.rated.candidate_id)
+    assert node is not None and node.prompt_snapshot_id is not None
+    snapshot = update(PromptSnapshot).where(PromptSnapshot.id == node.prompt_snapshot_id)
+    await _write(store, snapshot.values(messages=[{"role": "system", "content": "Someone new."}]))
     return s.rated.user_turn_id
 
 
 async def _edit_turn(
     store: ConversationStore, corrections: CorrectionStore, s: Scenario
 ) -> int | set[int]:
-    async with store._sessions() as session:
-        await session.execute(
-            update(MessageNode)
-            .where(MessageNode.id == s.rated.user_turn_id)
-            .values(author_name="Ann Other")
-        )
-        await session.commit()
+    turn = update(MessageNode).where(MessageNode.id == s.rated.user_turn_id)
+    await _write(store, turn.values(author_name="Ann Other"))
     return s.rated.user_turn_id
 
 
 async def _rename_persona(
     store: ConversationStore, corrections: CorrectionStore, s: Scenario
 ) -> int | set[int]:
-    async with store._sessions() as session:
-        await session.execute(
-            update(Conversation)
-            .where(Conversation.id == s.rated.conversation_id)
-            .values(persona="Marlowe II")
-        )
-        await session.commit()
+    conversation = update(Conversation).where(Conversation.id == s.rated.conversation_id)
+    await _write(store, conversation.values(persona="Marlowe II"))
     # every turn of the conversation shows its persona
     return {
         s.rewritten.user_turn_id,
