@@ -177,7 +177,7 @@ class TurnRecords(Base):
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     build_key: Mapped[str] = mapped_column(String(32))
     revision: Mapped[int] = mapped_column(Integer)
-    record_count: Mapped[int] = mapped_column(Integer)
+    #: Its records end in a newline each (none: empty), so their count is the body's lines.
     body: Mapped[bytes] = mapped_column(LargeBinary)
 
 

@@ -96,11 +96,13 @@ async def test_kept_records_are_the_built_ones_and_are_served_without_building(
     assert first == fresh and all(fresh.values())
     # one row per turn the export read, records or not; both SFT formats share theirs
     rows = await _kept(sessions, kind="sft")
-    assert len(rows) == 6 and sum(row.record_count for row in rows) == len(
+    assert len(rows) == 6 and sum(row.body.count(b"\n") for row in rows) == len(
         fresh["trl-sft"].splitlines()
     )
     assert [
-        row.record_count for row in rows if row.user_turn_id == scenario.unreviewed.user_turn_id
+        row.body.count(b"\n")
+        for row in rows
+        if row.user_turn_id == scenario.unreviewed.user_turn_id
     ] == [0]
     assert {row.kind for row in await _kept(sessions)} == {
         "sft", "openai-dpo", "trl-dpo", "trl-kto", "oasst"

@@ -289,11 +289,10 @@ async def _share(
     import orjson
 
     from feedback.exports import iter_turn_records
-    from feedback.exports.cache import RecordFill, cache_key
+    from feedback.exports.cache import RecordFill
 
     fmt, flt, after_id, last_id, batch_size, keep_records = request
-    key = cache_key(fmt, flt, secret) if keep_records else None
-    fill = None if key is None else RecordFill(sessions, key)
+    fill = RecordFill.for_export(sessions, fmt, flt, secret, keep_records=keep_records)
     if fill is not None:
         kept.append(fill)
     turns: list[Turn] = []

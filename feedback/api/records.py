@@ -19,7 +19,7 @@ import orjson
 
 from feedback.api.helper import HELPER_SHARE, HelperError, Turn
 from feedback.exports import RecordBuilder, iter_turn_records
-from feedback.exports.cache import RecordFill, cache_key
+from feedback.exports.cache import RecordFill
 from feedback.exports.collector import GcPause
 from feedback.exports.tree import nth_turn_id
 from feedback.redact import mask_names, pseudonym, redact
@@ -162,8 +162,7 @@ async def page(
     same. With ``keep_records`` (and a filter that allows it) turns whose records were kept are
     not built again, and those built now are kept when the page is released.
     """
-    key = cache_key(fmt, flt, pseudonym_secret) if keep_records else None
-    kept = None if key is None else RecordFill(sessions, key)
+    kept = RecordFill.for_export(sessions, fmt, flt, pseudonym_secret, keep_records=keep_records)
     pause = GcPause()
     retained: list[Any] = []
     fill = _PageFill(limit, after)

@@ -2,8 +2,9 @@
 
 Building records is most of an export's CPU (reading the tree, redacting, masking names,
 serialising), and a turn's records only change when the turn does. An export or an API page
-reads a turn's kept records along with the turn row (one outer join) and builds only the
-turns that have none; the records it built are saved for next time (:class:`RecordFill`).
+reads a turn's kept records along with the turn row (a correlated subquery, one primary-key
+lookup) and builds only the turns that have none; the records it built are saved for next
+time (:class:`RecordFill`).
 
 What keeps them right:
 
@@ -66,13 +67,12 @@ _KIND = {
 _SHAPING_MODULES = (records, tree, filters, redact)
 
 _SAVE = """
-INSERT INTO turn_records (user_turn_id, kind, build_key, revision, record_count, body)
-SELECT id, :kind, :build_key, revision, :record_count, :body
+INSERT INTO turn_records (user_turn_id, kind, build_key, revision, body)
+SELECT id, :kind, :build_key, revision, :body
 FROM messages WHERE id = :turn_id AND revision = :revision{lock}
 ON CONFLICT (user_turn_id, kind) DO UPDATE SET
     build_key = excluded.build_key,
     revision = excluded.revision,
-    record_count = excluded.record_count,
     body = excluded.body
 """
 _SAVE_SQLITE = text(_SAVE.format(lock=""))
@@ -124,6 +124,21 @@ class RecordFill:
     #: Set after a failed save: the rest of the export keeps nothing.
     failed: bool = False
 
+    @classmethod
+    def for_export(
+        cls,
+        sessions: async_sessionmaker[AsyncSession],
+        fmt: str,
+        flt: ExportFilter,
+        pseudonym_secret: bytes,
+        *,
+        keep_records: bool,
+    ) -> RecordFill | None:
+        """The fill of an export or page of ``fmt``, or ``None`` when it keeps nothing (turned
+        off, or a filter that changes the records, see :func:`cache_key`)."""
+        key = cache_key(fmt, flt, pseudonym_secret) if keep_records else None
+        return None if key is None else cls(sessions, key)
+
     def add(self, user_turn_id: int, revision: int, lines: list[bytes]) -> None:
         """Keep a turn's records (JSON lines ending in a newline; none is kept too)."""
         if not self.failed:
@@ -131,7 +146,6 @@ class RecordFill:
                 {
                     "turn_id": user_turn_id,
                     "revision": revision,
-                    "record_count": len(lines),
                     "body": b"".join(lines),
                     "kind": self.key.kind,
                     "build_key": self.key.build_key,

@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from feedback.exports.cache import RecordFill, cache_key, split_lines
+from feedback.exports.cache import RecordFill, split_lines
 from feedback.exports.collector import collect_young, gc_paused
 from feedback.exports.filters import FORMATS, ExportError, check_format
 from feedback.exports.records import RecordBuilder
@@ -337,8 +337,9 @@ class _Part:
         counts = dict.fromkeys(handles, 0)
         buffers: dict[str, list[bytes]] = {name: [] for name in handles}
         dumps = orjson.dumps
-        key = cache_key(self.fmt, self.flt, self.pseudonym_secret) if self.keep_records else None
-        fill = None if key is None else RecordFill(sessions, key)
+        fill = RecordFill.for_export(
+            sessions, self.fmt, self.flt, self.pseudonym_secret, keep_records=self.keep_records
+        )
         read = 0
         with gc_paused():
             pages = iter_turn_trees(
@@ -349,7 +350,7 @@ class _Part:
                 batch_size=self.batch_size,
                 times=builder.needs_times(self.fmt),
                 min_replies=builder.min_replies(self.fmt),
-                cache=key,
+                cache=None if fill is None else fill.key,
             )
             async with contextlib.aclosing(pages):
                 async for page in pages:

@@ -130,7 +130,6 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("build_key", sa.String(length=32), nullable=False),
         sa.Column("revision", sa.Integer(), nullable=False),
-        sa.Column("record_count", sa.Integer(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.ForeignKeyConstraint(["user_turn_id"], ["messages.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("user_turn_id", "kind"),
