@@ -18,10 +18,16 @@ the kept ones (see :mod:`feedback.exports.cache`). On PostgreSQL the ``kept`` pa
 statistics the planner reads each kept body with a bitmap scan, and the pass took 2-7x longer.
 ``same`` says whether the pass's file is byte for byte the ``built`` one; ``kept MB`` is the
 size of the kept records of the format.
+
+With ``--ahead`` the formats' records are then built ahead, as ``greenroom api``'s builder does
+as turns change (:mod:`feedback.exports.ahead`): all kept rows are deleted, every turn is queued
+and one process builds every kind of the formats from one read of each turn (its line reports
+the turns, the records of all kinds, time, CPU and RSS). Each format then runs an ``ahead``
+pass: the export a trainer runs after the builder kept up, served from the builder's rows.
 Targets: >= 50,000 records/s, peak RSS < 300 MB, flat from 100k to 1M events.
 
     .venv/bin/python bench/bench_export.py [--sizes 100000,1000000] [--formats all]
-        [--backend sqlite|postgresql] [--keep DIR]
+        [--backend sqlite|postgresql] [--keep DIR] [--passes built,first,kept] [--ahead]
 """
 
 from __future__ import annotations
@@ -274,7 +280,7 @@ async def _child(url: str, fmt: str, out: Path, mode: str) -> dict[str, Any]:
         async with sessions() as session:
             await session.execute(delete(TurnRecords))
             await session.commit()
-    if mode == "kept" and engine.dialect.name == "postgresql":
+    if mode in ("kept", "ahead") and engine.dialect.name == "postgresql":
         async with engine.connect() as connection:
             await connection.execute(text("ANALYZE turn_records"))
             await connection.commit()
@@ -330,6 +336,57 @@ async def _child(url: str, fmt: str, out: Path, mode: str) -> dict[str, Any]:
     }
 
 
+async def _build_ahead(url: str, formats: tuple[str, ...]) -> dict[str, Any]:
+    """Delete every kept row, queue every turn, and build ``formats`` ahead in this process."""
+    from sqlalchemy import delete
+
+    from feedback.database import session_factory
+    from feedback.exports.ahead import build_queued, queue_stale_kinds, queued_count
+    from feedback.models import RecordBuild, TurnRecords
+
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    async with sessions() as session:
+        await session.execute(delete(TurnRecords))
+        await session.execute(delete(RecordBuild))
+        await session.commit()
+    await queue_stale_kinds(sessions, formats, b"bench")
+    queued = await queued_count(sessions)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    stats = await build_queued(sessions, formats, pseudonym_secret=b"bench")
+    elapsed = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    await engine.dispose()
+    return {
+        "queued": queued,
+        "turns": stats.turns,
+        "rows": stats.rows,
+        "records": stats.records,
+        "seconds": elapsed,
+        "cpu_s": usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime,
+        "peak_rss_mb": _peak_rss_mb(usage),
+    }
+
+
+def _run_builder(backend: str, size: int, url: str, formats: tuple[str, ...]) -> None:
+    result = subprocess.run(
+        [sys.executable, __file__, "--build", url, ",".join(formats)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    print(
+        f"# {backend} {size} built ahead: {r['turns']:,} turns ({r['queued']:,} queued), "
+        f"{r['rows']:,} rows, {r['records']:,} records of {len(formats)} formats in "
+        f"{r['seconds']:.1f} s ({r['turns'] / r['seconds']:,.0f} turns/s, "
+        f"{r['records'] / r['seconds']:,.0f} records/s; CPU {r['cpu_s']:.1f} s, "
+        f"RSS {r['peak_rss_mb']:.0f} MB)",
+        flush=True,
+    )
+
+
 def _run_child(url: str, fmt: str, out: Path, mode: str) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, __file__, "--child", url, fmt, str(out), mode],
@@ -340,16 +397,37 @@ def _run_child(url: str, fmt: str, out: Path, mode: str) -> dict[str, Any]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _run_passes(backend: str, size: int, url: str, fmt: str, out: Path, keep: bool) -> None:
-    """The three passes of one format (see the module docstring), one line each."""
-    built = ""
-    for mode in PASSES:
+def _run_passes(
+    backend: str,
+    size: int,
+    url: str,
+    formats: tuple[str, ...],
+    folder: Path,
+    *,
+    keep: bool,
+    ahead: bool,
+    passes: tuple[str, ...] = PASSES,
+) -> None:
+    """The passes of each format, then with ``ahead`` the builder and each format's
+    ``ahead`` pass (see the module docstring), one line each."""
+    built: dict[str, str] = {}
+
+    def run(fmt: str, mode: str) -> None:
+        out = folder / f"{fmt}-{size}-{backend}.jsonl"
         result = _run_child(url, fmt, out, mode)
-        built = built or result["sha256"]
-        _report(backend, size, fmt, mode, result, same=result["sha256"] == built)
+        built.setdefault(fmt, result["sha256"])
+        _report(backend, size, fmt, mode, result, same=result["sha256"] == built[fmt])
         if not keep:
             with contextlib.suppress(FileNotFoundError):
                 out.unlink()
+
+    for fmt in formats:
+        for mode in passes:
+            run(fmt, mode)
+    if ahead:
+        _run_builder(backend, size, url, formats)
+        for fmt in formats:
+            run(fmt, "ahead")
 
 
 def _report(backend: str, size: int, fmt: str, mode: str, r: dict[str, Any], same: bool) -> None:
@@ -364,15 +442,30 @@ def _report(backend: str, size: int, fmt: str, mode: str, r: dict[str, Any], sam
 
 
 async def _postgres_runs(
-    source: Path, size: int, formats: tuple[str, ...], folder: Path, keep: bool
+    source: Path,
+    size: int,
+    formats: tuple[str, ...],
+    folder: Path,
+    *,
+    keep: bool,
+    ahead: bool,
+    passes: tuple[str, ...],
 ) -> None:
     async with scratch_database("postgresql") as url:
         started = time.perf_counter()
         await copy_to_postgres(source, url)
         print(f"# copied to PostgreSQL in {time.perf_counter() - started:.0f} s", flush=True)
-        for fmt in formats:
-            out = folder / f"{fmt}-{size}-postgresql.jsonl"
-            await asyncio.to_thread(_run_passes, "postgresql", size, url, fmt, out, keep)
+        await asyncio.to_thread(
+            _run_passes,
+            "postgresql",
+            size,
+            url,
+            formats,
+            folder,
+            keep=keep,
+            ahead=ahead,
+            passes=passes,
+        )
 
 
 def main() -> None:
@@ -381,10 +474,19 @@ def main() -> None:
     parser.add_argument("--formats", default="all", help="formats, comma-separated, or all")
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="sqlite")
     parser.add_argument("--keep", type=Path, help="keep the databases and files in this folder")
+    parser.add_argument("--passes", default=",".join(PASSES), help="of built,first,kept")
+    parser.add_argument(
+        "--ahead", action="store_true", help="then build ahead and run each format's ahead pass"
+    )
     parser.add_argument(
         "--child", nargs=4, metavar=("URL", "FORMAT", "OUT", "PASS"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--build", nargs=2, metavar=("URL", "FORMATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build:
+        url, names = args.build
+        print(json.dumps(asyncio.run(_build_ahead(url, tuple(names.split(","))))))
+        return
     if args.child:
         url, fmt, out, mode = args.child
         figures = asyncio.run(_child(url, fmt, Path(out), mode))
@@ -394,6 +496,9 @@ def main() -> None:
         print(json.dumps(figures))
         return
     formats = FORMATS if args.formats == "all" else tuple(args.formats.split(","))
+    passes = tuple(args.passes.split(","))
+    if not set(passes) <= set(PASSES):
+        parser.error(f"--passes: of {','.join(PASSES)}")
     folder = args.keep or Path(tempfile.mkdtemp(prefix="greenroom-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
@@ -413,12 +518,17 @@ def main() -> None:
                 f"({path.stat().st_size / 1e6:.0f} MB)",
                 flush=True,
             )
+        keep = bool(args.keep)
         if "sqlite" in backends:
-            for fmt in formats:
-                out = folder / f"{fmt}-{size}.jsonl"
-                _run_passes("sqlite", size, url, fmt, out, bool(args.keep))
+            _run_passes(
+                "sqlite", size, url, formats, folder, keep=keep, ahead=args.ahead, passes=passes
+            )
         if "postgresql" in backends:
-            asyncio.run(_postgres_runs(path, size, formats, folder, bool(args.keep)))
+            asyncio.run(
+                _postgres_runs(
+                    path, size, formats, folder, keep=keep, ahead=args.ahead, passes=passes
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def api_command(
             pseudonym_secret=secret,
             helper_min_records=DEFAULT_MIN_RECORDS if page_helper else None,
             keep_records=settings.exports.keep_records,
+            build_ahead=settings.exports.formats_ahead,
         )
         config = uvicorn.Config(
             app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None

@@ -39,6 +39,8 @@ __all__ = [
     "MessageNode",
     "PendingAction",
     "PromptSnapshot",
+    "RecordBuild",
+    "TurnBuildQueue",
     "TurnRecords",
     "UserPrivacy",
     "UserTurnState",
@@ -179,6 +181,32 @@ class TurnRecords(Base):
     revision: Mapped[int] = mapped_column(Integer)
     #: Its records end in a newline each (none: empty), so their count is the body's lines.
     body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class TurnBuildQueue(Base):
+    """A user turn whose export records are to be built ahead (see :mod:`feedback.exports.ahead`).
+
+    Upserted by a trigger whenever the turn's revision is raised (migration 0004); the builder
+    deletes the row only if the revision is still the one it built, so a turn that changed
+    while it was built stays queued. At most one row a turn.
+    """
+
+    __tablename__ = "turn_build_queue"
+
+    user_turn_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    revision: Mapped[int] = mapped_column(Integer)
+
+
+class RecordBuild(Base):
+    """The build key (code and secret) a kind of kept record was last queued for: when it
+    changes, every turn is queued again (see :mod:`feedback.exports.ahead`)."""
+
+    __tablename__ = "record_builds"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    build_key: Mapped[str] = mapped_column(String(32))
 
 
 class ChannelSetting(Base):

@@ -11,10 +11,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from bot.cli_trainer import export_command, report_command
+from bot.cli_trainer import build_records_command, export_command, report_command
 from bot.runtime import pseudonym_secret
 from bot.settings import ConfigError, load_settings
 from feedback.corrections import CorrectionStore
+from feedback.exports import RecordBuilder
 from tests.test_exports import build_scenario
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ def app() -> typer.Typer:
     app = typer.Typer()
     app.command("export")(export_command)
     app.command("report")(report_command)
+    app.command("build-records")(build_records_command)
     return app
 
 
@@ -233,3 +235,33 @@ def test_export_keeps_records_unless_the_setting_says_not(
     monkeypatch.delenv("GREENROOM_EXPORTS__KEEP_RECORDS")
     assert _invoke(app, "export", "--format", "trl-kto", "--out", str(out))[0] == 0
     assert _kept_rows(db_url) == 6 and out.read_bytes() == built
+
+
+def test_build_records_keeps_every_queued_turn_then_exports_serve_them(
+    app: typer.Typer,
+    env: dict[str, str],
+    filled: None,
+    tmp_path: Path,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "kto.jsonl"
+    monkeypatch.setenv("GREENROOM_EXPORTS__KEEP_RECORDS", "false")
+    assert _invoke(app, "export", "--format", "trl-kto", "--out", str(out))[0] == 0
+    built = out.read_bytes()
+    code, _, error = _invoke(app, "build-records")
+    assert code == 2 and "exports.keep_records is off" in error and _kept_rows(db_url) == 0
+    monkeypatch.delenv("GREENROOM_EXPORTS__KEEP_RECORDS")
+    monkeypatch.setenv("GREENROOM_EXPORTS__BUILD_AHEAD", "trl-kto, trl-sft")
+    code, output = _invoke(app, "build-records")[:2]
+    assert code == 0, output
+    assert "of 6 turns (trl-kto, trl-sft); 0 turns queued" in output
+    assert _kept_rows(db_url) == 12
+    assert "of 0 turns" in _invoke(app, "build-records")[1]  # nothing changed since
+
+    def refuse(*_args: object) -> list[object]:
+        raise AssertionError("a kept turn was built again")
+
+    monkeypatch.setattr(RecordBuilder, "records", refuse)
+    assert _invoke(app, "export", "--format", "trl-kto", "--out", str(out))[0] == 0
+    assert out.read_bytes() == built

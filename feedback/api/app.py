@@ -42,6 +42,7 @@ from feedback.api.schemas import (
     PageResponse,
 )
 from feedback.exports import ExportError, ExportFilter
+from feedback.exports.ahead import AheadBuilder
 from feedback.queue import MAX_BATCH as MAX_PAGE
 from feedback.queue import LeaseExpired, QueueError, UnknownLease, ack, claim_batch, stats
 
@@ -76,6 +77,7 @@ def create_app(
     pseudonym_secret: bytes,
     helper_min_records: int | None = DEFAULT_MIN_RECORDS,
     keep_records: bool = True,
+    build_ahead: tuple[str, ...] = (),
 ) -> FastAPI:
     """The API over ``sessions``; ``pseudonym_secret`` keys the actor and conversation
     pseudonyms (keep it stable, or pseudonyms change between runs).
@@ -84,21 +86,28 @@ def create_app(
     :mod:`feedback.api.helper`; ``None``: never). It starts with the app's lifespan (or in
     the background with the first such page) and stops with it, or when this process ends.
     With ``keep_records`` pages serve and keep built records (see
-    :mod:`feedback.exports.cache`).
+    :mod:`feedback.exports.cache`), and the records of the ``build_ahead`` formats are built
+    as turns change, by a low-priority process that runs with the lifespan (see
+    :mod:`feedback.exports.ahead`; none for in-memory SQLite).
     """
     if len(pseudonym_secret) < 16:
         raise ValueError("the pseudonym secret must be at least 16 bytes")
     helper = None
     if helper_min_records is not None:
         helper = PageHelper.for_sessions(sessions, pseudonym_secret, min_records=helper_min_records)
+    ahead = AheadBuilder.for_sessions(sessions, pseudonym_secret, build_ahead)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if helper is not None:
             await helper.start()
+        if ahead is not None:
+            await ahead.start()
         try:
             yield
         finally:
+            if ahead is not None:
+                await ahead.close()
             if helper is not None:
                 await helper.close()
 
@@ -113,6 +122,7 @@ def create_app(
     app.state.pseudonym_secret = pseudonym_secret
     app.state.page_helper = helper
     app.state.keep_records = keep_records
+    app.state.records_ahead = ahead
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"], responses={503: {"model": ErrorResponse}})

@@ -24,6 +24,9 @@ What keeps them right:
   records. ``--min-rating`` and ``--tags`` change the records themselves: those exports build
   every turn and keep nothing (:func:`cache_key` is ``None``).
 
+Most rows are written ahead, as turns change, by :mod:`feedback.exports.ahead`; an export or
+page keeps what it had to build itself.
+
 Limits: the rows take about as much room as the exports of the formats that were pulled; a
 failed save (a read-only replica, a locked SQLite file) is logged once and the export goes on
 without keeping records.
@@ -50,12 +53,20 @@ if TYPE_CHECKING:
 
     from feedback.exports.filters import ExportFilter
 
-__all__ = ["CacheKey", "RecordFill", "build_key", "cache_key", "split_lines"]
+__all__ = [
+    "KINDS",
+    "CacheKey",
+    "RecordFill",
+    "build_key",
+    "cache_key",
+    "save_statement",
+    "split_lines",
+]
 
 _log = logging.getLogger(__name__)
 
-#: Formats whose records are the same bytes share one kept row.
-_KIND = {
+#: The kind of kept row of each format: formats whose records are the same bytes share one.
+KINDS = {
     "openai-sft": "sft",
     "trl-sft": "sft",
     "openai-dpo": "openai-dpo",
@@ -77,6 +88,13 @@ ON CONFLICT (user_turn_id, kind) DO UPDATE SET
 """
 _SAVE_SQLITE = text(_SAVE.format(lock=""))
 _SAVE_POSTGRESQL = text(_SAVE.format(lock=" FOR SHARE"))
+
+
+def save_statement(dialect: str) -> Any:
+    """The statement that keeps rows of :meth:`RecordFill.add`'s shape (``turn_id``,
+    ``revision``, ``body``, ``kind``, ``build_key``), each only if the turn's revision is still
+    ``revision``; executed with a list of them."""
+    return _SAVE_POSTGRESQL if dialect == "postgresql" else _SAVE_SQLITE
 
 
 @lru_cache(maxsize=1)
@@ -106,7 +124,7 @@ def cache_key(fmt: str, flt: ExportFilter, pseudonym_secret: bytes) -> CacheKey 
     """The rows for ``fmt``, or ``None`` when the filter changes the records themselves."""
     if flt.min_rating is not None or flt.tags:
         return None
-    return CacheKey(_KIND[fmt], build_key(pseudonym_secret))
+    return CacheKey(KINDS[fmt], build_key(pseudonym_secret))
 
 
 def split_lines(body: bytes) -> list[bytes]:
@@ -161,8 +179,7 @@ class RecordFill:
         try:
             async with self.sessions() as session:
                 dialect = session.bind.dialect.name if session.bind is not None else ""
-                statement = _SAVE_POSTGRESQL if dialect == "postgresql" else _SAVE_SQLITE
-                await session.execute(statement, rows)
+                await session.execute(save_statement(dialect), rows)
                 await session.commit()
         except (SQLAlchemyError, OSError) as error:
             self.failed = True

@@ -634,6 +634,7 @@ async def iter_turn_trees(
     read_ahead_until: int | None = None,
     min_replies: int = 1,
     cache: CacheKey | None = None,
+    only_ids: list[int] | None = None,
 ) -> AsyncIterator[list[TurnTree]]:
     """Pages of :class:`TurnTree` in user-turn id order, after ``after_id`` up to ``last_id``.
 
@@ -652,6 +653,7 @@ async def iter_turn_trees(
 
     With a ``cache`` key, each tree carries its revision, and the turns whose kept records are
     valid come with them instead of their replies (see :mod:`feedback.exports.cache`).
+    ``only_ids`` keeps to those user turns (a builder's batch, see :mod:`feedback.exports.ahead`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -659,6 +661,8 @@ async def iter_turn_trees(
     cached = cache is not None
     if last_id is not None:
         base = base.where(MessageNode.id <= last_id)
+    if only_ids is not None:
+        base = base.where(MessageNode.id.in_(only_ids))
     base = base.order_by(MessageNode.id).limit(batch_size)
     position = after_id if after_id is not None else 0
     turns_read = 0

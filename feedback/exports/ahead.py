@@ -1,0 +1,380 @@
+"""Export records built ahead: changed turns get their kept records before anyone asks for them.
+
+Why: building records is most of an export's cost (about 25-45k records/s, against 70-180k/s
+served from kept rows, see ``bench/bench_export.py``), and a turn changes rarely. Built here, in
+the background, as corrections arrive, each change costs one build, and trainers' exports and
+API pages find the records kept (:mod:`feedback.exports.cache`).
+
+How:
+
+- **Queue.** A trigger (migration 0004) upserts a user turn into ``turn_build_queue`` with its
+  new revision whenever the revision is raised, which is whenever anything its records are built
+  from changes (migration 0003).
+- **Build.** :func:`build_queued` reads the queue in id order, a batch at a time, reads each
+  batch's trees once, and builds the records of every kind asked for. In one transaction it
+  keeps them and takes the turns off the queue, but only the turns whose revision is still the
+  one read from the queue: the save refuses a turn that changed (see
+  :func:`~feedback.exports.cache.save_statement`), and such a turn stays queued for the next run.
+- **Keys.** ``record_builds`` holds the build key each kind was queued for. A kind whose key
+  differs (new code, a new pseudonym secret, a kind never built) queues every user turn with a
+  reply once (:func:`queue_stale_kinds`); rows of the old key are replaced as they are rebuilt.
+- **Where it runs.** ``greenroom api`` runs :func:`watch` in a child process at low priority
+  (:class:`AheadBuilder`), so pages keep the cores first; ``greenroom build-records`` runs it
+  in the foreground (once, or ``--watch``).
+
+Limits: turns whose author has not consented are selected by no export, so they leave the queue
+unbuilt (an export after a change of consent builds them). Preference kinds skip turns with one
+reply, as their exports do. The queue holds at most one small row a turn, built or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from feedback.database import create_engine, session_factory
+from feedback.exports.cache import KINDS, build_key, save_statement
+from feedback.exports.collector import collect_young, gc_paused
+from feedback.exports.filters import ExportFilter, check_format
+from feedback.exports.records import RecordBuilder
+from feedback.exports.tree import iter_turn_trees
+from feedback.models import RecordBuild, TurnBuildQueue
+from feedback.subprocesses import shared_database_url, start_module
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+__all__ = [
+    "BUILD_BATCH",
+    "AheadBuilder",
+    "BuildStats",
+    "build_queued",
+    "queue_stale_kinds",
+    "queued_count",
+    "watch",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Queued turns built and kept per transaction (a few MB of oasst records at most).
+BUILD_BATCH = 500
+#: Seconds between two looks at the queue when it was empty.
+DEFAULT_INTERVAL = 2.0
+#: Seconds before a builder process that stopped is started again.
+RESTART_SECONDS = 30.0
+
+_QUEUE_ALL = text(
+    """
+    INSERT INTO turn_build_queue (user_turn_id, revision)
+    SELECT id, revision FROM messages AS turn
+    WHERE role = 'user' AND EXISTS (
+        SELECT 1 FROM messages AS reply
+        WHERE reply.parent_id = turn.id AND reply.role = 'assistant'
+    )
+    ON CONFLICT (user_turn_id) DO NOTHING
+    """
+)
+_DEQUEUE = text("DELETE FROM turn_build_queue WHERE user_turn_id = :id AND revision = :revision")
+_SET_KEY = text(
+    "INSERT INTO record_builds (kind, build_key) VALUES (:kind, :build_key) "
+    "ON CONFLICT (kind) DO UPDATE SET build_key = excluded.build_key"
+)
+
+
+@dataclass(slots=True)
+class BuildStats:
+    """What one :func:`build_queued` run did."""
+
+    #: Queued turns taken off the queue (built, or giving no record of any kind).
+    turns: int = 0
+    #: Kept rows written (one per turn and kind).
+    rows: int = 0
+    #: Records in them.
+    records: int = 0
+
+
+def _kinds(formats: Iterable[str]) -> dict[str, str]:
+    """One format per kind of kept row (both SFT formats are one kind)."""
+    kinds: dict[str, str] = {}
+    for fmt in formats:
+        check_format(fmt)
+        kinds.setdefault(KINDS[fmt], fmt)
+    return kinds
+
+
+async def queued_count(sessions: async_sessionmaker[AsyncSession]) -> int:
+    """User turns waiting to be built."""
+    async with sessions() as session:
+        return int(await session.scalar(select(func.count()).select_from(TurnBuildQueue)) or 0)
+
+
+async def queue_stale_kinds(
+    sessions: async_sessionmaker[AsyncSession], formats: Iterable[str], pseudonym_secret: bytes
+) -> int:
+    """Queue every user turn with a reply if a kind of ``formats`` was last queued for another
+    build key (or never); how many turns were added to the queue."""
+    kinds = _kinds(formats)
+    key = build_key(pseudonym_secret)
+    async with sessions() as session:
+        known = dict((await session.execute(select(RecordBuild.kind, RecordBuild.build_key))).all())
+        stale = [kind for kind in kinds if known.get(kind) != key]
+        if not stale:
+            return 0
+        added = (await session.execute(_QUEUE_ALL)).rowcount or 0
+        await session.execute(_SET_KEY, [{"kind": kind, "build_key": key} for kind in stale])
+        await session.commit()
+    _log.info("queued %d turns to build %s records ahead", added, ", ".join(stale))
+    return added
+
+
+async def build_queued(
+    sessions: async_sessionmaker[AsyncSession],
+    formats: Iterable[str],
+    *,
+    pseudonym_secret: bytes,
+    batch_size: int = BUILD_BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> BuildStats:
+    """Build and keep the records of ``formats`` for every turn queued when the run reaches it,
+    and take the turns off the queue (each batch in one transaction). Turns queued again while
+    it runs, behind its position, wait for the next run.
+
+    Raises the database's error if a batch cannot be kept; the batches kept before stay kept.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    kinds = _kinds(formats)
+    key = build_key(pseudonym_secret)
+    builder = RecordBuilder(ExportFilter(), pseudonym_secret=pseudonym_secret)
+    needs = {kind: RecordBuilder.min_replies(fmt) for kind, fmt in kinds.items()}
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    stats = BuildStats()
+    position = 0
+    with gc_paused():
+        while True:
+            async with sessions() as session:
+                queued = (
+                    await session.execute(
+                        select(TurnBuildQueue.user_turn_id, TurnBuildQueue.revision)
+                        .where(TurnBuildQueue.user_turn_id > position)
+                        .order_by(TurnBuildQueue.user_turn_id)
+                        .limit(batch_size)
+                    )
+                ).all()
+            if not queued:
+                return stats
+            position = queued[-1][0]
+            revisions = dict(queued)
+            rows: list[dict[str, Any]] = []
+            pages = iter_turn_trees(
+                sessions,
+                ExportFilter(),
+                only_ids=list(revisions),
+                batch_size=len(revisions),
+                prefetch=False,
+            )
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    for tree in page:
+                        for kind, fmt in kinds.items():
+                            if len(tree.replies) < needs[kind]:
+                                continue
+                            lines = [
+                                dumps(record, option=newline)
+                                for record in builder.records(tree, fmt)
+                            ]
+                            stats.records += len(lines)
+                            rows.append(
+                                {
+                                    "turn_id": tree.user_turn_id,
+                                    "revision": revisions[tree.user_turn_id],
+                                    "body": b"".join(lines),
+                                    "kind": kind,
+                                    "build_key": key,
+                                }
+                            )
+            async with sessions() as session:
+                dialect = session.bind.dialect.name if session.bind is not None else ""
+                if rows:
+                    await session.execute(save_statement(dialect), rows)
+                await session.execute(
+                    _DEQUEUE, [{"id": turn, "revision": revision} for turn, revision in queued]
+                )
+                await session.commit()
+            stats.turns += len(queued)
+            stats.rows += len(rows)
+            del rows
+            collect_young()
+            if progress is not None:
+                progress(len(queued))
+
+
+async def watch(
+    sessions: async_sessionmaker[AsyncSession],
+    formats: Iterable[str],
+    *,
+    pseudonym_secret: bytes,
+    stop: asyncio.Event,
+    interval: float = DEFAULT_INTERVAL,
+    on_build: Callable[[BuildStats], None] | None = None,
+) -> None:
+    """Build queued turns until ``stop`` is set, looking again every ``interval`` seconds once
+    the queue is empty. A failing run (the database down, a locked file) is logged and tried
+    again after ``interval``; nothing is lost, the turns stay queued."""
+    formats = tuple(formats)
+    while not stop.is_set():
+        try:
+            await queue_stale_kinds(sessions, formats, pseudonym_secret)
+            stats = await build_queued(sessions, formats, pseudonym_secret=pseudonym_secret)
+        except (SQLAlchemyError, OSError) as error:
+            _log.warning("records are not built ahead this time (trying again): %s", error)
+        else:
+            if stats.turns and on_build is not None:
+                on_build(stats)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+class AheadBuilder:
+    """Runs :func:`watch` in a child process (``python -m feedback.exports.ahead``) at low
+    priority, for as long as the API serves, starting it again if it stops."""
+
+    def __init__(
+        self, url: str, pseudonym_secret: bytes, formats: tuple[str, ...], *, interval: float
+    ) -> None:
+        self.url = url
+        self.formats = formats
+        self.interval = interval
+        self._secret = pseudonym_secret
+        self._process: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @classmethod
+    def for_sessions(
+        cls,
+        sessions: async_sessionmaker[AsyncSession],
+        pseudonym_secret: bytes,
+        formats: tuple[str, ...],
+        *,
+        interval: float = DEFAULT_INTERVAL,
+    ) -> AheadBuilder | None:
+        """A builder for the database of ``sessions``, or ``None`` when there is nothing to
+        build or another process cannot open it (in-memory SQLite)."""
+        url = shared_database_url(sessions)
+        if not formats or url is None:
+            return None
+        return cls(url, pseudonym_secret, formats, interval=interval)
+
+    @property
+    def pid(self) -> int | None:
+        """The builder process's id while it runs."""
+        process = self._process
+        return None if process is None or process.returncode is not None else process.pid
+
+    async def start(self) -> None:
+        """Start the process and keep it running in the background."""
+        self._task = asyncio.create_task(self._supervise(), name="records-ahead")
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            try:
+                process = self._process = await start_module("feedback.exports.ahead")
+                assert process.stdin is not None
+                config = {
+                    "url": self.url,
+                    "secret": self._secret.hex(),
+                    "formats": list(self.formats),
+                    "interval": self.interval,
+                }
+                process.stdin.write(json.dumps(config).encode() + b"\n")
+                await process.stdin.drain()
+                _log.info("records are built ahead by process %d", process.pid)
+                code = await process.wait()
+            except OSError as error:
+                code = None
+                _log.warning("the records builder did not start: %s", error)
+            if self._closing:
+                return
+            _log.warning(
+                "the records builder stopped (exit code %s); starting it again in %d s",
+                code,
+                RESTART_SECONDS,
+            )
+            await asyncio.sleep(RESTART_SECONDS)
+
+    async def close(self) -> None:
+        """Stop the process: it finishes the batch it is keeping (or is killed after 10 s)."""
+        self._closing = True
+        process = self._process
+        if process is not None and process.returncode is None and process.stdin is not None:
+            process.stdin.close()
+            try:
+                await asyncio.wait_for(process.wait(), timeout=10)
+            except TimeoutError:
+                _log.warning("the records builder did not stop within 10 s; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+# -- the builder process -------------------------------------------------------------------
+
+
+async def _serve(config: dict[str, Any]) -> None:
+    engine = create_engine(config["url"])
+    sessions = session_factory(engine)
+    stop = asyncio.Event()
+
+    async def wait_for_parent() -> None:
+        # The parent closes our input when it stops, and the pipe ends if it dies.
+        await asyncio.to_thread(sys.stdin.buffer.read)
+        stop.set()
+
+    parent = asyncio.create_task(wait_for_parent())
+    try:
+        await watch(
+            sessions,
+            config["formats"],
+            pseudonym_secret=bytes.fromhex(config["secret"]),
+            stop=stop,
+            interval=float(config["interval"]),
+            on_build=lambda stats: _log.info(
+                "built ahead: %d turns, %d records", stats.turns, stats.records
+            ),
+        )
+    finally:
+        parent.cancel()
+        await engine.dispose()
+
+
+def main() -> None:
+    """Build records ahead for the process that started this one (:class:`AheadBuilder`),
+    reading its settings as one JSON line on standard input, until that input closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    config = json.loads(sys.stdin.buffer.readline())
+    asyncio.run(_serve(config))
+
+
+if __name__ == "__main__":
+    main()

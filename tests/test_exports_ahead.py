@@ -1,0 +1,278 @@
+"""Records built ahead (``turn_build_queue``, :mod:`feedback.exports.ahead`) on SQLite and
+PostgreSQL: changes queue their turn, the builder keeps exactly what exports build, a turn that
+changes while it is built stays queued, a new key queues everything, and the API runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import uvicorn
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from feedback.api import create_app
+from feedback.corrections import CorrectionStore
+from feedback.exports import FORMATS, ExportFilter, RecordBuilder, export_to_file
+from feedback.exports import ahead as ahead_module
+from feedback.exports.ahead import (
+    AheadBuilder,
+    build_queued,
+    queue_stale_kinds,
+    queued_count,
+)
+from feedback.models import MessageNode, RecordBuild, TurnBuildQueue, TurnRecords
+from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
+from tests.test_exports import SECRET, build_scenario
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from feedback.store import ConversationStore
+
+KINDS = {"sft", "openai-dpo", "trl-dpo", "trl-kto", "oasst"}
+
+
+@pytest.fixture
+def corrections(store: ConversationStore) -> CorrectionStore:
+    return CorrectionStore(store._sessions)
+
+
+async def _export(
+    sessions: async_sessionmaker[AsyncSession],
+    fmt: str,
+    out: Path,
+    *,
+    keep: bool = True,
+    secret: bytes = SECRET,
+) -> bytes:
+    await export_to_file(
+        sessions,
+        fmt,
+        ExportFilter(),
+        out,
+        pseudonym_secret=secret,
+        batch_size=2,
+        parallel_min_turns=10**9,
+        keep_records=keep,
+    )
+    return await asyncio.to_thread(out.read_bytes)
+
+
+async def _fresh(sessions: async_sessionmaker[AsyncSession], out: Path) -> dict[str, bytes]:
+    return {fmt: await _export(sessions, fmt, out, keep=False) for fmt in FORMATS}
+
+
+async def _queue(sessions: async_sessionmaker[AsyncSession]) -> dict[int, int]:
+    async with sessions() as session:
+        rows = await session.execute(select(TurnBuildQueue.user_turn_id, TurnBuildQueue.revision))
+        return dict(rows.all())
+
+
+async def _revision(sessions: async_sessionmaker[AsyncSession], turn_id: int) -> int:
+    async with sessions() as session:
+        return int(await session.scalar(select(MessageNode.revision).filter_by(id=turn_id)) or 0)
+
+
+async def _kept(sessions: async_sessionmaker[AsyncSession]) -> set[tuple[int, str]]:
+    async with sessions() as session:
+        rows = await session.execute(select(TurnRecords.user_turn_id, TurnRecords.kind))
+        return set(rows.all())
+
+
+def _refuse_to_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: Any) -> list[Any]:
+        raise AssertionError("an export built a turn the builder had kept")
+
+    monkeypatch.setattr(RecordBuilder, "records", refuse)
+
+
+async def test_built_ahead_records_are_what_exports_build_and_are_served_kept(
+    store: ConversationStore,
+    corrections: CorrectionStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scenario = await build_scenario(store, corrections)
+    sessions = store._sessions
+    # a turn whose author never consented is queued but selected by no export
+    hidden = await add_turn(store, user_id="discord:404", state="sent", text="hi", reply="Hey.")
+    fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
+    queued = await _queue(sessions)
+    assert scenario.rated.user_turn_id in queued and hidden.user_turn_id in queued
+    # the first run of the builder queues every user turn with a reply, once
+    await queue_stale_kinds(sessions, FORMATS, SECRET)
+    assert await queue_stale_kinds(sessions, FORMATS, SECRET) == 0
+    async with sessions() as session:
+        assert set((await session.scalars(select(RecordBuild.kind))).all()) == KINDS
+
+    stats = await build_queued(sessions, FORMATS, pseudonym_secret=SECRET, batch_size=3)
+    assert stats.turns == len(queued) and stats.rows > 0 and stats.records > 0
+    assert await _queue(sessions) == {}
+    kept = await _kept(sessions)
+    assert {kind for _turn, kind in kept} == KINDS
+    assert not any(turn == hidden.user_turn_id for turn, _kind in kept)
+
+    _refuse_to_build(monkeypatch)
+    served = {fmt: await _export(sessions, fmt, tmp_path / "served.jsonl") for fmt in FORMATS}
+    assert served == fresh and all(fresh.values())
+
+
+async def test_a_change_queues_its_turn_again_and_only_it_is_rebuilt(
+    store: ConversationStore, corrections: CorrectionStore, tmp_path: Path
+) -> None:
+    scenario = await build_scenario(store, corrections)
+    sessions = store._sessions
+    await queue_stale_kinds(sessions, FORMATS, SECRET)
+    await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)
+    assert await _queue(sessions) == {}
+
+    turn = scenario.unreviewed.user_turn_id
+    await corrections.rate(scenario.unreviewed.candidate_id, actor=ALICE_ACTOR, rating=5, key="r")
+    await corrections.approve(scenario.unreviewed.candidate_id, actor=BOB_ACTOR, key="a")
+    assert await _queue(sessions) == {turn: await _revision(sessions, turn)}
+    assert not any(kept_turn == turn for kept_turn, _kind in await _kept(sessions))
+
+    stats = await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)
+    assert stats.turns == 1 and await _queue(sessions) == {}
+    fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
+    kept = {fmt: await _export(sessions, fmt, tmp_path / "kept.jsonl") for fmt in FORMATS}
+    assert kept == fresh
+
+
+async def test_a_turn_changed_while_it_is_built_stays_queued(
+    store: ConversationStore,
+    corrections: CorrectionStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scenario = await build_scenario(store, corrections)
+    sessions = store._sessions
+    await queue_stale_kinds(sessions, FORMATS, SECRET)
+    changed = scenario.unreviewed.user_turn_id
+    read_trees = ahead_module.iter_turn_trees
+
+    async def trees_then_a_change(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async for page in read_trees(*args, **kwargs):
+            if any(tree.user_turn_id == changed for tree in page):
+                # an actor rates the reply after the builder read the tree, before it keeps it
+                await corrections.rate(
+                    scenario.unreviewed.candidate_id, actor=ALICE_ACTOR, rating=2, key="late"
+                )
+            yield page
+
+    monkeypatch.setattr(ahead_module, "iter_turn_trees", trees_then_a_change)
+    await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)
+    assert await _queue(sessions) == {changed: await _revision(sessions, changed)}
+    kept = await _kept(sessions)
+    assert not any(turn == changed for turn, _kind in kept)
+    assert any(turn == scenario.rated.user_turn_id for turn, _kind in kept)
+
+    monkeypatch.setattr(ahead_module, "iter_turn_trees", read_trees)
+    assert (await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)).turns == 1
+    assert await _queue(sessions) == {}
+    fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
+    assert {fmt: await _export(sessions, fmt, tmp_path / "k.jsonl") for fmt in FORMATS} == fresh
+
+
+async def test_a_new_key_or_a_new_format_queues_every_turn_again(
+    store: ConversationStore,
+    corrections: CorrectionStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await build_scenario(store, corrections)
+    sessions = store._sessions
+    await queue_stale_kinds(sessions, ("trl-sft",), SECRET)
+    turns = len(await _queue(sessions))
+    await build_queued(sessions, ("trl-sft",), pseudonym_secret=SECRET)
+    assert {kind for _turn, kind in await _kept(sessions)} == {"sft"}
+    assert await queue_stale_kinds(sessions, ("openai-sft",), SECRET) == 0  # the same kind
+    assert await queue_stale_kinds(sessions, ("trl-sft", "trl-kto"), SECRET) == turns
+    await build_queued(sessions, ("trl-sft", "trl-kto"), pseudonym_secret=SECRET)
+    assert {kind for _turn, kind in await _kept(sessions)} == {"sft", "trl-kto"}
+
+    other = b"another secret of 32 bytes......"
+    assert await queue_stale_kinds(sessions, ("trl-sft", "trl-kto"), other) == turns
+    await build_queued(sessions, ("trl-sft", "trl-kto"), pseudonym_secret=other)
+    fresh = {
+        fmt: await _export(sessions, fmt, tmp_path / "f.jsonl", keep=False, secret=other)
+        for fmt in ("trl-sft", "trl-kto")
+    }
+    _refuse_to_build(monkeypatch)
+    for fmt in ("trl-sft", "trl-kto"):
+        assert await _export(sessions, fmt, tmp_path / "k.jsonl", secret=other) == fresh[fmt]
+
+
+async def test_the_api_builder_process_keeps_records_and_stops_with_it(
+    store: ConversationStore, corrections: CorrectionStore
+) -> None:
+    await build_scenario(store, corrections)
+    sessions = store._sessions
+    builder = AheadBuilder.for_sessions(sessions, SECRET, ("trl-sft", "oasst"), interval=0.2)
+    assert builder is not None
+    await builder.start()
+    try:
+        for _ in range(300):
+            kinds = {kind for _turn, kind in await _kept(sessions)}
+            if kinds == {"sft", "oasst"} and await queued_count(sessions) == 0:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the builder process kept nothing within 30 s")
+        process_id = builder.pid
+        assert process_id is not None
+        # a change made while it runs is built within a few looks at the queue
+        turn = await add_turn(store, user_id="discord:1", state="sent", text="and", reply="So.")
+        for _ in range(300):
+            if (turn.user_turn_id, "oasst") in await _kept(sessions):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("a new turn was not built ahead within 30 s")
+    finally:
+        await builder.close()
+    assert builder.pid is None
+
+
+def test_no_builder_for_a_database_another_process_cannot_open(tmp_path: Path) -> None:
+    memory = async_sessionmaker(create_async_engine("sqlite+aiosqlite:///:memory:"))
+    assert AheadBuilder.for_sessions(memory, SECRET, FORMATS) is None
+    on_disk = async_sessionmaker(create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'g.db'}"))
+    assert AheadBuilder.for_sessions(on_disk, SECRET, ()) is None  # nothing to build
+    assert AheadBuilder.for_sessions(on_disk, SECRET, FORMATS) is not None
+
+
+async def test_the_api_runs_the_builder_for_its_lifespan(
+    store: ConversationStore, corrections: CorrectionStore
+) -> None:
+    await build_scenario(store, corrections)
+    sessions = store._sessions
+    secret = SECRET * 4  # the API asks for 16 bytes at least
+    app = create_app(
+        sessions, pseudonym_secret=secret, helper_min_records=None, build_ahead=("trl-kto",)
+    )
+    builder = app.state.records_ahead
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        for _ in range(300):
+            if await queued_count(sessions) == 0 and await _kept(sessions):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the API's builder kept nothing within 30 s")
+        assert {kind for _turn, kind in await _kept(sessions)} == {"trl-kto"}
+        assert builder.pid is not None
+    finally:
+        server.should_exit = True
+        await serving
+        listener.close()
+    assert builder.pid is None  # stopped with the server
