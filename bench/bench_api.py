@@ -26,7 +26,10 @@ Each run serves this checkout three ways, side by side: ``built`` builds every r
 none, ``first`` starts with no kept record (they are deleted first) and keeps what its pages
 build, ``kept`` serves what ``first`` kept (see :mod:`feedback.exports.cache`; on PostgreSQL
 after ``ANALYZE turn_records``, as autovacuum would do soon after ``first`` filled it);
-``--passes`` picks some of them.
+``--passes`` picks some of them. The ``ahead`` pass serves what the records builder kept (see
+:mod:`feedback.exports.ahead`; it builds the format's records of every turn first, timed, and
+again in each run when ``first`` deleted them), as pages are served once the builder of
+``greenroom api`` kept up with the changes.
 
 ``--compare DIR`` serves the same database from another checkout too (``git worktree add DIR
 REV``), alternating the two run by run (``--runs`` each), so a change is measured side by side
@@ -57,6 +60,7 @@ from bench.bench_export import prepare_queue
 from bench.common import copy_to_postgres, percentile, scratch_database, summary, tree_cpu_seconds
 from feedback.database import create_engine, migrate, session_factory
 from feedback.exports import FORMATS
+from feedback.exports.ahead import build_queued, queue_stale_kinds
 from feedback.models import (
     Conversation,
     FeedbackEvent,
@@ -283,7 +287,9 @@ async def measure_format(
         for side, (root, keep) in sides.items():
             if side == "first":
                 await forget_kept_records(url)
-            if side == "kept" and url.startswith("postgresql"):
+            if side == "ahead" and (number == 0 or "first" in sides):
+                await build_ahead(url, fmt)
+            if side in ("kept", "ahead") and url.startswith("postgresql"):
                 await analyze_kept_records(url)
             port = _free_port()
             server = serve(root, url, port, keep)
@@ -325,6 +331,25 @@ async def forget_kept_records(url: str) -> None:
     await engine.dispose()
 
 
+async def build_ahead(url: str, fmt: str) -> None:
+    """Delete every kept record and build ``fmt``'s records of every turn ahead, timed."""
+    engine = create_engine(url)
+    async with engine.begin() as connection:
+        await connection.execute(sql("DELETE FROM turn_records"))
+        await connection.execute(sql("DELETE FROM record_builds"))
+    sessions = session_factory(engine)
+    await queue_stale_kinds(sessions, (fmt,), SECRET)
+    started = time.perf_counter()
+    stats = await build_queued(sessions, (fmt,), pseudonym_secret=SECRET)
+    elapsed = time.perf_counter() - started
+    await engine.dispose()
+    print(
+        f"{fmt}: built ahead {stats.records:,} records of {stats.turns:,} turns in "
+        f"{elapsed:.1f} s ({stats.turns / elapsed:,.0f} turns/s)",
+        flush=True,
+    )
+
+
 async def analyze_kept_records(url: str) -> None:
     """Give PostgreSQL's planner statistics of the kept records (see the module docstring)."""
     engine = create_engine(url)
@@ -352,9 +377,9 @@ def main() -> None:
         "--passes", default="built,first,kept", help="of this checkout, in this order"
     )
     args = parser.parse_args()
-    unknown = sorted(set(args.passes.split(",")) - {"built", "first", "kept"})
+    unknown = sorted(set(args.passes.split(",")) - {"built", "first", "kept", "ahead"})
     if unknown:
-        parser.error(f"unknown pass {', '.join(unknown)}: choose from built, first, kept")
+        parser.error(f"unknown pass {', '.join(unknown)}: choose from built, first, kept, ahead")
     if args.format != "all":
         unknown = sorted(set(args.format.split(",")) - set(FORMATS))
         if unknown:

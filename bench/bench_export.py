@@ -496,7 +496,7 @@ def main() -> None:
         print(json.dumps(figures))
         return
     formats = FORMATS if args.formats == "all" else tuple(args.formats.split(","))
-    passes = tuple(args.passes.split(","))
+    passes = tuple(name for name in args.passes.split(",") if name)
     if not set(passes) <= set(PASSES):
         parser.error(f"--passes: of {','.join(PASSES)}")
     folder = args.keep or Path(tempfile.mkdtemp(prefix="greenroom-bench-"))

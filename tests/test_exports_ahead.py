@@ -5,12 +5,14 @@ changes while it is built stays queued, a new key queues everything, and the API
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvicorn
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from feedback.api import create_app
@@ -22,6 +24,7 @@ from feedback.exports.ahead import (
     build_queued,
     queue_stale_kinds,
     queued_count,
+    watch,
 )
 from feedback.models import MessageNode, RecordBuild, TurnBuildQueue, TurnRecords
 from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
@@ -175,6 +178,61 @@ async def test_a_turn_changed_while_it_is_built_stays_queued(
 
     monkeypatch.setattr(ahead_module, "iter_turn_trees", read_trees)
     assert (await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)).turns == 1
+    assert await _queue(sessions) == {}
+    fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
+    assert {fmt: await _export(sessions, fmt, tmp_path / "k.jsonl") for fmt in FORMATS} == fresh
+
+
+async def test_a_batch_that_cannot_be_kept_stays_queued_and_is_built_next_time(
+    store: ConversationStore,
+    corrections: CorrectionStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await build_scenario(store, corrections)
+    sessions = store._sessions
+    await queue_stale_kinds(sessions, FORMATS, SECRET)
+    turns = len(await _queue(sessions))
+    keep = ahead_module._Batches.keep
+    calls = 0
+
+    async def keep_then_fail(self: Any, rows: Any, queued: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return await keep(self, rows, queued)
+
+    monkeypatch.setattr(ahead_module._Batches, "keep", keep_then_fail)
+    with pytest.raises(OperationalError):
+        await build_queued(sessions, FORMATS, pseudonym_secret=SECRET, batch_size=2)
+    # the first batch was kept; the failed one, and any after it, are still queued
+    assert len(await _queue(sessions)) == turns - 2
+
+    # the builder loop logs a failure (its first keep fails too), and the next look builds all
+    calls = 1
+    stop = asyncio.Event()
+    builds: list[int] = []
+
+    def built(stats: Any) -> None:
+        builds.append(stats.turns)
+        if len(builds) == 1:
+            stop.set()
+
+    with caplog.at_level(logging.WARNING, logger="feedback.exports.ahead"):
+        await asyncio.wait_for(
+            watch(
+                sessions,
+                FORMATS,
+                pseudonym_secret=SECRET,
+                stop=stop,
+                interval=0.05,
+                on_build=built,
+            ),
+            timeout=30,
+        )
+    assert "not built ahead this time" in caplog.text
     assert await _queue(sessions) == {}
     fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
     assert {fmt: await _export(sessions, fmt, tmp_path / "k.jsonl") for fmt in FORMATS} == fresh

@@ -149,77 +149,116 @@ async def build_queued(
     progress: Callable[[int], None] | None = None,
 ) -> BuildStats:
     """Build and keep the records of ``formats`` for every turn queued when the run reaches it,
-    and take the turns off the queue (each batch in one transaction). Turns queued again while
-    it runs, behind its position, wait for the next run.
+    and take the turns off the queue (each batch in one transaction, kept while the next batch
+    is built). Turns queued again while it runs, behind its position, wait for the next run.
 
     Raises the database's error if a batch cannot be kept; the batches kept before stay kept.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    kinds = _kinds(formats)
-    key = build_key(pseudonym_secret)
-    builder = RecordBuilder(ExportFilter(), pseudonym_secret=pseudonym_secret)
-    needs = {kind: RecordBuilder.min_replies(fmt) for kind, fmt in kinds.items()}
-    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    batches = _Batches(
+        sessions,
+        _kinds(formats),
+        RecordBuilder(ExportFilter(), pseudonym_secret=pseudonym_secret),
+        build_key(pseudonym_secret),
+    )
     stats = BuildStats()
+    keeping: asyncio.Future[int] | None = None
     position = 0
-    with gc_paused():
-        while True:
-            async with sessions() as session:
-                queued = (
-                    await session.execute(
-                        select(TurnBuildQueue.user_turn_id, TurnBuildQueue.revision)
-                        .where(TurnBuildQueue.user_turn_id > position)
-                        .order_by(TurnBuildQueue.user_turn_id)
-                        .limit(batch_size)
-                    )
-                ).all()
-            if not queued:
-                return stats
-            position = queued[-1][0]
-            revisions = dict(queued)
-            rows: list[dict[str, Any]] = []
-            pages = iter_turn_trees(
-                sessions,
-                ExportFilter(),
-                only_ids=list(revisions),
-                batch_size=len(revisions),
-                prefetch=False,
+    try:
+        with gc_paused():
+            while queued := await batches.next_queued(position, batch_size):
+                position = queued[-1][0]
+                rows = await batches.build(queued, stats)
+                if keeping is not None:
+                    await keeping
+                keeping = asyncio.ensure_future(batches.keep(rows, queued))
+                stats.turns += len(queued)
+                stats.rows += len(rows)
+                del rows
+                collect_young()
+                if progress is not None:
+                    progress(len(queued))
+            if keeping is not None:
+                await keeping
+                keeping = None
+    finally:
+        if keeping is not None and not keeping.done():
+            keeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await keeping
+    return stats
+
+
+@dataclass(slots=True)
+class _Batches:
+    """What :func:`build_queued` does to one batch of queued turns."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    #: One format per kind of kept row.
+    kinds: dict[str, str]
+    builder: RecordBuilder
+    build_key: str
+
+    async def next_queued(self, position: int, size: int) -> list[tuple[int, int]]:
+        """Up to ``size`` queued ``(turn id, revision)`` after ``position``, in id order."""
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(TurnBuildQueue.user_turn_id, TurnBuildQueue.revision)
+                .where(TurnBuildQueue.user_turn_id > position)
+                .order_by(TurnBuildQueue.user_turn_id)
+                .limit(size)
             )
-            async with contextlib.aclosing(pages):
-                async for page in pages:
-                    for tree in page:
-                        for kind, fmt in kinds.items():
-                            if len(tree.replies) < needs[kind]:
-                                continue
-                            lines = [
-                                dumps(record, option=newline)
-                                for record in builder.records(tree, fmt)
-                            ]
-                            stats.records += len(lines)
-                            rows.append(
-                                {
-                                    "turn_id": tree.user_turn_id,
-                                    "revision": revisions[tree.user_turn_id],
-                                    "body": b"".join(lines),
-                                    "kind": kind,
-                                    "build_key": key,
-                                }
-                            )
-            async with sessions() as session:
-                dialect = session.bind.dialect.name if session.bind is not None else ""
-                if rows:
-                    await session.execute(save_statement(dialect), rows)
-                await session.execute(
-                    _DEQUEUE, [{"id": turn, "revision": revision} for turn, revision in queued]
-                )
-                await session.commit()
-            stats.turns += len(queued)
-            stats.rows += len(rows)
-            del rows
-            collect_young()
-            if progress is not None:
-                progress(len(queued))
+            return [(turn, revision) for turn, revision in rows]
+
+    async def build(self, queued: list[tuple[int, int]], stats: BuildStats) -> list[dict[str, Any]]:
+        """The kept rows of the queued turns (one read of their trees), kind by kind."""
+        builder, key = self.builder, self.build_key
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        revisions = dict(queued)
+        by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in self.kinds}
+        pages = iter_turn_trees(
+            self.sessions,
+            ExportFilter(),
+            only_ids=list(revisions),
+            batch_size=len(revisions),
+            prefetch=False,
+        )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                for tree in page:
+                    for kind, fmt in self.kinds.items():
+                        if len(tree.replies) < RecordBuilder.min_replies(fmt):
+                            continue
+                        lines = [
+                            dumps(record, option=newline) for record in builder.records(tree, fmt)
+                        ]
+                        stats.records += len(lines)
+                        by_kind[kind].append(
+                            {
+                                "turn_id": tree.user_turn_id,
+                                "revision": revisions[tree.user_turn_id],
+                                "body": b"".join(lines),
+                                "kind": kind,
+                                "build_key": key,
+                            }
+                        )
+        # Kind by kind: an export reads one kind, so its rows lie together on disk (with the
+        # kinds interleaved turn by turn, kept PostgreSQL exports ran at half speed).
+        return [row for rows in by_kind.values() for row in rows]
+
+    async def keep(self, rows: list[dict[str, Any]], queued: list[tuple[int, int]]) -> int:
+        """Keep ``rows`` and take the turns still at their queued revision off the queue, in
+        one transaction (the save itself skips a turn that changed)."""
+        async with self.sessions() as session:
+            dialect = session.bind.dialect.name if session.bind is not None else ""
+            if rows:
+                await session.execute(save_statement(dialect), rows)
+            await session.execute(
+                _DEQUEUE, [{"id": turn, "revision": revision} for turn, revision in queued]
+            )
+            await session.commit()
+        return len(rows)
 
 
 async def watch(
