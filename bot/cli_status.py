@@ -1,6 +1,7 @@
 """``greenroom status``: are the configured dependencies usable, and is the bot healthy?
 
-Checks, from the settings: the database (connect, ``SELECT 1``, the schema's revision), the
+Checks, from the settings: the database (connect, ``SELECT 1``, the schema's revision, the
+turns waiting for their export records to be built ahead), the
 memory store (a Chroma server's heartbeat, or the embedded store's files), the embedding and chat
 model files (or, for an OpenAI-compatible server, its ``/models``), and the running bot's
 ``/healthz`` when ``health.port`` is set. Prints a table; exit code 0 when healthy, 1 when
@@ -49,23 +50,26 @@ class Check:
     detail: str
 
 
-def _database(settings: Settings) -> Check:
+def _database(settings: Settings) -> list[Check]:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:" and not Path(path).exists():
-            return Check("database", "info", f"{path} does not exist yet (made at first start)")
-    return asyncio.run(_ping_database(url))
+            return [Check("database", "info", f"{path} does not exist yet (made at first start)")]
+    return asyncio.run(_ping_database(url, settings.exports.formats_ahead))
 
 
-async def _ping_database(url: str) -> Check:
+async def _ping_database(url: str, formats_ahead: tuple[str, ...]) -> list[Check]:
+    """The database's check and, once its schema is current, the records-ahead queue's."""
     from alembic.script import ScriptDirectory
     from sqlalchemy import text
 
     from feedback.database import alembic_config, create_engine
 
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     engine = create_engine(url)
     where = engine.url.render_as_string(hide_password=True)
+    queued = None
     try:
         async with asyncio.timeout(_TIMEOUT_S), engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -73,17 +77,32 @@ async def _ping_database(url: str) -> Check:
                 revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
             except Exception:
                 revision = None
+            if revision == head:
+                queued = await connection.scalar(text("SELECT count(*) FROM turn_build_queue"))
     except Exception as error:
-        return Check("database", "degraded", f"{where}: {type(error).__name__}: {error}"[:300])
+        return [Check("database", "degraded", f"{where}: {type(error).__name__}: {error}"[:300])]
     finally:
         await engine.dispose()
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     schema = (
         "schema up to date"
         if revision == head
         else f"schema at {revision or 'nothing'}, newest {head} (migrated at start)"
     )
-    return Check("database", "ok", f"{where}: reachable, {schema}")
+    checks = [Check("database", "ok", f"{where}: reachable, {schema}")]
+    if not formats_ahead:
+        checks.append(
+            Check("export records", "off", "not built ahead (exports.build_ahead is empty)")
+        )
+    elif queued is not None:
+        checks.append(
+            Check(
+                "export records",
+                "ok",
+                f"{queued:,} changed turns waiting (built ahead by `greenroom api`, "
+                "or now by `greenroom build-records`)",
+            )
+        )
+    return checks
 
 
 def _chroma(settings: Settings) -> Check:
@@ -188,7 +207,7 @@ def _bot(settings: Settings) -> list[Check]:
 
 def collect_checks(settings: Settings) -> list[Check]:
     """Every check, in table order (each bounded by a few seconds)."""
-    checks = [_database(settings)]
+    checks = _database(settings)
     checks += [_chroma(settings), _embedding_model(settings), _chat_model(settings)]
     checks += _bot(settings)
     return checks
