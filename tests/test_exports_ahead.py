@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from feedback.api import create_app
 from feedback.corrections import CorrectionStore
-from feedback.exports import FORMATS, ExportFilter, RecordBuilder, export_to_file
+from feedback.exports import FORMATS
 from feedback.exports import ahead as ahead_module
 from feedback.exports.ahead import (
     AheadBuilder,
@@ -29,9 +29,10 @@ from feedback.exports.ahead import (
 from feedback.models import MessageNode, RecordBuild, TurnBuildQueue, TurnRecords
 from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
 from tests.test_exports import SECRET, build_scenario
+from tests.test_exports_cache import _export, _refuse_to_build
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,27 +45,6 @@ KINDS = {"sft", "openai-dpo", "trl-dpo", "trl-kto", "oasst"}
 @pytest.fixture
 def corrections(store: ConversationStore) -> CorrectionStore:
     return CorrectionStore(store._sessions)
-
-
-async def _export(
-    sessions: async_sessionmaker[AsyncSession],
-    fmt: str,
-    out: Path,
-    *,
-    keep: bool = True,
-    secret: bytes = SECRET,
-) -> bytes:
-    await export_to_file(
-        sessions,
-        fmt,
-        ExportFilter(),
-        out,
-        pseudonym_secret=secret,
-        batch_size=2,
-        parallel_min_turns=10**9,
-        keep_records=keep,
-    )
-    return await asyncio.to_thread(out.read_bytes)
 
 
 async def _fresh(sessions: async_sessionmaker[AsyncSession], out: Path) -> dict[str, bytes]:
@@ -88,11 +68,13 @@ async def _kept(sessions: async_sessionmaker[AsyncSession]) -> set[tuple[int, st
         return set(rows.all())
 
 
-def _refuse_to_build(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*_args: Any) -> list[Any]:
-        raise AssertionError("an export built a turn the builder had kept")
-
-    monkeypatch.setattr(RecordBuilder, "records", refuse)
+async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait up to 30 s for ``check`` to hold (a builder process works in the background)."""
+    for _ in range(300):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{what} within 30 s")
 
 
 async def test_built_ahead_records_are_what_exports_build_and_are_served_kept(
@@ -276,23 +258,21 @@ async def test_the_api_builder_process_keeps_records_and_stops_with_it(
     assert builder is not None
     await builder.start()
     try:
-        for _ in range(300):
+
+        async def all_kept() -> bool:
             kinds = {kind for _turn, kind in await _kept(sessions)}
-            if kinds == {"sft", "oasst"} and await queued_count(sessions) == 0:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail("the builder process kept nothing within 30 s")
+            return kinds == {"sft", "oasst"} and await queued_count(sessions) == 0
+
+        await _eventually(all_kept, "the builder process kept nothing")
         process_id = builder.pid
         assert process_id is not None
         # a change made while it runs is built within a few looks at the queue
         turn = await add_turn(store, user_id="discord:1", state="sent", text="and", reply="So.")
-        for _ in range(300):
-            if (turn.user_turn_id, "oasst") in await _kept(sessions):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail("a new turn was not built ahead within 30 s")
+
+        async def new_turn_kept() -> bool:
+            return (turn.user_turn_id, "oasst") in await _kept(sessions)
+
+        await _eventually(new_turn_kept, "a new turn was not built ahead")
     finally:
         await builder.close()
     assert builder.pid is None
@@ -316,17 +296,19 @@ async def test_the_api_runs_the_builder_for_its_lifespan(
         sessions, pseudonym_secret=secret, helper_min_records=None, build_ahead=("trl-kto",)
     )
     builder = app.state.records_ahead
+    # records that are not kept are not built ahead either
+    unkept = create_app(sessions, pseudonym_secret=secret, keep_records=False, build_ahead=FORMATS)
+    assert unkept.state.records_ahead is None
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve(sockets=[listener]))
     try:
-        for _ in range(300):
-            if await queued_count(sessions) == 0 and await _kept(sessions):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail("the API's builder kept nothing within 30 s")
+
+        async def kept() -> bool:
+            return await queued_count(sessions) == 0 and bool(await _kept(sessions))
+
+        await _eventually(kept, "the API's builder kept nothing")
         assert {kind for _turn, kind in await _kept(sessions)} == {"trl-kto"}
         assert builder.pid is not None
     finally:

@@ -95,7 +95,9 @@ def create_app(
     helper = None
     if helper_min_records is not None:
         helper = PageHelper.for_sessions(sessions, pseudonym_secret, min_records=helper_min_records)
-    ahead = AheadBuilder.for_sessions(sessions, pseudonym_secret, build_ahead)
+    ahead = AheadBuilder.for_sessions(
+        sessions, pseudonym_secret, build_ahead if keep_records else ()
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
