@@ -57,6 +57,15 @@ async def _queue(sessions: async_sessionmaker[AsyncSession]) -> dict[int, int]:
         return dict(rows.all())
 
 
+async def _all_built_and_served_as_fresh(
+    sessions: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """Nothing is queued, and every format's export (kept) equals a fresh build."""
+    assert await _queue(sessions) == {}
+    fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
+    assert {fmt: await _export(sessions, fmt, tmp_path / "k.jsonl") for fmt in FORMATS} == fresh
+
+
 async def _revision(sessions: async_sessionmaker[AsyncSession], turn_id: int) -> int:
     async with sessions() as session:
         return int(await session.scalar(select(MessageNode.revision).filter_by(id=turn_id)) or 0)
@@ -124,10 +133,8 @@ async def test_a_change_queues_its_turn_again_and_only_it_is_rebuilt(
     assert not any(kept_turn == turn for kept_turn, _kind in await _kept(sessions))
 
     stats = await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)
-    assert stats.turns == 1 and await _queue(sessions) == {}
-    fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
-    kept = {fmt: await _export(sessions, fmt, tmp_path / "kept.jsonl") for fmt in FORMATS}
-    assert kept == fresh
+    assert stats.turns == 1
+    await _all_built_and_served_as_fresh(sessions, tmp_path)
 
 
 async def test_a_turn_changed_while_it_is_built_stays_queued(
@@ -160,9 +167,7 @@ async def test_a_turn_changed_while_it_is_built_stays_queued(
 
     monkeypatch.setattr(ahead_module, "iter_turn_trees", read_trees)
     assert (await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)).turns == 1
-    assert await _queue(sessions) == {}
-    fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
-    assert {fmt: await _export(sessions, fmt, tmp_path / "k.jsonl") for fmt in FORMATS} == fresh
+    await _all_built_and_served_as_fresh(sessions, tmp_path)
 
 
 async def test_a_batch_that_cannot_be_kept_stays_queued_and_is_built_next_time(
@@ -215,9 +220,7 @@ async def test_a_batch_that_cannot_be_kept_stays_queued_and_is_built_next_time(
             timeout=30,
         )
     assert "not built ahead this time" in caplog.text
-    assert await _queue(sessions) == {}
-    fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
-    assert {fmt: await _export(sessions, fmt, tmp_path / "k.jsonl") for fmt in FORMATS} == fresh
+    await _all_built_and_served_as_fresh(sessions, tmp_path)
 
 
 async def test_a_new_key_or_a_new_format_queues_every_turn_again(
