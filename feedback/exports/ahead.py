@@ -15,7 +15,7 @@ How:
   batch's trees once, and builds the records of every kind asked for. In one transaction (while
   the next batch is built) it keeps them and takes the turns off the queue, but only the turns
   whose revision is still the one read from the queue: the save refuses a turn that changed
-  (see :func:`~feedback.exports.cache.save_statement`), and such a turn stays queued for the
+  (see :func:`~feedback.exports.cache.save_rows`), and such a turn stays queued for the
   next run.
 - **Keys.** ``record_builds`` holds the build key each kind was queued for. A kind whose key
   differs (new code, a new pseudonym secret, a kind never built) queues every user turn with a
@@ -46,7 +46,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from feedback.database import create_engine, session_factory
-from feedback.exports.cache import KINDS, build_key, save_statement
+from feedback.exports.cache import KINDS, CacheKey, build_key, save_rows
 from feedback.exports.collector import collect_young, gc_paused
 from feedback.exports.filters import ExportFilter, check_format
 from feedback.exports.records import RecordBuilder
@@ -215,7 +215,8 @@ class _Batches:
 
     async def build(self, queued: list[tuple[int, int]], stats: BuildStats) -> list[dict[str, Any]]:
         """The kept rows of the queued turns (one read of their trees), kind by kind."""
-        builder, key = self.builder, self.build_key
+        builder = self.builder
+        keys = {kind: CacheKey(kind, self.build_key) for kind in self.kinds}
         dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         revisions = dict(queued)
         by_kind: dict[str, list[dict[str, Any]]] = {kind: [] for kind in self.kinds}
@@ -237,13 +238,7 @@ class _Batches:
                         ]
                         stats.records += len(lines)
                         by_kind[kind].append(
-                            {
-                                "turn_id": tree.user_turn_id,
-                                "revision": revisions[tree.user_turn_id],
-                                "body": b"".join(lines),
-                                "kind": kind,
-                                "build_key": key,
-                            }
+                            keys[kind].row(tree.user_turn_id, revisions[tree.user_turn_id], lines)
                         )
         # Kind by kind: an export reads one kind, so its rows lie together on disk (with the
         # kinds interleaved turn by turn, a kept PostgreSQL openai-sft export ran at 39k
@@ -254,9 +249,8 @@ class _Batches:
         """Keep ``rows`` and take the turns still at their queued revision off the queue, in
         one transaction (the save itself skips a turn that changed)."""
         async with self.sessions() as session:
-            dialect = session.bind.dialect.name if session.bind is not None else ""
             if rows:
-                await session.execute(save_statement(dialect), rows)
+                await save_rows(session, rows)
             await session.execute(
                 _DEQUEUE, [{"id": turn, "revision": revision} for turn, revision in queued]
             )

@@ -59,7 +59,7 @@ __all__ = [
     "RecordFill",
     "build_key",
     "cache_key",
-    "save_statement",
+    "save_rows",
     "split_lines",
 ]
 
@@ -90,11 +90,11 @@ _SAVE_SQLITE = text(_SAVE.format(lock=""))
 _SAVE_POSTGRESQL = text(_SAVE.format(lock=" FOR SHARE"))
 
 
-def save_statement(dialect: str) -> Any:
-    """The statement that keeps rows of :meth:`RecordFill.add`'s shape (``turn_id``,
-    ``revision``, ``body``, ``kind``, ``build_key``), each only if the turn's revision is still
-    ``revision``; executed with a list of them."""
-    return _SAVE_POSTGRESQL if dialect == "postgresql" else _SAVE_SQLITE
+async def save_rows(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Keep ``rows`` (of :meth:`CacheKey.row`) in ``session``'s transaction, each only if its
+    turn's revision is still the row's (not committed here)."""
+    dialect = session.bind.dialect.name if session.bind is not None else ""
+    await session.execute(_SAVE_POSTGRESQL if dialect == "postgresql" else _SAVE_SQLITE, rows)
 
 
 @lru_cache(maxsize=1)
@@ -118,6 +118,17 @@ class CacheKey:
 
     kind: str
     build_key: str
+
+    def row(self, user_turn_id: int, revision: int, lines: list[bytes]) -> dict[str, Any]:
+        """A turn's records (JSON lines ending in a newline; none is kept too) as a row of
+        :func:`save_rows`, built from the turn at ``revision``."""
+        return {
+            "turn_id": user_turn_id,
+            "revision": revision,
+            "body": b"".join(lines),
+            "kind": self.kind,
+            "build_key": self.build_key,
+        }
 
 
 def cache_key(fmt: str, flt: ExportFilter, pseudonym_secret: bytes) -> CacheKey | None:
@@ -160,15 +171,7 @@ class RecordFill:
     def add(self, user_turn_id: int, revision: int, lines: list[bytes]) -> None:
         """Keep a turn's records (JSON lines ending in a newline; none is kept too)."""
         if not self.failed:
-            self.rows.append(
-                {
-                    "turn_id": user_turn_id,
-                    "revision": revision,
-                    "body": b"".join(lines),
-                    "kind": self.key.kind,
-                    "build_key": self.key.build_key,
-                }
-            )
+            self.rows.append(self.key.row(user_turn_id, revision, lines))
 
     async def save(self) -> int:
         """Write the waiting rows in one transaction; how many were waiting. A turn that
@@ -178,8 +181,7 @@ class RecordFill:
             return 0
         try:
             async with self.sessions() as session:
-                dialect = session.bind.dialect.name if session.bind is not None else ""
-                await session.execute(save_statement(dialect), rows)
+                await save_rows(session, rows)
                 await session.commit()
         except (SQLAlchemyError, OSError) as error:
             self.failed = True
