@@ -184,12 +184,12 @@ async def test_a_batch_that_cannot_be_kept_stays_queued_and_is_built_next_time(
     keep = ahead_module._Batches.keep
     calls = 0
 
-    async def keep_then_fail(self: Any, rows: Any, queued: Any) -> int:
+    async def keep_then_fail(self: Any, rows: Any, queued: Any) -> None:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise OperationalError("INSERT", {}, Exception("database is locked"))
-        return await keep(self, rows, queued)
+        await keep(self, rows, queued)
 
     monkeypatch.setattr(ahead_module._Batches, "keep", keep_then_fail)
     with pytest.raises(OperationalError):

@@ -165,7 +165,7 @@ async def build_queued(
         build_key(pseudonym_secret),
     )
     stats = BuildStats()
-    keeping: asyncio.Future[int] | None = None
+    keeping: asyncio.Future[None] | None = None
     position = 0
     try:
         with gc_paused():
@@ -245,7 +245,7 @@ class _Batches:
         # records/s at a million events, against 52-63k kind by kind).
         return [row for rows in by_kind.values() for row in rows]
 
-    async def keep(self, rows: list[dict[str, Any]], queued: list[tuple[int, int]]) -> int:
+    async def keep(self, rows: list[dict[str, Any]], queued: list[tuple[int, int]]) -> None:
         """Keep ``rows`` and take the turns still at their queued revision off the queue, in
         one transaction (the save itself skips a turn that changed)."""
         async with self.sessions() as session:
@@ -255,7 +255,6 @@ class _Batches:
                 _DEQUEUE, [{"id": turn, "revision": revision} for turn, revision in queued]
             )
             await session.commit()
-        return len(rows)
 
 
 async def watch(
@@ -269,11 +268,15 @@ async def watch(
 ) -> None:
     """Build queued turns until ``stop`` is set, looking again every ``interval`` seconds once
     the queue is empty. A failing run (the database down, a locked file) is logged and tried
-    again after ``interval``; nothing is lost, the turns stay queued."""
+    again after ``interval``; nothing is lost, the turns stay queued. Stale kinds are queued
+    once (the build key cannot change while this process runs)."""
     formats = tuple(formats)
+    stale_queued = False
     while not stop.is_set():
         try:
-            await queue_stale_kinds(sessions, formats, pseudonym_secret)
+            if not stale_queued:
+                await queue_stale_kinds(sessions, formats, pseudonym_secret)
+                stale_queued = True
             stats = await build_queued(sessions, formats, pseudonym_secret=pseudonym_secret)
         except (SQLAlchemyError, OSError) as error:
             _log.warning("records are not built ahead this time (trying again): %s", error)
