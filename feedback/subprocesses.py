@@ -8,6 +8,8 @@ database themselves, so they need a URL another process can open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,7 +18,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-__all__ = ["shared_database_url", "start_module"]
+__all__ = ["shared_database_url", "start_module", "stop_module"]
+
+_log = logging.getLogger(__name__)
 
 #: The folder that holds the ``feedback`` package, for the helper processes' imports.
 _ROOT = str(Path(__file__).resolve().parents[1])
@@ -44,3 +48,17 @@ async def start_module(module: str, *, capture_errors: bool = False) -> asyncio.
         stderr=asyncio.subprocess.PIPE if capture_errors else None,
         env={**os.environ, "PYTHONPATH": search_path},
     )
+
+
+async def stop_module(process: asyncio.subprocess.Process, *, within: float, name: str) -> None:
+    """Close the input of ``process`` (a helper stops when it ends) and wait for it to exit;
+    kill it if it has not within ``within`` seconds (logged, naming it ``name``)."""
+    if process.stdin is not None:
+        process.stdin.close()
+    try:
+        await asyncio.wait_for(process.wait(), timeout=within)
+    except TimeoutError:
+        _log.warning("the %s did not stop within %g s; killing it", name, within)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()

@@ -39,7 +39,7 @@ import struct
 import sys
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from feedback.subprocesses import shared_database_url, start_module
+from feedback.subprocesses import shared_database_url, start_module, stop_module
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -255,12 +255,8 @@ class PageHelper:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting
         process = self._process
-        if process is not None and process.stdin is not None:
-            process.stdin.close()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=5)
-            except TimeoutError:
-                _log.warning("the page helper did not stop within 5 s; killing it")
+        if process is not None:
+            await stop_module(process, within=5, name="page helper")
             await self._drop(process)
 
 

@@ -52,7 +52,7 @@ from feedback.exports.filters import ExportFilter, check_format
 from feedback.exports.records import RecordBuilder
 from feedback.exports.tree import iter_turn_trees
 from feedback.models import RecordBuild, TurnBuildQueue
-from feedback.subprocesses import shared_database_url, start_module
+from feedback.subprocesses import shared_database_url, start_module, stop_module
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -359,15 +359,8 @@ class AheadBuilder:
         """Stop the process: it finishes the batch it is keeping (or is killed after 10 s)."""
         self._closing = True
         process = self._process
-        if process is not None and process.returncode is None and process.stdin is not None:
-            process.stdin.close()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=10)
-            except TimeoutError:
-                _log.warning("the records builder did not stop within 10 s; killing it")
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+        if process is not None and process.returncode is None:
+            await stop_module(process, within=10, name="records builder")
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
