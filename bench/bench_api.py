@@ -57,10 +57,18 @@ from sqlalchemy import insert
 from sqlalchemy import text as sql
 
 from bench.bench_export import prepare_queue
-from bench.common import copy_to_postgres, percentile, scratch_database, summary, tree_cpu_seconds
+from bench.common import (
+    analyze_kept_records,
+    build_everything_ahead,
+    copy_to_postgres,
+    forget_kept_records,
+    percentile,
+    scratch_database,
+    summary,
+    tree_cpu_seconds,
+)
 from feedback.database import create_engine, migrate, session_factory
 from feedback.exports import FORMATS
-from feedback.exports.ahead import build_queued, queue_stale_kinds
 from feedback.models import (
     Conversation,
     FeedbackEvent,
@@ -289,7 +297,7 @@ async def measure_format(
                 await forget_kept_records(url)
             if side == "ahead" and (number == 0 or "first" in sides):
                 await build_ahead(url, fmt)
-            if side in ("kept", "ahead") and url.startswith("postgresql"):
+            if side in ("kept", "ahead"):
                 await analyze_kept_records(url)
             port = _free_port()
             server = serve(root, url, port, keep)
@@ -323,39 +331,14 @@ async def measure_format(
         )
 
 
-async def forget_kept_records(url: str) -> None:
-    """Delete every kept export record, so the next pages build theirs."""
-    engine = create_engine(url)
-    async with engine.begin() as connection:
-        await connection.execute(sql("DELETE FROM turn_records"))
-    await engine.dispose()
-
-
 async def build_ahead(url: str, fmt: str) -> None:
     """Delete every kept record and build ``fmt``'s records of every turn ahead, timed."""
-    engine = create_engine(url)
-    async with engine.begin() as connection:
-        await connection.execute(sql("DELETE FROM turn_records"))
-        await connection.execute(sql("DELETE FROM record_builds"))
-    sessions = session_factory(engine)
-    await queue_stale_kinds(sessions, (fmt,), SECRET)
-    started = time.perf_counter()
-    stats = await build_queued(sessions, (fmt,), pseudonym_secret=SECRET)
-    elapsed = time.perf_counter() - started
-    await engine.dispose()
+    _queued, stats, elapsed = await build_everything_ahead(url, (fmt,), SECRET)
     print(
         f"{fmt}: built ahead {stats.records:,} records of {stats.turns:,} turns in "
         f"{elapsed:.1f} s ({stats.turns / elapsed:,.0f} turns/s)",
         flush=True,
     )
-
-
-async def analyze_kept_records(url: str) -> None:
-    """Give PostgreSQL's planner statistics of the kept records (see the module docstring)."""
-    engine = create_engine(url)
-    async with engine.begin() as connection:
-        await connection.execute(sql("ANALYZE turn_records"))
-    await engine.dispose()
 
 
 def main() -> None:

@@ -49,7 +49,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import copy_to_postgres, scratch_database
+from bench.common import (
+    analyze_kept_records,
+    build_everything_ahead,
+    copy_to_postgres,
+    forget_kept_records,
+    scratch_database,
+)
 from feedback.database import create_engine, migrate
 from feedback.exports import FORMATS, ExportFilter, export_to_file
 from feedback.exports.tree import DEFAULT_BATCH_SIZE
@@ -268,22 +274,18 @@ PASSES = ("built", "first", "kept")
 
 
 async def _child(url: str, fmt: str, out: Path, mode: str) -> dict[str, Any]:
-    from sqlalchemy import delete, func, select, text
+    from sqlalchemy import func, select
 
     from feedback.database import session_factory
     from feedback.exports.cache import cache_key
     from feedback.models import TurnRecords
 
+    if mode == "first":
+        await forget_kept_records(url)
+    if mode in ("kept", "ahead"):
+        await analyze_kept_records(url)
     engine = create_engine(url)
     sessions = session_factory(engine)
-    if mode == "first":
-        async with sessions() as session:
-            await session.execute(delete(TurnRecords))
-            await session.commit()
-    if mode in ("kept", "ahead") and engine.dialect.name == "postgresql":
-        async with engine.connect() as connection:
-            await connection.execute(text("ANALYZE turn_records"))
-            await connection.commit()
     turns = 0
 
     def progress(count: int) -> None:
@@ -338,26 +340,9 @@ async def _child(url: str, fmt: str, out: Path, mode: str) -> dict[str, Any]:
 
 async def _build_ahead(url: str, formats: tuple[str, ...]) -> dict[str, Any]:
     """Delete every kept row, queue every turn, and build ``formats`` ahead in this process."""
-    from sqlalchemy import delete
-
-    from feedback.database import session_factory
-    from feedback.exports.ahead import build_queued, queue_stale_kinds, queued_count
-    from feedback.models import RecordBuild, TurnRecords
-
-    engine = create_engine(url)
-    sessions = session_factory(engine)
-    async with sessions() as session:
-        await session.execute(delete(TurnRecords))
-        await session.execute(delete(RecordBuild))
-        await session.commit()
-    await queue_stale_kinds(sessions, formats, b"bench")
-    queued = await queued_count(sessions)
     before = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    stats = await build_queued(sessions, formats, pseudonym_secret=b"bench")
-    elapsed = time.perf_counter() - started
+    queued, stats, elapsed = await build_everything_ahead(url, formats, b"bench")
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    await engine.dispose()
     return {
         "queued": queued,
         "turns": stats.turns,
