@@ -15,8 +15,8 @@ from bot.cli_trainer import build_records_command, export_command, report_comman
 from bot.runtime import pseudonym_secret
 from bot.settings import ConfigError, load_settings
 from feedback.corrections import CorrectionStore
-from feedback.exports import RecordBuilder
 from tests.test_exports import build_scenario
+from tests.test_exports_cache import _refuse_to_build
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -258,10 +258,6 @@ def test_build_records_keeps_every_queued_turn_then_exports_serve_them(
     assert "of 6 turns (trl-kto, trl-sft); 0 turns queued" in output
     assert _kept_rows(db_url) == 12
     assert "of 0 turns" in _invoke(app, "build-records")[1]  # nothing changed since
-
-    def refuse(*_args: object) -> list[object]:
-        raise AssertionError("a kept turn was built again")
-
-    monkeypatch.setattr(RecordBuilder, "records", refuse)
+    _refuse_to_build(monkeypatch)
     assert _invoke(app, "export", "--format", "trl-kto", "--out", str(out))[0] == 0
     assert out.read_bytes() == built
