@@ -33,7 +33,9 @@ again in each run when ``first`` deleted them), as pages are served once the bui
 
 ``--compare DIR`` serves the same database from another checkout too (``git worktree add DIR
 REV``), alternating the two run by run (``--runs`` each), so a change is measured side by side
-on a machine whose speed drifts; the report gives each side's runs and their medians.
+on a machine whose speed drifts; the report gives each side's runs and their medians. With the
+``ahead`` pass, the other checkout also builds ahead with its own code and serves those records
+(``DIR ahead``), before this one builds again.
 """
 
 from __future__ import annotations
@@ -59,7 +61,6 @@ from sqlalchemy import text as sql
 from bench.bench_export import prepare_queue
 from bench.common import (
     analyze_kept_records,
-    build_everything_ahead,
     copy_to_postgres,
     forget_kept_records,
     percentile,
@@ -200,6 +201,21 @@ async def main(url, port, secret, keep):
 
 asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]))
 """
+#: Builds one format ahead with the code of the checkout on ``sys.path``, and says how fast.
+_BUILD_AHEAD = """
+import asyncio, sys
+from bench.common import build_everything_ahead
+
+fmt = sys.argv[2]
+_queued, stats, elapsed = asyncio.run(
+    build_everything_ahead(sys.argv[1], (fmt,), sys.argv[3].encode())
+)
+print(
+    f"{fmt}: built ahead {stats.records:,} records of {stats.turns:,} turns in "
+    f"{elapsed:.1f} s ({stats.turns / elapsed:,.0f} turns/s)",
+    flush=True,
+)
+"""
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -286,18 +302,24 @@ async def measure_format(
     """``args.runs`` runs of each side on format ``fmt``, alternating, and their report."""
     pages, limit, runs = args.pages, args.limit, args.runs
     sides: dict[str, tuple[Path, str]] = {}
+    passes = args.passes.split(",")
     if compare is not None:
-        sides[str(compare)] = (compare, "default")
-    for name in args.passes.split(","):
+        if set(passes) - {"ahead"}:
+            sides[str(compare)] = (compare, "default")
+        if "ahead" in passes:
+            sides[f"{compare} ahead"] = (compare, "keep")
+    for name in passes:
         sides[name] = (_ROOT, "build" if name == "built" else "keep")
     results: dict[str, list[Run]] = {side: [] for side in sides}
     for number in range(runs):
         for side, (root, keep) in sides.items():
             if side == "first":
                 await forget_kept_records(url)
-            if side == "ahead" and (number == 0 or "first" in sides):
-                await build_ahead(url, fmt)
-            if side in ("kept", "ahead"):
+            ahead = side == "ahead" or side.endswith(" ahead")
+            if ahead and (number == 0 or "first" in sides or compare is not None):
+                # Each checkout builds with its own code (the build keys differ).
+                await asyncio.to_thread(build_ahead, root, url, fmt)
+            if side == "kept" or ahead:
                 await analyze_kept_records(url)
             port = _free_port()
             server = serve(root, url, port, keep)
@@ -331,13 +353,14 @@ async def measure_format(
         )
 
 
-async def build_ahead(url: str, fmt: str) -> None:
-    """Delete every kept record and build ``fmt``'s records of every turn ahead, timed."""
-    _queued, stats, elapsed = await build_everything_ahead(url, (fmt,), SECRET)
-    print(
-        f"{fmt}: built ahead {stats.records:,} records of {stats.turns:,} turns in "
-        f"{elapsed:.1f} s ({stats.turns / elapsed:,.0f} turns/s)",
-        flush=True,
+def build_ahead(root: Path, url: str, fmt: str) -> None:
+    """Delete every kept record and build ``fmt``'s records of every turn ahead with the code of
+    the checkout at ``root``, timed."""
+    subprocess.run(
+        [sys.executable, "-c", _BUILD_AHEAD, url, fmt, SECRET.decode()],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
     )
 
 

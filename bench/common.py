@@ -198,14 +198,14 @@ async def copy_to_postgres(source: Path, url: str) -> None:
         await target.close()
 
 
-async def forget_kept_records(url: str, *, builds: bool = False) -> None:
-    """Delete every kept export record, so the next exports or pages build theirs; with
-    ``builds`` also the records builder's keys, so it queues every turn again."""
+async def forget_kept_records(url: str) -> None:
+    """Delete every kept export record, so the next exports or pages build theirs, and the
+    records builder's keys with them (kinds with rows missing are not built ahead any more; a
+    builder queues every turn again)."""
     engine = create_engine(url)
     async with engine.begin() as connection:
         await connection.execute(text("DELETE FROM turn_records"))
-        if builds:
-            await connection.execute(text("DELETE FROM record_builds"))
+        await connection.execute(text("DELETE FROM record_builds"))
     await engine.dispose()
 
 
@@ -224,7 +224,7 @@ async def build_everything_ahead(
 ) -> tuple[int, BuildStats, float]:
     """Delete every kept record, queue every turn and build ``formats`` ahead in this process:
     the turns queued, what was built, and the seconds the build took."""
-    await forget_kept_records(url, builds=True)
+    await forget_kept_records(url)
     engine = create_engine(url)
     sessions = session_factory(engine)
     try:

@@ -163,7 +163,8 @@ class ExportSettings(BaseModel):
     #: exports and pages serve them instead of building them again (about 3x the records per
     #: second). Costs about the size of the exports of the formats pulled. Triggers drop a
     #: turn's records when it changes and an erasure removes them; turned off, the rows already
-    #: kept stay until their turns change (``DELETE FROM turn_records`` frees them).
+    #: kept stay until their turns change (``DELETE FROM turn_records`` frees them; delete
+    #: ``record_builds`` in the same transaction, or exports would miss the turns deleted).
     keep_records: bool = True
     #: Formats whose records are built ahead as turns change, in a low-priority process of
     #: ``greenroom api`` (or by ``greenroom build-records``), so exports and pages find them

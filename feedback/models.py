@@ -182,6 +182,9 @@ class TurnRecords(Base):
     #: Its records end in a newline each (none: empty), so their count is the body's lines.
     body: Mapped[bytes] = mapped_column(LargeBinary)
 
+    #: A kind's rows in turn order: what exports of a kind built ahead read.
+    __table_args__ = (Index("ix_turn_records_kind", "kind", "user_turn_id"),)
+
 
 class TurnBuildQueue(Base):
     """A user turn whose export records are to be built ahead (see :mod:`feedback.exports.ahead`).

@@ -60,15 +60,15 @@ async def test_real_server_round_trip(db_engine: AsyncEngine) -> None:
 async def test_pages_never_split_a_user_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     keys = [1, 1, 2, 3, 3, 3, 4]
 
-    async def fake_records(*_args: Any, after_id: int | None, **_kwargs: Any) -> AsyncIterator[Any]:
+    async def fake_batches(*_args: Any, after_id: int | None, **_kwargs: Any) -> AsyncIterator[Any]:
         turns: dict[int, list[Any]] = {}
         for n, key in enumerate(keys):
             turns.setdefault(key, []).append({"n": n})
-        for key, turn in turns.items():
-            if after_id is None or key > after_id:
-                yield key, turn
+        ahead = [(key, turn) for key, turn in turns.items() if after_id is None or key > after_id]
+        for start in range(0, len(ahead), 2):  # two turns a batch
+            yield ahead[start : start + 2]
 
-    monkeypatch.setattr(records, "iter_turn_records", fake_records)
+    monkeypatch.setattr(records, "iter_turn_record_batches", fake_batches)
 
     async def next_page(after: int | None, limit: int) -> tuple[list[int], int | None, bool]:
         sessions: Any = None

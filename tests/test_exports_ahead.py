@@ -9,6 +9,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 import uvicorn
 from sqlalchemy import select
@@ -16,9 +17,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from feedback.api import create_app
+from feedback.api import records as api_records
 from feedback.corrections import CorrectionStore
-from feedback.exports import FORMATS
+from feedback.exports import FORMATS, ExportFilter
 from feedback.exports import ahead as ahead_module
+from feedback.exports import tree as tree_module
 from feedback.exports.ahead import (
     AheadBuilder,
     build_queued,
@@ -28,7 +31,7 @@ from feedback.exports.ahead import (
 )
 from feedback.models import MessageNode, RecordBuild, TurnBuildQueue, TurnRecords
 from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
-from tests.test_exports import SECRET, build_scenario
+from tests.test_exports import SECRET, build_scenario, set_consent
 from tests.test_exports_cache import _export, _refuse_to_build
 
 if TYPE_CHECKING:
@@ -77,6 +80,20 @@ async def _kept(sessions: async_sessionmaker[AsyncSession]) -> set[tuple[int, st
         return set(rows.all())
 
 
+class _UnusedHelper:
+    def reserve(self, _limit: int) -> object:
+        raise AssertionError("a page of a format built ahead asked the page helper")
+
+
+def _refuse_to_read_every_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail if an export reads every selected turn instead of the kept rows and the queue."""
+
+    async def refuse(*_args: Any) -> Any:
+        raise AssertionError("every turn was read, not the kept rows of a kind built ahead")
+
+    monkeypatch.setattr(tree_module, "_read_turns", refuse)
+
+
 async def _eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
     """Wait up to 30 s for ``check`` to hold (a builder process works in the background)."""
     for _ in range(300):
@@ -94,9 +111,11 @@ async def test_built_ahead_records_are_what_exports_build_and_are_served_kept(
 ) -> None:
     scenario = await build_scenario(store, corrections)
     sessions = store._sessions
-    # a turn whose author never consented is queued but selected by no export
+    # a turn whose author never consented is queued, built, and selected by no export
     hidden = await add_turn(store, user_id="discord:404", state="sent", text="hi", reply="Hey.")
+    await corrections.rate(hidden.candidate_id, actor=ALICE_ACTOR, rating=5, key="h")
     fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
+    fresh_sft_lines = fresh["trl-sft"].count(b"\n")
     queued = await _queue(sessions)
     assert scenario.rated.user_turn_id in queued and hidden.user_turn_id in queued
     # the first run of the builder queues every user turn with a reply, once
@@ -110,11 +129,89 @@ async def test_built_ahead_records_are_what_exports_build_and_are_served_kept(
     assert await _queue(sessions) == {}
     kept = await _kept(sessions)
     assert {kind for _turn, kind in kept} == KINDS
-    assert not any(turn == hidden.user_turn_id for turn, _kind in kept)
+    assert (hidden.user_turn_id, "sft") in kept
 
     _refuse_to_build(monkeypatch)
+    _refuse_to_read_every_turn(monkeypatch)
     served = {fmt: await _export(sessions, fmt, tmp_path / "served.jsonl") for fmt in FORMATS}
     assert served == fresh and all(fresh.values())
+    assert b"discord:404" not in b"".join(served.values())  # hidden while not consented
+    # consent given later needs no rebuild: the kept rows are read with the new rule
+    monkeypatch.undo()
+    await set_consent(sessions, "discord:404", True)
+    fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
+    _refuse_to_build(monkeypatch)
+    _refuse_to_read_every_turn(monkeypatch)
+    served = {fmt: await _export(sessions, fmt, tmp_path / "served.jsonl") for fmt in FORMATS}
+    assert served == fresh and served["trl-sft"].count(b"\n") == fresh_sft_lines + 1
+
+
+async def test_exports_and_pages_of_kinds_built_ahead_read_kept_rows_and_the_queue(
+    store: ConversationStore,
+    corrections: CorrectionStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scenario = await build_scenario(store, corrections)
+    sessions = store._sessions
+    await queue_stale_kinds(sessions, FORMATS, SECRET)
+    await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)
+    # changes after the build: queued turns between kept ones, and a new turn at the end
+    await corrections.rate(scenario.rated.candidate_id, actor=ALICE_ACTOR, rating=1, key="x1")
+    await corrections.rate(scenario.unreviewed.candidate_id, actor=BOB_ACTOR, rating=5, key="x2")
+    await add_turn(store, user_id="discord:1", state="sent", text="later", reply="Later.")
+    await add_turn(store, persona="Ines", user_id="discord:1", state="sent", text="hi", reply="Oi.")
+    assert len(await _queue(sessions)) == 4
+    fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
+    fresh_ines = {
+        fmt: await _export(sessions, fmt, tmp_path / "f.jsonl", keep=False, persona="Ines")
+        for fmt in FORMATS
+    }
+
+    _refuse_to_read_every_turn(monkeypatch)
+    # exports read a batch of 2 rows at a time: the queued turns fall inside and between them
+    for fmt in FORMATS:
+        assert await _export(sessions, fmt, tmp_path / "k.jsonl") == fresh[fmt], fmt
+        assert (
+            await _export(sessions, fmt, tmp_path / "k.jsonl", persona="Ines") == (fresh_ines[fmt])
+        ), fmt
+    # pages of 2 records, cursor after cursor, give the export's records in its order (served
+    # by this process alone: the page helper would only hand kept records over)
+    for fmt in FORMATS:
+        lines, cursor = [], None
+        while True:
+            result = await api_records.page(
+                sessions,
+                fmt,
+                ExportFilter(),
+                pseudonym_secret=SECRET,
+                after=cursor,
+                limit=2,
+                helper=_UnusedHelper(),  # type: ignore[arg-type]
+            )
+            lines += [orjson.dumps(record) + b"\n" for record in result.records]
+            await result.release()
+            if not result.has_more:
+                break
+            cursor = api_records.decode_cursor(result.next_cursor or "", fmt)
+        assert b"".join(lines) == fresh[fmt], fmt
+
+
+async def test_a_builder_of_fewer_formats_stops_the_others_counting_as_built_ahead(
+    store: ConversationStore, corrections: CorrectionStore, tmp_path: Path
+) -> None:
+    scenario = await build_scenario(store, corrections)
+    sessions = store._sessions
+    await queue_stale_kinds(sessions, FORMATS, SECRET)
+    await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)
+    await corrections.rate(scenario.rated.candidate_id, actor=ALICE_ACTOR, rating=1, key="x1")
+    # this builder takes the changed turn off the queue with its SFT records only
+    await build_queued(sessions, ("trl-sft",), pseudonym_secret=SECRET)
+    assert await _queue(sessions) == {}
+    async with sessions() as session:
+        assert set((await session.scalars(select(RecordBuild.kind))).all()) == {"sft"}
+    # so the other formats read every turn again, and miss nothing
+    await _all_built_and_served_as_fresh(sessions, tmp_path)
 
 
 async def test_a_change_queues_its_turn_again_and_only_it_is_rebuilt(

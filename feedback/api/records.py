@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from feedback.api.helper import HELPER_SHARE, HelperError, Turn
-from feedback.exports import RecordBuilder, iter_turn_records
+from feedback.exports import RecordBuilder, iter_turn_record_batches, iter_turn_records
+from feedback.exports.ahead import is_built_ahead
 from feedback.exports.cache import RecordFill
 from feedback.exports.collector import GcPause
 from feedback.exports.tree import nth_turn_id
@@ -130,15 +131,21 @@ class _PageFill:
         self.last = after
         self.has_more = False
 
+    def add_all(self, turns: list[tuple[int, list[Any]]]) -> bool:
+        """Take each turn while they fit; ``False`` (and ``has_more``) once the page is done."""
+        held, limit, taken = len(self.records), self.limit, self.records
+        for key, records in turns:
+            if held >= limit or (held and held + len(records) > limit):
+                self.has_more = True
+                return False
+            taken += records
+            held += len(records)
+            self.last = key
+        return True
+
     def add(self, key: int, records: list[Any]) -> bool:
         """Take the turn if it fits; ``False`` (and ``has_more``) once the page is done."""
-        held = len(self.records)
-        if held >= self.limit or (held and held + len(records) > self.limit):
-            self.has_more = True
-            return False
-        self.records.extend(records)
-        self.last = key
-        return True
+        return self.add_all([(key, records)])
 
 
 async def page(
@@ -158,11 +165,15 @@ async def page(
     :class:`_PageFill`). ``next_cursor`` is set whenever a record was returned (or echoes
     ``after``), so a trainer that reached the end can poll again later and receive only newer
     records. With a ``helper`` that is free and a ``limit`` it takes, the first part of the
-    page is built by the helper process (see :mod:`feedback.api.helper`); the records are the
-    same. With ``keep_records`` (and a filter that allows it) turns whose records were kept are
-    not built again, and those built now are kept when the page is released.
+    page is built by the helper process (see :mod:`feedback.api.helper`), unless the format is
+    built ahead; the records are the same. With ``keep_records`` (and a filter that allows it)
+    turns whose records were kept are not built again, and those built now are kept when the
+    page is released.
     """
     kept = RecordFill.for_export(sessions, fmt, flt, pseudonym_secret, keep_records=keep_records)
+    if helper is not None and kept is not None and await is_built_ahead(sessions, kept.key):
+        # Served from kept rows: handing records over from the helper would cost more.
+        helper = None
     pause = GcPause()
     retained: list[Any] = []
     fill = _PageFill(limit, after)
@@ -180,7 +191,7 @@ async def page(
             kept,
         ):
             retained.clear()
-            source = iter_turn_records(
+            source = iter_turn_record_batches(
                 sessions,
                 fmt,
                 flt,
@@ -193,9 +204,9 @@ async def page(
                 retain=retained,
                 fill=kept,
             )
-            async with contextlib.aclosing(source) as turns:
-                async for key, records in turns:
-                    if not fill.add(key, records):
+            async with contextlib.aclosing(source) as batches:
+                async for batch in batches:
+                    if not fill.add_all(batch):
                         break
     except BaseException:
         pause.end()

@@ -3,8 +3,9 @@
 Library functions shared by the ``greenroom export`` command and the HTTP API:
 
 - :data:`FORMATS`, :class:`ExportFilter`, :class:`ExportError` (bad options, unwritable output)
-- :func:`iter_records` streams ``(user turn id, record)`` in a stable order, and
-  :func:`iter_turn_records` ``(user turn id, records)`` a turn at a time
+- :func:`iter_records` streams ``(user turn id, record)`` in a stable order,
+  :func:`iter_turn_records` ``(user turn id, records)`` a turn at a time, and
+  :func:`iter_turn_record_batches` lists of those, a page of turns at a time
 - :func:`export_to_file` writes one file per split, atomically
 - :func:`dry_run_counts` counts records per format and persona
 - :func:`progress_total` is the number of user turns either reads (a progress bar's total)
@@ -30,6 +31,7 @@ from feedback.exports.writer import (
     dry_run_counts,
     export_to_file,
     iter_records,
+    iter_turn_record_batches,
     iter_turn_records,
     progress_total,
     record_to_jsonl,
@@ -48,6 +50,7 @@ __all__ = [
     "dry_run_counts",
     "export_to_file",
     "iter_records",
+    "iter_turn_record_batches",
     "iter_turn_records",
     "iter_turn_trees",
     "parse_split",

@@ -20,12 +20,26 @@ How:
 - **Keys.** ``record_builds`` holds the build key each kind was queued for. A kind whose key
   differs (new code, a new pseudonym secret, a kind never built) queues every user turn with a
   reply once (:func:`queue_stale_kinds`); rows of the old key are replaced as they are rebuilt.
+- **Built ahead means complete.** While a kind's ``record_builds`` key is the running one,
+  every user turn that could give records of it has a valid kept row or is queued:
+
+  - marking a kind queues every user turn with a reply, in the same transaction;
+  - a change raises the turn's revision, which deletes its rows and queues it, in the change's
+    transaction;
+  - the builder builds every turn it takes off the queue, whatever its author's consent
+    (consent is applied when records are read, so a change of consent needs no rebuild), and
+    the transaction that takes turns off the queue unmarks every kind it did not build under
+    its key (another builder's formats, older code).
+
+  Exports and pages of such a kind read its kept rows and build only the queued turns
+  (:func:`~feedback.exports.tree.iter_turn_trees`). Deleting kept rows by hand breaks this:
+  delete ``record_builds`` with them (exports then build, and the builder queues everything).
 - **Where it runs.** ``greenroom api`` runs :func:`watch` in a child process at low priority
   (:class:`AheadBuilder`), so pages keep the cores first; ``greenroom build-records`` runs it
   in the foreground (once, or ``--watch``).
 
-Limits: turns whose author has not consented are selected by no export, so they leave the queue
-unbuilt (an export after a change of consent builds them). Preference kinds skip turns with one
+Limits: turns whose author has not consented are built too (their rows are read by no export
+until the author consents, and an erasure deletes them). Preference kinds skip turns with one
 reply, as their exports do. The queue holds at most one small row a turn, built or not.
 """
 
@@ -42,7 +56,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from feedback.database import create_engine, session_factory
@@ -50,7 +64,7 @@ from feedback.exports.cache import KINDS, CacheKey, build_key, save_rows
 from feedback.exports.collector import collect_young, gc_paused
 from feedback.exports.filters import ExportFilter, check_format
 from feedback.exports.records import RecordBuilder
-from feedback.exports.tree import iter_turn_trees
+from feedback.exports.tree import TurnTree, iter_turn_trees
 from feedback.models import RecordBuild, TurnBuildQueue
 from feedback.subprocesses import shared_database_url, start_module, stop_module
 
@@ -64,6 +78,7 @@ __all__ = [
     "AheadBuilder",
     "BuildStats",
     "build_queued",
+    "is_built_ahead",
     "queue_stale_kinds",
     "queued_count",
     "watch",
@@ -121,6 +136,18 @@ async def queued_count(sessions: async_sessionmaker[AsyncSession]) -> int:
     """User turns waiting to be built."""
     async with sessions() as session:
         return int(await session.scalar(select(func.count()).select_from(TurnBuildQueue)) or 0)
+
+
+async def is_built_ahead(sessions: async_sessionmaker[AsyncSession], key: CacheKey) -> bool:
+    """Whether ``key``'s kind is built ahead under its build key (its kept rows and the queue
+    hold every turn, see above)."""
+    async with sessions() as session:
+        found = await session.scalar(
+            select(RecordBuild.kind).where(
+                RecordBuild.kind == key.kind, RecordBuild.build_key == key.build_key
+            )
+        )
+    return found is not None
 
 
 async def queue_stale_kinds(
@@ -226,10 +253,12 @@ class _Batches:
             only_ids=list(revisions),
             batch_size=len(revisions),
             prefetch=False,
+            any_author=True,
         )
         async with contextlib.aclosing(pages):
             async for page in pages:
                 for tree in page:
+                    assert isinstance(tree, TurnTree)  # read without a cache key
                     for kind, fmt in self.kinds.items():
                         if len(tree.replies) < RecordBuilder.min_replies(fmt):
                             continue
@@ -247,12 +276,22 @@ class _Batches:
 
     async def keep(self, rows: list[dict[str, Any]], queued: list[tuple[int, int]]) -> None:
         """Keep ``rows`` and take the turns still at their queued revision off the queue, in
-        one transaction (the save itself skips a turn that changed)."""
+        one transaction (the save itself skips a turn that changed). The kinds this run does
+        not build under its key stop counting as built ahead in the same transaction: their
+        rows of these turns were not made."""
         async with self.sessions() as session:
             if rows:
                 await save_rows(session, rows)
             await session.execute(
                 _DEQUEUE, [{"id": turn, "revision": revision} for turn, revision in queued]
+            )
+            await session.execute(
+                delete(RecordBuild).where(
+                    or_(
+                        RecordBuild.kind.not_in(list(self.kinds)),
+                        RecordBuild.build_key != self.build_key,
+                    )
+                )
             )
             await session.commit()
 

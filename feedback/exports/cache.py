@@ -25,7 +25,8 @@ What keeps them right:
   every turn and keep nothing (:func:`cache_key` is ``None``).
 
 Most rows are written ahead, as turns change, by :mod:`feedback.exports.ahead`; an export or
-page keeps what it had to build itself.
+page keeps what it had to build itself. Exports of a kind built ahead read its rows directly,
+by ``ix_turn_records_kind`` (see :func:`~feedback.exports.tree.iter_turn_trees`).
 
 Limits: the rows take about as much room as the exports of the formats that were pulled; a
 failed save (a read-only replica, a locked SQLite file) is logged once and the export goes on

@@ -21,15 +21,19 @@ skipped even if some row of theirs survived.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import heapq
 import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import (
     Integer,
+    LargeBinary,
     String,
     Text,
     and_,
@@ -38,10 +42,13 @@ from sqlalchemy import (
     cast,
     false,
     func,
+    literal,
     literal_column,
+    null,
     or_,
     select,
     type_coerce,
+    union_all,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import aliased
@@ -53,6 +60,8 @@ from feedback.models import (
     GuildSetting,
     MessageNode,
     PromptSnapshot,
+    RecordBuild,
+    TurnBuildQueue,
     TurnRecords,
     UserPrivacy,
 )
@@ -71,6 +80,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "KeptTurn",
     "ReplyNode",
     "Snapshot",
     "TurnTree",
@@ -180,6 +190,21 @@ class ReplyNode:
         return any(tag in event_tags for _, _, event_tags in self.ratings for tag in tags)
 
 
+class KeptTurn:
+    """A user turn whose kept records are valid: served as they are, not built (see
+    :mod:`feedback.exports.cache`). Only its ids and records; cheaper to make than a tree."""
+
+    __slots__ = ("conversation_id", "records", "size", "user_turn_id")
+
+    def __init__(self, user_turn_id: int, conversation_id: int, records: bytes) -> None:
+        self.user_turn_id = user_turn_id
+        self.conversation_id = conversation_id
+        #: The records as JSON lines, each ending in a newline (none: empty).
+        self.records = records
+        #: How many records.
+        self.size = records.count(b"\n")
+
+
 @dataclass(slots=True)
 class TurnTree:
     """One user turn and its replies (siblings in id order), ready to turn into records."""
@@ -195,11 +220,8 @@ class TurnTree:
     created_at: datetime | None
     replies: list[ReplyNode] = field(default_factory=list)
     snapshots: dict[int, Snapshot] = field(default_factory=dict)
-    #: Read with a cache key: the turn's revision, and its kept records (JSON lines) when
-    #: they are valid, in which case ``replies`` and ``snapshots`` are left empty.
+    #: Read with a cache key: the turn's revision (what its records, once built, are kept at).
     revision: int = 0
-    cached: bytes | None = None
-    cached_count: int = 0
 
     @property
     def is_group(self) -> bool:
@@ -266,17 +288,30 @@ def consent_rule(flt: ExportFilter) -> tuple[list[Any], ColumnElement[bool]]:
     return joins, condition
 
 
+def _filter_conditions(flt: ExportFilter) -> list[ColumnElement[bool]]:
+    """What ``--since``, ``--until`` and ``--persona`` keep (on the turn and its conversation)."""
+    conditions: list[ColumnElement[bool]] = []
+    if flt.since is not None:
+        conditions.append(MessageNode.created_at >= flt.since)
+    if flt.until is not None:
+        conditions.append(MessageNode.created_at < flt.until)
+    if flt.persona is not None:
+        conditions.append(Conversation.persona == flt.persona)
+    return conditions
+
+
 def _turn_query(
     flt: ExportFilter,
     *,
     times: bool = True,
     min_replies: int = 1,
     cache: CacheKey | None = None,
+    any_author: bool = False,
 ) -> Any:
-    """User turns that pass the filter and consent, and with ``min_replies`` above 1 have at
-    least that many assistant replies (columns: id, conversation id, author id and name,
-    content, persona, scope, with ``times`` the creation time, with ``cache`` the revision and
-    the body of the turn's valid kept records, or null).
+    """User turns that pass the filter and consent (``any_author``: whoever wrote them), and
+    with ``min_replies`` above 1 have at least that many assistant replies (columns: id,
+    conversation id, author id and name, content, persona, scope, with ``times`` the creation
+    time, with ``cache`` the revision and the body of the turn's valid kept records, or null).
 
     The kept body is a correlated subquery, not an outer join: each is one primary-key lookup,
     where PostgreSQL planned the join as a merge over the whole ``turn_records`` index (800 ms
@@ -312,15 +347,11 @@ def _turn_query(
         )
         columns += [MessageNode.revision, kept.label("kept_body")]
     query = select(*columns).join(Conversation, Conversation.id == MessageNode.conversation_id)
-    for target, on in joins:
-        query = query.outerjoin(target, on)
-    conditions = [MessageNode.role == "user", consent]
-    if flt.since is not None:
-        conditions.append(MessageNode.created_at >= flt.since)
-    if flt.until is not None:
-        conditions.append(MessageNode.created_at < flt.until)
-    if flt.persona is not None:
-        conditions.append(Conversation.persona == flt.persona)
+    conditions = [MessageNode.role == "user", *_filter_conditions(flt)]
+    if not any_author:
+        for target, on in joins:
+            query = query.outerjoin(target, on)
+        conditions.append(consent)
     if min_replies > 1:
         reply = aliased(MessageNode)
         replies = (
@@ -525,28 +556,25 @@ async def _read_page(
     *,
     times: bool = True,
     cached: bool = False,
-) -> list[TurnTree]:
+) -> list[TurnTree | KeptTurn]:
     """The trees of ``turn_rows``: three more queries (replies, their events, snapshots) for
     the turns without valid kept records (``cached``: the rows carry them, see
-    :func:`_turn_query`)."""
+    :func:`_turn_query`; the turns with them are :class:`KeptTurn`)."""
     queries = _page_queries(connection.dialect, times)
     driver = (await connection.get_raw_connection()).driver_connection
-    trees: dict[int, TurnTree] = {}
+    trees: dict[int, TurnTree | KeptTurn] = {}
     to_read: dict[int, TurnTree] = {}
     base = 8 if times else 7
     to_time = _time_processor(connection.dialect) if cached and times else None
     for row in turn_rows:
+        if cached and row[base + 1] is not None:
+            trees[row[0]] = KeptTurn(row[0], row[1], bytes(row[base + 1]))
+            continue
         tree = trees[row[0]] = TurnTree(
             row[0], row[1], row[5], row[6], row[2], row[3], row[4], row[7] if times else None
         )
         if cached:
             tree.revision = row[base]
-            body = row[base + 1]
-            if body is not None:
-                tree.cached = bytes(body)
-                tree.cached_count = tree.cached.count(b"\n")
-                tree.created_at = None
-                continue
             if to_time is not None:
                 tree.created_at = to_time(tree.created_at)
         to_read[row[0]] = tree
@@ -597,13 +625,151 @@ async def _read_page(
     return list(trees.values())
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One read of :func:`iter_turn_trees`: the trees, where the next read starts, and whether
+    turns may remain after it."""
+
+    trees: list[TurnTree | KeptTurn]
+    position: int
+    more: bool
+
+
+def _kept_statement(
+    flt: ExportFilter, cache: CacheKey, position: int, last_id: int | None, size: int
+) -> Any:
+    """One statement (so one snapshot on both backends) of ``(source, turn id, conversation id,
+    body)`` rows: source 0 if ``cache``'s kind is built ahead under its key, 1 for each valid
+    kept row with records of the selected turns after ``position`` (at most ``size``), 2 for
+    each queued turn after ``position`` (at most ``size``), both up to ``last_id``."""
+    joins, consent = consent_rule(flt)
+    turn, queued_turn = TurnRecords.user_turn_id, TurnBuildQueue.user_turn_id
+    kept = (
+        select(
+            literal(1).label("source"),
+            turn.label("turn_id"),
+            MessageNode.conversation_id.label("conversation_id"),
+            TurnRecords.body.label("body"),
+        )
+        .join(
+            MessageNode,
+            and_(MessageNode.id == turn, MessageNode.revision == TurnRecords.revision),
+        )
+        .join(Conversation, Conversation.id == MessageNode.conversation_id)
+    )
+    for target, on in joins:
+        kept = kept.outerjoin(target, on)
+    kept_span, queued_span = [turn > position], [queued_turn > position]
+    if last_id is not None:
+        kept_span.append(turn <= last_id)
+        queued_span.append(queued_turn <= last_id)
+    kept_rows = (
+        kept.where(
+            TurnRecords.kind == cache.kind,
+            TurnRecords.build_key == cache.build_key,
+            # A turn that gives no record has an empty row: nothing to read.
+            func.length(TurnRecords.body) > 0,
+            consent,
+            *_filter_conditions(flt),
+            *kept_span,
+        )
+        .order_by(turn)
+        .limit(size)
+        .cte("kept")
+    )
+    queued_rows = (
+        select(literal(2).label("source"), queued_turn.label("turn_id"), *_no_tree())
+        .where(*queued_span)
+        .order_by(queued_turn)
+        .limit(size)
+        .cte("queued")
+    )
+    built_ahead = select(
+        literal(0).label("source"), literal(0).label("turn_id"), *_no_tree()
+    ).where(RecordBuild.kind == cache.kind, RecordBuild.build_key == cache.build_key)
+    return union_all(built_ahead, select(kept_rows), select(queued_rows))
+
+
+def _no_tree() -> tuple[Any, Any]:
+    """The conversation id and body columns of a :func:`_kept_statement` row that has none."""
+    return (
+        cast(null(), Integer).label("conversation_id"),
+        cast(null(), LargeBinary).label("body"),
+    )
+
+
+async def _read_kept(
+    sessions: async_sessionmaker[AsyncSession],
+    flt: ExportFilter,
+    cache: CacheKey,
+    turns: Any,
+    position: int,
+    last_id: int | None,
+    size: int,
+    times: bool,
+) -> _Batch | None:
+    """The next batch of a kind built ahead, read from its kept rows, with the queued turns
+    among them read from ``turns`` (the usual turn query) and merged in id order; ``None`` if
+    the kind is not built ahead under ``cache``'s key (any more).
+
+    The turns served from kept rows are :class:`KeptTurn`. Why this is every turn: see
+    :mod:`feedback.exports.ahead` (the kept rows and the queue are read in one statement, so a
+    turn that changes meanwhile is in one or the other).
+    """
+    async with sessions() as session:
+        connection = await session.connection()
+        dialect = connection.dialect.name
+        if dialect == "postgresql":
+            # As in _read_turns: a generic plan made while the table looked empty scans it.
+            await connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+        rows = (
+            await connection.execute(_kept_statement(flt, cache, position, last_id, size))
+        ).all()
+        built_ahead, kept, queued = False, [], []
+        for row in rows:
+            if row[0] == 1:
+                kept.append(row)
+            elif row[0] == 2:
+                queued.append(row[1])
+            else:
+                built_ahead = True
+        if not built_ahead:
+            return None
+        # SQL does not promise the order of a UNION's rows (they come sorted: this is cheap).
+        kept.sort(key=itemgetter(1))
+        queued.sort()
+        # A full part may stop before the other: the batch ends where the first full one does.
+        ends = [part[-1] for part in ([row[1] for row in kept], queued) if len(part) == size]
+        end = min(ends) if ends else None
+        if end is not None:
+            del kept[bisect.bisect_right(kept, end, key=itemgetter(1)) :]
+            del queued[bisect.bisect_right(queued, end) :]
+        trees: list[TurnTree | KeptTurn] = [
+            KeptTurn(turn_id, conversation_id, body) for _, turn_id, conversation_id, body in kept
+        ]
+        kept_ids = {tree.user_turn_id for tree in trees}
+        to_build = [turn_id for turn_id in queued if turn_id not in kept_ids]
+        if to_build:
+            turn_rows = (
+                await connection.execute(
+                    turns.where(_in_ids(MessageNode.id, "queued_ids", dialect)),
+                    {"queued_ids": _id_text(to_build, dialect)},
+                )
+            ).all()
+            if turn_rows:
+                built = await _read_page(connection, turn_rows, times=times, cached=True)
+                trees = list(heapq.merge(trees, built, key=attrgetter("user_turn_id")))
+    last_seen = max([position, *kept_ids, *queued])
+    return _Batch(trees, end if end is not None else last_seen, end is not None)
+
+
 async def _read_turns(
     sessions: async_sessionmaker[AsyncSession],
     base: Any,
     position: int,
     times: bool,
     cached: bool,
-) -> tuple[list[Any], list[TurnTree]]:
+) -> tuple[list[Any], list[TurnTree | KeptTurn]]:
     """One page in its own short transaction: the turn rows after ``position``, and the trees.
 
     With kept records on PostgreSQL, the turn query is planned for its values each time
@@ -635,7 +801,8 @@ async def iter_turn_trees(
     min_replies: int = 1,
     cache: CacheKey | None = None,
     only_ids: list[int] | None = None,
-) -> AsyncIterator[list[TurnTree]]:
+    any_author: bool = False,
+) -> AsyncIterator[list[TurnTree | KeptTurn]]:
     """Pages of :class:`TurnTree` in user-turn id order, after ``after_id`` up to ``last_id``.
 
     Each page is read in its own short transaction, so a long export never holds a database
@@ -652,39 +819,61 @@ async def iter_turn_trees(
     only when asked for, so none is read to be thrown away.
 
     With a ``cache`` key, each tree carries its revision, and the turns whose kept records are
-    valid come with them instead of their replies (see :mod:`feedback.exports.cache`).
-    ``only_ids`` keeps to those user turns (a builder's batch, see :mod:`feedback.exports.ahead`).
+    valid come as :class:`KeptTurn` (see :mod:`feedback.exports.cache`). When the
+    key's kind is built ahead, the pages are read from its kept rows and the queued turns
+    (:func:`_read_kept`; the same trees, in the same order), until it no longer is.
+    ``only_ids`` keeps to those user turns, and ``any_author`` reads them whatever their
+    author's consent (a builder's batch, see :mod:`feedback.exports.ahead`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    base = _turn_query(flt, times=times, min_replies=min_replies, cache=cache)
+    turns = _turn_query(
+        flt, times=times, min_replies=min_replies, cache=cache, any_author=any_author
+    ).order_by(MessageNode.id)
     cached = cache is not None
     if last_id is not None:
-        base = base.where(MessageNode.id <= last_id)
+        turns = turns.where(MessageNode.id <= last_id)
     if only_ids is not None:
-        base = base.where(MessageNode.id.in_(only_ids))
-    base = base.order_by(MessageNode.id).limit(batch_size)
+        turns = turns.where(MessageNode.id.in_(only_ids))
+    base = turns.limit(batch_size)
+    kept_first = cache is not None and only_ids is None and not any_author
+
+    async def read(position: int) -> _Batch:
+        nonlocal kept_first
+        if kept_first:
+            assert cache is not None
+            batch = await _read_kept(
+                sessions, flt, cache, turns, position, last_id, batch_size, times
+            )
+            if batch is not None:
+                return batch
+            kept_first = False
+        turn_rows, trees = await _read_turns(sessions, base, position, times, cached)
+        if not turn_rows:
+            return _Batch(trees, position, False)
+        return _Batch(trees, turn_rows[-1][0], len(turn_rows) == batch_size)
+
     position = after_id if after_id is not None else 0
     turns_read = 0
-    pending: asyncio.Task[tuple[list[Any], list[TurnTree]]] | None = None
+    pending: asyncio.Task[_Batch] | None = None
     try:
         while True:
             if pending is not None:
-                turn_rows, page = await pending
+                batch = await pending
                 pending = None
             else:
-                turn_rows, page = await _read_turns(sessions, base, position, times, cached)
-            if not turn_rows:
-                return
-            position = turn_rows[-1][0]
-            turns_read += len(turn_rows)
-            more = len(turn_rows) == batch_size
-            if more and prefetch and (read_ahead_until is None or turns_read < read_ahead_until):
-                pending = asyncio.ensure_future(
-                    _read_turns(sessions, base, position, times, cached)
-                )
-            yield page
-            if not more:
+                batch = await read(position)
+            position = batch.position
+            turns_read += len(batch.trees)
+            if (
+                batch.more
+                and prefetch
+                and (read_ahead_until is None or turns_read < read_ahead_until)
+            ):
+                pending = asyncio.ensure_future(read(position))
+            if batch.trees:
+                yield batch.trees
+            if not batch.more:
                 return
     finally:
         if pending is not None:

@@ -41,6 +41,7 @@ from feedback.exports.filters import FORMATS, ExportError, check_format
 from feedback.exports.records import RecordBuilder
 from feedback.exports.tree import (
     DEFAULT_BATCH_SIZE,
+    KeptTurn,
     count_turns,
     iter_turn_trees,
     turn_id_range,
@@ -58,6 +59,7 @@ __all__ = [
     "dry_run_counts",
     "export_to_file",
     "iter_records",
+    "iter_turn_record_batches",
     "iter_turn_records",
     "progress_total",
     "record_to_jsonl",
@@ -108,6 +110,25 @@ async def iter_turn_records(
     flt: ExportFilter,
     *,
     pseudonym_secret: bytes,
+    **options: Any,
+) -> AsyncIterator[tuple[int, list[Any]]]:
+    """``(user turn id, its records)`` of format ``fmt`` for each user turn that gives at least
+    one, in a stable order (the options are :func:`iter_turn_record_batches`')."""
+    batches = iter_turn_record_batches(
+        sessions, fmt, flt, pseudonym_secret=pseudonym_secret, **options
+    )
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for turn in batch:
+                yield turn
+
+
+async def iter_turn_record_batches(
+    sessions: async_sessionmaker[AsyncSession],
+    fmt: str,
+    flt: ExportFilter,
+    *,
+    pseudonym_secret: bytes,
     after_id: int | None = None,
     last_id: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -115,9 +136,10 @@ async def iter_turn_records(
     read_ahead_until: int | None = None,
     retain: list[Any] | None = None,
     fill: RecordFill | None = None,
-) -> AsyncIterator[tuple[int, list[Any]]]:
+) -> AsyncIterator[list[tuple[int, list[Any]]]]:
     """``(user turn id, its records)`` of format ``fmt`` for each user turn after ``after_id``
-    (up to ``last_id`` included, when given) that gives at least one, in a stable order.
+    (up to ``last_id`` included, when given) that gives at least one, in a stable order, a
+    list for each page of turns read (a loop over a page costs less than a yield a turn).
 
     Each record is a dict, or, with a ``fill``, an :class:`orjson.Fragment` of its JSON (the
     same bytes ``orjson.dumps`` gives the dict): turns with valid kept records are not built
@@ -149,24 +171,27 @@ async def iter_turn_records(
         async for page in pages:
             if retain is not None:
                 retain.append(page)
+            batch: list[tuple[int, list[Any]]] = []
             for index, tree in enumerate(page):
                 if index % _YIELD_EVERY == _YIELD_EVERY - 1:
                     await asyncio.sleep(0)
-                if fill is None:
-                    records: list[Any] = builder.records(tree, fmt)
-                elif tree.cached is not None:
-                    if not tree.cached_count:
+                if type(tree) is KeptTurn:
+                    if not tree.size:
                         continue
-                    if tree.cached_count == 1:
-                        records = [fragment(tree.cached[:-1])]
+                    if tree.size == 1:
+                        records: list[Any] = [fragment(tree.records[:-1])]
                     else:
-                        records = [fragment(line) for line in split_lines(tree.cached)]
+                        records = [fragment(line) for line in split_lines(tree.records)]
+                elif fill is None:
+                    records = builder.records(tree, fmt)
                 else:
                     built = [dumps(record) for record in builder.records(tree, fmt)]
                     fill.add(tree.user_turn_id, tree.revision, [line + b"\n" for line in built])
                     records = [fragment(line) for line in built]
                 if records:
-                    yield tree.user_turn_id, records
+                    batch.append((tree.user_turn_id, records))
+            if batch:
+                yield batch
 
 
 async def progress_total(
@@ -360,13 +385,13 @@ class _Part:
                     for index, tree in enumerate(page):
                         if index % _YIELD_EVERY == _YIELD_EVERY - 1:
                             await asyncio.sleep(0)
-                        if tree.cached is not None:
-                            if not tree.cached_count:
+                        if type(tree) is KeptTurn:
+                            if not tree.size:
                                 continue
                             name = choose(tree.conversation_id)
                             buffer = buffers[name]
-                            buffer.append(tree.cached)
-                            counts[name] += tree.cached_count
+                            buffer.append(tree.records)
+                            counts[name] += tree.size
                         else:
                             lines = [
                                 dumps(record, option=_LINE)
