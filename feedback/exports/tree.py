@@ -16,6 +16,12 @@ Consent is applied in the turn query: a user's turn is read only if the user sai
 (``user_privacy.consent``), or said nothing in a server channel whose guild's
 ``consent_default`` is true. A DM or terminal turn needs an explicit yes; erased users are
 skipped even if some row of theirs survived.
+
+A format built ahead (:mod:`feedback.exports.ahead`) is read another way, with the same trees
+in the same order: one statement a page reads its kept rows in turn order (by
+``ix_turn_records_kind``, with the same consent rule) and the queued turns, and only the queued
+ones are read as trees. So a page of a preference format no longer walks every user turn to
+count its replies, nor reads the turns that give no record.
 """
 
 from __future__ import annotations
