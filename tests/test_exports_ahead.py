@@ -31,7 +31,7 @@ from feedback.exports.ahead import (
 )
 from feedback.models import MessageNode, RecordBuild, TurnBuildQueue, TurnRecords
 from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
-from tests.test_exports import SECRET, build_scenario, set_consent
+from tests.test_exports import SECRET, Scenario, build_scenario, set_consent
 from tests.test_exports_cache import _export, _refuse_to_build
 
 if TYPE_CHECKING:
@@ -48,6 +48,14 @@ KINDS = {"sft", "openai-dpo", "trl-dpo", "trl-kto", "oasst"}
 @pytest.fixture
 def corrections(store: ConversationStore) -> CorrectionStore:
     return CorrectionStore(store._sessions)
+
+
+async def _built_scenario(store: ConversationStore, corrections: CorrectionStore) -> Scenario:
+    """The export tests' scenario, with every format built ahead."""
+    scenario = await build_scenario(store, corrections)
+    await queue_stale_kinds(store._sessions, FORMATS, SECRET)
+    await build_queued(store._sessions, FORMATS, pseudonym_secret=SECRET)
+    return scenario
 
 
 async def _fresh(sessions: async_sessionmaker[AsyncSession], out: Path) -> dict[str, bytes]:
@@ -152,10 +160,8 @@ async def test_exports_and_pages_of_kinds_built_ahead_read_kept_rows_and_the_que
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    scenario = await build_scenario(store, corrections)
+    scenario = await _built_scenario(store, corrections)
     sessions = store._sessions
-    await queue_stale_kinds(sessions, FORMATS, SECRET)
-    await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)
     # changes after the build: queued turns between kept ones, and a new turn at the end
     await corrections.rate(scenario.rated.candidate_id, actor=ALICE_ACTOR, rating=1, key="x1")
     await corrections.rate(scenario.unreviewed.candidate_id, actor=BOB_ACTOR, rating=5, key="x2")
@@ -200,10 +206,8 @@ async def test_exports_and_pages_of_kinds_built_ahead_read_kept_rows_and_the_que
 async def test_a_builder_of_fewer_formats_stops_the_others_counting_as_built_ahead(
     store: ConversationStore, corrections: CorrectionStore, tmp_path: Path
 ) -> None:
-    scenario = await build_scenario(store, corrections)
+    scenario = await _built_scenario(store, corrections)
     sessions = store._sessions
-    await queue_stale_kinds(sessions, FORMATS, SECRET)
-    await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)
     await corrections.rate(scenario.rated.candidate_id, actor=ALICE_ACTOR, rating=1, key="x1")
     # this builder takes the changed turn off the queue with its SFT records only
     await build_queued(sessions, ("trl-sft",), pseudonym_secret=SECRET)
@@ -217,10 +221,8 @@ async def test_a_builder_of_fewer_formats_stops_the_others_counting_as_built_ahe
 async def test_a_change_queues_its_turn_again_and_only_it_is_rebuilt(
     store: ConversationStore, corrections: CorrectionStore, tmp_path: Path
 ) -> None:
-    scenario = await build_scenario(store, corrections)
+    scenario = await _built_scenario(store, corrections)
     sessions = store._sessions
-    await queue_stale_kinds(sessions, FORMATS, SECRET)
-    await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)
     assert await _queue(sessions) == {}
 
     turn = scenario.unreviewed.user_turn_id
