@@ -663,7 +663,7 @@ def _kept_statement(
     join, so a batch costs ``size`` primary-key lookups whatever the statistics say: planned
     with the joins first, PostgreSQL scanned and sorted the whole table for every batch (1.8 s
     a batch, against 60 ms). SQLite plans the joins-first form well, and took 1.6-1.9x as long
-    a page with the scan first (a common table expression read twice).
+    a page with the scan first (likely because it reads that common table expression twice).
     """
     joins, consent = consent_rule(flt)
     turn, queued_turn = TurnRecords.user_turn_id, TurnBuildQueue.user_turn_id
