@@ -758,14 +758,11 @@ async def _read_kept(
     async with sessions() as session:
         connection = await session.connection()
         dialect = connection.dialect.name
-        if dialect == "postgresql":
-            # As in _read_turns: a generic plan made while the table looked empty scans it.
-            await connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+        scan_first = dialect == "postgresql"
+        await _plan_for_values(connection)
         rows = (
             await connection.execute(
-                _kept_statement(
-                    flt, cache, position, last_id, size, scan_first=dialect == "postgresql"
-                )
+                _kept_statement(flt, cache, position, last_id, size, scan_first=scan_first)
             )
         ).all()
         built_ahead, kept, queued = False, [], []
@@ -784,7 +781,7 @@ async def _read_kept(
         # SQL does not promise the order of a UNION's rows (they come sorted: this is cheap).
         kept.sort(key=itemgetter(1))
         queued.sort()
-        if dialect != "postgresql" and kept:  # joins first: the kept rows are the scan
+        if not scan_first and kept:  # joins first: the kept rows are the scan
             scan_end, scanned = kept[-1][1], len(kept)
         # A full part may stop before the other: the batch ends where the first full one does.
         ends = [scan_end] if scanned == size else []
@@ -813,6 +810,15 @@ async def _read_kept(
     return _Batch(trees, end if end is not None else last_seen, end is not None)
 
 
+async def _plan_for_values(connection: AsyncConnection) -> None:
+    """On PostgreSQL, plan this transaction's queries of kept records for their values each
+    time (``plan_cache_mode``): asyncpg prepares them, and after five runs PostgreSQL may switch
+    to a generic plan made while ``turn_records`` looked empty, which scanned the whole table
+    for each turn's kept body as it filled (pages of 4-9 s instead of 0.5 s)."""
+    if connection.dialect.name == "postgresql":
+        await connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+
+
 async def _read_turns(
     sessions: async_sessionmaker[AsyncSession],
     base: Any,
@@ -820,17 +826,12 @@ async def _read_turns(
     times: bool,
     cached: bool,
 ) -> tuple[list[Any], list[TurnTree | KeptTurn]]:
-    """One page in its own short transaction: the turn rows after ``position``, and the trees.
-
-    With kept records on PostgreSQL, the turn query is planned for its values each time
-    (``plan_cache_mode``): asyncpg prepares it, and after five runs PostgreSQL may switch to a
-    generic plan made while ``turn_records`` looked empty, which scanned the whole table for
-    each turn's kept body as it filled (pages of 4-9 s instead of 0.5 s).
-    """
+    """One page in its own short transaction: the turn rows after ``position``, and the trees
+    (with kept records, planned for the values, see :func:`_plan_for_values`)."""
     async with sessions() as session:
         connection = await session.connection()
-        if cached and connection.dialect.name == "postgresql":
-            await connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+        if cached:
+            await _plan_for_values(connection)
         turn_rows = (await connection.execute(base.where(MessageNode.id > position))).all()
         if not turn_rows:
             return turn_rows, []
