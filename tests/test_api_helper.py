@@ -109,6 +109,37 @@ async def test_a_wrong_guess_of_the_helpers_share_changes_no_page(apis: Apis, sp
         assert await apis.pages(apis.shared, fmt, 6) == pages
 
 
+async def test_a_page_from_the_start_guesses_the_share_from_the_last_start(
+    apis: Apis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fmt = "trl-dpo"
+    expected = await apis.pages(apis.alone, fmt, 6)
+    assert apis.helper.estimated_share_end(fmt, None, 6) is None  # no share yet
+    assert await apis.pages(apis.shared, fmt, 6) == expected  # asks the database once
+    first = await nth_turn_id(apis.sessions, ExportFilter(), after_id=None, n=1, min_replies=2)
+    assert first is not None
+    span = apis.helper._spans[fmt]
+    assert apis.helper.estimated_share_end(fmt, None, 6) == first - 1 + max(1, math.ceil(3 * span))
+
+    async def no_count(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a page from the start asked the database for its split")
+
+    monkeypatch.setattr("feedback.api.records.nth_turn_id", no_count)
+    assert await apis.pages(apis.shared, fmt, 6) == expected
+
+
+async def test_a_share_that_reaches_the_end_learns_the_span_of_its_turns(apis: Apis) -> None:
+    fmt = "trl-sft"
+    reservation = apis.helper.reserve(6)
+    assert reservation is not None
+    # The last page's share: asked up to far past the last turn.
+    turns = await apis.helper.turns(reservation, fmt, ExportFilter(), None, 10**9, 100)
+    records = sum(len(records) for _, records in turns)
+    assert apis.helper._spans[fmt] == (turns[-1][0] - turns[0][0] + 1) / records
+    guess = apis.helper.estimated_share_end(fmt, turns[0][0] - 1, 2 * records)
+    assert guess is not None and guess <= turns[-1][0] + 1  # not sent past the data
+
+
 async def test_a_hung_helper_is_dropped_and_the_page_built_alone(
     apis: Apis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

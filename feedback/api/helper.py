@@ -113,6 +113,8 @@ class PageHelper:
         #: last share of a page.
         self._yields: dict[str, float] = {}
         self._spans: dict[str, float] = {}
+        #: By format, the id just before the first turn of the last share from the start.
+        self._starts: dict[str, int] = {}
 
     @classmethod
     def for_sessions(
@@ -163,9 +165,17 @@ class PageHelper:
 
     def estimated_share_end(self, fmt: str, after_id: int | None, limit: int) -> int | None:
         """Where the helper's share of a page after ``after_id`` ends, judged by the ids the
-        last share of ``fmt`` spanned per record (no query); ``None`` before any share, or
-        from the start. A wrong guess costs balance between the processes, not records."""
+        last share of ``fmt`` spanned per record (no query); ``None`` before any share, and
+        from the start (``after_id`` ``None``) before a share from the start, whose first turn
+        it then starts from. A wrong guess costs balance between the processes, not records.
+
+        Without a guess, the page asks the database where the share ends: for a preference
+        format that counts each turn's replies (55 ms of a 166 ms openai-dpo page from the
+        start on PostgreSQL, against 107 ms for a page from a cursor, at 400k events).
+        """
         span = self._spans.get(fmt)
+        if after_id is None:
+            after_id = self._starts.get(fmt)
         if span is None or after_id is None:
             return None
         return after_id + max(1, math.ceil(limit * HELPER_SHARE * span))
@@ -198,7 +208,11 @@ class PageHelper:
         records = sum(len(records) for _, records in turns)
         if read and records:
             self._yields[fmt] = records / read
-            self._spans[fmt] = (last_id - (turns[0][0] - 1)) / records
+            # From the turns given, not up to ``last_id``: a share that reached the end of the
+            # data (the last page) would teach a span that sends the next share far too far.
+            self._spans[fmt] = (turns[-1][0] - (turns[0][0] - 1)) / records
+            if after_id is None:
+                self._starts[fmt] = turns[0][0] - 1
         return turns
 
     async def _ask(self, process: asyncio.subprocess.Process, request: Any) -> Any:
