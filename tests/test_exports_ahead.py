@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -203,6 +203,31 @@ async def test_exports_and_pages_of_kinds_built_ahead_read_kept_rows_and_the_que
                 break
             cursor = api_records.decode_cursor(result.next_cursor or "", fmt)
         assert b"".join(lines) == fresh[fmt], fmt
+
+
+async def test_a_kept_row_of_an_older_revision_is_not_served(
+    store: ConversationStore,
+    corrections: CorrectionStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scenario = await _built_scenario(store, corrections)
+    sessions = store._sessions
+    fresh = await _fresh(sessions, tmp_path / "fresh.jsonl")
+    turn_id = scenario.rated.user_turn_id
+    revision = await _revision(sessions, turn_id)
+    # Rows left from an older revision (the triggers delete them; here they stay), with the
+    # turn queued as every changed turn is.
+    async with sessions.begin() as session:
+        await session.execute(
+            update(TurnRecords)
+            .where(TurnRecords.user_turn_id == turn_id)
+            .values(revision=revision - 1, body=b'{"stale": true}\n')
+        )
+        session.add(TurnBuildQueue(user_turn_id=turn_id, revision=revision))
+    _refuse_to_read_every_turn(monkeypatch)
+    for fmt in FORMATS:
+        assert await _export(sessions, fmt, tmp_path / "k.jsonl") == fresh[fmt], fmt
 
 
 async def test_a_builder_of_fewer_formats_stops_the_others_counting_as_built_ahead(
@@ -420,3 +445,25 @@ async def test_the_api_runs_the_builder_for_its_lifespan(
         await serving
         listener.close()
     assert builder.pid is None  # stopped with the server
+
+
+async def test_kept_bodies_are_compressed_with_lz4_on_postgresql(
+    store: ConversationStore, corrections: CorrectionStore
+) -> None:
+    await _built_scenario(store, corrections)
+    async with store._sessions.begin() as session:
+        if session.bind.dialect.name != "postgresql":
+            pytest.skip("SQLite does not compress rows")
+        turn_id = await session.scalar(select(func.min(TurnRecords.user_turn_id)))
+        # over the 2 kB at which PostgreSQL compresses a row's values
+        await session.execute(
+            update(TurnRecords)
+            .where(TurnRecords.user_turn_id == turn_id)
+            .values(body=b'{"text": "' + b"rain " * 2000 + b'"}\n')
+        )
+        methods = await session.scalars(
+            select(func.pg_column_compression(TurnRecords.body)).where(
+                TurnRecords.user_turn_id == turn_id
+            )
+        )
+        assert set(methods) == {"lz4"}

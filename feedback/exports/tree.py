@@ -45,6 +45,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     cast,
     false,
     func,
@@ -207,8 +208,10 @@ class KeptTurn:
         self.conversation_id = conversation_id
         #: The records as JSON lines, each ending in a newline (none: empty).
         self.records = records
-        #: How many records.
-        self.size = records.count(b"\n")
+        #: How many records. Most turns have one: finding the first newline at the end (memchr)
+        #: takes an eighth of counting newlines (8 ms of a 26 MB oasst page).
+        end = records.find(b"\n")
+        self.size = 0 if end < 0 else 1 if end == len(records) - 1 else records.count(b"\n")
 
 
 @dataclass(slots=True)
@@ -656,7 +659,7 @@ def _kept_statement(
     - source 0 if ``cache``'s kind is built ahead under its key;
     - source 1 for each valid kept row with records of the selected turns, the next ``size``
       of them; with ``scan_first``, of the kind's next ``size`` rows, whose last turn id and
-      number come in one row of source 3;
+      number come in one row of source 3 (and source 4 for those no longer valid);
     - source 2 for each of the next ``size`` queued turns.
 
     ``scan_first`` (PostgreSQL) takes the kind's rows by ``ix_turn_records_kind`` before any
@@ -696,15 +699,22 @@ def _kept_statement(
                 cast(null(), LargeBinary).label("body"),
             ).select_from(source)
         )
+    fresh = MessageNode.revision == revision
+    # Scanned first, a kept row whose turn changed since comes as source 4 (its turn is queued,
+    # see feedback.exports.ahead). Compared in the join instead, the revisions made PostgreSQL
+    # expect a few rows where it gets thousands, and join each to conversations and users by
+    # index: the oasst statement of a 10,000-record page took 96 ms, against 67 with hash joins.
+    kind_of_row = case((fresh, 1), else_=4) if scan_first else literal(1)
+    on_turn = MessageNode.id == turn_id
     kept = (
         select(
-            literal(1).label("source"),
+            kind_of_row.label("source"),
             turn_id.label("turn_id"),
             MessageNode.conversation_id.label("conversation_id"),
             body.label("body"),
         )
         .select_from(source)
-        .join(MessageNode, and_(MessageNode.id == turn_id, MessageNode.revision == revision))
+        .join(MessageNode, on_turn if scan_first else and_(on_turn, fresh))
         .join(Conversation, Conversation.id == MessageNode.conversation_id)
     )
     for target, on in joins:
@@ -774,7 +784,7 @@ async def _read_kept(
                 queued.append(row[1])
             elif row[0] == 3:
                 scan_end, scanned = row[1] or position, row[2]
-            else:
+            elif row[0] == 0:
                 built_ahead = True
         if not built_ahead:
             return None

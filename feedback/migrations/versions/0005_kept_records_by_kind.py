@@ -6,9 +6,9 @@ Revises: 0004
 Create Date: 2026-11-27 13:40:00
 
 With every turn built ahead (:mod:`feedback.exports.ahead`), an export or a page reads the kind's
-kept rows in turn order and builds only the queued turns (:mod:`feedback.exports.kept`). Those
-reads walk this index instead of every user turn, which for the preference kinds also skips the
-turns with one reply without counting their replies.
+kept rows in turn order and builds only the queued turns (``_read_kept`` in
+:mod:`feedback.exports.tree`). Those reads walk this index instead of every user turn, which for
+the preference kinds also skips the turns with one reply without counting their replies.
 """
 
 from __future__ import annotations
