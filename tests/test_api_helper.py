@@ -136,6 +136,11 @@ async def test_a_share_that_reaches_the_end_learns_the_span_of_its_turns(apis: A
     turns = await apis.helper.turns(reservation, fmt, ExportFilter(), None, 10**9, 100)
     records = sum(len(records) for _, records in turns)
     assert apis.helper._spans[fmt] == (turns[-1][0] - turns[0][0] + 1) / records
+    size = sum(len(record) for _, records_ in turns for record in records_)
+    assert apis.helper._record_bytes[fmt] == size / records
+    assert not apis.helper.hands_over_large_records(fmt)  # these SFT records are short
+    apis.helper._record_bytes[fmt] = helper_module.LARGE_RECORD_BYTES
+    assert apis.helper.hands_over_large_records(fmt)
     guess = apis.helper.estimated_share_end(fmt, turns[0][0] - 1, 2 * records)
     assert guess is not None and guess <= turns[-1][0] + 1  # not sent past the data
 

@@ -166,15 +166,15 @@ async def page(
     ``after``), so a trainer that reached the end can poll again later and receive only newer
     records. With a ``helper`` that is free and a ``limit`` it takes, the first part of the
     page is built by the helper process (see :mod:`feedback.api.helper`), unless the format is
-    built ahead on SQLite; the records are the same. With ``keep_records`` (and a filter that
-    allows it) turns whose records were kept are not built again, and those built now are kept
-    when the page is released.
+    built ahead on SQLite or its records are large; the records are the same. With
+    ``keep_records`` (and a filter that allows it) turns whose records were kept are not built
+    again, and those built now are kept when the page is released.
     """
     kept = RecordFill.for_export(sessions, fmt, flt, pseudonym_secret, keep_records=keep_records)
     if (
         helper is not None
         and kept is not None
-        and _helps_little(sessions)
+        and (_helps_little(sessions) or helper.hands_over_large_records(fmt))
         and await is_built_ahead(sessions, kept.key)
     ):
         helper = None
@@ -229,7 +229,8 @@ def _helps_little(sessions: async_sessionmaker[AsyncSession]) -> bool:
     """Whether the page helper is of little use to a page served from kept records: on SQLite
     reading them is most of the work, in this process or the helper's, and the helper's records
     would only be handed over. On PostgreSQL it reads half the page on a second server process,
-    the one part that runs in parallel."""
+    the one part that runs in parallel, unless the records are large (see
+    :data:`feedback.api.helper.LARGE_RECORD_BYTES`)."""
     engine = sessions.kw.get("bind")
     return engine is not None and engine.dialect.name == "sqlite"
 
