@@ -174,7 +174,7 @@ async def page(
     if (
         helper is not None
         and kept is not None
-        and (_helps_little(sessions) or helper.hands_over_large_records(fmt))
+        and _helps_little(sessions, helper, fmt)
         and await is_built_ahead(sessions, kept.key)
     ):
         helper = None
@@ -225,14 +225,15 @@ async def page(
     )
 
 
-def _helps_little(sessions: async_sessionmaker[AsyncSession]) -> bool:
-    """Whether the page helper is of little use to a page served from kept records: on SQLite
-    reading them is most of the work, in this process or the helper's, and the helper's records
-    would only be handed over. On PostgreSQL it reads half the page on a second server process,
-    the one part that runs in parallel, unless the records are large (see
-    :data:`feedback.api.helper.LARGE_RECORD_BYTES`)."""
+def _helps_little(sessions: async_sessionmaker[AsyncSession], helper: PageHelper, fmt: str) -> bool:
+    """Whether the page helper is of little use to a page of ``fmt`` served from kept records:
+    on SQLite reading them is most of the work, in this process or the helper's, and the
+    helper's records would only be handed over. On PostgreSQL it reads half the page on a
+    second server process, the one part that runs in parallel, unless the records are so large
+    that handing them over costs more (see :data:`feedback.api.helper.LARGE_RECORD_BYTES`)."""
     engine = sessions.kw.get("bind")
-    return engine is not None and engine.dialect.name == "sqlite"
+    sqlite = engine is not None and engine.dialect.name == "sqlite"
+    return sqlite or helper.hands_over_large_records(fmt)
 
 
 def _batch_size(turns: int) -> int:
