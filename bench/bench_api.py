@@ -185,7 +185,8 @@ async def seed_mixed(url: str, events: int) -> str:
     return token
 
 
-#: The API in its own process, as ``greenroom api`` runs it, from the checkout on ``sys.path``.
+#: The API in its own process, as ``greenroom api`` runs it (on the event loop it picks), from
+#: the checkout on ``sys.path``.
 _SERVE = """
 import asyncio, sys
 import uvicorn
@@ -199,7 +200,12 @@ async def main(url, port, secret, keep):
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     await uvicorn.Server(config).serve()
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]))
+try:  # the loop greenroom api serves on
+    from bot.cli_api import event_loop_factory
+except ImportError:  # a checkout from before uvloop: asyncio's loop
+    event_loop_factory = lambda: None
+with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+    runner.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]))
 """
 #: Builds one format ahead with the code of the checkout on ``sys.path``, and says how fast.
 _BUILD_AHEAD = """

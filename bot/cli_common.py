@@ -41,9 +41,11 @@ def with_database(
     work: Callable[[async_sessionmaker[AsyncSession]], Awaitable[Any]],
     *,
     user_errors: tuple[type[Exception], ...] = (),
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
 ) -> Any:
-    """Run ``work`` over the migrated database; database errors and ``user_errors`` (mistakes
-    the user can fix) end the command with one line."""
+    """Run ``work`` over the migrated database, on an event loop of ``loop_factory`` (asyncio's
+    own by default); database errors and ``user_errors`` (mistakes the user can fix) end the
+    command with one line."""
 
     async def main() -> Any:
         engine = create_engine(settings.resolved_database_url)
@@ -54,7 +56,8 @@ def with_database(
             await engine.dispose()
 
     try:
-        return asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(main())
     except (DatabaseError, ConfigError, *user_errors) as error:
         fail(str(error))
     except KeyboardInterrupt:

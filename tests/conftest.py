@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
+import uvloop
 from sqlalchemy import text
 
 from feedback.database import create_engine, migrate, session_factory
@@ -20,10 +21,17 @@ from feedback.models import Base
 from feedback.store import ConversationStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator, Mapping
     from pathlib import Path
 
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+#: Loops a test marked ``asyncio(loop_factories=[...])`` may run on: uvloop's is the one
+#: ``greenroom api`` serves on (see :func:`bot.cli_api.event_loop_factory`).
+EVENT_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -39,6 +47,16 @@ async def _admin(statement: str) -> None:
         await connection.execute(statement)
     finally:
         await connection.close()
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The :data:`EVENT_LOOPS` for tests that name some; the others run on asyncio's loop."""
+    marker = item.get_closest_marker("asyncio")
+    if marker is not None and "loop_factories" in marker.kwargs:
+        return EVENT_LOOPS
+    return {"asyncio": EVENT_LOOPS["asyncio"]}
 
 
 @pytest.fixture(scope="session")

@@ -77,6 +77,7 @@ async def apis(db_engine: AsyncEngine) -> AsyncIterator[Apis]:
         yield apis
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])
 async def test_helper_pages_are_the_pages_one_process_builds(
     apis: Apis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,13 +7,16 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import uvicorn
+import uvloop
 
+from bot.cli_api import event_loop_factory
 from feedback.api import create_app, records
 from feedback.api.records import decode_cursor, page
 from feedback.database import session_factory
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 GREENROOM = str(Path(sys.executable).with_name("greenroom"))
 
 
+@pytest.mark.asyncio(loop_factories=["asyncio", "uvloop"])
 async def test_real_server_round_trip(db_engine: AsyncEngine) -> None:
     sessions = session_factory(db_engine)
     token = await create_token(sessions, "live", "lease")
@@ -125,3 +129,44 @@ def test_tokens_cli(tmp_path: Path) -> None:
     listed = _cli(["tokens", "list"], tmp_path)
     assert "ci" in listed.stdout
     assert created.stdout.strip() not in listed.stdout
+
+
+def test_greenroom_api_serves_on_uvloop(tmp_path: Path) -> None:
+    assert event_loop_factory() is uvloop.new_event_loop
+    env = {
+        "GREENROOM_CONFIG": str(tmp_path / "absent.toml"),
+        "GREENROOM_DATA_DIR": str(tmp_path / "data"),
+        "GREENROOM_PRIVACY__PSEUDONYM_SECRET": "cli-secret-of-16-chars",
+    }
+    created = _cli(["tokens", "create", "--name", "trainer"], tmp_path, **env)
+    assert created.returncode == 0, created.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
+    server = subprocess.Popen(
+        [GREENROOM, "api", "--port", str(port), "--no-page-helper"],
+        cwd=tmp_path,
+        env={**environment, **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        headers = {"Authorization": f"Bearer {created.stdout.strip()}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
+            for _ in range(600):  # up to 60 s for the process to start
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert server.poll() is None, server.communicate()[1]
+                time.sleep(0.1)
+            page = client.get("/v1/corrections", params={"format": "trl-sft", "limit": 10})
+            assert page.status_code == 200, page.text
+            assert page.json()["records"] == []
+            assert client.get("/v1/stats").json()["total"] == 0
+    finally:
+        server.terminate()
+        _, errors = server.communicate(timeout=30)
+    assert "(event loop: uvloop)" in errors
