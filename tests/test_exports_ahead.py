@@ -206,7 +206,7 @@ async def test_exports_and_pages_of_kinds_built_ahead_read_kept_rows_and_the_que
                 limit=2,
                 helper=helper,
             )
-            lines += [orjson.dumps(record) + b"\n" for record in result.records]
+            lines += [orjson.dumps(record) for record in result.records]  # newline included
             await result.release()
             if not result.has_more:
                 break

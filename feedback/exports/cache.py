@@ -61,7 +61,6 @@ __all__ = [
     "build_key",
     "cache_key",
     "save_rows",
-    "split_lines",
 ]
 
 _log = logging.getLogger(__name__)
@@ -137,11 +136,6 @@ def cache_key(fmt: str, flt: ExportFilter, pseudonym_secret: bytes) -> CacheKey 
     if flt.min_rating is not None or flt.tags:
         return None
     return CacheKey(KINDS[fmt], build_key(pseudonym_secret))
-
-
-def split_lines(body: bytes) -> list[bytes]:
-    """The records of a kept body, one JSON document each (without the newline)."""
-    return body.split(b"\n")[:-1]
 
 
 @dataclass(slots=True)

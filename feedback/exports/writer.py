@@ -35,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from feedback.exports.cache import RecordFill, split_lines
+from feedback.exports.cache import RecordFill
 from feedback.exports.collector import collect_young, gc_paused
 from feedback.exports.filters import FORMATS, ExportError, check_format
 from feedback.exports.records import RecordBuilder
@@ -141,10 +141,11 @@ async def iter_turn_record_batches(
     (up to ``last_id`` included, when given) that gives at least one, in a stable order, a
     list for each page of turns read (a loop over a page costs less than a yield a turn).
 
-    Each record is a dict, or, with a ``fill``, an :class:`orjson.Fragment` of its JSON (the
-    same bytes ``orjson.dumps`` gives the dict): turns with valid kept records are not built
-    again, and the records of the others are added to ``fill``, which the caller saves when it
-    suits it (see :mod:`feedback.exports.cache`).
+    Each record is a dict, or, with a ``fill``, an :class:`orjson.Fragment` of its JSON line
+    (the bytes ``orjson.dumps`` gives the dict, and the newline that ends it in a kept row:
+    whitespace to JSON; cutting it off copied every record, 45 ms for a 26 MB oasst page):
+    turns with valid kept records are not built again, and the records of the others are added
+    to ``fill``, which the caller saves when it suits it (see :mod:`feedback.exports.cache`).
 
     With ``prefetch`` the next page of ``batch_size`` turns is read while the caller consumes
     this one (two pages in memory; wasted if the caller stops early), until
@@ -179,14 +180,14 @@ async def iter_turn_record_batches(
                     if not tree.size:
                         continue
                     if tree.size == 1:
-                        records: list[Any] = [fragment(tree.records[:-1])]
+                        records: list[Any] = [fragment(tree.records)]
                     else:
-                        records = [fragment(line) for line in split_lines(tree.records)]
+                        records = [fragment(line) for line in tree.records.splitlines(True)]
                 elif fill is None:
                     records = builder.records(tree, fmt)
                 else:
-                    built = [dumps(record) for record in builder.records(tree, fmt)]
-                    fill.add(tree.user_turn_id, tree.revision, [line + b"\n" for line in built])
+                    built = [dumps(record) + b"\n" for record in builder.records(tree, fmt)]
+                    fill.add(tree.user_turn_id, tree.revision, built)
                     records = [fragment(line) for line in built]
                 if records:
                     batch.append((tree.user_turn_id, records))
