@@ -97,15 +97,19 @@ async def test_pages_never_split_a_user_turn(monkeypatch: pytest.MonkeyPatch) ->
     assert await next_page(None, 100) == ([0, 1, 2, 3, 4, 5, 6], 4, False)
 
 
-def _cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def _environment(**env: str) -> dict[str, str]:
+    """This process's environment without its ``GREENROOM_*`` variables, plus ``env``."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
-    environment.update(env)
+    return {**environment, **env}
+
+
+def _cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(Path(sys.executable).with_name("greenroom")), *args],
+        [GREENROOM, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env=environment,
+        env=_environment(**env),
         timeout=120,
         check=False,
     )
@@ -143,11 +147,10 @@ def test_greenroom_api_serves_on_uvloop(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("GREENROOM_")}
     server = subprocess.Popen(
         [GREENROOM, "api", "--port", str(port), "--no-page-helper"],
         cwd=tmp_path,
-        env={**environment, **env},
+        env=_environment(**env),
         stderr=subprocess.PIPE,
         text=True,
     )
