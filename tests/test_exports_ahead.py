@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 import uvicorn
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -476,3 +476,76 @@ async def test_kept_bodies_are_compressed_with_lz4_on_postgresql(
             )
         )
         assert set(methods) == {"lz4"}
+
+
+async def _vacuums(session: AsyncSession) -> tuple[int, int]:
+    """PostgreSQL's count of vacuums and analyses of ``turn_records`` so far."""
+    row = (
+        await session.execute(
+            text(
+                "SELECT vacuum_count, analyze_count FROM pg_stat_user_tables "
+                "WHERE relid = 'turn_records'::regclass"
+            )
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+async def test_a_large_build_vacuums_the_kept_rows_and_the_queue_on_postgresql(
+    store: ConversationStore,
+    corrections: CorrectionStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await build_scenario(store, corrections)
+    sessions = store._sessions
+    postgresql = sessions.kw["bind"].dialect.name == "postgresql"
+    before = (0, 0)
+    if postgresql:
+        async with sessions() as session:
+            before = await _vacuums(session)
+    await queue_stale_kinds(sessions, FORMATS, SECRET)
+    turns = await queued_count(sessions)
+    # one turn short of a large build: no vacuum
+    monkeypatch.setattr(ahead_module, "VACUUM_AFTER", turns + 1)
+    caplog.set_level(logging.INFO, logger=ahead_module.__name__)
+    assert (await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)).turns == turns
+    assert "vacuumed" not in caplog.text
+    if postgresql:
+        async with sessions() as session:
+            assert await _vacuums(session) == before
+
+    # a large one: its dead rows are vacuumed and the tables analysed, on PostgreSQL only
+    await queue_stale_kinds(sessions, FORMATS, SECRET + b"-new")
+    monkeypatch.setattr(ahead_module, "VACUUM_AFTER", turns)
+    await build_queued(sessions, FORMATS, pseudonym_secret=SECRET + b"-new")
+    if not postgresql:
+        assert not await ahead_module.vacuum_kept_rows(sessions)
+        assert "vacuumed" not in caplog.text
+        return
+    assert "vacuumed the kept records and the build queue" in caplog.text
+    async with sessions() as session:
+        vacuums, analyses = await _vacuums(session)
+    assert (vacuums, analyses) >= (before[0] + 1, before[1] + 1)
+    await _all_built_and_served_as_fresh(sessions, tmp_path)
+
+
+async def test_a_vacuum_that_fails_is_logged_and_the_build_stands(
+    store: ConversationStore,
+    corrections: CorrectionStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await build_scenario(store, corrections)
+    sessions = store._sessions
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("only PostgreSQL is vacuumed")
+    await queue_stale_kinds(sessions, FORMATS, SECRET)
+    turns = await queued_count(sessions)
+    monkeypatch.setattr(ahead_module, "VACUUM_AFTER", 1)
+    monkeypatch.setattr(ahead_module, "_VACUUM", text("VACUUM (ANALYZE) no_such_table"))
+    assert (await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)).turns == turns
+    assert "were not vacuumed after a large build" in caplog.text
+    await _all_built_and_served_as_fresh(sessions, tmp_path)
