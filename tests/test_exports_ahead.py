@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from feedback.api import create_app
 from feedback.api import records as api_records
 from feedback.corrections import CorrectionStore
-from feedback.exports import FORMATS, ExportFilter
+from feedback.exports import FORMATS, ExportFilter, RecordBuilder
 from feedback.exports import ahead as ahead_module
 from feedback.exports import tree as tree_module
 from feedback.exports.ahead import (
@@ -29,9 +29,10 @@ from feedback.exports.ahead import (
     queued_count,
     watch,
 )
+from feedback.exports.cache import cache_key
 from feedback.models import MessageNode, RecordBuild, TurnBuildQueue, TurnRecords
 from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
-from tests.test_exports import SECRET, Scenario, build_scenario, set_consent
+from tests.test_exports import SECRET, Scenario, _regenerate, build_scenario, set_consent
 from tests.test_exports_cache import _export, _refuse_to_build
 
 if TYPE_CHECKING:
@@ -549,3 +550,130 @@ async def test_a_vacuum_that_fails_is_logged_and_the_build_stands(
     assert (await build_queued(sessions, FORMATS, pseudonym_secret=SECRET)).turns == turns
     assert "were not vacuumed after a large build" in caplog.text
     await _all_built_and_served_as_fresh(sessions, tmp_path)
+
+
+async def _many_turns_built(store: ConversationStore, corrections: CorrectionStore) -> Scenario:
+    """The scenario and twelve more turns, every format built ahead, then three turns queued
+    between kept ones (one with two replies) and one new turn at the end: several small
+    batches of each kind."""
+    scenario = await build_scenario(store, corrections)
+    for n in range(12):
+        if n % 3:
+            await add_turn(store, state="sent", text=f"turn {n}", reply=f"Reply {n}.")
+            continue
+        # a regeneration an actor picked: preference kinds get these turns too
+        turn = await add_turn(store, state="held", text=f"turn {n}", reply=f"Reply {n}.")
+        picked = await _regenerate(corrections, turn, f"Again {n}.", f"g{n}")
+        await corrections.approve(picked, actor=BOB_ACTOR, key=f"a{n}")
+    await queue_stale_kinds(store._sessions, FORMATS, SECRET)
+    await build_queued(store._sessions, FORMATS, pseudonym_secret=SECRET)
+    await corrections.rate(scenario.rated.candidate_id, actor=ALICE_ACTOR, rating=1, key="x1")
+    await corrections.rate(scenario.unreviewed.candidate_id, actor=BOB_ACTOR, rating=5, key="x2")
+    await corrections.rate(scenario.rated_pair.candidate_id, actor=BOB_ACTOR, rating=3, key="x3")
+    await add_turn(store, state="sent", text="the last", reply="Last.")
+    return scenario
+
+
+async def _trees(
+    sessions: async_sessionmaker[AsyncSession], fmt: str, **options: Any
+) -> list[tuple[int, bytes | None]]:
+    """Each tree read in batches of 2 as ``(turn id, kept records)`` (``None`` if built)."""
+    found = []
+    pages = tree_module.iter_turn_trees(
+        sessions,
+        ExportFilter(),
+        batch_size=2,
+        min_replies=RecordBuilder.min_replies(fmt),
+        cache=cache_key(fmt, ExportFilter(), SECRET),
+        **options,
+    )
+    async for page in pages:
+        for tree in page:
+            kept = tree.records if isinstance(tree, tree_module.KeptTurn) else None
+            found.append((tree.user_turn_id, kept))
+    return found
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the reads of kept rows, those made two ahead apart."""
+    counts = {"next": 0, "two ahead": 0}
+    read_kept = tree_module._read_kept
+
+    async def counted(*args: Any, skip: int = 0) -> Any:
+        counts["two ahead" if skip else "next"] += 1
+        return await read_kept(*args, skip=skip)
+
+    monkeypatch.setattr(tree_module, "_read_kept", counted)
+    return counts
+
+
+async def test_reading_two_batches_ahead_gives_the_same_trees(
+    store: ConversationStore, corrections: CorrectionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _many_turns_built(store, corrections)
+    sessions = store._sessions
+    postgresql = sessions.kw["bind"].dialect.name == "postgresql"
+    for fmt in FORMATS:
+        one_ahead = await _trees(sessions, fmt)
+        assert len(one_ahead) >= 5, fmt  # three batches at least
+        assert any(kept is None for _turn, kept in one_ahead), fmt  # queued turns among them
+        counts = _count_reads(monkeypatch)
+        assert await _trees(sessions, fmt, read_two_ahead=True) == one_ahead, fmt
+        if postgresql:  # reads two ahead were made, and used: fewer reads of the next batch
+            assert counts["two ahead"] >= 1, fmt
+            assert counts["next"] < -(-len(one_ahead) // 2) + 1, (fmt, counts)
+        else:  # SQLite reads one batch at a time
+            assert counts["two ahead"] == 0, fmt
+        # up to a last turn id, and no more reads than the turns asked for need
+        last_id = one_ahead[-3][0]
+        assert await _trees(sessions, fmt, read_two_ahead=True, last_id=last_id) == [
+            tree for tree in one_ahead if tree[0] <= last_id
+        ], fmt
+        counts["two ahead"] = 0
+        first = await _trees(sessions, fmt, read_two_ahead=True, read_ahead_until=4)
+        assert first == one_ahead, fmt
+        assert counts["two ahead"] <= 1, (fmt, counts)
+        monkeypatch.undo()
+
+
+async def test_a_read_made_two_ahead_that_began_elsewhere_is_read_again(
+    store: ConversationStore, corrections: CorrectionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenario = await _many_turns_built(store, corrections)
+    sessions = store._sessions
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("SQLite reads one batch at a time")
+    counts = _count_reads(monkeypatch)
+    one_ahead = await _trees(sessions, "trl-sft")
+    reads = counts["next"]
+    monkeypatch.undo()
+    read_kept = tree_module._read_kept
+    # every read two ahead says it began elsewhere: each batch is read again, from its start
+    counts = {"next": 0}
+
+    async def misplaced(*args: Any, skip: int = 0) -> Any:
+        batch = await read_kept(*args, skip=skip)
+        if skip:
+            batch.start = -1
+        else:
+            counts["next"] += 1
+        return batch
+
+    monkeypatch.setattr(tree_module, "_read_kept", misplaced)
+    assert await _trees(sessions, "trl-sft", read_two_ahead=True) == one_ahead
+    assert counts["next"] == reads
+
+    # a kept turn changes while reads are in flight: each turn still comes once, in order
+    changed = {"done": False}
+
+    async def change_first(*args: Any, skip: int = 0) -> Any:
+        if skip and not changed["done"]:
+            changed["done"] = True
+            await corrections.rate(scenario.low.candidate_id, actor=BOB_ACTOR, rating=4, key="c")
+        return await read_kept(*args, skip=skip)
+
+    monkeypatch.setattr(tree_module, "_read_kept", change_first)
+    turns = [turn for turn, _kept in await _trees(sessions, "trl-sft", read_two_ahead=True)]
+    assert changed["done"]
+    monkeypatch.undo()
+    assert turns == [turn for turn, _kept in await _trees(sessions, "trl-sft")]

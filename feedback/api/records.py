@@ -205,6 +205,7 @@ async def page(
                 # The next batch is read while this one is built, up to the turns a page
                 # needs when each gives a record (no batch is read to be thrown away).
                 read_ahead_until=limit + 1,
+                read_two_ahead=True,
                 retain=retained,
                 fill=kept,
             )

@@ -58,6 +58,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 from sqlalchemy.types import NullType
 
@@ -642,6 +643,9 @@ class _Batch:
     trees: list[TurnTree | KeptTurn]
     position: int
     more: bool
+    #: A read that skipped rows (see :func:`_read_kept`): where it began, ``None`` if the
+    #: rows to skip ran out first.
+    start: int | None = None
 
 
 def _kept_statement(
@@ -652,9 +656,26 @@ def _kept_statement(
     size: int,
     *,
     scan_first: bool,
+    skip: int = 0,
+) -> tuple[Any, dict[str, int]]:
+    """:func:`_kept_query` and the values of its parameters."""
+    values = {"position": position, "size": size}
+    if last_id is not None:
+        values["last_id"] = last_id
+    if skip:
+        values["offset"], values["scan_size"] = skip - 1, size + 1
+    query = _kept_query(flt, cache, last_id is not None, scan_first=scan_first, skip=skip > 0)
+    return query, values
+
+
+@lru_cache(maxsize=64)
+def _kept_query(
+    flt: ExportFilter, cache: CacheKey, up_to_last_id: bool, *, scan_first: bool, skip: bool
 ) -> Any:
     """One statement (so one snapshot on both backends) of ``(source, turn id, conversation id,
-    body)`` rows, after ``position`` and up to ``last_id``:
+    body)`` rows, after ``position`` and up to ``last_id`` (its parameters, see
+    :func:`_kept_statement`; made once for the pages of one filter: it took an eighth of the
+    CPU time of an oasst page, a statement a batch):
 
     - source 0 if ``cache``'s kind is built ahead under its key;
     - source 1 for each valid kept row with records of the selected turns, the next ``size``
@@ -667,11 +688,18 @@ def _kept_statement(
     with the joins first, PostgreSQL scanned and sorted the whole table for every batch (1.8 s
     a batch, against 60 ms). SQLite plans the joins-first form well, and took 1.6-1.9x as long
     a page with the scan first (likely because it reads that common table expression twice).
+
+    ``skip`` (with ``scan_first``) starts after the kind's ``offset + 1``-th row after
+    ``position`` instead, whose turn id comes as source 5 (none if there are fewer): the read
+    after the next, made while the next is being read (see :func:`iter_turn_trees`). That
+    row's own kept row comes too, as the scan's first; the caller drops it.
     """
     joins, consent = consent_rule(flt)
     turn, queued_turn = TurnRecords.user_turn_id, TurnBuildQueue.user_turn_id
+    position, size = bindparam("position", type_=Integer), bindparam("size", type_=Integer)
     kept_span, queued_span = [turn > position], [queued_turn > position]
-    if last_id is not None:
+    if up_to_last_id:
+        last_id = bindparam("last_id", type_=Integer)
         kept_span.append(turn <= last_id)
         queued_span.append(queued_turn <= last_id)
     of_kind = (TurnRecords.kind == cache.kind, TurnRecords.build_key == cache.build_key)
@@ -683,22 +711,31 @@ def _kept_statement(
     source: Any = TurnRecords
     turn_id, revision, body = turn, TurnRecords.revision, TurnRecords.body
     if scan_first:
-        source = (
-            select(turn.label("turn_id"), TurnRecords.revision, TurnRecords.body)
-            .where(*of_kind, *kept_span)
-            .order_by(turn)
-            .limit(size)
-            .cte("scanned")
+        scan = select(turn.label("turn_id"), TurnRecords.revision, TurnRecords.body).where(
+            *of_kind, *kept_span
         )
+        if skip:  # the first row scanned is where this read starts
+            scan = (
+                scan.order_by(turn)
+                .offset(bindparam("offset", type_=Integer))
+                .limit(bindparam("scan_size", type_=Integer))
+            )
+        else:
+            scan = scan.order_by(turn).limit(size)
+        source = scan.cte("scanned")
         turn_id, revision, body = source.c.turn_id, source.c.revision, source.c.body
         parts.append(
             select(
                 literal(3).label("source"),
                 func.max(turn_id).label("turn_id"),
-                func.count().label("conversation_id"),
+                (func.count() - (1 if skip else 0)).label("conversation_id"),
                 cast(null(), LargeBinary).label("body"),
             ).select_from(source)
         )
+        if skip:
+            start = select(func.min(turn_id)).select_from(source).scalar_subquery()
+            parts.append(select(literal(5), start, *_no_tree()))
+            queued_span[0] = queued_turn > start
     fresh = MessageNode.revision == revision
     # Scanned first, a kept row whose turn changed since comes as source 4 (its turn is queued,
     # see feedback.exports.ahead). Compared in the join instead, the revisions made PostgreSQL
@@ -756,10 +793,13 @@ async def _read_kept(
     last_id: int | None,
     size: int,
     times: bool,
+    skip: int = 0,
 ) -> _Batch | None:
     """The next batch of a kind built ahead, read from its kept rows, with the queued turns
     among them read from ``turns`` (the usual turn query) and merged in id order; ``None`` if
-    the kind is not built ahead under ``cache``'s key (any more).
+    the kind is not built ahead under ``cache``'s key (any more). With ``skip`` (PostgreSQL),
+    the batch after the kind's ``skip``-th kept row after ``position``, which its ``start``
+    names.
 
     The turns served from kept rows are :class:`KeptTurn`. Why this is every turn: see
     :mod:`feedback.exports.ahead` (the kept rows and the queue are read in one statement, so a
@@ -770,13 +810,12 @@ async def _read_kept(
         dialect = connection.dialect.name
         scan_first = dialect == "postgresql"
         await _plan_for_values(connection)
-        rows = (
-            await connection.execute(
-                _kept_statement(flt, cache, position, last_id, size, scan_first=scan_first)
-            )
-        ).all()
+        query, values = _kept_statement(
+            flt, cache, position, last_id, size, scan_first=scan_first, skip=skip
+        )
+        rows = (await connection.execute(query, values)).all()
         built_ahead, kept, queued = False, [], []
-        scan_end, scanned = position, 0
+        scan_end, scanned, start = position, 0, None
         for row in rows:
             if row[0] == 1:
                 kept.append(row)
@@ -786,8 +825,16 @@ async def _read_kept(
                 scan_end, scanned = row[1] or position, row[2]
             elif row[0] == 0:
                 built_ahead = True
+            elif row[0] == 5:
+                start = row[1]
         if not built_ahead:
             return None
+        if skip:
+            if start is None:
+                return _Batch([], position, True, None)
+            position = start
+            kept = [row for row in kept if row[1] > start]
+            scan_end = max(scan_end, start)
         # SQL does not promise the order of a UNION's rows (they come sorted: this is cheap).
         kept.sort(key=itemgetter(1))
         queued.sort()
@@ -817,7 +864,13 @@ async def _read_kept(
                 built = await _read_page(connection, turn_rows, times=times, cached=True)
                 trees = list(heapq.merge(trees, built, key=attrgetter("user_turn_id")))
     last_seen = max([scan_end, *queued])
-    return _Batch(trees, end if end is not None else last_seen, end is not None)
+    return _Batch(trees, end if end is not None else last_seen, end is not None, start)
+
+
+def _dialect(sessions: async_sessionmaker[AsyncSession]) -> str | None:
+    """The name of the sessions' database dialect, if they are bound to an engine."""
+    engine = sessions.kw.get("bind")
+    return None if engine is None else str(engine.dialect.name)
 
 
 async def _plan_for_values(connection: AsyncConnection) -> None:
@@ -863,6 +916,7 @@ async def iter_turn_trees(
     cache: CacheKey | None = None,
     only_ids: list[int] | None = None,
     any_author: bool = False,
+    read_two_ahead: bool = False,
 ) -> AsyncIterator[list[TurnTree | KeptTurn]]:
     """Pages of :class:`TurnTree` in user-turn id order, after ``after_id`` up to ``last_id``.
 
@@ -914,9 +968,29 @@ async def iter_turn_trees(
             return _Batch(trees, position, False)
         return _Batch(trees, turn_rows[-1][0], len(turn_rows) == batch_size)
 
+    async def read_after_next(position: int) -> _Batch | None:
+        """The read after the one from ``position``, made at the same time (``None`` if the
+        kind is no longer built ahead); :func:`read_from` checks where it began."""
+        assert cache is not None
+        return await _read_kept(
+            sessions, flt, cache, turns, position, last_id, batch_size, times, skip=batch_size
+        )
+
+    async def read_from(position: int, guess: asyncio.Task[_Batch | None]) -> _Batch:
+        """The read from ``position``: ``guess`` if it began there, else a new one."""
+        try:
+            batch = await guess
+        except SQLAlchemyError:  # read again, and raise if it fails again
+            batch = None
+        if batch is not None and batch.start == position and kept_first:
+            return batch
+        return await read(position)
+
     position = after_id if after_id is not None else 0
     turns_read = 0
     pending: asyncio.Task[_Batch] | None = None
+    after_pending: asyncio.Task[_Batch | None] | None = None
+    two_ahead = read_two_ahead and prefetch and kept_first and _dialect(sessions) == "postgresql"
     try:
         while True:
             if pending is not None:
@@ -931,14 +1005,24 @@ async def iter_turn_trees(
                 and prefetch
                 and (read_ahead_until is None or turns_read < read_ahead_until)
             ):
-                pending = asyncio.ensure_future(read(position))
+                if after_pending is not None:
+                    pending = asyncio.ensure_future(read_from(position, after_pending))
+                    after_pending = None
+                else:
+                    pending = asyncio.ensure_future(read(position))
+                # Read two ahead only when the next read cannot give all the turns needed.
+                if two_ahead and (
+                    read_ahead_until is None or turns_read + batch_size < read_ahead_until
+                ):
+                    after_pending = asyncio.ensure_future(read_after_next(position))
             if batch.trees:
                 yield batch.trees
             if not batch.more:
                 return
     finally:
-        if pending is not None:
-            pending.cancel()
-            # Nobody wants that page any more: neither its rows nor its error.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pending
+        for task in (pending, after_pending):
+            if task is not None:
+                task.cancel()
+                # Nobody wants that page any more: neither its rows nor its error.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task

@@ -134,6 +134,7 @@ async def iter_turn_record_batches(
     batch_size: int = DEFAULT_BATCH_SIZE,
     prefetch: bool = True,
     read_ahead_until: int | None = None,
+    read_two_ahead: bool = False,
     retain: list[Any] | None = None,
     fill: RecordFill | None = None,
 ) -> AsyncIterator[list[tuple[int, list[Any]]]]:
@@ -166,6 +167,7 @@ async def iter_turn_record_batches(
         read_ahead_until=read_ahead_until,
         min_replies=builder.min_replies(fmt),
         cache=None if fill is None else fill.key,
+        read_two_ahead=read_two_ahead,
     )
     dumps, fragment = orjson.dumps, orjson.Fragment
     async with contextlib.aclosing(pages):
