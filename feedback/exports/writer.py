@@ -150,7 +150,8 @@ async def iter_turn_record_batches(
 
     With ``prefetch`` the next page of ``batch_size`` turns is read while the caller consumes
     this one (two pages in memory; wasted if the caller stops early), until
-    ``read_ahead_until`` turns were read (see :func:`~feedback.exports.tree.iter_turn_trees`).
+    ``read_ahead_until`` turns were read, and also the page after the next with
+    ``read_two_ahead`` (see :func:`~feedback.exports.tree.iter_turn_trees`).
     Each page of trees read is appended to ``retain`` when it is given, so the caller decides
     when they are freed (freeing a page of trees costs about a third of building its records).
     """
