@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from feedback.api.helper import HELPER_SHARE, HelperError, Turn
+from feedback.database import dialect_name
 from feedback.exports import RecordBuilder, iter_turn_record_batches, iter_turn_records
 from feedback.exports.ahead import is_built_ahead
 from feedback.exports.cache import RecordFill
@@ -232,9 +233,7 @@ def _helps_little(sessions: async_sessionmaker[AsyncSession], helper: PageHelper
     helper's records would only be handed over. On PostgreSQL it reads half the page on a
     second server process, the one part that runs in parallel, unless the records are so large
     that handing them over costs more (see :data:`feedback.api.helper.LARGE_RECORD_BYTES`)."""
-    engine = sessions.kw.get("bind")
-    sqlite = engine is not None and engine.dialect.name == "sqlite"
-    return sqlite or helper.hands_over_large_records(fmt)
+    return dialect_name(sessions) == "sqlite" or helper.hands_over_large_records(fmt)
 
 
 def _batch_size(turns: int) -> int:

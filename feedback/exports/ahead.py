@@ -66,7 +66,7 @@ import orjson
 from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from feedback.database import create_engine, session_factory
+from feedback.database import autocommit_engine, create_engine, dialect_name, session_factory
 from feedback.exports.cache import KINDS, CacheKey, build_key, save_rows
 from feedback.exports.collector import collect_young, gc_paused
 from feedback.exports.filters import ExportFilter, check_format
@@ -238,13 +238,11 @@ async def vacuum_kept_rows(sessions: async_sessionmaker[AsyncSession]) -> bool:
     """``VACUUM (ANALYZE)`` the kept rows and the queue on PostgreSQL (see Tidying above);
     whether it ran. SQLite keeps no dead rows to clear. A failure is logged, not raised: the
     records are kept, and autovacuum can still tidy them."""
-    engine = sessions.kw["bind"]
-    if engine.dialect.name != "postgresql":
+    if dialect_name(sessions) != "postgresql":
         return False
     try:
-        # VACUUM cannot run inside a transaction block.
-        async with engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        # VACUUM cannot run inside a transaction block: AUTOCOMMIT runs it alone.
+        async with autocommit_engine(sessions).connect() as connection:
             await connection.execute(_VACUUM)
     except SQLAlchemyError as error:
         _log.warning("the kept records were not vacuumed after a large build: %s", error)

@@ -62,6 +62,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 from sqlalchemy.types import NullType
 
+from feedback.database import dialect_name
 from feedback.models import (
     Conversation,
     FeedbackEvent,
@@ -832,9 +833,8 @@ async def _read_kept(
         if skip:
             if start is None:
                 return _Batch([], position, True, None)
-            position = start
+            position = start  # the scan's first row, so scan_end is at least start
             kept = [row for row in kept if row[1] > start]
-            scan_end = max(scan_end, start)
         # SQL does not promise the order of a UNION's rows (they come sorted: this is cheap).
         kept.sort(key=itemgetter(1))
         queued.sort()
@@ -865,12 +865,6 @@ async def _read_kept(
                 trees = list(heapq.merge(trees, built, key=attrgetter("user_turn_id")))
     last_seen = max([scan_end, *queued])
     return _Batch(trees, end if end is not None else last_seen, end is not None, start)
-
-
-def _dialect(sessions: async_sessionmaker[AsyncSession]) -> str | None:
-    """The name of the sessions' database dialect, if they are bound to an engine."""
-    engine = sessions.kw.get("bind")
-    return None if engine is None else str(engine.dialect.name)
 
 
 async def _plan_for_values(connection: AsyncConnection) -> None:
@@ -997,7 +991,8 @@ async def iter_turn_trees(
     turns_read = 0
     pending: asyncio.Task[_Batch] | None = None
     after_pending: asyncio.Task[_Batch | None] | None = None
-    two_ahead = read_two_ahead and prefetch and kept_first and _dialect(sessions) == "postgresql"
+    postgresql = dialect_name(sessions) == "postgresql"
+    two_ahead = read_two_ahead and prefetch and kept_first and postgresql
     try:
         if two_ahead and (read_ahead_until is None or batch_size < read_ahead_until):
             # the second read starts with the first
