@@ -114,15 +114,14 @@ def _login_name() -> str:
 async def _chat(settings: Settings, persona: str, user: str) -> None:
     from bot.runtime import open_runtime
     from bot.terminal import TerminalChat
-    from feedback.corrections import CorrectionStore
     from feedback.privacy import PrivacyStore
 
     async with open_runtime(settings) as runtime:
         terminal = TerminalChat(
             runtime.engine,
+            decisions=runtime.decisions,
             persona=persona,
             user=user,
-            corrections=CorrectionStore(runtime.sessions),
             privacy=PrivacyStore(runtime.sessions),
         )
         if sys.stdin.isatty():

@@ -1,10 +1,11 @@
 """The conversation engine: one incoming message in, one persona reply out.
 
 It knows nothing of Discord or terminals. A transport builds an :class:`IncomingMessage`, awaits
-:meth:`ConversationEngine.respond`, delivers the :class:`Reply` and reports back with
-:meth:`ConversationEngine.mark_sent`. On the way the engine resolves the persona, loads the
-conversation's history, recalls memories, builds the prompt, generates, cleans up, checks the
-reply and stores the user turn and the reply with the exact prompt that produced it.
+:meth:`ConversationEngine.respond` and hands the :class:`Reply` to the decision service
+(:mod:`bot.decisions`), which sends or holds it, marks it sent and remembers it. On the way the
+engine resolves the persona, loads the conversation's history, recalls memories, builds the
+prompt, generates, cleans up, checks the reply and stores the user turn and the reply with the
+exact prompt that produced it.
 """
 
 from __future__ import annotations
@@ -338,7 +339,7 @@ class ConversationEngine:
             fallback = True
             flags.append({"kind": "generation_failed", "reason": error.reason})
         if not fallback:
-            flags.extend(await self._check(persona, incoming, reply_text))
+            flags.extend(await self._check(persona, incoming.user_id, reply_text))
         risk = self.risk.assess(
             text, flags=flags, actor_only_topics=persona.greenroom.actor_only_topics
         )
@@ -452,10 +453,14 @@ class ConversationEngine:
             external_id=incoming.external_id,
         )
 
-    async def regenerate(self, candidate_id: int) -> tuple[str, SnapshotData, list[dict[str, Any]]]:
-        """A new candidate for the same prompt as ``candidate_id``: text, snapshot and flags.
+    async def regenerate(
+        self, candidate_id: int, *, user_id: str, user_name: str
+    ) -> tuple[str, SnapshotData, list[dict[str, Any]]]:
+        """A new candidate for the same prompt as ``candidate_id`` (a reply to ``user_id``,
+        shown as ``user_name``): text, snapshot and flags. Nothing is stored.
 
-        Raises :class:`~bot.llm.GenerationError` when the model fails (the actor is told).
+        Raises :class:`LookupError` when the prompt is gone (erased) and
+        :class:`~bot.llm.GenerationError` when the model fails (the actor is told).
         """
         node = await self.store.get_node(candidate_id)
         if node is None or node.prompt_snapshot_id is None:
@@ -466,14 +471,11 @@ class ConversationEngine:
         persona = self.personas.get(snapshot.persona)
         messages = [_to_message(item) for item in snapshot.messages]
         result = await generate(self.model, messages, timeout_s=self.limits.timeout_s)
-        user_name = _user_name_of(snapshot.messages)
-        text = clean_reply(result.text, speaker=persona.name, others=(user_name,))
+        text = clean_reply(result.text, speaker=persona.name, others=(display_name(user_name),))
         if not text:
             raise GenerationError("the new candidate was empty", reason="empty")
         text = "\n".join(split_message(text, self.limits.max_reply_chars))
-        parent = await self.store.get_node(node.parent_id) if node.parent_id else None
-        user_id = parent.author_id if parent is not None else ""
-        flags = await self._check(persona, _Scoped(user_id), text)
+        flags = await self._check(persona, user_id, text)
         fresh = SnapshotData(
             messages=list(snapshot.messages),
             persona=snapshot.persona,
@@ -483,81 +485,6 @@ class ConversationEngine:
             memories=list(snapshot.memories),
         )
         return text, fresh, flags
-
-    async def delivered(
-        self, node_id: int, *, external_id: str | None, replaces: int | None = None
-    ) -> None:
-        """Record that an actor-decided node went out; memory follows what was sent.
-
-        ``replaces`` names the node it replaced in place (a rewrite of a sent reply): memory
-        swaps that turn's text instead of remembering a new one.
-        """
-        await self.store.mark_sent(node_id, external_id)
-        if self.memory is None:
-            return
-        node = await self.store.get_node(node_id)
-        parent = await self.store.get_node(node.parent_id) if node and node.parent_id else None
-        if node is None or parent is None:
-            return
-        if replaces is None:
-            await self._remember(
-                persona=node.author_name,
-                user_id=parent.author_id,
-                conversation_id=node.conversation_id,
-                turns=[(t.id, t.role, t.content, t.author_name) for t in (parent, node)],
-            )
-            return
-        try:
-            await self.memory.replace_turn(
-                persona=node.author_name,
-                user_id=parent.author_id,
-                turn_id=str(replaces),
-                text=node.content,
-            )
-        except Exception as error:
-            _memory_failed(f"could not update memory for delivered node {node_id}", error)
-
-    async def mark_sent(self, reply: Reply, *, external_id: str | None = None) -> None:
-        """Record that ``reply`` went out, then remember both turns (if memory is on).
-
-        Only what was sent is remembered; a memory failure is logged and costs nothing else.
-        """
-        await self.store.mark_sent(reply.candidate_id, external_id)
-        incoming = reply.incoming
-        await self._remember(
-            persona=reply.persona,
-            user_id=incoming.user_id,
-            conversation_id=reply.conversation_id,
-            turns=[
-                (reply.user_turn_id, "user", incoming.text, incoming.user_name),
-                (reply.candidate_id, "assistant", reply.text, reply.persona),
-            ],
-        )
-
-    async def _remember(
-        self,
-        *,
-        persona: str,
-        user_id: str,
-        conversation_id: int,
-        turns: Sequence[tuple[int, str, str, str]],
-    ) -> None:
-        """Remember sent turns ``(id, role, text, speaker)``; a failure is logged, not raised."""
-        if self.memory is None:
-            return
-        try:
-            for turn_id, role, text, speaker in turns:
-                await self.memory.remember_turn(
-                    persona=persona,
-                    user_id=user_id,
-                    conversation_id=str(conversation_id),
-                    turn_id=str(turn_id),
-                    role=role,  # type: ignore[arg-type]
-                    text=text,
-                    speaker=speaker,
-                )
-        except Exception as error:
-            _memory_failed(f"could not remember turns {[turn[0] for turn in turns]}", error)
 
     async def sync_personas(self) -> None:
         """Give memory every persona's canon facts and voice (idempotent; at start-up)."""
@@ -682,14 +609,14 @@ class ConversationEngine:
             return []
         return format_memory_lines(hits)
 
-    async def _check(
-        self, persona: Persona, incoming: IncomingMessage | _Scoped, reply: str
-    ) -> list[dict[str, Any]]:
+    async def _check(self, persona: Persona, user_id: str, reply: str) -> list[dict[str, Any]]:
+        """Consistency flags of ``reply`` against the card, the persona's past lines and what
+        ``user_id`` told it."""
         if self.memory is None:
             return []
         try:
             found = await self.memory.check_reply(
-                persona=persona.name, user_id=incoming.user_id, reply=reply
+                persona=persona.name, user_id=user_id, reply=reply
             )
         except Exception as error:
             _memory_failed("consistency check failed", error)
@@ -714,23 +641,9 @@ def _memory_failed(what: str, error: Exception) -> None:
     _log.debug("memory failure", exc_info=error)
 
 
-@dataclass(frozen=True, slots=True)
-class _Scoped:
-    """The part of an incoming message the consistency check reads: whose memories."""
-
-    user_id: str
-
-
 def _to_message(item: dict[str, str]) -> BaseMessage:
     kind = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}[item["role"]]
     return kind(content=item["content"])
-
-
-def _user_name_of(messages: Sequence[dict[str, str]]) -> str:
-    """The speaker name of a group prompt's last user line (``Name: text``), if any."""
-    last = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    head, sep, _ = last.partition(": ")
-    return head if sep and len(head) <= 64 else ""
 
 
 def _message_dict(message: BaseMessage) -> dict[str, str]:

@@ -11,11 +11,14 @@ import os
 import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from bot.decisions import DecisionService
 from bot.engine import ConversationEngine, EngineLimits
 from bot.llm import build_chat_model
 from bot.settings import ConfigError
+from feedback.corrections import CorrectionStore
 from feedback.database import create_engine, migrate, session_factory
 from feedback.store import ConversationStore
 from personas import PersonaRegistry
@@ -29,7 +32,14 @@ if TYPE_CHECKING:
     from bot.engine import MemoryPort
     from bot.settings import Settings
 
-__all__ = ["Runtime", "engine_limits", "open_memory", "open_runtime", "pseudonym_secret"]
+__all__ = [
+    "Runtime",
+    "decision_service",
+    "engine_limits",
+    "open_memory",
+    "open_runtime",
+    "pseudonym_secret",
+]
 
 _PSEUDONYM_KEY_FILE = "pseudonym.key"
 
@@ -76,6 +86,7 @@ class Runtime:
     model: BaseChatModel
     memory: MemoryPort | None
     engine: ConversationEngine
+    decisions: DecisionService
 
 
 def engine_limits(settings: Settings) -> EngineLimits:
@@ -88,6 +99,19 @@ def engine_limits(settings: Settings) -> EngineLimits:
         timeout_s=settings.model.timeout_s,
         recall_k=settings.memory.recall_k,
         recall_token_budget=settings.memory.recall_token_budget,
+    )
+
+
+def decision_service(
+    settings: Settings, engine: ConversationEngine, sessions: async_sessionmaker[AsyncSession]
+) -> DecisionService:
+    """The decision service every console shares, with the console's hold settings."""
+    console = settings.console
+    return DecisionService(
+        engine=engine,
+        corrections=CorrectionStore(sessions, claim_ttl=timedelta(minutes=console.claim_minutes)),
+        hold_seconds=console.hold_seconds,
+        on_timeout=console.on_timeout,
     )
 
 
@@ -129,6 +153,7 @@ async def open_runtime(
     chat_model = model if model is not None else build_chat_model(settings.model)
     db = create_engine(settings.resolved_database_url)
     memory_port: MemoryPort | None = None
+    decisions: DecisionService | None = None
     try:
         await migrate(db)
         sessions = session_factory(db)
@@ -145,6 +170,7 @@ async def open_runtime(
             limits=engine_limits(settings),
         )
         await engine.sync_personas()
+        decisions = decision_service(settings, engine, sessions)
         yield Runtime(
             settings=settings,
             db=db,
@@ -154,8 +180,11 @@ async def open_runtime(
             model=chat_model,
             memory=memory_port,
             engine=engine,
+            decisions=decisions,
         )
     finally:
+        if decisions is not None:
+            await decisions.close()
         if memory_port is not None and memory is True:
             memory_port.close()
         await db.dispose()

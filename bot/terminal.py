@@ -1,14 +1,17 @@
 """The terminal transport: a Rich chat on a console, or one reply a line when scripted.
 
-It speaks to the same :class:`~bot.engine.ConversationEngine` as Discord does, with
-``transport="terminal"`` and one conversation per user and persona.
+It speaks to the same :class:`~bot.engine.ConversationEngine` and
+:class:`~bot.decisions.DecisionService` as Discord does, with ``transport="terminal"`` and one
+conversation per user and persona. The user is their own actor: ``/rate``, ``/rewrite`` and
+``/regen`` act on the reply they last received, and it is also the outlet that shows replies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.live import Live
 from rich.text import Text
@@ -19,12 +22,12 @@ from feedback.corrections import TAGS, Actor, InvalidAction
 from personas import UnknownPersonaError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import AsyncIterator, Callable, Iterable
 
     from rich.console import Console
 
-    from bot.engine import ConversationEngine, Reply
-    from feedback.corrections import CorrectionStore
+    from bot.decisions import ConversationRef, DecisionService, Delivery
+    from bot.engine import ConversationEngine
     from feedback.privacy import PrivacyStore
 
 __all__ = ["TerminalChat"]
@@ -44,18 +47,39 @@ class TerminalChat:
         self,
         engine: ConversationEngine,
         *,
+        decisions: DecisionService,
         persona: str,
         user: str,
-        corrections: CorrectionStore,
         privacy: PrivacyStore,
     ) -> None:
         self.engine = engine
+        self.decisions = decisions
         self.persona = engine.personas.get(persona).name
         self.user = user
-        self.corrections = corrections
         self.privacy = privacy
         #: The reply the user last received: what /rate, /rewrite and /regen act on.
         self.last_reply_id: int | None = None
+        #: Where delivered replies are shown (set by the running loop).
+        self._show: Callable[[str, str], None] = lambda persona, text: None
+        decisions.add_outlet("terminal", self)
+
+    # -- the decision service's outlet -------------------------------------------------------
+
+    async def deliver(self, delivery: Delivery) -> str | None:
+        """Show a reply (a new one, or the version that replaced the last): terminals have no
+        message ids."""
+        self._show(delivery.persona, delivery.text)
+        self.last_reply_id = delivery.node_id
+        return None
+
+    async def say(self, conversation: ConversationRef, persona: str, text: str) -> None:
+        """A line from the persona that answers nothing."""
+        self._show(persona, text)
+
+    @contextlib.asynccontextmanager
+    async def waiting(self, conversation: ConversationRef) -> AsyncIterator[None]:
+        """Nothing is held in a terminal; nothing to show."""
+        yield
 
     @property
     def user_id(self) -> str:
@@ -82,72 +106,50 @@ class TerminalChat:
         """A solo user correcting their persona acts as their own actor."""
         return Actor(self.user_id, self.user)
 
-    async def _command(self, line: str) -> tuple[str | None, str | None]:
-        """Run a ``/command``: returns (a notice, a new reply line), or (None, None) to quit."""
+    async def _command(self, line: str) -> str | None:
+        """Run a ``/command``: returns the notice to show, or ``None`` to quit."""
         name, _, argument = line[1:].partition(" ")
         argument = argument.strip()
         if name in {"quit", "exit"}:
-            return None, None
+            return None
         if name in {"rate", "rewrite", "regen", "consent"}:
             try:
                 return await self._correction(name, argument)
             except InvalidAction as error:
-                return str(error), None
-        return self._setting(name, argument), None
+                return str(error)
+        return self._setting(name, argument)
 
-    async def _correction(self, name: str, argument: str) -> tuple[str, str | None]:
+    async def _correction(self, name: str, argument: str) -> str:
         if name == "consent":
             if argument not in {"on", "off"}:
-                return "Usage: /consent on|off", None
+                return "Usage: /consent on|off"
             await self.privacy.set_consent(self.user_id, argument == "on")
-            return f"Training consent is {argument}.", None
+            return f"Training consent is {argument}."
         if self.last_reply_id is None:
-            return f"Nothing to /{name} yet: talk to {self.persona} first.", None
+            return f"Nothing to /{name} yet: talk to {self.persona} first."
         if name == "rate":
             parts = argument.split()
             if not parts or not parts[0].isdigit():
-                return "Usage: /rate N [TAGS...], N from 1 to 5", None
+                return "Usage: /rate N [TAGS...], N from 1 to 5"
             rating_text, *tags = parts
-            outcome = await self.corrections.rate(
+            outcome = await self.decisions.rate(
                 self.last_reply_id, actor=self.actor, rating=int(rating_text), tags=tags, key=None
             )
-            return (
-                outcome.message if outcome.status == "refused" else f"Rated {rating_text}/5."
-            ), None
+            return outcome.message if outcome.status == "refused" else f"Rated {rating_text}/5."
         if name == "rewrite":
-            outcome = await self.corrections.rewrite(
+            outcome = await self.decisions.rewrite(
                 self.last_reply_id, actor=self.actor, text=argument, key=None
             )
-            if outcome.status == "refused" or outcome.result_id is None:
-                return outcome.message, None
-            await self._deliver(outcome.result_id, outcome.replaces)
-            return "Rewritten: the persona now remembers your version.", None
-        return await self._regenerate()
-
-    async def _regenerate(self) -> tuple[str, str | None]:
-        assert self.last_reply_id is not None
+            if outcome.status == "refused":
+                return outcome.message
+            return "Rewritten: the persona now remembers your version."
         try:
-            text, snapshot, flags = await self.engine.regenerate(self.last_reply_id)
+            made = await self.decisions.regenerate(
+                self.last_reply_id, actor=self.actor, deliver=True
+            )
         except (GenerationError, LookupError) as error:
-            return f"Could not regenerate: {error}", None
-        made = await self.corrections.regenerate(
-            self.last_reply_id,
-            actor=self.actor,
-            text=text,
-            snapshot=snapshot,
-            flags=flags,
-            hold_until=None,
-            key=None,
-        )
-        if made.status == "refused" or made.result_id is None:
-            return made.message, None
-        picked = await self.corrections.approve(made.result_id, actor=self.actor, key=None)
-        await self._deliver(made.result_id, picked.replaces)
-        return "Regenerated.", f"{self.persona}: {' '.join(text.split())}"
-
-    async def _deliver(self, node_id: int, replaces: int | None) -> None:
-        await self.engine.delivered(node_id, external_id=None, replaces=replaces)
-        self.last_reply_id = node_id
+            return f"Could not regenerate: {error}"
+        return made.message if made.status == "refused" else "Regenerated."
 
     def _setting(self, name: str, argument: str) -> str:
         if name == "persona":
@@ -165,6 +167,19 @@ class TerminalChat:
             return _HELP
         return f"Unknown command /{name}. {_HELP}"
 
+    async def _answer(self, line: str, **options: Any) -> str | None:
+        """Answer one line and show the reply through :meth:`deliver`; returns a notice for
+        the user when there is no reply (a takeover, a refusal), else ``None``."""
+        result = await self.engine.respond(self._incoming(line), **options)
+        if isinstance(result, TakenOver):
+            return await self._pass_to_actor(line)
+        if isinstance(result, Refusal):
+            return result.notice if result.reason != "empty" else None
+        await self.decisions.present(result, hold=False)
+        if result.fallback:
+            return "(the model failed; a fallback line was sent and flagged)"
+        return None
+
     async def run_script(self, lines: Iterable[str], out: TextIO, err: TextIO) -> int:
         """Answer one message a line; print each reply on one line as ``NAME: reply``.
 
@@ -172,29 +187,24 @@ class TerminalChat:
         output go to ``err`` so ``out`` holds only replies.
         """
         replies = 0
+
+        def show(persona: str, text: str) -> None:
+            nonlocal replies
+            print(f"{persona}: {' '.join(text.split())}", file=out, flush=True)
+            replies += 1
+
+        self._show = show
         for raw in lines:
             line = raw.rstrip("\n")
             if line.startswith("/"):
-                shown, reply_line = await self._command(line.strip())
+                shown = await self._command(line.strip())
                 if shown is None:
                     break
                 print(shown, file=err, flush=True)
-                if reply_line is not None:
-                    print(reply_line, file=out, flush=True)
                 continue
-            result = await self.engine.respond(self._incoming(line))
-            if isinstance(result, TakenOver):
-                print(f"! {await self._pass_to_actor(line)}", file=err, flush=True)
-                continue
-            if isinstance(result, Refusal):
-                if result.reason != "empty":
-                    print(f"! {result.notice}", file=err, flush=True)
-                continue
-            await self.engine.mark_sent(result)
-            self.last_reply_id = result.candidate_id
-            one_line = " ".join(result.text.split())
-            print(f"{result.persona}: {one_line}", file=out, flush=True)
-            replies += 1
+            notice = await self._answer(line)
+            if notice is not None:
+                print(f"! {notice}", file=err, flush=True)
         return replies
 
     async def run_interactive(self, console: Console) -> None:
@@ -202,6 +212,9 @@ class TerminalChat:
         persona = self.engine.personas.get(self.persona)
         console.print(f"[bold green]{persona.name}[/]: {persona.greeting(self.user)}")
         console.print(f"[dim]{_HELP}[/]")
+        self._show = lambda name, text: console.print(
+            Text(f"{name}: ", style="bold green") + Text(text)
+        )
         while True:
             try:
                 line = await asyncio.to_thread(console.input, f"[bold]{self.user}[/]> ")
@@ -209,24 +222,22 @@ class TerminalChat:
                 console.print()
                 return
             if line.strip().startswith("/"):
-                shown, reply_line = await self._command(line.strip())
+                shown = await self._command(line.strip())
                 if shown is None:
                     return
                 console.print(f"[dim]{shown}[/]")
-                if reply_line is not None:
-                    console.print(reply_line, style="green")
                 continue
             try:
-                reply = await self._stream_reply(console, line)
+                notice = await self._stream_reply(console, line)
             except Exception:  # the loop survives anything one turn does
                 _log.exception("turn failed")
                 console.print("[red]Something went wrong with that message; try again.[/]")
                 continue
-            if reply is not None:
-                await self.engine.mark_sent(reply)
-                self.last_reply_id = reply.candidate_id
+            if notice is not None:
+                console.print(f"[yellow]{notice}[/]")
 
-    async def _stream_reply(self, console: Console, line: str) -> Reply | None:
+    async def _stream_reply(self, console: Console, line: str) -> str | None:
+        """Answer ``line``, showing the reply as it is generated (then as delivered)."""
         shown = Text()
         header = Text(f"{self.persona}: ", style="bold green")
         with Live(header, console=console, refresh_per_second=12, transient=True) as live:
@@ -235,15 +246,4 @@ class TerminalChat:
                 shown.append(token)
                 live.update(header + shown)
 
-            result = await self.engine.respond(self._incoming(line), on_token=on_token)
-        if isinstance(result, TakenOver):
-            console.print(f"[dim]{await self._pass_to_actor(line)}[/]")
-            return None
-        if isinstance(result, Refusal):
-            if result.reason != "empty":
-                console.print(f"[yellow]{result.notice}[/]")
-            return None
-        console.print(header + Text(result.text))
-        if result.fallback:
-            console.print("[dim](the model failed; a fallback line was sent and flagged)[/]")
-        return result
+            return await self._answer(line, on_token=on_token)

@@ -88,15 +88,17 @@ class Actor:
 
 @dataclass(frozen=True, slots=True)
 class ActionOutcome:
-    """What an action did. ``result_id`` is the node to deliver, if any."""
+    """What an action did. ``result_id`` is the node to deliver, if any.
 
-    status: Literal["done", "duplicate", "refused"]
+    ``accepted``: a request stored to be finished later (a regeneration); ``duplicate``: the
+    same action seen before (same idempotency key); ``refused``: ``message`` says why.
+    """
+
+    status: Literal["done", "accepted", "duplicate", "refused"]
     message: str
     event_id: int | None = None
     candidate_id: int | None = None
     result_id: int | None = None
-    #: The sent node that ``result_id`` replaces in place (edit, don't post), if any.
-    replaces: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,31 +164,15 @@ class CorrectionStore:
         )
         if event is None:
             return None
-        replaced = None
-        if event.result_id is not None:
-            result = await session.get(MessageNode, event.result_id)
-            replaced = await self._replaced_sibling_id(session, result) if result else None
         return ActionOutcome(
             "duplicate",
             "Already recorded.",
             event_id=event.id,
             candidate_id=event.candidate_id,
             result_id=event.result_id,
-            replaces=replaced,
         )
 
-    async def _replaced_sibling_id(self, session: AsyncSession, node: MessageNode) -> int | None:
-        if not node.external_id:
-            return None
-        return await session.scalar(
-            select(MessageNode.id).where(
-                MessageNode.parent_id == node.parent_id,
-                MessageNode.state == "replaced",
-                MessageNode.external_id == node.external_id,
-            )
-        )
-
-    async def _replace_sent_sibling(self, session: AsyncSession, node: MessageNode) -> int | None:
+    async def _replace_sent_sibling(self, session: AsyncSession, node: MessageNode) -> None:
         """If a sibling of ``node`` was sent, ``node`` takes its place: it inherits the sent
         message ids (to be edited in place) and the sibling becomes ``replaced``."""
         sibling = await session.scalar(
@@ -198,10 +184,9 @@ class CorrectionStore:
             )
         )
         if sibling is None or node.parent_id is None:
-            return None
+            return
         sibling.state = "replaced"
         node.external_id = sibling.external_id
-        return sibling.id
 
     async def _claim_blocks(
         self, session: AsyncSession, conversation_id: int, actor: Actor
@@ -233,7 +218,6 @@ class CorrectionStore:
         snapshot = None
         if node is not None and node.prompt_snapshot_id is not None:
             snapshot = await session.get(PromptSnapshot, node.prompt_snapshot_id)
-        replaces = values.pop("replaces", None)
         event = FeedbackEvent(
             kind=kind,
             actor_id=actor.id,
@@ -261,7 +245,6 @@ class CorrectionStore:
             event_id=event.id,
             candidate_id=event.candidate_id,
             result_id=event.result_id,
-            replaces=replaces,
         )
 
     async def _decide(
@@ -366,7 +349,8 @@ class CorrectionStore:
             why = await self._decide(session, node, actor, None if already_sent else "approved")
             if why:
                 return await self._twin_or_refused(session, key, why, candidate_id)
-            replaces = None if already_sent else await self._replace_sent_sibling(session, node)
+            if not already_sent:
+                await self._replace_sent_sibling(session, node)
             return await self._record(
                 session,
                 kind="approve",
@@ -374,7 +358,6 @@ class CorrectionStore:
                 node=node,
                 key=key,
                 result_id=None if already_sent else node.id,
-                replaces=replaces,
             )
 
     async def rewrite(
@@ -394,7 +377,6 @@ class CorrectionStore:
             why = await self._decide(session, node, actor, "replaced" if was_sent else "rejected")
             if why:
                 return await self._twin_or_refused(session, key, why, candidate_id)
-            replaces = node.id if was_sent else None
             rewrite = MessageNode(
                 conversation_id=node.conversation_id,
                 parent_id=node.parent_id,
@@ -411,8 +393,8 @@ class CorrectionStore:
             )
             session.add(rewrite)
             await session.flush()
-            if replaces is None:
-                replaces = await self._replace_sent_sibling(session, rewrite)
+            if not was_sent:
+                await self._replace_sent_sibling(session, rewrite)
             return await self._record(
                 session,
                 kind="rewrite",
@@ -423,7 +405,6 @@ class CorrectionStore:
                 original_text=node.content,
                 new_text=text,
                 edit_distance=Levenshtein.distance(node.content, text),
-                replaces=replaces,
             )
 
     async def request_regeneration(
@@ -484,11 +465,14 @@ class CorrectionStore:
         flags: Sequence[dict[str, Any]],
         hold_until: datetime | None,
         key: str | None,
+        decide: bool = False,
     ) -> ActionOutcome:
         """Keep the old candidate as a rejected alternative and add a new one beside it.
 
         The new candidate is held until ``hold_until`` (or left ``candidate`` when ``None``),
-        waiting for its own decision.
+        waiting for its own decision; with ``decide`` the actor's regeneration is also their
+        decision (a solo user in the terminal): it is ``approved`` to go out, in place of a
+        sent sibling.
         """
         async with self._sessions() as session:
             node = await self._open(session, candidate_id, actor, key)
@@ -515,14 +499,17 @@ class CorrectionStore:
                 author_id=node.author_id,
                 author_name=node.author_name,
                 content=text,
-                state="held" if hold_until is not None else "candidate",
-                hold_until=hold_until,
+                state="approved" if decide else "held" if hold_until is not None else "candidate",
+                hold_until=None if decide else hold_until,
                 prompt_snapshot_id=row.id,
                 console_ref=node.console_ref,
+                decided_by=actor.id if decide else None,
                 flags=list(flags),
             )
             session.add(fresh)
             await session.flush()
+            if decide:
+                await self._replace_sent_sibling(session, fresh)
             if key is not None:  # the request, if one was stored, ends in the same commit
                 await session.execute(delete(PendingAction).where(PendingAction.key == key))
             return await self._record(

@@ -614,6 +614,29 @@ class ConversationStore:
             ).all()
         return [(name, text) for name, text in reversed(rows)]
 
+    async def latest_console_candidate(self, conversation_id: int) -> int | None:
+        """The newest reply of a conversation shown on the actor console, if any."""
+        async with autocommit(self._sessions) as session:
+            return await session.scalar(
+                select(func.max(MessageNode.id)).where(
+                    MessageNode.conversation_id == conversation_id,
+                    MessageNode.role == "assistant",
+                    MessageNode.console_ref.is_not(None),
+                )
+            )
+
+    async def first_sent_reply(self, user_turn_id: int) -> int | None:
+        """The id of the first reply sent for a user turn (later ones replaced it in place:
+        a rewrite or a regeneration of a sent reply), or ``None`` if none went out."""
+        async with autocommit(self._sessions) as session:
+            return await session.scalar(
+                select(func.min(MessageNode.id)).where(
+                    MessageNode.parent_id == user_turn_id,
+                    MessageNode.role == "assistant",
+                    MessageNode.state.in_(("sent", "replaced")),
+                )
+            )
+
     async def get_node(self, node_id: int) -> MessageNode | None:
         """One node of the tree, or ``None``."""
         async with autocommit(self._sessions) as session:

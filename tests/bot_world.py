@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from bot.discord_transport import GreenroomBot
 from bot.engine import ConversationEngine
 from bot.llm import FakeChatModel
-from bot.runtime import engine_limits
+from bot.runtime import decision_service, engine_limits
 from bot.settings import Settings, load_settings
 from feedback.channels import ChannelSettingsStore
 from feedback.database import session_factory
@@ -124,6 +124,7 @@ def _new_bot(
     )
     return GreenroomBot(
         engine=engine,
+        decisions=decision_service(settings, engine, sessions),
         sessions=sessions,
         channels=ChannelSettingsStore(sessions),
         settings=settings,

@@ -6,16 +6,32 @@ is what the bot would have written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from bot.decisions import DecisionService
 from feedback.corrections import Actor, CorrectionStore
 from feedback.store import ConversationStore, SnapshotData
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-__all__ = ["ALICE_ACTOR", "BOB_ACTOR", "Turn", "add_turn", "snapshot_for", "stores"]
+    from bot.decisions import ConversationRef, Delivery
+    from bot.engine import ConversationEngine
+
+__all__ = [
+    "ALICE_ACTOR",
+    "BOB_ACTOR",
+    "RecordingOutlet",
+    "Turn",
+    "add_turn",
+    "decisions_for",
+    "snapshot_for",
+    "stores",
+]
 
 ALICE_ACTOR = Actor("discord:9001", "Alice (actor)")
 BOB_ACTOR = Actor("discord:9002", "Bob (actor)")
@@ -35,6 +51,38 @@ def stores(
 ) -> tuple[ConversationStore, CorrectionStore]:
     """The conversation and correction stores over one session factory."""
     return ConversationStore(sessions), CorrectionStore(sessions)
+
+
+@dataclass
+class RecordingOutlet:
+    """A transport that records what reached its users (every delivery gets ``ext-<node>``)."""
+
+    delivered: list[Delivery] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)
+
+    async def deliver(self, delivery: Delivery) -> str | None:
+        self.delivered.append(delivery)
+        return f"ext-{delivery.node_id}"
+
+    async def say(self, conversation: ConversationRef, persona: str, text: str) -> None:
+        self.said.append(text)
+
+    @contextlib.asynccontextmanager
+    async def waiting(self, conversation: ConversationRef) -> AsyncIterator[None]:
+        yield
+
+
+def decisions_for(
+    engine: ConversationEngine, *, transport: str = "terminal", **options: Any
+) -> tuple[DecisionService, RecordingOutlet]:
+    """A decision service over the engine's store, delivering ``transport``'s replies to a
+    :class:`RecordingOutlet`."""
+    service = DecisionService(
+        engine=engine, corrections=CorrectionStore(engine.store._sessions), **options
+    )
+    outlet = RecordingOutlet()
+    service.add_outlet(transport, outlet)
+    return service, outlet
 
 
 def snapshot_for(

@@ -21,7 +21,6 @@ from bot.engine import ConversationEngine
 from bot.llm import FakeChatModel
 from bot.terminal import TerminalChat
 from feedback.api import create_app
-from feedback.corrections import CorrectionStore
 from feedback.database import session_factory
 from feedback.models import FeedbackEvent, Lease, MessageNode, PromptSnapshot
 from feedback.privacy import PrivacyStore
@@ -31,6 +30,7 @@ from memory import HashingEmbedder, MemoryService
 from personas import PersonaRegistry
 from tests.bot_world import World, running_bot
 from tests.discord_server.fixtures import discord_server
+from tests.factories import decisions_for
 from tests.test_api import SECRET, add_corrections
 from tests.test_console_discord import _ask, _candidate_id, console_world
 
@@ -296,9 +296,9 @@ async def test_the_terminal_has_no_memory_command_and_its_users_are_namespaced(
     )
     chat = TerminalChat(
         engine,
+        decisions=decisions_for(engine)[0],
         persona="Marlowe",
         user="discord:42",  # a terminal user naming themselves after a Discord user
-        corrections=CorrectionStore(sessions),
         privacy=PrivacyStore(sessions),
     )
     assert chat.user_id == "terminal:discord:42"

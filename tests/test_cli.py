@@ -169,8 +169,9 @@ def test_terminal_corrections_are_recorded_as_feedback_events(tmp_path: Path) ->
         GREENROOM_MODEL__PROVIDER="fake",
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    assert result.stdout.splitlines() == [  # every reply the user receives, rewrites too
         "Marlowe: You said: hello",
+        "Marlowe: Evening, friend. The rain never stops.",
         "Marlowe: You said: what now",
         "Marlowe: You said: what now",
     ]
@@ -182,7 +183,8 @@ def test_terminal_corrections_are_recorded_as_feedback_events(tmp_path: Path) ->
     events = database.execute(
         "SELECT kind, actor_id, rating, tags, new_text FROM feedback_events ORDER BY id"
     ).fetchall()
-    assert [e[0] for e in events] == ["rate", "rewrite", "regenerate", "approve"]
+    # /regen is one regenerate event: the user took the new reply, nobody approved it
+    assert [e[0] for e in events] == ["rate", "rewrite", "regenerate"]
     assert events[0][1:3] == ("terminal:ann", 4)
     assert json.loads(events[0][3]) == ["in-character", "funny"]
     assert events[1][4] == "Evening, friend. The rain never stops."

@@ -252,12 +252,12 @@ async def test_regenerating_a_sent_reply_then_approving_replaces_it_in_place(
     )
     assert (await store.get_node(turn.candidate_id)).state == "sent"  # type: ignore[union-attr]
     approved = await corrections.approve(regen.result_id, actor=ALICE_ACTOR, key="a")  # type: ignore[arg-type]
-    assert approved.replaces == turn.candidate_id and approved.result_id == regen.result_id
+    assert approved.status == "done" and approved.result_id == regen.result_id
     fresh = await store.get_node(regen.result_id)  # type: ignore[arg-type]
     assert fresh.external_id == f"msg-{turn.candidate_id}"  # type: ignore[union-attr]
     assert (await store.get_node(turn.candidate_id)).state == "replaced"  # type: ignore[union-attr]
     replay = await corrections.approve(regen.result_id, actor=ALICE_ACTOR, key="a")  # type: ignore[arg-type]
-    assert replay.status == "duplicate" and replay.replaces == turn.candidate_id
+    assert replay.status == "duplicate" and replay.result_id == regen.result_id
     rewrite = await corrections.rewrite(regen.result_id, actor=BOB_ACTOR, text="Third.", key="w")  # type: ignore[arg-type]
     assert rewrite.status == "refused"  # approved already: first decision won
 

@@ -25,7 +25,7 @@ from feedback.privacy import PrivacyStore
 from feedback.store import ConversationStore, HistoryTurn
 from memory import MemoryStoreError
 from personas import PersonaRegistry, UnknownPersonaError
-from tests.factories import ALICE_ACTOR
+from tests.factories import ALICE_ACTOR, decisions_for
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +58,12 @@ async def test_a_turn_is_answered_and_stored_with_its_prompt(
     store: ConversationStore, personas: PersonaRegistry
 ) -> None:
     engine = _engine(store, personas, FakeChatModel())
+    decisions, _ = decisions_for(engine)
     reply = await engine.respond(_incoming("Who are you?"))
     assert isinstance(reply, Reply)
     assert reply.text == "You said: Who are you?"
     assert not reply.fallback
-    await engine.mark_sent(reply, external_id="t1")
+    await decisions.present(reply, hold=False)
     candidate = await store.get_node(reply.candidate_id)
     assert (
         candidate is not None
@@ -84,9 +85,10 @@ async def test_history_flows_into_the_next_prompt(
 ) -> None:
     model = GenericFakeChatModel(messages=iter(["First answer.", "Second answer."]))
     engine = _engine(store, personas, model)
+    decisions, _ = decisions_for(engine)
     first = await engine.respond(_incoming("one"))
     assert isinstance(first, Reply)
-    await engine.mark_sent(first)
+    await decisions.present(first, hold=False)
     second = await engine.respond(_incoming("two"))
     assert isinstance(second, Reply) and second.text == "Second answer."
     node = await store.get_node(second.candidate_id)
@@ -138,9 +140,9 @@ async def test_the_terminal_passes_lines_to_the_actor_during_a_takeover(
     corrections = CorrectionStore(store._sessions)
     chat = TerminalChat(
         engine,
+        decisions=decisions_for(engine)[0],
         persona="Marlowe",
         user="ann",
-        corrections=corrections,
         privacy=PrivacyStore(store._sessions),
     )
     out, err = io.StringIO(), io.StringIO()

@@ -13,6 +13,7 @@ from bot.engine import ConversationEngine, EngineLimits, IncomingMessage, Reply
 from bot.llm import FakeChatModel
 from memory import MemoryService, SentenceTransformerEmbedder
 from personas import PersonaRegistry
+from tests.factories import decisions_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -65,13 +66,14 @@ async def test_a_fact_told_many_turns_ago_is_recalled_and_private(
     store: ConversationStore, memory: MemoryService
 ) -> None:
     engine = await _engine(store, memory, ["Noted, sunshine."])
+    decisions, _ = decisions_for(engine)
     first = await engine.respond(_said("My sister's name is Maya and she lives in Lisbon."))
     assert isinstance(first, Reply)
-    await engine.mark_sent(first)
+    await decisions.present(first, hold=False)
     for index in range(10):  # far beyond the 4 turns of history the prompt keeps
         reply = await engine.respond(_said(f"Let's talk about tomatoes, part {index}."))
         assert isinstance(reply, Reply)
-        await engine.mark_sent(reply)
+        await decisions.present(reply, hold=False)
     asked = await engine.respond(_said("Do you remember my sister's name?"))
     assert isinstance(asked, Reply)
     assert any("Maya" in line for line in asked.memories), asked.memories
@@ -119,10 +121,11 @@ async def test_a_restart_preloads_the_memories_of_recent_speakers(
     tmp_path: Path,
 ) -> None:
     engine = await _engine(store, memory, ["Noted."])
+    decisions, _ = decisions_for(engine)
     for user in ("ann", "bob"):
         reply = await engine.respond(_said(f"My name is {user} and I like kites.", user))
         assert isinstance(reply, Reply)
-        await engine.mark_sent(reply)
+        await decisions.present(reply, hold=False)
     memory.close()
     restarted = MemoryService.open(path=tmp_path / "chroma", embedder=embedder)
     try:

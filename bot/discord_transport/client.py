@@ -15,13 +15,16 @@ from discord.gateway import DiscordWebSocket
 from bot.discord_transport.console.desk import ConsoleDesk
 from bot.discord_transport.delivery import PersonaVoice
 from bot.discord_transport.outages import HealthState
+from bot.discord_transport.outlet import DiscordOutlet
 from bot.discord_transport.tree import GreenroomTree
+from feedback.channels import GuildSettingsStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+    from bot.decisions import DecisionService
     from bot.engine import ConversationEngine
     from bot.settings import Settings
     from feedback.channels import ChannelSettingsStore
@@ -48,6 +51,7 @@ class GreenroomBot(commands.Bot):
         self,
         *,
         engine: ConversationEngine,
+        decisions: DecisionService,
         sessions: async_sessionmaker[AsyncSession],
         channels: ChannelSettingsStore,
         settings: Settings,
@@ -64,11 +68,21 @@ class GreenroomBot(commands.Bot):
             **client_options,
         )
         self.engine = engine
+        self.decisions = decisions
         self.sessions = sessions
         self.channels = channels
         self.settings = settings
         self.voice = PersonaVoice(use_webhooks=settings.discord.use_webhooks)
-        self.desk = ConsoleDesk(self)
+        decisions.add_outlet("discord", DiscordOutlet(self, self.voice, engine.personas))
+        self.desk = ConsoleDesk(
+            client=self,
+            decisions=decisions,
+            store=engine.store,
+            personas=engine.personas,
+            channels=channels,
+            guilds=GuildSettingsStore(sessions),
+            settings=settings.console,
+        )
         #: What the bot has seen of its dependencies; ``/healthz`` reports it.
         self.health = HealthState()
         #: Replies being produced or delivered; SIGTERM waits for them.
@@ -124,7 +138,7 @@ class GreenroomBot(commands.Bot):
         """Stop taking work, cancel what is still in flight (what it committed stays; holds
         resume from the database at the next start), then disconnect."""
         self.accepting = False
-        await self.desk.close()
+        await self.decisions.close()
         current = asyncio.current_task()
         pending = [task for task in self.in_flight if task is not current and not task.done()]
         for task in pending:

@@ -52,6 +52,7 @@ async def run_bot(settings: Settings, token: str) -> None:
     async with open_runtime(settings) as runtime:
         bot = GreenroomBot(
             engine=runtime.engine,
+            decisions=runtime.decisions,
             sessions=runtime.sessions,
             channels=ChannelSettingsStore(runtime.sessions),
             settings=settings,

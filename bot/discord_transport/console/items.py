@@ -4,7 +4,8 @@ The id each control acts on lives in its ``custom_id`` (``gr:<action>:<id>``, un
 100-character limit), so the controls keep working after a restart without any stored view.
 Every click checks, at that moment, that the clicker holds the server's actor role and that the
 control sits on the console message of that candidate; anyone else is told so and nothing is
-recorded. Each action is committed before the interaction is acknowledged.
+recorded. Each action goes to the decision service (:mod:`bot.decisions`), which commits it
+before the interaction is acknowledged. :func:`console_view` puts them on a console message.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from feedback.corrections import MAX_REWRITE_CHARS, TAGS, Actor, InvalidAction
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
+    from bot.decisions import DecisionService
     from bot.discord_transport.client import GreenroomBot
     from bot.discord_transport.console.desk import ConsoleDesk
+    from feedback.corrections import ActionOutcome
 
 __all__ = [
     "DYNAMIC_ITEMS",
@@ -40,6 +43,7 @@ __all__ = [
     "TagsSelect",
     "TakeOverButton",
     "actor_of",
+    "console_view",
     "handle_rewrite_submit",
     "tell_when_database_down",
 ]
@@ -61,6 +65,11 @@ def _desk(interaction: discord.Interaction) -> ConsoleDesk:
     return bot.desk
 
 
+def _decisions(interaction: discord.Interaction) -> DecisionService:
+    bot: GreenroomBot = interaction.client  # type: ignore[assignment]
+    return bot.decisions
+
+
 async def _ephemeral(interaction: discord.Interaction, text: str) -> None:
     try:
         if interaction.response.is_done():
@@ -79,6 +88,21 @@ async def _ack(interaction: discord.Interaction) -> None:
         _log.info("interaction %s already acknowledged: %s", interaction.id, error)
 
 
+def _acknowledger(interaction: discord.Interaction) -> Any:
+    """The decision service's ``acknowledge`` for a click: a refusal is said to the clicker
+    alone; anything else is acknowledged silently (the console message is redrawn)."""
+
+    async def acknowledge(outcome: ActionOutcome) -> None:
+        crash_point("action.after_commit")
+        if outcome.status == "refused":
+            await _ephemeral(interaction, outcome.message)
+            return
+        await _ack(interaction)
+        crash_point("action.after_ack")
+
+    return acknowledge
+
+
 async def _check_actor(interaction: discord.Interaction, candidate_id: int | None) -> bool:
     """The role check at click time, and that the control sits on this candidate's message."""
     desk = _desk(interaction)
@@ -92,7 +116,7 @@ async def _check_actor(interaction: discord.Interaction, candidate_id: int | Non
         await _ephemeral(interaction, ONLY_ACTORS)
         return False
     if candidate_id is not None:
-        node = await desk.bot.engine.store.get_node(candidate_id)
+        node = await desk.store.get_node(candidate_id)
         where = f"{interaction.channel_id}/{interaction.message.id}" if interaction.message else ""
         if node is None:
             await _ephemeral(
@@ -104,7 +128,7 @@ async def _check_actor(interaction: discord.Interaction, candidate_id: int | Non
         ours = (
             node.console_ref is None
             and interaction.message is not None
-            and interaction.message.author.id == desk.bot.user.id  # type: ignore[union-attr]
+            and interaction.message.author.id == interaction.client.user.id  # type: ignore[union-attr]
         )
         if node.console_ref != where and not ours:
             _log.warning(
@@ -192,21 +216,13 @@ class ApproveButton(_CandidateButton, template=r"gr:approve:(?P<id>[0-9]{1,19})"
     async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, self.candidate_id):
             return
-        desk = _desk(interaction)
         crash_point("action.before_commit")
-        outcome = await desk.corrections.approve(
-            self.candidate_id, actor=actor_of(interaction), key=str(interaction.id)
+        await _decisions(interaction).approve(
+            self.candidate_id,
+            actor=actor_of(interaction),
+            key=str(interaction.id),
+            acknowledge=_acknowledger(interaction),
         )
-        crash_point("action.after_commit")
-        if outcome.status == "refused":
-            await _ephemeral(interaction, outcome.message)
-            return
-        desk.decided(self.candidate_id)
-        await _ack(interaction)
-        crash_point("action.after_ack")
-        if outcome.status == "done":
-            await desk.deliver(outcome)
-            await desk.refresh(self.candidate_id)
 
 
 class RewriteButton(_CandidateButton, template=r"gr:rewrite:(?P<id>[0-9]{1,19})"):
@@ -215,12 +231,11 @@ class RewriteButton(_CandidateButton, template=r"gr:rewrite:(?P<id>[0-9]{1,19})"
     async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, self.candidate_id):
             return
-        desk = _desk(interaction)
-        node = await desk.bot.engine.store.get_node(self.candidate_id)
+        node = await _desk(interaction).store.get_node(self.candidate_id)
         if node is None:
             return
         if node.decided_by is not None:
-            await _ephemeral(interaction, await desk.corrections.describe_decision(node.id))
+            await _ephemeral(interaction, await _decisions(interaction).describe_decision(node.id))
             return
         modal = discord.ui.Modal(
             title=f"Rewrite {node.author_name}'s reply"[:45],
@@ -245,26 +260,18 @@ async def handle_rewrite_submit(interaction: discord.Interaction, candidate_id: 
         _log.warning("refused rewrite of %s by %s: not an actor", candidate_id, interaction.user.id)
         await _ephemeral(interaction, ONLY_ACTORS)
         return
-    desk = _desk(interaction)
     text = _submitted_text(interaction.data or {})
     crash_point("action.before_commit")
     try:
-        outcome = await desk.corrections.rewrite(
-            candidate_id, actor=actor_of(interaction), text=text, key=str(interaction.id)
+        await _decisions(interaction).rewrite(
+            candidate_id,
+            actor=actor_of(interaction),
+            text=text,
+            key=str(interaction.id),
+            acknowledge=_acknowledger(interaction),
         )
     except InvalidAction as error:
         await _ephemeral(interaction, str(error))
-        return
-    crash_point("action.after_commit")
-    if outcome.status == "refused":
-        await _ephemeral(interaction, outcome.message)
-        return
-    desk.decided(candidate_id)
-    await _ack(interaction)
-    crash_point("action.after_ack")
-    if outcome.status == "done":
-        await desk.deliver(outcome)
-        await desk.refresh(candidate_id)
 
 
 def _submitted_text(data: dict[str, Any]) -> str:
@@ -288,42 +295,56 @@ class RegenerateButton(_CandidateButton, template=r"gr:regen:(?P<id>[0-9]{1,19})
     async def act(self, interaction: discord.Interaction) -> None:
         if not await _check_actor(interaction, self.candidate_id):
             return
-        desk = _desk(interaction)
-        node = await desk.bot.engine.store.get_node(self.candidate_id)
+        decisions = _decisions(interaction)
+        node = await _desk(interaction).store.get_node(self.candidate_id)
         if node is None:
             return
         if node.decided_by is not None:
-            await _ephemeral(interaction, await desk.corrections.describe_decision(node.id))
+            await _ephemeral(interaction, await decisions.describe_decision(node.id))
             return
-        # Generation takes longer than Discord's 3 s: store the request, acknowledge, then
-        # generate; a restart in between finishes it (ConsoleDesk.resume).
-        actor, key = actor_of(interaction), str(interaction.id)
         crash_point("action.before_commit")
-        refused = await desk.corrections.request_regeneration(
-            self.candidate_id, actor=actor, key=key
-        )
-        crash_point("action.after_commit")
-        if refused is not None:  # refused, or this very click was already done
-            if refused.status == "refused":
-                await _ephemeral(interaction, refused.message)
-            else:
-                await _ack(interaction)
-            return
         try:
-            await interaction.response.defer(ephemeral=True, thinking=True)
-        except discord.HTTPException as error:  # the same click delivered twice: one works on it
-            _log.info("interaction %s already acknowledged: %s", interaction.id, error)
+            outcome = await decisions.regenerate(
+                self.candidate_id,
+                actor=actor_of(interaction),
+                key=str(interaction.id),
+                acknowledge=_acknowledge_regeneration(interaction),
+            )
+        except _AlreadyAcknowledged:  # the same click delivered twice: the other works on it
             return
-        crash_point("action.after_ack")
-        try:
-            outcome = await desk.regenerate(self.candidate_id, actor=actor, key=key)
         except (GenerationError, LookupError) as error:
             await _ephemeral(interaction, f"Could not regenerate: {error}")
             return
         if outcome.status == "refused":
             await _ephemeral(interaction, outcome.message)
+        elif outcome.status == "done":
+            await _ephemeral(interaction, f"New candidate #{outcome.result_id} is in the console.")
+
+
+class _AlreadyAcknowledged(Exception):
+    """The interaction was answered already: this delivery of it stops here."""
+
+
+def _acknowledge_regeneration(interaction: discord.Interaction) -> Any:
+    """The ``acknowledge`` of a regeneration: the request is stored; generating takes longer
+    than Discord's 3 s, so the clicker is shown "thinking" until the new candidate is ready
+    (a restart in between finishes it)."""
+
+    async def acknowledge(outcome: ActionOutcome) -> None:
+        crash_point("action.after_commit")
+        if outcome.status == "refused":
+            return  # said to the clicker when the action returns
+        if outcome.status == "duplicate":  # this very click was already done
+            await _ack(interaction)
             return
-        await _ephemeral(interaction, f"New candidate #{outcome.result_id} is in the console.")
+        try:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        except discord.HTTPException as error:
+            _log.info("interaction %s already acknowledged: %s", interaction.id, error)
+            raise _AlreadyAcknowledged from error
+        crash_point("action.after_ack")
+
+    return acknowledge
 
 
 class _ConversationButton(_IdButton, template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})"):
@@ -333,53 +354,41 @@ class _ConversationButton(_IdButton, template=r"gr:[a-z]+:(?P<id>[0-9]{1,19})"):
     def conversation_id(self) -> int:
         return self.target_id
 
-    async def _begin(self, interaction: discord.Interaction) -> tuple[ConsoleDesk, str] | None:
+    async def _persona(self, interaction: discord.Interaction) -> str | None:
         """The role check, then the conversation's persona; ``None`` when the click was
         refused (the clicker was told why)."""
         if not await _check_actor(interaction, None):
             return None
-        desk = _desk(interaction)
-        conversation = await desk.bot.engine.store.get_conversation(self.conversation_id)
+        conversation = await _desk(interaction).store.get_conversation(self.conversation_id)
         if conversation is None:
             await _ephemeral(interaction, "This conversation no longer exists.")
             return None
-        return desk, conversation.persona
-
-
-async def _show_claim(desk: ConsoleDesk, interaction: discord.Interaction) -> None:
-    """Redraw the console message the click came from, so everyone sees who holds it."""
-    message = interaction.message
-    if message is None:
-        return
-    for row in message.components:
-        for component in getattr(row, "children", ()):
-            custom_id = getattr(component, "custom_id", None) or ""
-            if custom_id.startswith("gr:approve:"):
-                await desk.refresh(int(custom_id.rsplit(":", 1)[1]))
-                return
+        return conversation.persona
 
 
 class TakeOverButton(_ConversationButton, template=r"gr:takeover:(?P<id>[0-9]{1,19})"):
     action, label, style = "takeover", "Take over", discord.ButtonStyle.danger
 
     async def act(self, interaction: discord.Interaction) -> None:
-        begun = await self._begin(interaction)
-        if begun is None:
+        persona = await self._persona(interaction)
+        if persona is None:
             return
-        desk, persona = begun
-        outcome = await desk.corrections.claim(
+
+        async def acknowledge(outcome: ActionOutcome) -> None:
+            if outcome.status == "refused":
+                await _ephemeral(interaction, outcome.message)
+            else:
+                await interaction.response.defer(ephemeral=True, thinking=True)
+
+        outcome = await _decisions(interaction).take_over(
             self.conversation_id,
             actor=actor_of(interaction),
-            takeover=True,
-            persona=persona,
             key=str(interaction.id),
+            acknowledge=acknowledge,
         )
         if outcome.status == "refused":
-            await _ephemeral(interaction, outcome.message)
             return
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        thread = await desk.takeover_thread(self.conversation_id, interaction.message)
-        await _show_claim(desk, interaction)
+        thread = await _desk(interaction).takeover_thread(self.conversation_id, interaction.message)
         where = thread.mention if thread is not None else "the console thread"
         await _ephemeral(
             interaction,
@@ -392,21 +401,18 @@ class ReleaseButton(_ConversationButton, template=r"gr:release:(?P<id>[0-9]{1,19
     action, label = "release", "Release"
 
     async def act(self, interaction: discord.Interaction) -> None:
-        begun = await self._begin(interaction)
-        if begun is None:
+        persona = await self._persona(interaction)
+        if persona is None:
             return
-        desk, persona = begun
-        outcome = await desk.corrections.release(
-            self.conversation_id,
-            actor=actor_of(interaction),
-            persona=persona,
-            key=str(interaction.id),
+        outcome = await _decisions(interaction).release(
+            self.conversation_id, actor=actor_of(interaction), key=str(interaction.id)
         )
-        if outcome.status == "refused":
-            await _ephemeral(interaction, outcome.message)
-            return
-        await _show_claim(desk, interaction)
-        await _ephemeral(interaction, f"Released: {persona} is back on the model.")
+        await _ephemeral(
+            interaction,
+            outcome.message
+            if outcome.status == "refused"
+            else f"Released: {persona} is back on the model.",
+        )
 
 
 class _CandidateSelect(
@@ -453,7 +459,7 @@ class RatingSelect(_CandidateSelect, template=r"gr:rate:(?P<id>[0-9]{1,19})"):
         values = (interaction.data or {}).get("values") or []
         try:
             rating = int(values[0])
-            outcome = await _desk(interaction).corrections.rate(
+            outcome = await _decisions(interaction).rate(
                 self.candidate_id,
                 actor=actor_of(interaction),
                 rating=rating,
@@ -488,7 +494,7 @@ class TagsSelect(_CandidateSelect, template=r"gr:tags:(?P<id>[0-9]{1,19})"):
             return
         tags = list((interaction.data or {}).get("values") or [])
         try:
-            outcome = await _desk(interaction).corrections.rate(
+            outcome = await _decisions(interaction).rate(
                 self.candidate_id,
                 actor=actor_of(interaction),
                 rating=None,
@@ -514,3 +520,19 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     RatingSelect,
     TagsSelect,
 )
+
+
+def console_view(candidate_id: int, conversation_id: int) -> discord.ui.View:
+    """A console message's persistent controls: the ids live in each ``custom_id``."""
+    view = discord.ui.View(timeout=None)
+    for item in (
+        ApproveButton(candidate_id),
+        RewriteButton(candidate_id),
+        RegenerateButton(candidate_id),
+        TakeOverButton(conversation_id),
+        ReleaseButton(conversation_id),
+        RatingSelect(candidate_id),
+        TagsSelect(candidate_id),
+    ):
+        view.add_item(item)
+    return view

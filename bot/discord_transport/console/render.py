@@ -13,7 +13,7 @@ import discord
 if TYPE_CHECKING:
     from feedback.models import Conversation, ConversationClaim, MessageNode
 
-__all__ = ["console_embed", "console_view"]
+__all__ = ["console_embed"]
 
 _DESCRIPTION_LIMIT = 4096
 _FIELD_LIMIT = 1024
@@ -94,29 +94,3 @@ def console_embed(
             inline=False,
         )
     return embed
-
-
-def console_view(candidate_id: int, conversation_id: int) -> discord.ui.View:
-    """Persistent controls: the ids live in each ``custom_id`` (see :mod:`.items`)."""
-    from bot.discord_transport.console.items import (
-        ApproveButton,
-        RatingSelect,
-        RegenerateButton,
-        ReleaseButton,
-        RewriteButton,
-        TagsSelect,
-        TakeOverButton,
-    )
-
-    view = discord.ui.View(timeout=None)
-    for item in (
-        ApproveButton(candidate_id),
-        RewriteButton(candidate_id),
-        RegenerateButton(candidate_id),
-        TakeOverButton(conversation_id),
-        ReleaseButton(conversation_id),
-        RatingSelect(candidate_id),
-        TagsSelect(candidate_id),
-    ):
-        view.add_item(item)
-    return view

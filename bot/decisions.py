@@ -1,0 +1,676 @@
+"""Actors' decisions on replies, for every console: decide, deliver, mark sent, remember.
+
+The Discord console, the terminal and any other console call one :class:`DecisionService`; it
+knows nothing of Discord. A transport registers an :class:`Outlet` (how a reply reaches the
+users of its conversations), and consoles subscribe to :class:`DecisionNews` to redraw what they
+show, whichever console took the decision.
+
+Every action follows one order: the decision is committed (first decision wins, see
+:class:`~feedback.corrections.CorrectionStore`), the console is told (its ``acknowledge``
+callback), the reply goes out, it is marked sent, and memory keeps what the user received. A
+crash after the commit loses nothing: :meth:`DecisionService.resume` delivers what was decided
+but not sent, finishes acknowledged regenerations and restarts the holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+
+from bot.faults import crash_point
+from bot.llm import GenerationError
+from feedback.corrections import ActionOutcome, Actor
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from contextlib import AbstractAsyncContextManager
+
+    from bot.engine import ConversationEngine, Reply
+    from feedback.corrections import CorrectionStore, HeldCandidate
+    from feedback.models import Conversation, MessageNode
+
+__all__ = [
+    "Acknowledge",
+    "ConversationRef",
+    "DecisionNews",
+    "DecisionService",
+    "Delivery",
+    "Listener",
+    "Outlet",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Called once an action is committed (or refused), before its reply goes out: a console
+#: answers its actor here (Discord must hear back within 3 s; delivery can take longer).
+Acknowledge: TypeAlias = Callable[[ActionOutcome], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRef:
+    """Where a conversation lives: enough for an outlet to find its user."""
+
+    id: int
+    transport: str
+    scope: str
+    persona: str
+    guild_key: str | None = None
+
+    @classmethod
+    def of(cls, conversation: Conversation) -> ConversationRef:
+        """The reference of a stored conversation."""
+        return cls(
+            conversation.id,
+            conversation.transport,
+            conversation.scope,
+            conversation.persona,
+            conversation.guild_key,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A reply on its way to the user."""
+
+    node_id: int
+    conversation: ConversationRef
+    persona: str
+    text: str
+    #: Transport ids of the messages showing an earlier version: edit them in place.
+    edit_ids: tuple[str, ...] = ()
+    #: The transport id of the last message before this reply (the user's, or the persona's
+    #: previous line).
+    after_id: str | None = None
+    #: Whether that message is the user's message this reply answers.
+    answers_user: bool = False
+    #: After a restart the reply may already be out: look for it before sending again.
+    recovering: bool = False
+
+
+class Outlet(Protocol):
+    """How replies reach the users of one transport's conversations."""
+
+    async def deliver(self, delivery: Delivery) -> str | None:
+        """Send (or edit in place) the reply; returns the transport ids that now carry it,
+        space-separated (``None`` where the transport has none). Idempotent on
+        ``delivery.node_id`` where the transport allows it."""
+        ...
+
+    async def say(self, conversation: ConversationRef, persona: str, text: str) -> None:
+        """A line from the persona that answers nothing (the holding line)."""
+        ...
+
+    def waiting(self, conversation: ConversationRef) -> AbstractAsyncContextManager[None]:
+        """Shown to the user while a reply is held for an actor (Discord: typing)."""
+        ...
+
+
+NewsKind = Literal["held", "sent", "decided", "regenerated", "rated", "claimed", "released"]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionNews:
+    """Something consoles may want to redraw: a reply held, sent or decided, a new candidate,
+    a rating, a conversation claimed or released."""
+
+    kind: NewsKind
+    conversation_id: int
+    #: The candidate the news is about (``None`` for claims).
+    candidate_id: int | None = None
+    #: The node an action produced (a rewrite, a regenerated candidate), if any.
+    result_id: int | None = None
+    #: Who acted (``timeout`` for an expired hold; ``None`` for the engine's own replies).
+    actor_id: str | None = None
+
+
+#: A console's subscription to :class:`DecisionNews`.
+Listener: TypeAlias = Callable[["DecisionNews"], Awaitable[None]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class DecisionService:
+    """Decides, delivers, marks sent and remembers, for every console and transport."""
+
+    def __init__(
+        self,
+        *,
+        engine: ConversationEngine,
+        corrections: CorrectionStore,
+        hold_seconds: float = 45.0,
+        on_timeout: Literal["send", "drop"] = "send",
+    ) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.corrections = corrections
+        self.hold_seconds = hold_seconds
+        self.on_timeout = on_timeout
+        self._outlets: dict[str, Outlet] = {}
+        self._listeners: list[Listener] = []
+        self._decided: dict[int, asyncio.Event] = {}
+        self._holds: set[asyncio.Task[None]] = set()
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    def add_outlet(self, transport: str, outlet: Outlet) -> None:
+        """Deliver the replies of ``transport``'s conversations through ``outlet``."""
+        self._outlets[transport] = outlet
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener`` with every piece of news (its failures are logged, not raised)."""
+        self._listeners.append(listener)
+
+    async def _publish(self, news: DecisionNews) -> None:
+        for listener in list(self._listeners):
+            try:
+                await listener(news)
+            except Exception:
+                _log.exception("a console failed to take news %s", news)
+
+    def _outlet(self, conversation: ConversationRef) -> Outlet | None:
+        outlet = self._outlets.get(conversation.transport)
+        if outlet is None:
+            _log.warning(
+                "no outlet for %s; conversation %s gets nothing",
+                conversation.transport,
+                conversation.id,
+            )
+        return outlet
+
+    # -- new candidates ----------------------------------------------------------------------
+
+    async def present(self, reply: Reply, *, hold: bool) -> None:
+        """Put a new candidate in front of its user at once, or hold it for an actor
+        (``hold``) for :attr:`hold_seconds`."""
+        incoming = reply.incoming
+        conversation = ConversationRef(
+            reply.conversation_id,
+            incoming.transport,
+            incoming.scope,
+            reply.persona,
+            incoming.guild_key,
+        )
+        if hold:
+            until = _now() + timedelta(seconds=self.hold_seconds)
+            await self.corrections.hold(reply.candidate_id, until)
+            self._start_hold(reply.candidate_id, until, conversation)
+            await self._publish(DecisionNews("held", reply.conversation_id, reply.candidate_id))
+            return
+        outlet = self._outlet(conversation)
+        if outlet is None:
+            return
+        sent_as = await outlet.deliver(
+            Delivery(
+                node_id=reply.candidate_id,
+                conversation=conversation,
+                persona=reply.persona,
+                text=reply.text,
+                after_id=incoming.external_id,
+                answers_user=True,
+                recovering=reply.redelivered,
+            )
+        )
+        crash_point("turn.after_send")
+        await self.store.mark_sent(reply.candidate_id, sent_as)
+        crash_point("turn.after_mark_sent")
+        await self._remember(
+            persona=reply.persona,
+            user_id=incoming.user_id,
+            conversation_id=reply.conversation_id,
+            turns=[
+                (str(reply.user_turn_id), "user", incoming.text, incoming.user_name),
+                (str(reply.candidate_id), "assistant", reply.text, reply.persona),
+            ],
+        )
+        await self._publish(DecisionNews("sent", reply.conversation_id, reply.candidate_id))
+
+    # -- actions on a candidate ----------------------------------------------------------------
+
+    async def describe_decision(self, candidate_id: int) -> str:
+        """Why a candidate can no longer be decided, in words for the actor."""
+        return await self.corrections.describe_decision(candidate_id)
+
+    async def approve(
+        self,
+        candidate_id: int,
+        *,
+        actor: Actor,
+        key: str | None,
+        acknowledge: Acknowledge | None = None,
+    ) -> ActionOutcome:
+        """Send a held candidate as it is, or confirm a sent one."""
+        outcome = await self.corrections.approve(candidate_id, actor=actor, key=key)
+        return await self._carry_out(outcome, candidate_id, actor, acknowledge)
+
+    async def rewrite(
+        self,
+        candidate_id: int,
+        *,
+        actor: Actor,
+        text: str,
+        key: str | None,
+        acknowledge: Acknowledge | None = None,
+    ) -> ActionOutcome:
+        """Send the actor's text instead of the candidate (editing a sent reply in place).
+
+        Raises :class:`~feedback.corrections.InvalidAction` for a bad text (nothing recorded).
+        """
+        outcome = await self.corrections.rewrite(candidate_id, actor=actor, text=text, key=key)
+        return await self._carry_out(outcome, candidate_id, actor, acknowledge)
+
+    async def rate(
+        self,
+        candidate_id: int,
+        *,
+        actor: Actor,
+        rating: int | None,
+        tags: Sequence[str] = (),
+        key: str | None,
+    ) -> ActionOutcome:
+        """A 1-5 rating and/or tags. Raises :class:`~feedback.corrections.InvalidAction`."""
+        outcome = await self.corrections.rate(
+            candidate_id, actor=actor, rating=rating, tags=tags, key=key
+        )
+        node = await self.store.get_node(candidate_id)
+        if outcome.status == "done" and node is not None:
+            await self._publish(
+                DecisionNews("rated", node.conversation_id, candidate_id, actor_id=actor.id)
+            )
+        return outcome
+
+    async def regenerate(
+        self,
+        candidate_id: int,
+        *,
+        actor: Actor,
+        key: str | None = None,
+        deliver: bool = False,
+        acknowledge: Acknowledge | None = None,
+    ) -> ActionOutcome:
+        """A new candidate for the same prompt. The request is stored and acknowledged first
+        (generation outlasts Discord's 3 s; a restart finishes it), then generated.
+
+        The new candidate waits for its own decision: held if the old one was held, otherwise
+        left for an actor to approve. With ``deliver`` (the terminal, where the user is their
+        own actor) it goes out at once in place of the old one.
+
+        Raises :class:`~bot.llm.GenerationError` or :class:`LookupError` when no candidate can be
+        made (the request is dropped; the caller tells the actor).
+        """
+        key = key or f"regen:{uuid.uuid4().hex}"
+        refused = await self.corrections.request_regeneration(candidate_id, actor=actor, key=key)
+        if acknowledge is not None:
+            await acknowledge(
+                refused or ActionOutcome("accepted", "Regenerating.", candidate_id=candidate_id)
+            )
+        if refused is not None:
+            return refused
+        return await self._finish_regeneration(candidate_id, actor=actor, key=key, deliver=deliver)
+
+    async def _finish_regeneration(
+        self, candidate_id: int, *, actor: Actor, key: str, deliver: bool = False
+    ) -> ActionOutcome:
+        node = await self.store.get_node(candidate_id)
+        parent = await self.store.get_node(node.parent_id) if node and node.parent_id else None
+        try:
+            if node is None or parent is None:
+                raise LookupError("this reply no longer exists")
+            text, snapshot, flags = await self.engine.regenerate(
+                candidate_id, user_id=parent.author_id, user_name=parent.author_name
+            )
+        except (GenerationError, LookupError):
+            await self.corrections.drop_pending(key)
+            raise
+        held = node.state == "held" and not deliver
+        until = _now() + timedelta(seconds=self.hold_seconds) if held else None
+        outcome = await self.corrections.regenerate(
+            candidate_id,
+            actor=actor,
+            text=text,
+            snapshot=snapshot,
+            flags=flags,
+            hold_until=until,
+            key=key,
+            decide=deliver,
+        )
+        if outcome.status == "refused":
+            await self.corrections.drop_pending(key)
+            return outcome
+        if outcome.status != "done" or outcome.result_id is None:
+            return outcome
+        if until is not None:
+            self._stop_hold(candidate_id)
+            self._start_hold(outcome.result_id, until, None)
+        if deliver:
+            self._stop_hold(candidate_id)
+            await self._deliver_outcome(outcome)
+        await self._publish(
+            DecisionNews(
+                "regenerated",
+                node.conversation_id,
+                candidate_id,
+                result_id=outcome.result_id,
+                actor_id=actor.id,
+            )
+        )
+        return outcome
+
+    async def _carry_out(
+        self,
+        outcome: ActionOutcome,
+        candidate_id: int,
+        actor: Actor,
+        acknowledge: Acknowledge | None,
+    ) -> ActionOutcome:
+        """After a decision's commit: tell the console, stop the hold, deliver, tell everyone."""
+        if acknowledge is not None:
+            await acknowledge(outcome)
+        if outcome.status == "refused":
+            return outcome
+        self._stop_hold(candidate_id)
+        if outcome.status == "done":
+            await self._deliver_outcome(outcome)
+            node = await self.store.get_node(candidate_id)
+            if node is not None:
+                await self._publish(
+                    DecisionNews(
+                        "decided",
+                        node.conversation_id,
+                        candidate_id,
+                        result_id=outcome.result_id,
+                        actor_id=actor.id,
+                    )
+                )
+        return outcome
+
+    # -- actions on a conversation ---------------------------------------------------------------
+
+    async def _conversation(self, conversation_id: int) -> ConversationRef | None:
+        conversation = await self.store.get_conversation(conversation_id)
+        return ConversationRef.of(conversation) if conversation is not None else None
+
+    async def take_over(
+        self,
+        conversation_id: int,
+        *,
+        actor: Actor,
+        key: str | None,
+        acknowledge: Acknowledge | None = None,
+    ) -> ActionOutcome:
+        """The actor speaks as the persona; the model stays silent until :meth:`release`."""
+        conversation = await self._conversation(conversation_id)
+        if conversation is None:
+            outcome = ActionOutcome("refused", "This conversation no longer exists.")
+        else:
+            outcome = await self.corrections.claim(
+                conversation_id, actor=actor, takeover=True, persona=conversation.persona, key=key
+            )
+        if acknowledge is not None:
+            await acknowledge(outcome)
+        if outcome.status == "done":
+            await self._publish(DecisionNews("claimed", conversation_id, actor_id=actor.id))
+        return outcome
+
+    async def release(
+        self,
+        conversation_id: int,
+        *,
+        actor: Actor,
+        key: str | None,
+        acknowledge: Acknowledge | None = None,
+    ) -> ActionOutcome:
+        """Give the conversation back to the model."""
+        conversation = await self._conversation(conversation_id)
+        if conversation is None:
+            outcome = ActionOutcome("refused", "This conversation no longer exists.")
+        else:
+            outcome = await self.corrections.release(
+                conversation_id, actor=actor, persona=conversation.persona, key=key
+            )
+        if acknowledge is not None:
+            await acknowledge(outcome)
+        if outcome.status == "done":
+            await self._publish(DecisionNews("released", conversation_id, actor_id=actor.id))
+        return outcome
+
+    async def speak_as_persona(
+        self,
+        conversation_id: int,
+        *,
+        actor: Actor,
+        text: str,
+        key: str | None,
+        acknowledge: Acknowledge | None = None,
+    ) -> ActionOutcome:
+        """What the actor holding a takeover types, sent to the user as the persona.
+
+        Raises :class:`~feedback.corrections.InvalidAction` for an empty or too long line.
+        """
+        conversation = await self._conversation(conversation_id)
+        if conversation is None:
+            return ActionOutcome("refused", "This conversation no longer exists.")
+        last = await self.store.history(conversation_id, 1)
+        outcome = await self.corrections.takeover_message(
+            conversation_id,
+            actor=actor,
+            persona=conversation.persona,
+            text=text,
+            parent_id=last[-1].id if last else None,
+            key=key,
+        )
+        if acknowledge is not None:
+            await acknowledge(outcome)
+        if outcome.status == "done":
+            await self._deliver_outcome(outcome)
+            await self._publish(
+                DecisionNews(
+                    "decided", conversation_id, result_id=outcome.result_id, actor_id=actor.id
+                )
+            )
+        return outcome
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    async def _deliver_outcome(self, outcome: ActionOutcome) -> None:
+        """Deliver the node an action decided to send, if it still waits."""
+        if outcome.result_id is None:
+            return
+        node = await self.store.get_node(outcome.result_id)
+        if node is not None and node.state == "approved":
+            await self.deliver_node(node)
+
+    async def deliver_node(self, node: MessageNode, *, recovering: bool = False) -> None:
+        """Deliver one ``approved`` node (new messages, or an edit of those it inherited), mark
+        it sent and remember it. ``recovering``: after a restart, it may be out already."""
+        conversation = await self._conversation(node.conversation_id)
+        outlet = self._outlet(conversation) if conversation is not None else None
+        if conversation is None or outlet is None:
+            return
+        parent = await self.store.get_node(node.parent_id) if node.parent_id else None
+        after = parent.external_id.split()[-1] if parent and parent.external_id else None
+        crash_point("deliver.before_send")
+        sent_as = await outlet.deliver(
+            Delivery(
+                node_id=node.id,
+                conversation=conversation,
+                persona=node.author_name,
+                text=node.content,
+                edit_ids=tuple(node.external_id.split()) if node.external_id else (),
+                after_id=after,
+                answers_user=parent is not None and parent.role == "user",
+                recovering=recovering,
+            )
+        )
+        crash_point("deliver.after_send")
+        await self.store.mark_sent(node.id, sent_as)
+        if parent is not None:
+            await self._remember_delivered(node, parent)
+
+    async def _remember_delivered(self, node: MessageNode, parent: MessageNode) -> None:
+        """Memory keeps what the user received: a reply that replaced an earlier one (a
+        rewrite, a regeneration) takes that one's place, under the id of the first reply sent
+        for the user's turn."""
+        memory = self.engine.memory
+        if memory is None:
+            return
+        persona, user_id = node.author_name, parent.author_id
+        first_sent = (
+            await self.store.first_sent_reply(node.parent_id) if parent.role == "user" else None
+        )
+        if first_sent is None or first_sent == node.id:
+            await self._remember(
+                persona=persona,
+                user_id=user_id,
+                conversation_id=node.conversation_id,
+                turns=[(str(t.id), t.role, t.content, t.author_name) for t in (parent, node)],
+            )
+            return
+        try:
+            await memory.replace_turn(
+                persona=persona, user_id=user_id, turn_id=str(first_sent), text=node.content
+            )
+        except Exception as error:
+            _log.warning(
+                "memory: could not replace turn %s with node %s (%s); remembering it anew",
+                first_sent,
+                node.id,
+                error,
+            )
+            await self._remember(
+                persona=persona,
+                user_id=user_id,
+                conversation_id=node.conversation_id,
+                turns=[(str(first_sent), "assistant", node.content, persona)],
+            )
+
+    async def _remember(
+        self,
+        *,
+        persona: str,
+        user_id: str,
+        conversation_id: int,
+        turns: Sequence[tuple[str, str, str, str]],
+    ) -> None:
+        """Remember sent turns ``(memory id, role, text, speaker)``; a failure is logged (the
+        user has their reply; memory only loses this turn)."""
+        memory = self.engine.memory
+        if memory is None:
+            return
+        try:
+            for turn_id, role, text, speaker in turns:
+                await memory.remember_turn(
+                    persona=persona,
+                    user_id=user_id,
+                    conversation_id=str(conversation_id),
+                    turn_id=turn_id,
+                    role=role,  # type: ignore[arg-type]
+                    text=text,
+                    speaker=speaker,
+                )
+        except Exception as error:
+            _log.warning(
+                "memory: could not remember turns %s: %s: %s",
+                [turn[0] for turn in turns],
+                type(error).__name__,
+                str(error)[:200],
+            )
+
+    # -- holds -------------------------------------------------------------------------------
+
+    def _start_hold(
+        self, candidate_id: int, until: datetime, conversation: ConversationRef | None
+    ) -> None:
+        """Wait for an actor in the background, until ``until``."""
+        self._decided.setdefault(candidate_id, asyncio.Event())
+        task = asyncio.create_task(self._hold(candidate_id, until, conversation))
+        self._holds.add(task)
+        task.add_done_callback(self._holds.discard)
+
+    def _stop_hold(self, candidate_id: int) -> None:
+        event = self._decided.get(candidate_id)
+        if event is not None:
+            event.set()
+
+    async def _hold(
+        self, candidate_id: int, until: datetime, conversation: ConversationRef | None
+    ) -> None:
+        """Show the user the reply is coming until an actor decides or the hold runs out; then
+        send it as it is or drop it for the persona's holding line (``on_timeout``)."""
+        decided = self._decided.setdefault(candidate_id, asyncio.Event())
+        try:
+            if conversation is None:
+                node = await self.store.get_node(candidate_id)
+                conversation = await self._conversation(node.conversation_id) if node else None
+            outlet = self._outlet(conversation) if conversation is not None else None
+            waiting = (
+                outlet.waiting(conversation)
+                if outlet is not None and conversation is not None
+                else contextlib.nullcontext()
+            )
+            remaining = max(0.0, (until - _now()).total_seconds())
+            async with waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(decided.wait(), remaining)
+            if decided.is_set():
+                return
+            send = self.on_timeout == "send"
+            outcome = await self.corrections.expire_hold(candidate_id, send=send)
+            if outcome.status != "done":
+                return
+            if send:
+                await self._deliver_outcome(outcome)
+            elif conversation is not None and outlet is not None:
+                persona = self.engine.personas.get(conversation.persona)
+                await outlet.say(
+                    conversation, persona.name, persona.holding_line(seed=candidate_id)
+                )
+            if conversation is not None:
+                await self._publish(
+                    DecisionNews("decided", conversation.id, candidate_id, actor_id="timeout")
+                )
+        except Exception:
+            _log.exception("hold of candidate %s failed", candidate_id)
+        finally:
+            self._decided.pop(candidate_id, None)
+
+    # -- restarts ----------------------------------------------------------------------------
+
+    async def resume(self) -> list[HeldCandidate]:
+        """After a restart: finish acknowledged regenerations, deliver what was decided but
+        not sent, and restart every hold; returns the held candidates."""
+        for pending in await self.corrections.pending_regenerations():
+            try:
+                await self._finish_regeneration(
+                    pending.candidate_id,
+                    actor=Actor(pending.actor_id, pending.actor_name),
+                    key=pending.key,
+                )
+            except Exception:
+                _log.exception("could not finish regeneration %s after restart", pending.key)
+        for node in await self.corrections.undelivered():
+            try:
+                await self.deliver_node(node, recovering=True)
+            except Exception:
+                _log.exception("could not deliver node %s after restart", node.id)
+        held = await self.corrections.held_candidates()
+        for candidate in held:
+            if candidate.id not in self._decided:
+                self._start_hold(candidate.id, candidate.hold_until, None)
+        _log.info("resumed %d held candidates", len(held))
+        return held
+
+    async def close(self) -> None:
+        """Stop hold timers (their candidates stay held in the database and resume later)."""
+        holds = [task for task in self._holds if not task.done()]
+        for task in holds:
+            task.cancel()
+        if holds:
+            await asyncio.wait(holds, timeout=10)
