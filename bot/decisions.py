@@ -155,7 +155,8 @@ class DecisionService:
         self.on_timeout = on_timeout
         self._outlets: dict[str, Outlet] = {}
         self._listeners: list[Listener] = []
-        self._decided: dict[int, asyncio.Event] = {}
+        #: Candidates this process holds, each with the event its decision sets.
+        self._held_here: dict[int, asyncio.Event] = {}
         self._holds: set[asyncio.Task[None]] = set()
 
     # -- wiring ----------------------------------------------------------------------------
@@ -200,6 +201,8 @@ class DecisionService:
         )
         if hold:
             until = _now() + timedelta(seconds=self.hold_seconds)
+            # Ours before it is held: a resume running meanwhile leaves it to this call.
+            self._held_here.setdefault(reply.candidate_id, asyncio.Event())
             await self.corrections.hold(reply.candidate_id, until)
             self._start_hold(reply.candidate_id, until, conversation)
             await self._publish(DecisionNews("held", reply.conversation_id, reply.candidate_id))
@@ -589,13 +592,13 @@ class DecisionService:
         self, candidate_id: int, until: datetime, conversation: ConversationRef | None
     ) -> None:
         """Wait for an actor in the background, until ``until``."""
-        self._decided.setdefault(candidate_id, asyncio.Event())
+        self._held_here.setdefault(candidate_id, asyncio.Event())
         task = asyncio.create_task(self._hold(candidate_id, until, conversation))
         self._holds.add(task)
         task.add_done_callback(self._holds.discard)
 
     def _stop_hold(self, candidate_id: int) -> None:
-        event = self._decided.get(candidate_id)
+        event = self._held_here.get(candidate_id)
         if event is not None:
             event.set()
 
@@ -604,7 +607,7 @@ class DecisionService:
     ) -> None:
         """Show the user the reply is coming until an actor decides or the hold runs out; then
         send it as it is or drop it for the persona's holding line (``on_timeout``)."""
-        decided = self._decided.setdefault(candidate_id, asyncio.Event())
+        decided = self._held_here.setdefault(candidate_id, asyncio.Event())
         try:
             if conversation is None:
                 node = await self.store.get_node(candidate_id)
@@ -639,13 +642,14 @@ class DecisionService:
         except Exception:
             _log.exception("hold of candidate %s failed", candidate_id)
         finally:
-            self._decided.pop(candidate_id, None)
+            self._held_here.pop(candidate_id, None)
 
     # -- restarts ----------------------------------------------------------------------------
 
     async def resume(self) -> list[HeldCandidate]:
         """After a restart: finish acknowledged regenerations, deliver what was decided but
-        not sent, and restart every hold; returns the held candidates."""
+        not sent, and restart the holds of an earlier process; returns those candidates (the
+        ones this process held meanwhile are its own already)."""
         for pending in await self.corrections.pending_regenerations():
             try:
                 await self._finish_regeneration(
@@ -660,10 +664,13 @@ class DecisionService:
                 await self.deliver_node(node, recovering=True)
             except Exception:
                 _log.exception("could not deliver node %s after restart", node.id)
-        held = await self.corrections.held_candidates()
+        held = [
+            candidate
+            for candidate in await self.corrections.held_candidates()
+            if candidate.id not in self._held_here  # not held by this process since it started
+        ]
         for candidate in held:
-            if candidate.id not in self._decided:
-                self._start_hold(candidate.id, candidate.hold_until, None)
+            self._start_hold(candidate.id, candidate.hold_until, None)
         _log.info("resumed %d held candidates", len(held))
         return held
 

@@ -248,6 +248,18 @@ async def test_a_restart_delivers_what_was_decided_but_not_sent(store: Conversat
     await restarted.close()
 
 
+async def test_a_resume_leaves_the_holds_of_this_process_alone(store: ConversationStore) -> None:
+    """A resume that runs while replies are being held (READY comes after the first messages)
+    resumes only what an earlier process held; the console must not post those twice."""
+    decisions, _ = decisions_for(_engine(store, ["Evening."]), hold_seconds=60)
+    mine = await _held_reply(decisions)
+    assert await decisions.resume() == []
+    other, _ = decisions_for(decisions.engine, hold_seconds=60)  # as a new process would
+    assert [held.id for held in await other.resume()] == [mine.candidate_id]
+    await decisions.close()
+    await other.close()
+
+
 def test_the_decision_service_imports_nothing_of_discord() -> None:
     code = "import sys, bot.decisions; print('discord' in sys.modules)"
     result = subprocess.run(
