@@ -62,6 +62,12 @@ _log = logging.getLogger(__name__)
 WARM_AGAIN_SECONDS = 300.0
 #: Users remembered as warmed (the oldest are forgotten first).
 _WARMED_KEPT = 4096
+#: Conversations whose history window start is kept (the oldest are forgotten first).
+_WINDOWS_KEPT = 4096
+#: The names that mark a card's example dialogue in a prompt (SillyTavern's convention).
+EXAMPLE_NAMES = {"user": "example_user", "assistant": "example_assistant"}
+#: The name of the system message that carries triggered lore and recalled memories.
+CONTEXT_NAME = "context"
 
 
 class UserDataOwner(Protocol):
@@ -184,6 +190,8 @@ class EngineLimits:
     timeout_s: float = 60.0
     recall_k: int = 6
     recall_token_budget: int = 200
+    #: Where the lore-and-memories message goes, in messages from the end (0: last).
+    context_depth: int = 1
 
 
 def _user_line(name: str, text: str, group: bool) -> str:
@@ -232,6 +240,8 @@ class ConversationEngine:
         #: When each (persona, user) memory was last warmed, oldest first (see warm_memory).
         self._warmed: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._warming = False
+        #: Per conversation, the id of the first history turn in its prompt (see build_prompt).
+        self._window_starts: OrderedDict[int, int] = OrderedDict()
 
     def check(self, text: str) -> str | Refusal:
         """Normalise ``text`` or say why it cannot be answered (nothing is stored either way)."""
@@ -319,6 +329,7 @@ class ConversationEngine:
             text=text,
             memories=memories,
             group=incoming.scope.startswith("channel:"),
+            conversation_id=conversation_id,
         )
         fallback = False
         try:
@@ -545,42 +556,72 @@ class ConversationEngine:
         text: str,
         memories: Sequence[str] = (),
         group: bool = False,
+        conversation_id: int | None = None,
     ) -> list[BaseMessage]:
         """The messages for the model, fitted to its context window.
 
-        Order: the card's system prompt (stable, so the model's prompt cache reuses it), then
-        triggered lore and memories, then example dialogue, then history trimmed oldest-first,
-        then the new message. In a group channel each user line carries the speaker's name.
+        Laid out so that consecutive turns share the longest byte-identical prefix, which the
+        model servers' prompt caches reuse (llama.cpp, vLLM): the card's system prompt, its
+        example dialogue (named ``example_user``/``example_assistant``, as SillyTavern marks
+        examples), the history window, the new message. What changes every turn, triggered
+        lore and recalled memories, is one system message named ``context`` placed
+        ``limits.context_depth`` messages from the end (1: just before the new message).
+
+        With a ``conversation_id`` the history window keeps its first turn while it fits, and
+        restarts at half the budget when it no longer does, so its prefix changes once in many
+        turns rather than every turn. In a group channel each user line carries the speaker's
+        name.
         """
         user_name = display_name(user_name)
         recent = [turn.content for turn in history[-4:]] + [text]
-        system = persona.system_prompt(user_name)
-        lore = persona.triggered_lore(recent, user_name)
-        if lore:
-            system += "\n\nWhat you know about this:\n" + "\n".join(f"- {line}" for line in lore)
-        if memories:
-            system += "\n\nWhat you remember:\n" + "\n".join(memories)
-        head: list[BaseMessage] = [SystemMessage(content=system)]
-        for role, line in persona.example_dialogue(user_name):
-            head.append(HumanMessage(content=line) if role == "user" else AIMessage(content=line))
-        tail = [HumanMessage(content=_user_line(user_name, text, group))]
+        context = _context_message(persona.triggered_lore(recent, user_name), memories)
+        head: list[BaseMessage] = [SystemMessage(content=persona.system_prompt(user_name))]
+        head += _example_messages(persona, user_name)
+        chat: list[BaseMessage] = [HumanMessage(content=_user_line(user_name, text, group))]
+        fixed = head + chat + ([context] if context is not None else [])
         budget = (
             self.limits.context_tokens
             - self.limits.max_new_tokens
-            - sum(approx_tokens(str(message.content)) for message in head + tail)
+            - sum(approx_tokens(str(message.content)) for message in fixed)
         )
-        kept: list[BaseMessage] = []
-        for turn in reversed(history):
-            message, tokens = _history_message(turn.role, turn.author_name, turn.content, group)
-            budget -= tokens
-            if budget < 0:
-                break
-            kept.append(message)
-        kept.reverse()
-        # A history that starts with the persona's line reads as a continuation; drop it.
-        while kept and isinstance(kept[0], AIMessage):
-            kept.pop(0)
-        return head + kept + tail
+        chat[:0] = self._history_window(conversation_id, history, budget, group)
+        if context is not None:
+            chat.insert(len(chat) - min(self.limits.context_depth, len(chat)), context)
+        return head + chat
+
+    def _history_window(
+        self,
+        conversation_id: int | None,
+        history: Sequence[HistoryTurn],
+        budget: int,
+        group: bool,
+    ) -> list[BaseMessage]:
+        """The history messages that fit ``budget`` tokens, starting with a user turn."""
+        messages = [
+            _history_message(turn.role, turn.author_name, turn.content, group) for turn in history
+        ]
+        kept_start = self._window_starts.get(conversation_id) if conversation_id else None
+        start = next((i for i, turn in enumerate(history) if turn.id == kept_start), None)
+        if start is None or sum(tokens for _, tokens in messages[start:]) > budget:
+            # A new window: the newest turns within the budget, or within half of the budget
+            # and of the turns read for a conversation whose window is kept.
+            limit = budget // 2 if conversation_id else budget
+            count = self.limits.history_turns // 2 if conversation_id else len(history)
+            start, used = len(history), 0
+            while start > 0 and len(history) - start < count:
+                used += messages[start - 1][1]
+                if used > limit:
+                    break
+                start -= 1
+        # A window that starts with the persona's line reads as a continuation; skip it.
+        while start < len(history) and history[start].role != "user":
+            start += 1
+        if conversation_id and start < len(history):
+            self._window_starts[conversation_id] = history[start].id
+            self._window_starts.move_to_end(conversation_id)
+            while len(self._window_starts) > _WINDOWS_KEPT:
+                self._window_starts.popitem(last=False)
+        return [message for message, _ in messages[start:]]
 
     async def _recall(
         self,
@@ -641,14 +682,38 @@ def _memory_failed(what: str, error: Exception) -> None:
     _log.debug("memory failure", exc_info=error)
 
 
+def _example_messages(persona: Persona, user_name: str) -> list[BaseMessage]:
+    """The card's example dialogue as named messages (never mistaken for real turns)."""
+    return [
+        HumanMessage(content=line, name=EXAMPLE_NAMES["user"])
+        if role == "user"
+        else AIMessage(content=line, name=EXAMPLE_NAMES["assistant"])
+        for role, line in persona.example_dialogue(user_name)
+    ]
+
+
+def _context_message(lore: Sequence[str], memories: Sequence[str]) -> SystemMessage | None:
+    """Triggered lore and recalled memories as one system message, if there are any."""
+    parts = []
+    if lore:
+        parts.append("What you know about this:\n" + "\n".join(f"- {line}" for line in lore))
+    if memories:
+        parts.append("What you remember:\n" + "\n".join(memories))
+    return SystemMessage(content="\n\n".join(parts), name=CONTEXT_NAME) if parts else None
+
+
 def _to_message(item: dict[str, str]) -> BaseMessage:
     kind = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}[item["role"]]
-    return kind(content=item["content"])
+    return kind(content=item["content"], name=item.get("name"))
 
 
 def _message_dict(message: BaseMessage) -> dict[str, str]:
+    """A prompt message as stored in its snapshot: role, content and, if it has one, name."""
     role = {"system": "system", "human": "user", "ai": "assistant"}.get(message.type, message.type)
-    return {"role": role, "content": str(message.content)}
+    stored = {"role": role, "content": str(message.content)}
+    if message.name:
+        stored["name"] = message.name
+    return stored
 
 
 def _flag_dict(flag: Any) -> dict[str, Any]:

@@ -94,6 +94,7 @@ def engine_limits(settings: Settings) -> EngineLimits:
     return EngineLimits(
         max_message_chars=settings.chat.max_message_chars,
         history_turns=settings.chat.history_turns,
+        context_depth=settings.chat.context_depth,
         context_tokens=settings.model.context_tokens,
         max_new_tokens=settings.model.max_tokens,
         timeout_s=settings.model.timeout_s,

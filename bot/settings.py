@@ -92,10 +92,14 @@ class MemorySettings(BaseModel):
 
 
 class ChatLimits(BaseModel):
-    """Bounds on what a user may send."""
+    """Bounds on what a user may send, and how the conversation is laid out for the model."""
 
     max_message_chars: int = Field(default=4000, ge=1, le=100_000)
     history_turns: int = Field(default=40, ge=1, le=1000)
+    #: Where recalled memories and triggered lore go in the prompt, in messages from its end
+    #: (1: just before the user's new message; 0: after it). Everything before them stays the
+    #: same from turn to turn, which is what model servers' prompt caches reuse.
+    context_depth: int = Field(default=1, ge=0, le=100)
 
 
 class DiscordSettings(BaseModel):

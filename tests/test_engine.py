@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 from typing import Any
 
 import pytest
@@ -287,15 +288,68 @@ def test_prompt_order_lore_and_trimming(personas: PersonaRegistry) -> None:
         vex, user_name="ann", history=history, text="hello", memories=["- sister: Maya"]
     )
     assert isinstance(messages[0], SystemMessage)
-    assert "sister: Maya" in str(messages[0].content)
+    assert "Maya" not in str(messages[0].content)  # the card's part never changes
     assert "{{char}}" not in str(messages[0].content) and "{{user}}" not in str(messages[0].content)
     assert messages[-1] == HumanMessage(content="hello")
+    context = messages[-2]  # memories late: just before the new message
+    assert isinstance(context, SystemMessage) and context.name == "context"
+    assert "sister: Maya" in str(context.content)
     kept = [m for m in messages if "turn " in str(m.content)]
     assert 0 < len(kept) < 40
     assert "turn 39" in str(kept[-1].content)  # newest kept, oldest dropped
     assert isinstance(kept[0], HumanMessage)
     examples = vex.example_dialogue("ann")
-    assert any(isinstance(m, AIMessage) and m.content == examples[-1][1] for m in messages)
+    named = [m for m in messages if m.name in ("example_user", "example_assistant")]
+    assert [(m.name, m.content) for m in named] == [
+        (f"example_{role}", line) for role, line in examples
+    ]
+    assert messages[1 : 1 + len(named)] == named  # right after the card, before any real turn
+
+
+def test_the_prompt_prefix_stays_the_same_while_memories_change(
+    personas: PersonaRegistry,
+) -> None:
+    """Turn after turn, only the end of the prompt changes: what prompt caches reuse."""
+    engine = ConversationEngine(
+        personas=personas,
+        store=None,  # type: ignore[arg-type]
+        model=FakeChatModel(),
+        limits=EngineLimits(context_tokens=1400, history_turns=40),
+    )
+    marlowe = personas.get("Marlowe")
+    history: list[HistoryTurn] = []
+    prompts = []
+    for turn in range(30):
+        text = f"message {turn} " + "y" * 120
+        prompts.append(
+            engine.build_prompt(
+                marlowe,
+                user_name="ann",
+                history=history[-40:],
+                text=text,
+                memories=[f"- a memory recalled at turn {turn}"],
+                conversation_id=7,
+            )
+        )
+        history += [
+            HistoryTurn(2 * turn, "user", "u", "ann", text),
+            HistoryTurn(2 * turn + 1, "assistant", "Marlowe", "Marlowe", f"reply {turn}"),
+        ]
+    restarts = 0
+    for before, after in itertools.pairwise(prompts):
+        context = next(i for i, m in enumerate(before) if m.name == "context")
+        assert context == len(before) - 2
+        if after[:context] != before[:context]:
+            restarts += 1  # the window started again at half the budget
+        else:
+            # the next prompt is this one's prefix, then the new turns, context and message
+            assert after[context : context + 2] == [
+                HumanMessage(content=before[-1].content),
+                AIMessage(content=str(after[context + 1].content)),
+            ]
+    assert 0 < restarts <= 6, restarts
+    budget = 1400 - engine.limits.max_new_tokens
+    assert all(sum(len(str(m.content)) / 4 for m in p) <= budget + len(p) for p in prompts)
 
 
 def test_group_channels_name_each_speaker(personas: PersonaRegistry) -> None:
