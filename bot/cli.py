@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine
     from typing import Any
 
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 __all__ = ["app"]
 
 _log = logging.getLogger(__name__)
@@ -199,15 +201,36 @@ def personas_export(
     Console().print(f"wrote {out}")
 
 
+_USER_HELP = "The user id (discord:1234, terminal:ann) or a bare name (ann: the terminal's user)."
+
+
+def _resolve_user(settings: Settings, user: str) -> str:
+    """A full id as given; a bare name is the terminal's user of that name, unless only other
+    transports' users go by it (then the command lists them and stops)."""
+    if ":" in user:
+        return user
+    from bot.cli_common import with_database
+    from feedback.store import ConversationStore
+
+    async def named(sessions: async_sessionmaker[AsyncSession]) -> list[str]:
+        return await ConversationStore(sessions).user_ids_named(user)
+
+    terminal_id = f"terminal:{user}"
+    matches = with_database(settings, named)
+    if not matches or terminal_id in matches:
+        return terminal_id
+    fail(f"no terminal user {user!r}; users going by that name: {', '.join(matches)}")
+
+
 @memory_app.command("show")
 def memory_show(
-    user: Annotated[str, typer.Option(help="The user id, e.g. discord:1234 or terminal:ann.")],
+    user: Annotated[str, typer.Option(help=_USER_HELP)],
     persona: Annotated[str | None, typer.Option(help="Only this persona's memories.")] = None,
 ) -> None:
     """List every memory kept about a user, and the history of their facts."""
     settings = settings_or_exit()
     _configure_logging(settings, quiet=True)
-    run_async(_memory_show(settings, user, persona))
+    run_async(_memory_show(settings, _resolve_user(settings, user), persona))
 
 
 async def _memory_show(settings: Settings, user: str, persona: str | None) -> None:
@@ -244,12 +267,13 @@ async def _memory_show(settings: Settings, user: str, persona: str | None) -> No
 
 @memory_app.command("forget")
 def memory_forget(
-    user: Annotated[str, typer.Option(help="The user id, e.g. discord:1234 or terminal:ann.")],
+    user: Annotated[str, typer.Option(help=_USER_HELP)],
     persona: Annotated[str | None, typer.Option(help="Only this persona's memories.")] = None,
 ) -> None:
     """Erase a user: memories, facts and pins (one persona, or everything incl. stored turns)."""
     settings = settings_or_exit()
     _configure_logging(settings, quiet=True)
+    user = _resolve_user(settings, user)
     removed = run_async(_memory_forget(settings, user, persona))
     Console().print(f"erased {removed} items about {user}")
 

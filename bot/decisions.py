@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 from bot.faults import crash_point
 from bot.llm import GenerationError
+from bot.moderation import Risk
 from feedback.corrections import ActionOutcome, Actor
 
 if TYPE_CHECKING:
@@ -111,13 +112,16 @@ class Outlet(Protocol):
         ...
 
 
-NewsKind = Literal["held", "sent", "decided", "regenerated", "rated", "claimed", "released"]
+NewsKind = Literal[
+    "held", "sent", "decided", "withheld", "regenerated", "rated", "claimed", "released"
+]
 
 
 @dataclass(frozen=True, slots=True)
 class DecisionNews:
-    """Something consoles may want to redraw: a reply held, sent or decided, a new candidate,
-    a rating, a conversation claimed or released."""
+    """Something consoles may want to redraw: a reply held, sent, decided or withheld (an
+    urgent reply no actor reviewed), a new candidate, a rating, a conversation claimed or
+    released."""
 
     kind: NewsKind
     conversation_id: int
@@ -125,7 +129,8 @@ class DecisionNews:
     candidate_id: int | None = None
     #: The node an action produced (a rewrite, a regenerated candidate), if any.
     result_id: int | None = None
-    #: Who acted (``timeout`` for an expired hold; ``None`` for the engine's own replies).
+    #: Who acted (``timeout`` for an expired hold, ``safety`` for a withheld reply; ``None`` for
+    #: the engine's own replies).
     actor_id: str | None = None
 
 
@@ -147,12 +152,15 @@ class DecisionService:
         corrections: CorrectionStore,
         hold_seconds: float = 45.0,
         on_timeout: Literal["send", "drop"] = "send",
+        help_resources: Sequence[str] = (),
     ) -> None:
         self.engine = engine
         self.store = engine.store
         self.corrections = corrections
         self.hold_seconds = hold_seconds
         self.on_timeout = on_timeout
+        #: Sent after the persona's safety line in place of an urgent reply no actor reviewed.
+        self.help_resources = tuple(help_resources)
         self._outlets: dict[str, Outlet] = {}
         self._listeners: list[Listener] = []
         #: Candidates this process holds, each with the event its decision sets.
@@ -190,7 +198,8 @@ class DecisionService:
 
     async def present(self, reply: Reply, *, hold: bool) -> None:
         """Put a new candidate in front of its user at once, or hold it for an actor
-        (``hold``) for :attr:`hold_seconds`."""
+        (``hold``) for :attr:`hold_seconds`. An urgent candidate that is not held is never
+        sent: the persona's safety line and the help resources go out instead."""
         incoming = reply.incoming
         conversation = ConversationRef(
             reply.conversation_id,
@@ -206,6 +215,9 @@ class DecisionService:
             await self.corrections.hold(reply.candidate_id, until)
             self._start_hold(reply.candidate_id, until, conversation)
             await self._publish(DecisionNews("held", reply.conversation_id, reply.candidate_id))
+            return
+        if reply.risk.urgent:
+            await self._withhold(reply.candidate_id, conversation, reply.risk.reasons)
             return
         outlet = self._outlet(conversation)
         if outlet is None:
@@ -480,6 +492,30 @@ class DecisionService:
             )
         return outcome
 
+    async def _withhold(
+        self, candidate_id: int, conversation: ConversationRef, reasons: Sequence[str]
+    ) -> None:
+        """Send the persona's safety line and the help resources instead of an urgent
+        candidate no actor reviewed; the candidate is kept, ``withheld``, for actors to see."""
+        persona = self.engine.personas.get(conversation.persona)
+        text = "\n".join([persona.safety_line(seed=candidate_id), *self.help_resources])
+        outcome = await self.corrections.withhold(candidate_id, text=text, reasons=reasons)
+        if outcome.status != "done":
+            return
+        _log.warning(
+            "urgent reply %s withheld (no actor reviewed it); safety line sent", candidate_id
+        )
+        await self._deliver_outcome(outcome)
+        await self._publish(
+            DecisionNews(
+                "withheld",
+                conversation.id,
+                candidate_id,
+                result_id=outcome.result_id,
+                actor_id="safety",
+            )
+        )
+
     # -- delivery ----------------------------------------------------------------------------
 
     async def _deliver_outcome(self, outcome: ActionOutcome) -> None:
@@ -623,6 +659,11 @@ class DecisionService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(decided.wait(), remaining)
             if decided.is_set():
+                return
+            node = await self.store.get_node(candidate_id)
+            risk = Risk.from_flags(node.flags if node is not None else ())
+            if risk.urgent and conversation is not None:
+                await self._withhold(candidate_id, conversation, risk.reasons)
                 return
             send = self.on_timeout == "send"
             outcome = await self.corrections.expire_hold(candidate_id, send=send)

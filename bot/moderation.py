@@ -3,7 +3,8 @@
 A candidate is risky when the user's message is emotionally heavy (a keyword list for grief,
 crisis and self-harm, plus VADER's compound score, which alone misreads grief), when it touches a
 topic the persona's card reserves for actors, or when a consistency flag is over its threshold.
-Self-harm language is urgent. Keyword lists are English only; they are a floor, not a classifier.
+Self-harm and crisis language are urgent: never sent unreviewed. Keyword lists are English only;
+they are a floor, not a classifier.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class RiskAssessor:
         if urgent:
             reasons.append("self-harm language")
         if _CRISIS.search(user_text):
+            urgent = True
             reasons.append("crisis words")
         if _GRIEF.search(user_text):
             reasons.append("grief")

@@ -113,6 +113,7 @@ def decision_service(
         corrections=CorrectionStore(sessions, claim_ttl=timedelta(minutes=console.claim_minutes)),
         hold_seconds=console.hold_seconds,
         on_timeout=console.on_timeout,
+        help_resources=settings.safety.help_resources,
     )
 
 

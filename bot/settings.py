@@ -141,6 +141,28 @@ class ConsoleSettings(BaseModel):
     staff_guild_id: int | None = None
 
 
+class SafetySettings(BaseModel):
+    """What an urgent reply (self-harm or crisis language) becomes when no actor can review it."""
+
+    #: Sent after the persona's safety line, one per line. Set the ones that serve your users.
+    help_resources: list[str] = Field(
+        default_factory=lambda: [
+            "If you are in danger right now, call your local emergency number.",
+            "US: call or text 988 (Suicide & Crisis Lifeline).",
+            "UK and Ireland: call Samaritans on 116 123.",
+            "Elsewhere: find a free, confidential helpline at https://findahelpline.com",
+        ],
+        min_length=1,
+        max_length=10,
+    )
+
+    @model_validator(mode="after")
+    def _check_resources(self) -> SafetySettings:
+        if any(not line.strip() or len(line) > 300 for line in self.help_resources):
+            raise ValueError("each of safety.help_resources must be 1 to 300 characters")
+        return self
+
+
 class HealthSettings(BaseModel):
     """The running bot's ``/healthz`` endpoint (JSON; 200 healthy, 503 degraded)."""
 
@@ -225,6 +247,7 @@ class Settings(BaseSettings):
     chat: ChatLimits = Field(default_factory=ChatLimits)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     exports: ExportSettings = Field(default_factory=ExportSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)

@@ -17,8 +17,9 @@ from rich.live import Live
 from rich.text import Text
 
 from bot.engine import IncomingMessage, Refusal, TakenOver
+from bot.flags import describe_flags
 from bot.llm import GenerationError
-from feedback.corrections import TAGS, Actor, InvalidAction
+from feedback.corrections import TAGS, Actor, InvalidAction, check_tags
 from personas import UnknownPersonaError
 
 if TYPE_CHECKING:
@@ -135,7 +136,11 @@ class TerminalChat:
             outcome = await self.decisions.rate(
                 self.last_reply_id, actor=self.actor, rating=int(rating_text), tags=tags, key=None
             )
-            return outcome.message if outcome.status == "refused" else f"Rated {rating_text}/5."
+            if outcome.status == "refused":
+                return outcome.message
+            recorded = check_tags(tags)
+            tagged = f", tagged {', '.join(recorded)}" if recorded else ""
+            return f"Rated {rating_text}/5{tagged}."
         if name == "rewrite":
             outcome = await self.decisions.rewrite(
                 self.last_reply_id, actor=self.actor, text=argument, key=None
@@ -176,9 +181,16 @@ class TerminalChat:
         if isinstance(result, Refusal):
             return result.notice if result.reason != "empty" else None
         await self.decisions.present(result, hold=False)
-        if result.fallback:
-            return "(the model failed; a fallback line was sent and flagged)"
-        return None
+        notices = []
+        if result.risk.urgent:
+            notices.append(
+                "(urgent: the model's reply was withheld; the persona's safety line and help "
+                "resources were sent instead)"
+            )
+        elif result.fallback:
+            notices.append("(the model failed; a fallback line was sent and flagged)")
+        notices += [f"flag: {line}" for line in describe_flags(result.flags)]
+        return "\n".join(notices) if notices else None
 
     async def run_script(self, lines: Iterable[str], out: TextIO, err: TextIO) -> int:
         """Answer one message a line; print each reply on one line as ``NAME: reply``.
@@ -194,6 +206,7 @@ class TerminalChat:
             replies += 1
 
         self._show = show
+        print(f"chatting with {self.persona} as {self.user_id}", file=err, flush=True)
         for raw in lines:
             line = raw.rstrip("\n")
             if line.startswith("/"):
@@ -211,6 +224,9 @@ class TerminalChat:
         """A Rich chat loop; nothing typed can end it but ``/quit`` or end of input."""
         persona = self.engine.personas.get(self.persona)
         console.print(f"[bold green]{persona.name}[/]: {persona.greeting(self.user)}")
+        console.print(
+            f"[dim]You are {self.user_id} (see `greenroom memory show --user {self.user}`).[/]"
+        )
         console.print(f"[dim]{_HELP}[/]")
         self._show = lambda name, text: console.print(
             Text(f"{name}: ", style="bold green") + Text(text)
@@ -246,4 +262,6 @@ class TerminalChat:
                 shown.append(token)
                 live.update(header + shown)
 
-            return await self._answer(line, on_token=on_token)
+            # An urgent line's reply is withheld: never show it, not even while it is written.
+            urgent = self.engine.risk.assess(line).urgent
+            return await self._answer(line, on_token=None if urgent else on_token)

@@ -45,6 +45,7 @@ __all__ = [
     "CorrectionStore",
     "HeldCandidate",
     "InvalidAction",
+    "check_tags",
 ]
 
 _log = logging.getLogger(__name__)
@@ -116,7 +117,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _check_tags(tags: Sequence[str]) -> list[str]:
+def check_tags(tags: Sequence[str]) -> list[str]:
+    """The tags as recorded: known ones only (else :class:`InvalidAction`), once each, in
+    :data:`TAGS` order."""
     unknown = [tag for tag in tags if tag not in TAGS]
     if unknown:
         raise InvalidAction(f"unknown tag {unknown[0]!r}; use one of: {', '.join(TAGS)}")
@@ -535,7 +538,7 @@ class CorrectionStore:
         """A 1-5 rating and/or tags; several actors may rate the same reply."""
         if rating is not None and not 1 <= rating <= 5:
             raise InvalidAction(f"A rating is 1 to 5, not {rating}.")
-        checked = _check_tags(tags)
+        checked = check_tags(tags)
         if rating is None and not checked:
             raise InvalidAction("Give a rating from 1 to 5, or at least one tag.")
         async with self._sessions() as session:
@@ -568,6 +571,42 @@ class CorrectionStore:
                 node=node,
                 key=f"timeout:{candidate_id}",
                 result_id=node.id if send else None,
+            )
+
+    async def withhold(
+        self, candidate_id: int, *, text: str, reasons: Sequence[str]
+    ) -> ActionOutcome:
+        """An urgent candidate no actor can review is ``withheld`` (never sent) and ``text`` (the
+        persona's safety line and help resources) goes out instead, as a sibling node that no
+        export trains on. Refused if an actor decided first."""
+        safety = Actor("safety", "safety")
+        async with self._sessions() as session:
+            node = await self._load(session, candidate_id)
+            why = await self._decide(session, node, safety, "withheld")
+            if why:
+                return ActionOutcome("refused", why, candidate_id=candidate_id)
+            replacement = MessageNode(
+                conversation_id=node.conversation_id,
+                parent_id=node.parent_id,
+                role="assistant",
+                origin="safety_fallback",
+                author_id=f"persona:{node.author_name}",
+                author_name=node.author_name,
+                content=text,
+                state="approved",
+                prompt_snapshot_id=node.prompt_snapshot_id,
+                decided_by=safety.id,
+                flags=[{"kind": "safety_fallback", "withheld": node.id, "reasons": list(reasons)}],
+            )
+            session.add(replacement)
+            await session.flush()
+            return await self._record(
+                session,
+                kind="safety_fallback",
+                actor=safety,
+                node=node,
+                key=f"safety:{candidate_id}",
+                result_id=replacement.id,
             )
 
     async def held_candidates(self) -> list[HeldCandidate]:

@@ -49,7 +49,7 @@ __all__ = [
 #: A user turn: waiting for an answer, answered, or refused before generation.
 UserTurnState = ("pending", "answered")
 #: An assistant node: produced, waiting for an actor, went out, passed over, or never sent.
-AssistantState = ("candidate", "held", "sent", "rejected", "dropped")
+AssistantState = ("candidate", "held", "sent", "rejected", "dropped", "withheld")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -130,7 +130,8 @@ class MessageNode(Base):
     )
     #: ``user`` or ``assistant``.
     role: Mapped[str] = mapped_column(String(16))
-    #: ``user``, ``model``, ``fallback``, ``rewrite``, ``takeover`` or ``greeting``.
+    #: ``user``, ``model``, ``fallback``, ``safety_fallback``, ``rewrite``, ``takeover`` or
+    #: ``greeting``.
     origin: Mapped[str] = mapped_column(String(16))
     #: The user's id, the actor's id, or the persona's name for model output.
     author_id: Mapped[str] = mapped_column(String(128))
@@ -288,7 +289,7 @@ class FeedbackEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     #: ``approve``, ``rewrite``, ``regenerate``, ``rate``, ``takeover``, ``takeover_message``,
-    #: ``release``, ``timeout_send`` or ``timeout_drop``.
+    #: ``release``, ``timeout_send``, ``timeout_drop`` or ``safety_fallback``.
     kind: Mapped[str] = mapped_column(String(24))
     actor_id: Mapped[str] = mapped_column(String(128))
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))

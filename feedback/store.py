@@ -637,6 +637,22 @@ class ConversationStore:
                 )
             )
 
+    async def user_ids_named(self, name: str) -> list[str]:
+        """The ids of users who wrote turns as ``name``: ``terminal:name`` and any other
+        transport's user whose id ends in ``:name`` or whose display name is ``name``."""
+        async with autocommit(self._sessions) as session:
+            rows = await session.scalars(
+                select(MessageNode.author_id)
+                .where(
+                    MessageNode.role == "user",
+                    (MessageNode.author_id.endswith(f":{name}", autoescape=True))
+                    | (MessageNode.author_name == name),
+                )
+                .distinct()
+                .order_by(MessageNode.author_id)
+            )
+            return list(rows)
+
     async def get_node(self, node_id: int) -> MessageNode | None:
         """One node of the tree, or ``None``."""
         async with autocommit(self._sessions) as session:

@@ -14,7 +14,13 @@ from .prompting import Role, parse_example_dialogue, render_system_prompt, subst
 if TYPE_CHECKING:
     from .schema import CharacterCard, GreenroomExtension
 
-__all__ = ["DEFAULT_FALLBACK_LINES", "DEFAULT_HOLDING_LINES", "DEFAULT_NON_TEXT_LINES", "Persona"]
+__all__ = [
+    "DEFAULT_FALLBACK_LINES",
+    "DEFAULT_HOLDING_LINES",
+    "DEFAULT_NON_TEXT_LINES",
+    "DEFAULT_SAFETY_LINES",
+    "Persona",
+]
 
 #: Used when a card has no ``fallback_lines``.
 DEFAULT_FALLBACK_LINES = (
@@ -27,6 +33,11 @@ DEFAULT_NON_TEXT_LINES = ("*{{char}} squints.* I can only read words here. Tell 
 DEFAULT_HOLDING_LINES = (
     "*{{char}} takes a moment to think that over.*",
     "Hold that thought, I want to answer this one properly.",
+)
+#: Used when a card has no ``safety_lines``.
+DEFAULT_SAFETY_LINES = (
+    "I'm really glad you told me, and I care about what happens to you. I'm not the right one "
+    "to help with this, but people who are can talk with you right now:",
 )
 
 
@@ -149,6 +160,11 @@ class Persona:
     def holding_line(self, seed: int = 0, *, user_name: str = "you") -> str:
         """An in-persona line for when a reply is held or dropped; deterministic per seed."""
         return self._pick(self._greenroom.holding_lines, DEFAULT_HOLDING_LINES, seed, user_name)
+
+    def safety_line(self, seed: int = 0, *, user_name: str = "you") -> str:
+        """An in-persona line that leads to help resources, sent instead of an urgent reply no
+        actor could review; deterministic per seed."""
+        return self._pick(self._greenroom.safety_lines, DEFAULT_SAFETY_LINES, seed, user_name)
 
     def non_text_line(self, seed: int = 0, *, user_name: str = "you") -> str:
         """An in-persona line for a message with no text (only an attachment or a sticker)."""

@@ -56,6 +56,9 @@ class GreenroomExtension(BaseModel):
     fallback_lines: list[str] = Field(default_factory=list)
     #: In-persona lines used when a reply is held for review or dropped.
     holding_lines: list[str] = Field(default_factory=list)
+    #: In-persona lines that lead to help resources, sent instead of an urgent (self-harm,
+    #: crisis) reply when no actor can review it.
+    safety_lines: list[str] = Field(default_factory=list)
     #: In-persona lines for a message with only an attachment or a sticker.
     non_text_lines: list[str] = Field(default_factory=list)
     #: ``auto`` sends model replies directly; ``review`` holds every reply for an actor.

@@ -176,7 +176,8 @@ def test_terminal_corrections_are_recorded_as_feedback_events(tmp_path: Path) ->
         "Marlowe: You said: what now",
     ]
     errors = result.stderr
-    assert "Nothing to /rate yet" in errors and "Rated 4/5." in errors
+    assert errors.startswith("chatting with Marlowe as terminal:ann\n")
+    assert "Nothing to /rate yet" in errors and "Rated 4/5, tagged in-character, funny." in errors
     assert "1 to 5" in errors and "unknown tag 'meh'" in errors
     assert "Rewritten" in errors and "empty" in errors and "Regenerated." in errors
     database = sqlite3.connect(tmp_path / "data" / "greenroom.sqlite3")
@@ -193,3 +194,52 @@ def test_terminal_corrections_are_recorded_as_feedback_events(tmp_path: Path) ->
     ).fetchall()
     assert ("Evening, friend. The rain never stops.",) in history
     assert database.execute("SELECT consent FROM user_privacy").fetchall() == [(1,)]
+
+
+def test_terminal_shows_flags_and_withholds_urgent_replies(tmp_path: Path) -> None:
+    """With no actor to hold for, an urgent reply never goes out: the persona's safety line and
+    the help resources do, and the turn is flagged; a risky one shows its flags."""
+    result = _run(
+        ["chat", "--persona", "Marlowe", "--user", "ann"],
+        tmp_path,
+        "my dog died last week\nI want to kill myself\n",
+        GREENROOM_MODEL__PROVIDER="fake",
+        GREENROOM_SAFETY__HELP_RESOURCES='["Call 988 (US).", "Samaritans: 116 123."]',
+    )
+    assert result.returncode == 0, result.stderr
+    replies = result.stdout.splitlines()
+    assert replies[0] == "Marlowe: You said: my dog died last week"
+    assert replies[1].startswith("Marlowe: Hey. I'm glad you said it out loud")
+    assert replies[1].endswith("Call 988 (US). Samaritans: 116 123.")
+    assert "flag: ⚠️ grief" in result.stderr
+    assert "urgent: the model's reply was withheld" in result.stderr
+    assert "flag: 🚨 URGENT: self-harm language" in result.stderr
+    database = sqlite3.connect(tmp_path / "data" / "greenroom.sqlite3")
+    nodes = database.execute(
+        "SELECT origin, state, content FROM messages WHERE role = 'assistant' ORDER BY id"
+    ).fetchall()
+    assert nodes[1] == ("model", "withheld", "You said: I want to kill myself")
+    assert nodes[2][:2] == ("safety_fallback", "sent") and "988" in nodes[2][2]
+    events = database.execute("SELECT kind, actor_id FROM feedback_events").fetchall()
+    assert events == [("safety_fallback", "safety")]
+
+
+def test_memory_commands_take_a_bare_terminal_name(tmp_path: Path) -> None:
+    chat = _run(["chat", "--user", "ann"], tmp_path, "hello\n", GREENROOM_MODEL__PROVIDER="fake")
+    assert "as terminal:ann" in chat.stderr
+    database = sqlite3.connect(tmp_path / "data" / "greenroom.sqlite3")
+    database.execute(
+        "INSERT INTO messages (conversation_id, role, origin, author_id, author_name, content,"
+        " state, flags, created_at) SELECT conversation_id, 'user', 'user', 'discord:77', 'bob',"
+        " 'hi', 'answered', '[]', created_at FROM messages LIMIT 1"
+    )
+    database.commit()
+    forgot = _run(["memory", "forget", "--user", "ann"], tmp_path)
+    assert forgot.returncode == 0, forgot.stderr
+    assert "about terminal:ann" in forgot.stdout
+    assert database.execute(
+        "SELECT count(*) FROM messages WHERE author_id = 'terminal:ann'"
+    ).fetchone() == (0,)
+    ambiguous = _run(["memory", "forget", "--user", "bob"], tmp_path)
+    assert ambiguous.returncode == 2
+    assert "no terminal user 'bob'; users going by that name: discord:77" in ambiguous.stderr

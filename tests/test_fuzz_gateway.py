@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from bot.engine import CONTEXT_NAME
 from bot.llm import FakeChatModel
 from feedback.database import create_engine, migrate
 from feedback.models import FeedbackEvent, MessageNode, PromptSnapshot
@@ -470,10 +471,14 @@ async def _check_database(harness: Harness) -> None:
             for actor in (await session.scalars(select(FeedbackEvent.actor_id).distinct())).all()
         }
     alice = f"discord:{harness.world.extras['alice'].id}"
-    assert outsiders <= {alice, "timeout"}, f"feedback recorded for non-actors: {outsiders}"
+    assert outsiders <= {alice, "timeout", "safety"}, (
+        f"feedback recorded for non-actors: {outsiders}"
+    )
     for snapshot in snapshots:
         systems = [m for m in snapshot.messages if m["role"] == "system"]
-        assert len(systems) == 1, snapshot.messages
+        # the persona's card, and at most one late message of recalled context
+        assert len([m for m in systems if m.get("name") != CONTEXT_NAME]) == 1, snapshot.messages
+        assert len(systems) <= 2, snapshot.messages
         for message in snapshot.messages:
             assert OWNER_SECRET not in message["content"], "another user's memory in a prompt"
             if message["role"] == "user":

@@ -162,7 +162,7 @@ class ConsoleDesk:
         """Keep console messages true to the database, whoever acted and from where."""
         if news.kind == "regenerated" and news.candidate_id and news.result_id:
             await self._show_candidate(news.candidate_id, news.result_id)
-        elif news.kind == "decided" and news.candidate_id is not None:
+        elif news.kind in ("decided", "withheld") and news.candidate_id is not None:
             await self.refresh(news.candidate_id)
         elif news.kind in ("claimed", "released"):
             latest = await self.store.latest_console_candidate(news.conversation_id)

@@ -6,9 +6,11 @@ message at most 5 rows of components, and a ``custom_id`` 100 characters.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
+
+from bot.flags import describe_flag, is_urgent
 
 if TYPE_CHECKING:
     from feedback.models import Conversation, ConversationClaim, MessageNode
@@ -24,6 +26,7 @@ _STATE_COLOURS = {
     "rejected": discord.Colour.dark_grey(),
     "replaced": discord.Colour.dark_grey(),
     "dropped": discord.Colour.dark_grey(),
+    "withheld": discord.Colour.dark_grey(),
 }
 
 
@@ -38,20 +41,6 @@ def _where(conversation: Conversation | None) -> str:
     return f"<#{ident}>" if kind == "channel" else f"DM with user `{ident}`"
 
 
-def _flag_line(flag: dict[str, Any]) -> str:
-    kind = flag.get("kind", "flag")
-    if kind == "risk":
-        return ("🚨 URGENT: " if flag.get("urgent") else "⚠️ ") + ", ".join(flag["reasons"])
-    if kind == "generation_failed":
-        return f"⚠️ model failed ({flag.get('reason')}); a fallback line was used"
-    over = " **over threshold**" if flag.get("over_threshold") else ""
-    evidence = flag.get("evidence") or {}
-    detail = evidence.get("fact") or evidence.get("statement") or ""
-    score = flag.get("score")
-    score_text = f" {score:.2f}" if isinstance(score, int | float) else ""
-    return f"{kind}{score_text}{over}" + (f": “{_clip(str(detail), 200)}”" if detail else "")
-
-
 def console_embed(
     node: MessageNode,
     *,
@@ -62,7 +51,7 @@ def console_embed(
     claim: ConversationClaim | None,
 ) -> discord.Embed:
     """The console embed for a candidate as the database has it now."""
-    urgent = any(f.get("kind") == "risk" and f.get("urgent") for f in node.flags)
+    urgent = is_urgent(node.flags)
     title = f"{'🚨 URGENT · ' if urgent else ''}{node.author_name} · candidate #{node.id}"
     embed = discord.Embed(
         title=title,
@@ -83,7 +72,7 @@ def console_embed(
         embed.add_field(name="User said", value=_clip(said, _FIELD_LIMIT), inline=False)
     if memories:
         embed.add_field(name="Memory", value=_clip("\n".join(memories), _FIELD_LIMIT), inline=False)
-    flags = [_flag_line(flag) for flag in node.flags]
+    flags = [describe_flag(flag) for flag in node.flags]
     if flags:
         embed.add_field(name="Flags", value=_clip("\n".join(flags), _FIELD_LIMIT), inline=False)
     if claim is not None:

@@ -60,8 +60,17 @@ class Console(commands.GroupCog, group_name="console"):
             actor_role_id=str(role.id),
             by=f"discord:{interaction.user.id}",
         )
+        if self.bot.desk.settings.staff_guild_id == interaction.guild_id:
+            dms = "Direct messages show here too (this server is `console.staff_guild_id`)."
+        else:
+            dms = (
+                "Direct messages are not shown here: to review them in this console, set "
+                f"`console.staff_guild_id = {interaction.guild_id}` (environment "
+                "`GREENROOM_CONSOLE__STAFF_GUILD_ID`) and restart. Until a console shows them, "
+                "an urgent DM reply is replaced by the persona's safety line and help resources."
+            )
         await interaction.response.send_message(
-            f"Console: {channel.mention}. Actors: members with {role.mention}.",
+            f"Console: {channel.mention}. Actors: members with {role.mention}.\n{dms}",
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
         )
