@@ -26,7 +26,7 @@ from bot.cli_trainer import build_records_command, export_command, report_comman
 from bot.llm import ModelUnavailableError
 from bot.settings import ConfigError, Settings
 from feedback.database import DatabaseError
-from personas import CardError, PersonaRegistry, UnknownPersonaError
+from personas import CardError, Persona, PersonaRegistry, UnknownPersonaError
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -150,8 +150,11 @@ def personas_list() -> None:
 
 
 @personas_app.command("show")
-def personas_show(name: str) -> None:
-    """Show one persona's card as JSON."""
+def personas_show(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw card as JSON.")] = False,
+) -> None:
+    """Show one persona: a readable summary, or the raw card with --json."""
     registry = _registry(settings_or_exit())
     try:
         persona = registry.get(name)
@@ -159,7 +162,39 @@ def personas_show(name: str) -> None:
         fail(str(error))
     from personas import dump_card_json
 
-    Console().print_json(dump_card_json(persona.card))
+    if as_json:
+        Console().print_json(dump_card_json(persona.card))
+        return
+    Console().print(_persona_summary(persona))
+
+
+def _persona_summary(persona: Persona) -> Table:
+    """Name, description, voice, boundaries, lorebook and version, as one table."""
+    data, greenroom = persona.card.data, persona.greenroom
+
+    def listed(items: list[str]) -> str:
+        return "\n".join(f"• {persona.render(item, 'you')}" for item in items) or "(none)"
+
+    book = data.character_book.entries if data.character_book else []
+    lore = [
+        f"{entry.name or entry.comment or 'entry'}: {', '.join(entry.keys) or '(constant)'}"
+        + ("" if entry.enabled else " (disabled)")
+        for entry in book
+    ]
+    version = data.character_version or "unversioned"
+    table = Table(title=persona.name, show_header=False, box=None, padding=(0, 1))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("description", persona.render(data.description or "", "you") or "(none)")
+    table.add_row("personality", persona.render(data.personality or "", "you") or "(none)")
+    table.add_row("voice", listed(greenroom.tone_rules))
+    table.add_row("canon", listed(greenroom.canon_facts))
+    table.add_row("boundaries", listed(greenroom.boundaries))
+    table.add_row("actor-only topics", listed(greenroom.actor_only_topics))
+    table.add_row(f"lorebook ({len(lore)})", listed(lore))
+    table.add_row("mode", greenroom.mode)
+    table.add_row("version", f"{version} ({persona.card.spec}, content {persona.version_hash})")
+    return table
 
 
 @personas_app.command("import")

@@ -153,16 +153,23 @@ def _chat_model(settings: Settings) -> Check:
             return Check("chat model", "degraded", str(error))
         return Check("chat model", "ok", f"local {path}")
     key = os.environ.get(model.api_key_env, "").strip()
-    if not key:
+    if not key and model.base_url is None:
         return Check("chat model", "degraded", f"openai: {model.api_key_env} is not set")
     base = (model.base_url or "https://api.openai.com/v1").rstrip("/")
-    request = urllib.request.Request(f"{base}/models", headers={"Authorization": f"Bearer {key}"})
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(f"{base}/models", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
             response.read()
     except urllib.error.HTTPError as error:
         if error.code < 500 and error.code not in (401, 403):
             return Check("chat model", "ok", f"openai {base}: reachable (GET /models {error.code})")
+        if not key:
+            return Check(
+                "chat model",
+                "degraded",
+                f"openai {base}: HTTP {error.code}; it wants a key in {model.api_key_env}",
+            )
         return Check("chat model", "degraded", f"openai {base}: HTTP {error.code}")
     except (OSError, ValueError) as error:
         return Check("chat model", "degraded", f"openai {base}: {error}")

@@ -41,6 +41,36 @@ DEFAULT_SAFETY_LINES = (
 )
 
 
+#: A third-person verb right after a conjunction: "I am 52 and goes by ..." shares the "I".
+_COORDINATED_VERB = re.compile(
+    r"\b((?:and|but|or|then)\s+(?:(?:always|never|often|still|also|sometimes|usually|\w+ly)\s+)?)"
+    r"([a-z]+?(?<!s)s)\b"
+)
+_IRREGULAR_FIRST_PERSON = {"is": "am", "has": "have", "does": "do", "goes": "go", "was": "was"}
+#: Words ending in "s" that follow a conjunction but are not verbs.
+_NOT_VERBS = frozenset(
+    "always sometimes perhaps besides afterwards nevertheless nonetheless thus this its his hers "
+    "theirs ours yours us plus less".split()
+)
+
+
+def _as_first_person(verb: str) -> str:
+    """``goes`` → ``go``, ``carries`` → ``carry``, ``teaches`` → ``teach``, ``is`` → ``am``."""
+    if verb in _IRREGULAR_FIRST_PERSON:
+        return _IRREGULAR_FIRST_PERSON[verb]
+    if verb.endswith("ies") and len(verb) > 4:
+        return verb[:-3] + "y"
+    if re.search(r"(ch|sh|x|z|o)es$", verb):
+        return verb[:-2]
+    return verb[:-1]
+
+
+def _first_person(match: re.Match[str]) -> str:
+    """A coordinated verb, conjugated for "I" (an adverb between stays)."""
+    lead, verb = match.groups()
+    return match.group(0) if verb in _NOT_VERBS else lead + _as_first_person(verb)
+
+
 class Persona:
     """An immutable persona built from a card.
 
@@ -131,14 +161,19 @@ class Persona:
         so they compare with what the persona says about itself. A rough English rewrite:
         subject, possessives and the commonest verb forms."""
         first = re.escape(self.name.split()[0])
-        subject = rf"^(?:{first}(?:\s+[A-Z][\w'-]+)?|she|he|they)\b"
+        subject = rf"^(?:{first}(?:\s+(?-i:[A-Z])[\w'-]+)?|she|he|they)\b"
         facts = []
         for fact in self._greenroom.canon_facts:
             text = self.render(fact.strip(), "you")
             text = re.sub(subject + r"\s+(?:is|are)\b", "I am", text, flags=re.IGNORECASE)
             text = re.sub(subject + r"\s+(?:has|have)\b", "I have", text, flags=re.IGNORECASE)
             text = re.sub(subject + r"\s+(?:was|were)\b", "I was", text, flags=re.IGNORECASE)
-            text = re.sub(subject + r"\s+(\w+?)(?<!s)s\b", r"I \1", text, flags=re.IGNORECASE)
+            text = re.sub(
+                subject + r"\s+(\w+?(?<!s)s)\b",
+                lambda match: "I " + _as_first_person(match.group(1)),
+                text,
+                flags=re.IGNORECASE,
+            )
             text = re.sub(subject, "I", text, flags=re.IGNORECASE)
             text = re.sub(r"\b(?:her|him|them)\b(?=\s*[.,;!?]|\s*$)", "me", text, flags=re.I)
             text = re.sub(
@@ -150,6 +185,8 @@ class Persona:
             text = re.sub(r"\b(?:him|them)\b", "me", text, flags=re.IGNORECASE)
             text = re.sub(r"\b(?:her|his|their)\b", "my", text, flags=re.IGNORECASE)
             text = re.sub(r"^my\b", "My", text)
+            if text.startswith("I "):
+                text = _COORDINATED_VERB.sub(_first_person, text)
             facts.append(text)
         return facts
 

@@ -104,7 +104,14 @@ def test_personas_list_show_export_import(tmp_path: Path) -> None:
     assert listed.returncode == 0
     for name in ("Marlowe", "Juniper", "Captain Vex"):
         assert name in listed.stdout
-    shown = _run(["personas", "show", "marlowe"], tmp_path)
+    summary = _run(["personas", "show", "captain vex"], tmp_path, COLUMNS="200")
+    assert summary.returncode == 0, summary.stderr
+    rows = {line.split("  ")[0].strip(): line for line in summary.stdout.splitlines()}
+    assert "Gilded Kraken" in rows["description"] and "Calls you 'matey'" in summary.stdout
+    assert "Never says she is an AI" in summary.stdout
+    assert "lorebook (4)" in rows and "helix: Helix, bounty" in summary.stdout
+    assert "1.0 (chara_card_v3, content " in rows["version"]
+    shown = _run(["personas", "show", "marlowe", "--json"], tmp_path)
     assert json.loads(shown.stdout)["data"]["name"] == "Marlowe"
     assert _run(["personas", "show", "nope"], tmp_path).returncode == 2
 
@@ -122,7 +129,7 @@ def test_personas_list_show_export_import(tmp_path: Path) -> None:
     source.write_text(json.dumps(card))
     imported = _run(["personas", "import", str(source)], tmp_path)
     assert imported.returncode == 0, imported.stderr
-    again = _run(["personas", "show", "Marlowe Jr"], tmp_path)
+    again = _run(["personas", "show", "Marlowe Jr", "--json"], tmp_path)
     assert json.loads(again.stdout)["data"]["extensions"]["somebody_elses"] == {"kept": True}
 
     broken = tmp_path / "broken.json"

@@ -6,8 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 
@@ -124,6 +126,43 @@ def test_status_says_degraded_when_the_database_is_unreachable(tmp_path: Path) -
     assert "degraded" in database
     not_running = [line for line in result.stdout.splitlines() if "│ bot" in line]
     assert not_running and "health.port is not set" in not_running[0]
+
+
+class _KeylessModels(BaseHTTPRequestHandler):
+    """A self-hosted OpenAI-compatible server that wants no key: ``GET /v1/models``."""
+
+    seen_authorization: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        self.seen_authorization.append(self.headers.get("Authorization"))
+        body = b'{"object": "list", "data": [{"id": "local-model", "object": "model"}]}'
+        self.send_response(200 if self.path == "/v1/models" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_status_calls_a_keyless_self_hosted_endpoint_healthy(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _KeylessModels)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = _status(
+            tmp_path,
+            GREENROOM_MODEL__PROVIDER="openai",
+            GREENROOM_MODEL__NAME="local-model",
+            GREENROOM_MODEL__BASE_URL=f"http://127.0.0.1:{server.server_port}/v1",
+            OPENAI_API_KEY="",
+        )
+    finally:
+        server.shutdown()
+    [model] = [line for line in result.stdout.splitlines() if "│ chat model" in line]
+    assert "ok" in model and "degraded" not in model, result.stdout
+    assert _KeylessModels.seen_authorization == [None]
 
 
 @pytest.mark.postgres

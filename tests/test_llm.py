@@ -26,6 +26,7 @@ from bot.llm import (
     describe_model,
     generate,
 )
+from bot.llm.factory import NO_KEY
 from bot.settings import ModelSettings
 
 if TYPE_CHECKING:
@@ -201,6 +202,21 @@ async def test_openai_error_becomes_failed_with_cause(
     assert caught.value.reason == "failed"
     assert caught.value.__cause__ is not None
     assert "no such model" in str(caught.value)
+
+
+async def test_a_self_hosted_endpoint_needs_no_key(
+    stub: StubServer, monkeypatch: pytest.MonkeyPatch, opened: list[BaseChatModel]
+) -> None:
+    """vLLM, llama.cpp's server and Ollama run keyless: a base_url without a key works."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    model = build_chat_model(_openai_settings(stub))
+    opened.append(model)
+
+    result = await generate(model, [HumanMessage("hi")], timeout_s=5)
+
+    assert result.text == "Hello from the stub"
+    assert stub.requests[0][1]["Authorization"] == f"Bearer {NO_KEY}"
 
 
 @pytest.mark.parametrize("value", [None, "", "   "])

@@ -160,6 +160,31 @@ def test_fallback_and_holding_lines_are_deterministic() -> None:
     assert bare.greenroom.mode == "auto"
 
 
+def test_canon_in_the_personas_own_voice_is_grammatical(registry: PersonaRegistry) -> None:
+    marlowe = registry.get("Marlowe").canon_as_self()
+    assert marlowe[0] == "I am 52 years old and go by my last name only."
+    assert "I drink my coffee black and quit smoking three years ago." in marlowe
+    canon = [
+        "Ivo Marsh is 30 and has two dogs.",
+        "She teaches piano and carries a torch for jazz.",
+        "He fixes clocks, and always wins at chess.",
+        "They were born in Oslo and was raised in Bergen.",
+        "Ivo writes letters but never sends any.",
+    ]
+    facts = Persona(
+        CharacterCard.new("Ivo", greenroom=GreenroomExtension(canon_facts=canon))
+    ).canon_as_self()
+    assert facts == [
+        "I am 30 and have two dogs.",
+        "I teach piano and carry a torch for jazz.",
+        "I fix clocks, and always win at chess.",
+        "I was born in Oslo and was raised in Bergen.",
+        "I write letters but never send any.",
+    ]
+    safety = Persona(CharacterCard.new("Ivo")).safety_line(0, user_name="Kim")
+    assert safety and "{{" not in safety
+
+
 def test_persona_is_immutable_and_hash_tracks_content() -> None:
     persona = Persona(CharacterCard.new("Ivo"))
     with pytest.raises(AttributeError, match="immutable"):

@@ -86,20 +86,26 @@ def build_chat_model(settings: ModelSettings) -> BaseChatModel:
     raise ValueError(f"unknown model provider {settings.provider!r}; use local, openai or fake")
 
 
+#: Sent as the key to a self-hosted endpoint when none is set (vLLM's documented placeholder).
+NO_KEY = "EMPTY"
+
+
 def _build_openai(settings: ModelSettings) -> BaseChatModel:
     from langchain_openai import ChatOpenAI  # imported here: slow, and only openai users need it
     from pydantic import SecretStr
 
     api_key = os.environ.get(settings.api_key_env, "").strip()
-    if not api_key:
+    if not api_key and settings.base_url is None:
         raise ModelUnavailableError(
             f"the openai model provider needs an API key in the environment variable "
-            f"{settings.api_key_env} (named by model.api_key_env), and it is not set"
+            f"{settings.api_key_env} (named by model.api_key_env), and it is not set; "
+            "a self-hosted endpoint (model.base_url) needs none"
         )
     return ChatOpenAI(
         model=settings.name,
         base_url=settings.base_url,
-        api_key=SecretStr(api_key),
+        # The OpenAI client insists on a key; keyless servers (vLLM, llama.cpp, Ollama) ignore it.
+        api_key=SecretStr(api_key or NO_KEY),
         temperature=settings.temperature,
         top_p=settings.top_p,
         max_completion_tokens=settings.max_tokens,
