@@ -49,8 +49,26 @@ _COORDINATED_VERB = re.compile(
 _IRREGULAR_FIRST_PERSON = {"is": "am", "has": "have", "does": "do", "goes": "go", "was": "was"}
 #: Words ending in "s" that follow a conjunction but are not verbs.
 _NOT_VERBS = frozenset(
-    "always sometimes perhaps besides afterwards nevertheless nonetheless thus this its his hers "
-    "theirs ours yours us plus less".split()
+    [
+        "always",
+        "sometimes",
+        "perhaps",
+        "besides",
+        "afterwards",
+        "nevertheless",
+        "nonetheless",
+        "thus",
+        "this",
+        "its",
+        "his",
+        "hers",
+        "theirs",
+        "ours",
+        "yours",
+        "us",
+        "plus",
+        "less",
+    ]
 )
 
 
