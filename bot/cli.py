@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import io
 import logging
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import discord
 import typer
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
@@ -230,7 +232,8 @@ def personas_export(
         if suffix == ".json":
             out.write_text(dump_card_json(persona.card), encoding="utf-8")
         else:
-            write_card_png(persona.card, out)
+            picture = Image.open(io.BytesIO(persona.avatar)) if persona.avatar else None
+            write_card_png(persona.card, out, image=picture)
     except OSError as error:
         fail(f"cannot write {out}: {error.strerror}")
     Console().print(f"wrote {out}")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_CARD_BYTES",
     "CardError",
+    "avatar_png",
     "canonical_json",
     "card_to_dict",
     "dump_card_json",
@@ -162,6 +163,28 @@ def write_card_png(card: CharacterCard, path: Path, *, image: Image.Image | None
     buffer = io.BytesIO()
     avatar.save(buffer, format="PNG", pnginfo=info)
     _write_atomic(Path(path), buffer.getvalue())
+
+
+#: Discord shows avatars at most 128 px; 256 keeps them sharp on dense screens.
+AVATAR_PIXELS = 256
+
+
+def avatar_png(content: bytes) -> bytes | None:
+    """A PNG card's picture as a square avatar (centre crop, :data:`AVATAR_PIXELS` a side)
+    without its text chunks, so the card's JSON never rides along; ``None`` if it cannot be
+    decoded."""
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            image.load()
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            square = image.convert("RGBA").crop((left, top, left + side, top + side))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    square.thumbnail((AVATAR_PIXELS, AVATAR_PIXELS))
+    buffer = io.BytesIO()
+    square.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
 
 
 def _encode_chunk(payload: dict[str, Any]) -> str:

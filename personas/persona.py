@@ -97,10 +97,11 @@ class Persona:
     Do not mutate ``card`` after building a persona from it.
     """
 
-    __slots__ = ("_card", "_greenroom", "_name", "_version_hash")
+    __slots__ = ("_avatar", "_card", "_greenroom", "_name", "_version_hash")
 
-    def __init__(self, card: CharacterCard) -> None:
+    def __init__(self, card: CharacterCard, *, avatar: bytes | None = None) -> None:
         self._card = card
+        self._avatar = avatar
         self._name = card.data.name.strip()
         self._greenroom = card.greenroom
         digest = hashlib.sha256(canonical_json(card).encode("utf-8")).hexdigest()
@@ -133,6 +134,12 @@ class Persona:
     @property
     def version_hash(self) -> str:
         return self._version_hash
+
+    @property
+    def avatar(self) -> bytes | None:
+        """The PNG card's picture as avatar bytes (``None`` for a JSON card); transports use it
+        when the card names no ``avatar_url``."""
+        return self._avatar
 
     @property
     def greenroom(self) -> GreenroomExtension:

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .card_io import CardError, is_png, load_card, parse_card, read_card_bytes
+from .card_io import CardError, avatar_png, is_png, parse_card, read_card_bytes
 from .persona import Persona
 from .schema import CharacterCard
 
@@ -69,7 +69,7 @@ class PersonaRegistry:
         )
         for path in files:
             try:
-                self.add(Persona(load_card(path)))
+                self.add(_persona_of(read_card_bytes(path), path))
             except CardError as exc:
                 self._record(exc)
 
@@ -118,7 +118,7 @@ class PersonaRegistry:
         path = Path(path)
         # Read once, so the bytes copied are the bytes validated.
         content = read_card_bytes(path)
-        persona = Persona(parse_card(content, source=str(path)))
+        persona = _persona_of(content, path)
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
         suffix = ".png" if is_png(content) else ".json"
@@ -134,6 +134,14 @@ class PersonaRegistry:
                 raise
         _log.info("imported persona %r into %s", persona.name, target)
         return self.add(persona)
+
+
+def _persona_of(content: bytes, path: Path) -> Persona:
+    """The persona of a card file's bytes; a PNG card's picture becomes its avatar."""
+    if path.suffix.lower() == ".png" and not is_png(content):
+        raise CardError("not a PNG image (bad signature)", path=path)
+    card = parse_card(content, source=str(path))
+    return Persona(card, avatar=avatar_png(content) if is_png(content) else None)
 
 
 def _slug(name: str) -> str:

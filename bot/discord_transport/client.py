@@ -72,8 +72,10 @@ class GreenroomBot(commands.Bot):
         self.sessions = sessions
         self.channels = channels
         self.settings = settings
-        self.voice = PersonaVoice(use_webhooks=settings.discord.use_webhooks)
-        decisions.add_outlet("discord", DiscordOutlet(self, self.voice, engine.personas))
+        self.voice = PersonaVoice(
+            use_webhooks=settings.discord.use_webhooks, personas=engine.personas
+        )
+        decisions.add_outlet("discord", DiscordOutlet(self, self.voice))
         self.desk = ConsoleDesk(
             client=self,
             decisions=decisions,

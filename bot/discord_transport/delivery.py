@@ -2,8 +2,10 @@
 
 Every send carries ``AllowedMentions.none()`` (model output never pings anyone) and respects the
 2,000-character message limit. Where the bot may manage webhooks in a text channel, the reply is
-posted through a channel webhook under the persona's name (and avatar, if the card has one);
-elsewhere the name leads the message in bold.
+posted through a channel webhook under the persona's name and avatar: the card's
+``avatar_url`` on the shared webhook, or, for a PNG card with no URL, the card's picture as the
+avatar of a webhook of the persona's own (webhook execution takes only avatar URLs; creating a
+webhook takes image bytes). Elsewhere the name leads the message in bold.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from bot.text import split_message
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from personas import PersonaRegistry
+
 __all__ = ["MESSAGE_LIMIT", "PersonaVoice"]
 
 _log = logging.getLogger(__name__)
@@ -31,28 +35,55 @@ _NO_PINGS = discord.AllowedMentions.none()
 class PersonaVoice:
     """Delivers text as a persona; remembers the webhooks it made so it can recognise them."""
 
-    def __init__(self, *, use_webhooks: bool) -> None:
+    def __init__(self, *, use_webhooks: bool, personas: PersonaRegistry) -> None:
         self.use_webhooks = use_webhooks
-        self._webhooks: dict[int, discord.Webhook] = {}
+        self.personas = personas
+        #: By channel id and persona name ("" for the shared webhook).
+        self._webhooks: dict[tuple[int, str], discord.Webhook] = {}
         self.webhook_ids: set[int] = set()
 
-    async def _webhook_for(self, channel: discord.abc.Messageable) -> discord.Webhook | None:
+    def _look(self, persona: str) -> tuple[str | None, bytes | None]:
+        """The persona's avatar URL, else its picture (``None``, ``None``: Discord's default)."""
+        if persona not in self.personas:
+            return None, None
+        known = self.personas.get(persona)
+        return known.greenroom.avatar_url, None if known.greenroom.avatar_url else known.avatar
+
+    async def _webhook_for(
+        self, channel: discord.abc.Messageable, persona: str
+    ) -> discord.Webhook | None:
+        """The webhook to speak through: the persona's own when it has a picture and no URL,
+        else the shared one (also when the persona's own cannot be made)."""
         if not self.use_webhooks or not isinstance(channel, discord.TextChannel):
             return None
         if not channel.permissions_for(channel.guild.me).manage_webhooks:
             return None
-        cached = self._webhooks.get(channel.id)
+        _, picture = self._look(persona)
+        if picture is not None:
+            own = await self._find_or_create(channel, persona[:80], picture)
+            if own is not None:
+                return own
+        return await self._find_or_create(channel, _WEBHOOK_NAME, None)
+
+    async def _find_or_create(
+        self, channel: discord.TextChannel, name: str, avatar: bytes | None
+    ) -> discord.Webhook | None:
+        key = (channel.id, "" if avatar is None else name)
+        cached = self._webhooks.get(key)
         if cached is not None:
             return cached
         try:
             found = next(
-                (hook for hook in await channel.webhooks() if hook.name == _WEBHOOK_NAME), None
+                (hook for hook in await channel.webhooks() if hook.name == name and hook.token),
+                None,
             )
-            webhook = found or await channel.create_webhook(name=_WEBHOOK_NAME)
-        except discord.HTTPException:
-            _log.warning("cannot use webhooks in channel %s; naming the persona inline", channel.id)
+            if found is not None and avatar is not None:
+                found = await found.edit(avatar=avatar)  # the card's picture may have changed
+            webhook = found or await channel.create_webhook(name=name, avatar=avatar)
+        except discord.HTTPException as error:
+            _log.warning("cannot use webhook %r in channel %s: %s", name, channel.id, error)
             return None
-        self._webhooks[channel.id] = webhook
+        self._webhooks[key] = webhook
         self.webhook_ids.add(webhook.id)
         return webhook
 
@@ -63,7 +94,6 @@ class PersonaVoice:
         text: str,
         *,
         reference: discord.Message | discord.PartialMessage | None = None,
-        avatar_url: str | None = None,
         nonce: str | None = None,
         after: int | None = None,
     ) -> Sequence[discord.Message]:
@@ -75,7 +105,7 @@ class PersonaVoice:
         Webhooks take no nonce: when ``after`` (a message id) is given, a webhook reply that is
         already in the channel after that message with the same text is returned instead.
         """
-        webhook = await self._webhook_for(channel)
+        webhook = await self._webhook_for(channel, persona)
         sent: list[discord.Message] = []
         if webhook is not None:
             parts = split_message(text, MESSAGE_LIMIT)
@@ -88,7 +118,7 @@ class PersonaVoice:
                     await webhook.send(
                         part,
                         username=persona[:80],
-                        avatar_url=avatar_url,
+                        avatar_url=self._look(persona)[0],
                         allowed_mentions=_NO_PINGS,
                         wait=True,
                     )
@@ -126,15 +156,13 @@ class PersonaVoice:
         persona: str,
         message_ids: Sequence[int],
         text: str,
-        *,
-        avatar_url: str | None = None,
     ) -> Sequence[int]:
         """Replace the text of messages already sent, in place.
 
         Parts are edited in order; a longer text adds messages, a shorter one deletes the
         surplus. Returns the ids that now carry the text.
         """
-        webhook = await self._webhook_for(channel)
+        webhook = await self._webhook_for(channel, persona)
         prefix = "" if webhook is not None else f"**{discord.utils.escape_markdown(persona)}:** "
         parts = split_message(text, MESSAGE_LIMIT - len(prefix))
         kept: list[int] = []
@@ -152,9 +180,7 @@ class PersonaVoice:
             else:
                 await channel.get_partial_message(message_id).delete()  # type: ignore[attr-defined]
         if len(parts) > len(message_ids):
-            extra = await self.send(
-                channel, persona, "\n".join(parts[len(message_ids) :]), avatar_url=avatar_url
-            )
+            extra = await self.send(channel, persona, "\n".join(parts[len(message_ids) :]))
             kept.extend(message.id for message in extra)
         return kept
 

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
     from bot.decisions import ConversationRef, Delivery
     from bot.discord_transport.delivery import PersonaVoice
-    from personas import PersonaRegistry
 
 __all__ = ["DiscordOutlet"]
 
@@ -31,12 +30,9 @@ _log = logging.getLogger(__name__)
 class DiscordOutlet:
     """Sends, edits and holds replies in Discord as their persona."""
 
-    def __init__(
-        self, client: discord.Client, voice: PersonaVoice, personas: PersonaRegistry
-    ) -> None:
+    def __init__(self, client: discord.Client, voice: PersonaVoice) -> None:
         self.client = client
         self.voice = voice
-        self.personas = personas
 
     async def channel_of(self, conversation: ConversationRef) -> discord.abc.Messageable | None:
         """The user-facing channel of a conversation (from the cache where possible)."""
@@ -58,12 +54,9 @@ class DiscordOutlet:
         target = await self.channel_of(delivery.conversation)
         if target is None:
             return None
-        avatar = self.personas.get(delivery.persona).greenroom.avatar_url
         if delivery.edit_ids:
             ids = [int(part) for part in delivery.edit_ids]
-            kept = await self.voice.edit(
-                target, delivery.persona, ids, delivery.text, avatar_url=avatar
-            )
+            kept = await self.voice.edit(target, delivery.persona, ids, delivery.text)
             return " ".join(str(i) for i in kept)
         after = int(delivery.after_id) if delivery.after_id else None
         reference = (
@@ -78,7 +71,6 @@ class DiscordOutlet:
             delivery.persona,
             delivery.text,
             reference=reference,
-            avatar_url=avatar,
             nonce=f"gr{delivery.node_id}",
             after=after if delivery.recovering else None,
         )
@@ -88,8 +80,7 @@ class DiscordOutlet:
         """A line from the persona that answers nothing (the holding line)."""
         target = await self.channel_of(conversation)
         if target is not None:
-            avatar = self.personas.get(persona).greenroom.avatar_url
-            await self.voice.send(target, persona, text, avatar_url=avatar)
+            await self.voice.send(target, persona, text)
 
     @contextlib.asynccontextmanager
     async def waiting(self, conversation: ConversationRef) -> AsyncIterator[None]:

@@ -432,7 +432,10 @@ class Webhook:
     name: str
     creator: User
     application_id: int | None
+    #: The avatar's hash, as Discord shows it (``None``: the default avatar).
     avatar: str | None = None
+    #: The image bytes the avatar was made from.
+    avatar_image: bytes | None = None
     token: str = field(default_factory=lambda: secrets.token_urlsafe(48))
 
     def to_dict(self) -> dict[str, Any]:

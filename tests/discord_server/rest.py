@@ -14,6 +14,7 @@ interaction's deadline.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import json
@@ -72,6 +73,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ("DELETE", "/guilds/{guild_id}/members/{user_id}/roles/{role_id}", "remove_member_role"),
     ("POST", "/interactions/{interaction_id}/{interaction_token}/callback", "interaction_callback"),
     ("GET", "/webhooks/{webhook_id}", "get_webhook"),
+    ("PATCH", "/webhooks/{webhook_id}", "modify_webhook"),
     ("GET", "/webhooks/{webhook_id}/{webhook_token}", "get_webhook_with_token"),
     ("POST", "/webhooks/{webhook_id}/{webhook_token}", "execute_webhook"),
     ("GET", "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}", "get_webhook_message"),
@@ -137,6 +139,17 @@ def _invalid_form(field: str, code: str, message: str) -> HTTPError:
         node = node.setdefault(part, {})
     node[parts[-1]] = {"_errors": [{"code": code, "message": message}]}
     return HTTPError(400, 50035, "Invalid Form Body", errors)
+
+
+def _image_data(value: Any, field: str) -> tuple[str | None, bytes | None]:
+    """An avatar given as image data (``data:image/png;base64,...``): its hash and bytes."""
+    if value is None:
+        return None, None
+    match = re.fullmatch(r"data:image/(png|jpeg|gif|webp);base64,([A-Za-z0-9+/=]+)", str(value))
+    if match is None:
+        raise _invalid_form(field, "IMAGE_INVALID", "Invalid image data")
+    image = base64.b64decode(match.group(2))
+    return hashlib.md5(image).hexdigest(), image
 
 
 def _unknown(kind: str, code: int) -> HTTPError:
@@ -816,6 +829,7 @@ class RestApi:
             )
         if sum(1 for w in self.server.webhooks.values() if w.channel_id == channel.id) >= 15:
             raise HTTPError(400, 30007, "Maximum number of webhooks reached (15)")
+        avatar, avatar_image = _image_data(body.get("avatar"), "avatar")
         webhook = Webhook(
             id=self.server.snowflakes.next(),
             channel_id=channel.id,
@@ -823,7 +837,8 @@ class RestApi:
             name=name,
             creator=self.server.bot_user,
             application_id=self.server.application_id,
-            avatar=body.get("avatar"),
+            avatar=avatar,
+            avatar_image=avatar_image,
         )
         self.server.webhooks[webhook.id] = webhook
         return webhook.to_dict()
@@ -832,6 +847,17 @@ class RestApi:
         webhook = self.server.webhooks.get(int(record.params["webhook_id"]))
         if webhook is None:
             raise _unknown("Webhook", 10015)
+        return webhook.to_dict()
+
+    async def _modify_webhook(self, request: web.Request, record: RecordedRequest) -> Any:
+        webhook = self.server.webhooks.get(int(record.params["webhook_id"]))
+        if webhook is None:
+            raise _unknown("Webhook", 10015)
+        body = self._json(record)
+        if "name" in body:
+            webhook.name = str(body["name"])
+        if "avatar" in body:
+            webhook.avatar, webhook.avatar_image = _image_data(body["avatar"], "avatar")
         return webhook.to_dict()
 
     def _webhook_target(
@@ -886,7 +912,7 @@ class RestApi:
             "id": str(webhook.id),
             "username": username,
             "discriminator": "0000",
-            "avatar": None,
+            "avatar": webhook.avatar,
             "bot": True,
             "global_name": None,
             "public_flags": 0,

@@ -247,7 +247,6 @@ class Conversation(commands.Cog):
             persona.name,
             persona.non_text_line(),
             reference=message if message.guild is not None else None,
-            avatar_url=persona.greenroom.avatar_url,
         )
 
     # -- catch-up after READY -----------------------------------------------------------------
