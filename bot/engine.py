@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from feedback.models import MessageNode
     from feedback.store import ConversationStore, HistoryTurn
+    from memory import MemoryHit
     from personas import Persona, PersonaRegistry
 
 __all__ = [
@@ -87,7 +88,7 @@ class MemoryPort(UserDataOwner, Protocol):
         query_texts: Sequence[str],
         k: int,
         token_budget: int,
-    ) -> list[Any]: ...
+    ) -> list[MemoryHit]: ...
 
     async def remember_turn(
         self,
@@ -321,14 +322,24 @@ class ConversationEngine:
             user_turn_id = await self._add_turn(conversation_id, history, incoming, text)
         crash_point("turn.before_generate")
         flags: list[dict[str, Any]] = []
-        memories = await self._recall(persona, incoming, text, flags)
+        recalled = await self._recall(persona, incoming, text, flags)
+        group = incoming.scope.startswith("channel:")
+        window = self.history_window(
+            persona,
+            user_name=incoming.user_name,
+            history=history,
+            text=text,
+            group=group,
+            conversation_id=conversation_id,
+        )
+        memories = _memory_lines(recalled, shown={str(turn.id) for turn in window})
         messages = self.build_prompt(
             persona,
             user_name=incoming.user_name,
             history=history,
             text=text,
             memories=memories,
-            group=incoming.scope.startswith("channel:"),
+            group=group,
             conversation_id=conversation_id,
         )
         fallback = False
@@ -573,21 +584,65 @@ class ConversationEngine:
         name.
         """
         user_name = display_name(user_name)
-        recent = [turn.content for turn in history[-4:]] + [text]
-        context = _context_message(persona.triggered_lore(recent, user_name), memories)
-        head: list[BaseMessage] = [SystemMessage(content=persona.system_prompt(user_name))]
-        head += _example_messages(persona, user_name)
-        chat: list[BaseMessage] = [HumanMessage(content=_user_line(user_name, text, group))]
-        fixed = head + chat + ([context] if context is not None else [])
-        budget = (
-            self.limits.context_tokens
-            - self.limits.max_new_tokens
-            - sum(approx_tokens(str(message.content)) for message in fixed)
+        context = _context_message(self._lore(persona, user_name, history, text), memories)
+        head = self._head(persona, user_name)
+        window = self.history_window(
+            persona,
+            user_name=user_name,
+            history=history,
+            text=text,
+            group=group,
+            conversation_id=conversation_id,
         )
-        chat[:0] = self._history_window(conversation_id, history, budget, group)
+        chat = [_history_message(t.role, t.author_name, t.content, group)[0] for t in window]
+        chat.append(HumanMessage(content=_user_line(user_name, text, group)))
         if context is not None:
             chat.insert(len(chat) - min(self.limits.context_depth, len(chat)), context)
         return head + chat
+
+    def history_window(
+        self,
+        persona: Persona,
+        *,
+        user_name: str,
+        history: Sequence[HistoryTurn],
+        text: str,
+        group: bool = False,
+        conversation_id: int | None = None,
+    ) -> list[HistoryTurn]:
+        """The history turns the prompt carries: what fits beside the card, the new message
+        and the context message at its largest (triggered lore and the whole recall budget),
+        so the window does not move with what memory recalls."""
+        user_name = display_name(user_name)
+        lore = self._lore(persona, user_name, history, text)
+        reserved = (self.limits.recall_token_budget if self.memory is not None else 0) + sum(
+            approx_tokens(line) + 2 for line in lore
+        )
+        fixed = [
+            *self._head(persona, user_name),
+            HumanMessage(content=_user_line(user_name, text, group)),
+        ]
+        budget = (
+            self.limits.context_tokens
+            - self.limits.max_new_tokens
+            - reserved
+            - sum(approx_tokens(str(message.content)) for message in fixed)
+        )
+        return self._history_window(conversation_id, history, budget, group)
+
+    @staticmethod
+    def _lore(
+        persona: Persona, user_name: str, history: Sequence[HistoryTurn], text: str
+    ) -> list[str]:
+        """Lore entries triggered by the last four turns and the new message."""
+        recent = [turn.content for turn in history[-4:]] + [text]
+        return persona.triggered_lore(recent, user_name)
+
+    @staticmethod
+    def _head(persona: Persona, user_name: str) -> list[BaseMessage]:
+        """The card's system prompt and its example dialogue: the same every turn."""
+        head: list[BaseMessage] = [SystemMessage(content=persona.system_prompt(user_name))]
+        return head + _example_messages(persona, user_name)
 
     def _history_window(
         self,
@@ -595,8 +650,8 @@ class ConversationEngine:
         history: Sequence[HistoryTurn],
         budget: int,
         group: bool,
-    ) -> list[BaseMessage]:
-        """The history messages that fit ``budget`` tokens, starting with a user turn."""
+    ) -> list[HistoryTurn]:
+        """The history turns that fit ``budget`` tokens, starting with a user turn."""
         messages = [
             _history_message(turn.role, turn.author_name, turn.content, group) for turn in history
         ]
@@ -621,7 +676,7 @@ class ConversationEngine:
             self._window_starts.move_to_end(conversation_id)
             while len(self._window_starts) > _WINDOWS_KEPT:
                 self._window_starts.popitem(last=False)
-        return [message for message, _ in messages[start:]]
+        return list(history[start:])
 
     async def _recall(
         self,
@@ -629,26 +684,25 @@ class ConversationEngine:
         incoming: IncomingMessage,
         text: str,
         flags: list[dict[str, Any]],
-    ) -> list[str]:
+    ) -> list[MemoryHit]:
         if self.memory is None or self.limits.recall_k == 0:
             return []
-        from memory import format_memory_lines
-
         try:
             # The message alone: the history window already carries the recent turns, and
             # memory is for what fell out of it.
-            hits = await self.memory.recall(
-                persona=persona.name,
-                user_id=incoming.user_id,
-                query_texts=[text],
-                k=self.limits.recall_k,
-                token_budget=self.limits.recall_token_budget,
+            return list(
+                await self.memory.recall(
+                    persona=persona.name,
+                    user_id=incoming.user_id,
+                    query_texts=[text],
+                    k=self.limits.recall_k,
+                    token_budget=self.limits.recall_token_budget,
+                )
             )
         except Exception as error:  # memory must never cost the user their reply
             _memory_failed("recall failed; answering without memories", error)
             flags.append({"kind": "memory_unavailable", "error": str(error)[:200]})
             return []
-        return format_memory_lines(hits)
 
     async def _check(self, persona: Persona, user_id: str, reply: str) -> list[dict[str, Any]]:
         """Consistency flags of ``reply`` against the card, the persona's past lines and what
@@ -673,6 +727,16 @@ class ConversationEngine:
         for owner in owners:
             removed += await owner.delete_data_for_user(requester=requester, user_id=user_id)
         return removed
+
+
+def _memory_lines(hits: Sequence[MemoryHit], *, shown: set[str]) -> list[str]:
+    """Prompt lines of the recalled memories, less the turns the history window already shows
+    (``shown``: their node ids), which would only repeat them and change the prompt's tail."""
+    from memory import format_memory_lines
+
+    return format_memory_lines(
+        [hit for hit in hits if not (hit.kind == "turn" and hit.id.removeprefix("turn:") in shown)]
+    )
 
 
 def _memory_failed(what: str, error: Exception) -> None:

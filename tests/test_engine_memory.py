@@ -96,6 +96,26 @@ async def test_a_fact_told_many_turns_ago_is_recalled_and_private(
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_memory_does_not_repeat_turns_the_history_window_shows(
+    store: ConversationStore, memory: MemoryService
+) -> None:
+    """Recalled turns still in the window would only repeat them (and change the prompt's
+    tail every turn); facts drawn from them, and turns that fell out, stay."""
+    engine = await _engine(store, memory, ["Noted, sunshine."])
+    decisions, _ = decisions_for(engine)
+    told = "My sister's name is Maya and she lives in Lisbon."
+    first = await engine.respond(_said(told))
+    assert isinstance(first, Reply)
+    await decisions.present(first, hold=False)
+    asked = await engine.respond(_said("Where does my sister Maya live?"))
+    assert isinstance(asked, Reply)
+    window = await store.history(asked.conversation_id, 4, before_id=asked.user_turn_id)
+    assert told in [turn.content for turn in window]  # the window shows the first turn
+    assert not any(told in line for line in asked.memories), asked.memories
+    assert any("(user fact)" in line and "Maya" in line for line in asked.memories)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_a_reply_against_canon_is_flagged_with_the_fact(
     store: ConversationStore, memory: MemoryService
 ) -> None:
