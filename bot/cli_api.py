@@ -39,9 +39,9 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop ``greenroom api`` serves on: uvloop's (installed with ``uvicorn[standard]``,
     as ``uvicorn`` itself would pick it), or asyncio's where uvloop is not available (Windows).
 
-    A 10,000-record page mostly moves bytes between sockets (the database's rows in, the JSON
-    out), and uvloop's transports do that in C: on PostgreSQL an oasst page (26 MB) took 167 ms
-    of the API's CPU against 280 on asyncio's loop (``bench/bench_api.py``, side by side)."""
+    A page mostly moves bytes between sockets (the database's rows in, the JSON out), and
+    uvloop's transports do that in C, for much less CPU (``bench/RESULTS.md``, "API event
+    loop")."""
     try:
         import uvloop
     except ImportError:
