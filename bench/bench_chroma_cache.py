@@ -54,7 +54,7 @@ def _rss_mb() -> float:
 def build(path: Path, scopes: int) -> None:
     import numpy as np
 
-    from memory.service import _index_chroma_lookups
+    from memory.chroma_store import index_chroma_lookups
 
     client = _client(path, None)
     rng = np.random.default_rng(0)
@@ -64,7 +64,7 @@ def build(path: Path, scopes: int) -> None:
         )
         vectors = rng.standard_normal((33, _DIM)).astype("float32")
         collection.add(ids=[str(i) for i in range(33)], embeddings=vectors)
-    _index_chroma_lookups(path / "chroma.sqlite3")
+    index_chroma_lookups(path / "chroma.sqlite3")
 
 
 def loads(path: Path, scopes: int, cache: int | None) -> None:

@@ -90,7 +90,7 @@ _FILL = {
 }
 _TARGET_P50_MS, _TARGET_P99_MS, _TARGET_ADD, _TARGET_RECALL, _TARGET_RATIO = 10, 25, 1000, 0.95, 3
 #: Scopes the own-process recall passes load first: with the 300 recalled, about the 1,024
-#: indexes a bot keeps loaded at most (memory.service.DEFAULT_INDEX_CACHE_SIZE).
+#: indexes a bot keeps loaded at most (memory.chroma_store.DEFAULT_INDEX_CACHE_SIZE).
 _BUSY_SCOPES = 700
 
 
@@ -358,7 +358,7 @@ async def _run(args: argparse.Namespace) -> None:
         indices = by_scope[scope]
         query_vector = after.embed([query])
         exact = [indices[i] for i in np.argsort(-(vectors[indices] @ query_vector[0]))[:5]]
-        got = ours._scope(persona, user).query(
+        got = ours._store.scope(persona, user).query(
             query_embeddings=query_vector, n_results=5, include=["documents"]
         )
         found = [int(d.rsplit("#", 1)[1].rstrip(")")) for d in got["documents"][0]]
