@@ -140,13 +140,16 @@ async def run(args: argparse.Namespace) -> int:
                 await side.turn(warm % args.conversations, -1 - warm)
         loads = {"sequential": _sequential, "concurrent": _concurrent}
         timings = {(load, name): [] for load in loads for name in SIDES}
+        cpu = dict.fromkeys(timings, 0.0)
         offset = 0
         for round_ in range(args.rounds):
             order = SIDES if round_ % 2 == 0 else SIDES[::-1]
             for load, measure in loads.items():
                 width = args.conversations if load == "sequential" else args.concurrent
                 for name in order:
+                    started = time.process_time()
                     timings[load, name] += await measure(sides[name], args.turns, width, offset)
+                    cpu[load, name] += time.process_time() - started
                 offset += args.turns
         print(
             f"SQLite engine turn (respond + present), {args.rounds} rounds x {args.turns} turns "
@@ -159,15 +162,16 @@ async def run(args: argparse.Namespace) -> int:
                 print(
                     f"  {load:10s} {name:7s} p50 {_p(values, 50):6.2f} ms, "
                     f"p99 {_p(values, 99):6.2f} ms, mean {statistics.fmean(values) * 1000:6.2f} ms"
-                    f" (n={len(values)})"
+                    f"; CPU {cpu[load, name] / len(values) * 1000:5.2f} ms a turn (n={len(values)})"
                 )
             with_, without = timings[load, "with"], timings[load, "without"]
             p50 = _p(without, 50) / _p(with_, 50)
             p99 = _p(without, 99) / _p(with_, 99)
+            cpu_ratio = cpu[load, "without"] / cpu[load, "with"]
             gain = max(p50, p99) >= args.keep_if
             keep |= gain
             print(
-                f"  {load:10s} without/with: p50 {p50:.2f}x, p99 {p99:.2f}x "
+                f"  {load:10s} without/with: p50 {p50:.2f}x, p99 {p99:.2f}x, CPU {cpu_ratio:.2f}x "
                 f"[target to keep the patch >= {args.keep_if}x: {'PASS' if gain else 'MISS'}]"
             )
         print(f"verdict: {'keep and pin the patch' if keep else 'remove the patch'}")
