@@ -3,10 +3,10 @@ consistency checks, over the layers below it.
 
 Layers: :mod:`memory.chroma_store` (collections and Chroma workarounds), :mod:`memory.recall`
 (scoring), :mod:`memory.facts` and :mod:`memory.fact_updates` (facts and their history),
-:mod:`memory.consistency` (contradiction and drift). This module validates input, caches each
-persona's canon and voice, and runs every blocking call on a small worker pool with a timeout,
-so a failing or hung store raises :class:`MemoryStoreError` promptly instead of stalling the
-event loop.
+:mod:`memory.persona_store` (canon and voice), :mod:`memory.consistency` (contradiction and
+drift). This module validates input, writes turns and pins, and runs every blocking call on a
+small worker pool with a timeout, so a failing or hung store raises :class:`MemoryStoreError`
+promptly instead of stalling the event loop.
 
 Scoping: user facts, self-statements, turns and pins are private to one (persona, user) pair;
 nothing is shared across a user's personas (a user may tell one persona what they would not tell
@@ -30,16 +30,11 @@ import numpy as np
 
 from . import recall as scoring
 from .chroma_store import DEFAULT_INDEX_CACHE_SIZE, SCOPE_PREFIX, ChromaStore, digest
-from .consistency import (
-    ConsistencyFlag,
-    contradiction_flags,
-    drift_flag,
-    find_conflicts,
-    voice_centroid,
-)
+from .consistency import ConsistencyFlag, contradiction_flags, drift_flag, find_conflicts
 from .errors import MemoryInputError, MemoryStoreError
 from .fact_updates import apply_facts, read_history, withdraw_facts
 from .facts import extract_facts, split_sentences
+from .persona_store import PersonaStore
 from .recall import DUPLICATE_COSINE, format_memory_lines
 from .records import (
     MAX_MEMORY_CHARS,
@@ -74,8 +69,6 @@ _ADD_CHUNK = 5000
 #: Scopes :meth:`MemoryService.preload` loads by default: well within Chroma's index cache.
 _PRELOAD_LIMIT = 128
 
-_Canon = tuple[list[str], np.ndarray, list[str], list[float]]
-
 
 def _now() -> float:
     return time.time()
@@ -108,9 +101,8 @@ class MemoryService:
         self.similarity_gate = similarity_gate
         self.drift_threshold = drift_threshold
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="memory")
+        self._personas = PersonaStore(store, self._embed, self._dim())
         self._persona_hash: dict[str, str] = {}
-        self._canon_cache: dict[str, _Canon] = {}
-        self._voice_cache: dict[str, tuple[np.ndarray | None, int]] = {}
         self._closed = False
 
     # -- construction --------------------------------------------------------------------------
@@ -255,7 +247,7 @@ class MemoryService:
         self._store.keep_handle(name, collection)
         probe = np.full((1, self._dim()), self._dim() ** -0.5, dtype=np.float32)
         collection.query(query_embeddings=probe, n_results=1, include=[])
-        self._canon(persona)
+        self._personas.canon(persona)
         return True
 
     # -- persona canon and voice ---------------------------------------------------------------
@@ -269,33 +261,8 @@ class MemoryService:
         signature = digest("\x1f".join(canon) + "\x1e" + "\x1f".join(voice))
         if self._persona_hash.get(persona) == signature:
             return
-        await self._run("sync_persona", self._sync_persona_sync, persona, canon, voice)
+        await self._run("sync_persona", self._personas.sync, persona, canon, voice)
         self._persona_hash[persona] = signature
-
-    def _sync_persona_sync(self, persona: str, canon: list[str], voice: list[str]) -> None:
-        for collection, kind, texts in (
-            (self._store.canon(persona), "canon", canon),
-            (self._store.voice(persona), "voice", voice),
-        ):
-            wanted = {f"{kind}:{digest(t)}": t for t in texts}
-            existing = collection.get(where={"source": "card"}, include=[])["ids"]
-            stale = [i for i in existing if i not in wanted]
-            if stale:
-                collection.delete(ids=stale)
-            missing = [(i, t) for i, t in wanted.items() if i not in set(existing)]
-            if missing:
-                now = _now()
-                collection.add(
-                    ids=[i for i, _ in missing],
-                    documents=[t for _, t in missing],
-                    embeddings=self._embed([t for _, t in missing]),
-                    metadatas=[
-                        {"kind": kind, "source": "card", "persona": persona, "created_at": now}
-                        for _ in missing
-                    ],
-                )
-        self._canon_cache.pop(persona, None)
-        self._voice_cache.pop(persona, None)
 
     async def add_approved_voice(self, *, persona: str, text: str) -> None:
         """Add a reply an actor approved to the persona's voice (drift centroid)."""
@@ -303,39 +270,7 @@ class MemoryService:
         text = text.strip()[:MAX_MEMORY_CHARS]
         if not text:
             raise MemoryInputError("an approved voice line cannot be empty")
-        await self._run("add_approved_voice", self._add_voice_sync, persona, text)
-
-    def _add_voice_sync(self, persona: str, text: str) -> None:
-        self._store.voice(persona).upsert(
-            ids=[f"voice:{digest(text)}"],
-            documents=[text],
-            embeddings=self._embed([text]),
-            metadatas=[
-                {"kind": "voice", "source": "actor", "persona": persona, "created_at": _now()}
-            ],
-        )
-        self._voice_cache.pop(persona, None)
-
-    def _canon(self, persona: str) -> _Canon:
-        """The persona's canon (texts, vectors, ids, times), cached until the next sync."""
-        cached = self._canon_cache.get(persona)
-        if cached is None:
-            got = self._store.canon(persona).get(include=["documents", "embeddings", "metadatas"])
-            vectors = np.asarray(got["embeddings"], dtype=np.float32).reshape(-1, self._dim())
-            times = [float(m.get("created_at", 0.0)) for m in got["metadatas"] or []]
-            cached = (list(got["documents"] or []), vectors, list(got["ids"]), times)
-            self._canon_cache[persona] = cached
-        return cached
-
-    def _voice(self, persona: str) -> tuple[np.ndarray | None, int]:
-        """The persona's voice centroid and how many lines made it, cached until a change."""
-        cached = self._voice_cache.get(persona)
-        if cached is None:
-            got = self._store.voice(persona).get(include=["embeddings"])
-            vectors = np.asarray(got["embeddings"], dtype=np.float32).reshape(-1, self._dim())
-            cached = (voice_centroid(vectors), len(vectors))
-            self._voice_cache[persona] = cached
-        return cached
+        await self._run("add_approved_voice", self._personas.add_voice, persona, text)
 
     # -- remembering ---------------------------------------------------------------------------
 
@@ -551,7 +486,7 @@ class MemoryService:
     ) -> None:
         if kind == "canon":
             collection = self._store.canon(persona)
-            self._canon_cache.pop(persona, None)
+            self._personas.forget_canon(persona)
         else:
             collection = self._store.scope(persona, user_id)
         for start in range(0, len(texts), _ADD_CHUNK):
@@ -611,7 +546,7 @@ class MemoryService:
             include=["documents", "metadatas", "distances", "embeddings"],
         )
         candidates = scoring.scope_candidates(result, _now())
-        candidates += scoring.canon_candidates(self._canon(persona), query[0], k)
+        candidates += scoring.canon_candidates(self._personas.canon(persona), query[0], k)
         return scoring.select(candidates, texts, k, token_budget)
 
     # -- consistency ---------------------------------------------------------------------------
@@ -629,7 +564,7 @@ class MemoryService:
         return await self._run("check_reply", self._check_reply_sync, persona, user_id, reply)
 
     def _check_reply_sync(self, persona: str, user_id: str, reply: str) -> list[ConsistencyFlag]:
-        canon_texts, canon_vectors, _, _ = self._canon(persona)
+        canon_texts, canon_vectors, _, _ = self._personas.canon(persona)
         own = self._store.scope(persona, user_id).get(
             where={"kind": "self_fact"}, include=["metadatas", "embeddings"]
         )
@@ -649,7 +584,7 @@ class MemoryService:
             reply, facts, fact_vectors, vectors[1:], gate=self.similarity_gate
         )
         flags = contradiction_flags(conflicts, self.contradiction_threshold)
-        centroid, examples = self._voice(persona)
+        centroid, examples = self._personas.voice(persona)
         if centroid is not None:
             flags.append(drift_flag(vectors[0], centroid, examples, self.drift_threshold))
         return flags
