@@ -1,16 +1,19 @@
 """Chroma's HNSW index cache: memory per loaded index, cold loads by cache size, and what an
-eviction does to records not yet persisted. A diagnostic for issue #3, not a pass/fail bench.
+eviction does to records not yet persisted, with and without :class:`memory.chroma_store.
+SealedCollection`.
 
 Chroma 1.5's embedded client keeps each index it loads in an LRU cache sized from the
 open-files soft limit when the client starts (``RLIMIT_NOFILE // 5``). Each part runs in a
 fresh process with that limit set for the client's start (then restored), on stores of
-one-collection-per-scope like Greenroom's (``hnsw:batch_size`` and ``hnsw:sync_threshold`` 2,
-with the two lookup indexes :class:`memory.MemoryService` adds):
+one-collection-per-scope like Greenroom's (``memory.chroma_store.COLLECTION_METADATA``, with the
+two lookup indexes ``index_chroma_lookups`` adds):
 
 * ``loads``: every scope of a 2,000-scope store (33 vectors each) queried once; cold-load time
-  per quarter and RSS growth per loaded index, default cache against a cache of 256;
-* ``evict``: 120 collections written one record at a time (1 or 3 records), then each queried
-  again after the small cache evicted it: collections that fail, or return fewer records.
+  per quarter and RSS growth, default cache against a cache of 256. Target: with the cache of
+  256, RSS grows by at most 256 indexes of 3 MB plus 300 MB.
+* ``evict``: 120 collections written one record at a time (1, 2 or 3 records), then each queried
+  again after a cache of 40 evicted it, by Chroma alone (a diagnostic of Chroma) and sealed.
+  Correctness check: sealed, no collection fails or returns fewer records (exit 1 otherwise).
 
     .venv/bin/python bench/bench_chroma_cache.py [--scopes 2000] [--dir DIR]
 """
@@ -27,8 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-_METADATA = {"hnsw:space": "cosine", "hnsw:batch_size": 2, "hnsw:sync_threshold": 2}
+from memory.chroma_store import COLLECTION_METADATA, SealedCollection, index_chroma_lookups
+
 _DIM = 384
+_INDEX_MB = 3
+_SLACK_MB = 300
 
 
 def _client(path: Path, cache: int | None):
@@ -54,20 +60,19 @@ def _rss_mb() -> float:
 def build(path: Path, scopes: int) -> None:
     import numpy as np
 
-    from memory.service import _index_chroma_lookups
-
     client = _client(path, None)
     rng = np.random.default_rng(0)
     for scope in range(scopes):
         collection = client.create_collection(
-            f"scope{scope}", embedding_function=None, metadata=dict(_METADATA)
+            f"scope{scope}", embedding_function=None, metadata=dict(COLLECTION_METADATA)
         )
         vectors = rng.standard_normal((33, _DIM)).astype("float32")
         collection.add(ids=[str(i) for i in range(33)], embeddings=vectors)
-    _index_chroma_lookups(path / "chroma.sqlite3")
+    index_chroma_lookups(path / "chroma.sqlite3")
 
 
-def loads(path: Path, scopes: int, cache: int | None) -> None:
+def loads(path: Path, scopes: int, cache: int | None) -> bool:
+    """Prints each quarter's cold loads and RSS; with a cache, whether RSS stayed in bounds."""
     import numpy as np
 
     client = _client(path, cache)
@@ -89,17 +94,27 @@ def loads(path: Path, scopes: int, cache: int | None) -> None:
             f"cold load {each:5.2f} ms each; RSS +{grown:6.0f} MB",
             flush=True,
         )
+    if cache is None:
+        return True
+    bound = cache * _INDEX_MB + _SLACK_MB
+    ok = grown <= bound
+    verdict = "PASS" if ok else "MISS"
+    print(f"  cache {label:>7}: RSS +{grown:.0f} MB [target <= {bound} MB: {verdict}]")
+    return ok
 
 
-def evict(path: Path, records: int) -> None:
+def evict(path: Path, records: int, sealed: bool) -> bool:
+    """Writes, evicts, reads back; returns whether every record came back."""
     import numpy as np
 
     client = _client(path, 40)
     rng = np.random.default_rng(2)
     for index in range(120):
         collection = client.create_collection(
-            f"evict{index}", embedding_function=None, metadata=dict(_METADATA)
+            f"evict{index}", embedding_function=None, metadata=dict(COLLECTION_METADATA)
         )
+        if sealed:
+            collection = SealedCollection(collection)
         for record in range(records):
             vector = rng.standard_normal(_DIM).tolist()
             collection.add(ids=[f"r{record}"], embeddings=[vector])
@@ -113,15 +128,20 @@ def evict(path: Path, records: int) -> None:
             short += len(result["ids"][0]) != records
         except Exception:
             failed += 1
+    lost = failed + short
+    how = "sealed" if sealed else "Chroma alone"
+    verdict = f" [target 0: {'PASS' if not lost else 'FAIL'}]" if sealed else " (diagnostic)"
     print(
-        f"  {records} record(s) each, cache of 40, 120 collections: {failed} fail, "
-        f"{short} return fewer records than they hold",
+        f"  {how:>12}, {records} record(s) each, cache of 40, 120 collections: {failed} fail, "
+        f"{short} return fewer records than they hold{verdict}",
         flush=True,
     )
+    return not lost or not sealed
 
 
-def _part(*args: str) -> None:
-    subprocess.run([sys.executable, __file__, "--part", *args], check=True)
+def _part(*args: str) -> bool:
+    """Runs one part in a fresh process; whether it met its target or check."""
+    return subprocess.run([sys.executable, __file__, "--part", *args], check=False).returncode == 0
 
 
 def main() -> None:
@@ -134,24 +154,31 @@ def main() -> None:
         kind, path, value = args.part[0], Path(args.part[1]), args.part[2]
         if kind == "build":
             build(path, int(value))
+            ok = True
         elif kind == "loads":
             cache, scopes = args.part[3], int(value)
-            loads(path, scopes, None if cache == "default" else int(cache))
+            ok = loads(path, scopes, None if cache == "default" else int(cache))
         else:
-            evict(path, int(value))
-        return
+            ok = evict(path, int(value), sealed=args.part[3] == "sealed")
+        sys.exit(0 if ok else 1)
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         store = Path(folder) / "scopes"
-        _part("build", str(store), str(args.scopes))
+        if not _part("build", str(store), str(args.scopes)):
+            sys.exit("FAIL: building the store failed")
         print(
             f"{args.scopes} scopes of 33 vectors; the open-files soft limit is "
             f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
         )
         for cache in ("default", "256"):
-            _part("loads", str(store), str(args.scopes), cache)
+            _part("loads", str(store), str(args.scopes), cache)  # a MISS is printed, not fatal
         print("records not yet persisted, after an eviction (same process):")
+        correct = True
         for records in (1, 2, 3):
-            _part("evict", str(Path(folder) / f"evict{records}"), str(records))
+            for how in ("alone", "sealed"):
+                folder_of = Path(folder) / f"evict{records}-{how}"
+                correct &= _part("evict", str(folder_of), str(records), how)
+    if not correct:
+        sys.exit("FAIL: sealed collections lost records after an eviction")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ top-5 agreement) are spread over users x personas scopes. Two embedders run side
 * recall@5: each store's raw top-5 against exact brute-force cosine over the same scope with
   the same vectors, and *after*'s end-to-end top-5 against exact cosine on *before*'s vectors
   (the quality cost of the int8 model), with the cosine agreement of the two.
+
+Each target prints PASS or MISS beside its figure. Correctness checks (exit 1 when one fails):
+every scope holds exactly the memories added to it, and every recalled memory and raw top-5
+result of a scope is one of that scope's own memories.
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 # The usual recipe's torch runs on OpenMP threads that spin for a while after each call (GNU
-# OpenMP's default), taking a core from whichever side is timed next: measured cold recall
-# p50 14.0 ms with the spin against 9.8 ms without. Passive waiting keeps the sides apart.
+# OpenMP's default), taking a core from whichever side is timed next (bench/RESULTS.md).
+# Passive waiting keeps the sides apart.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from memory import MemoryService, SentenceTransformerEmbedder, bundled_model_path
@@ -90,7 +94,7 @@ _FILL = {
 }
 _TARGET_P50_MS, _TARGET_P99_MS, _TARGET_ADD, _TARGET_RECALL, _TARGET_RATIO = 10, 25, 1000, 0.95, 3
 #: Scopes the own-process recall passes load first: with the 300 recalled, about the 1,024
-#: indexes a bot keeps loaded at most (memory.service.DEFAULT_INDEX_CACHE_SIZE).
+#: indexes a bot keeps loaded at most (memory.chroma_store.DEFAULT_INDEX_CACHE_SIZE).
 _BUSY_SCOPES = 700
 
 
@@ -111,7 +115,7 @@ def _percentiles(samples_s: list[float]) -> tuple[float, float]:
 
 
 def _met(ok: bool) -> str:
-    return "met" if ok else "MISSED"
+    return "PASS" if ok else "MISS"
 
 
 def _recall_at(found: list[int], exact: list[int]) -> float:
@@ -125,7 +129,7 @@ def _throughput(embedder: SentenceTransformerEmbedder, texts: list[str]) -> tupl
     return len(texts) / (time.perf_counter() - wall), (time.process_time() - cpu) / len(texts)
 
 
-async def _run(args: argparse.Namespace) -> None:
+async def _run(args: argparse.Namespace) -> int:
     from langchain_chroma import Chroma
     from langchain_huggingface import HuggingFaceEmbeddings
 
@@ -190,6 +194,11 @@ async def _run(args: argparse.Namespace) -> None:
             embeddings=vectors[indices],
         )
     ours_add_s, ours_add_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    failures: list[str] = []
+    for scope, indices in by_scope.items():
+        held = ours._store.scope(*scopes[scope]).count()
+        if held != len(indices):
+            failures.append(f"scope {scopes[scope]} holds {held} memories, {len(indices)} added")
     add_rate = args.n / (embed_s + ours_add_s)
     print(f"\nadd {args.n} memories ({after.backend}, {len(by_scope)} scopes):")
     print(
@@ -358,10 +367,18 @@ async def _run(args: argparse.Namespace) -> None:
         indices = by_scope[scope]
         query_vector = after.embed([query])
         exact = [indices[i] for i in np.argsort(-(vectors[indices] @ query_vector[0]))[:5]]
-        got = ours._scope(persona, user).query(
+        got = ours._store.scope(persona, user).query(
             query_embeddings=query_vector, n_results=5, include=["documents"]
         )
-        found = [int(d.rsplit("#", 1)[1].rstrip(")")) for d in got["documents"][0]]
+        found = [_memory_index(d) for d in got["documents"][0]]
+        own = set(indices)
+        if not set(found) <= own:
+            failures.append(f"scope {scopes[scope]}: raw top-5 has others' memories")
+        hits = await ours.recall(
+            persona=persona, user_id=user, query_texts=[query], k=5, token_budget=10_000
+        )
+        if not hits or any(_memory_index(hit.text) not in own for hit in hits):
+            failures.append(f"scope {scopes[scope]}: recall gave {len(hits)} hits, not all its own")
         recall_ours.append(_recall_at(found, exact))
         where = {"$and": [{"user": user}, {"persona": persona}]}
         got = usual._collection.query(
@@ -399,26 +416,30 @@ async def _run(args: argparse.Namespace) -> None:
     print(f"  (data in {workdir}; load average {os.getloadavg()[0]:.1f} at the end)")
     ours.close()
     ours_before.close()
+    for failure in failures[:20]:
+        print(f"FAIL: {failure}")
+    print(f"correctness: {len(failures)} failures [target 0: {'PASS' if not failures else 'FAIL'}]")
+    return len(failures)
+
+
+def _memory_index(text: str) -> int:
+    """The index a synthetic memory carries at its end, ``"... (#123)"``."""
+    return int(text.rsplit("#", 1)[1].rstrip(")"))
 
 
 async def _alone(job: dict[str, Any]) -> dict[str, list[float]]:
     """Both recall passes on one store in a fresh process, as a bot runs it.
 
-    The interleaved passes run up to four stores and the usual recipe in one process, and a
-    cold load there costs twice what it costs a bot (measured on the 100k store: cold p50 6.6
-    ms with one other store of 300 loaded scopes in the process, 14 ms with two or three; 7.0
-    and 8.9 ms in one store that had loaded 300 and 700 other scopes). Like a bot near its
-    cache bound, this process first loads :data:`_BUSY_SCOPES` other scopes; its store is a
-    copy of one whose client was closed (``MemoryService.close``), as a bot's shutdown leaves
-    it (a copy of a store still open loads each scope at twice the cost).
+    The interleaved passes run up to four stores and the usual recipe in one process, where a
+    cold load costs more than in a bot. Like a bot near its cache bound, this process first
+    loads :data:`_BUSY_SCOPES` other scopes; its store is a copy of one whose client was closed
+    (``MemoryService.close``), as a bot's shutdown leaves it (a copy of a store still open loads
+    each scope more slowly).
 
-    What this pass gives depends on the machine's memory, not only on the store. A cold load
-    allocates the scope's index (about 2.8 MB, see ``MemoryService.preload``), and while another
-    process holds several GB, page faults on this virtual machine slow down (touching 2 GB: 0.85
-    s alone; 5.6 s, then 1.39 s, while another process held 8 GB). The bench's own process
-    holds several GB: this pass gave cold p50 14 to 16 ms on the 100k store in four full runs;
-    the saved job (``own-process-job.json``) run again by hand on a fresh copy gave 7.1 to 8.0
-    ms alone, and 15 to 16 ms while another process held 6 GB.
+    What this pass gives depends on the machine's memory, not only on the store: a cold load
+    allocates the scope's index, and page faults slow down while another process (here, the
+    bench's own parent) holds several GB. The saved job (``own-process-job.json``) can be run
+    again by hand on a fresh copy. Figures: ``bench/RESULTS.md``.
     """
     embedder = SentenceTransformerEmbedder(
         backend=job["backend"], onnx_cache_dir=Path(job["models"]), cache_size=0
@@ -463,7 +484,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.n, args.users, args.queries, args.sample = 3000, 30, 60, 1000
-    asyncio.run(_run(args))
+    sys.exit(1 if asyncio.run(_run(args)) else 0)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from feedback.sqlite_driver import use_single_trip_cursors
-
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
@@ -77,7 +75,6 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("max_overflow", 0)
         kwargs.setdefault("pool_timeout", 60)
         engine = create_async_engine(url, **kwargs)
-        use_single_trip_cursors(engine)
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
         return engine
     # No pre-ping (a round trip per checkout on every turn): a connection that died with a
@@ -99,11 +96,10 @@ async def autocommit(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterato
     """A session for reads and single-statement writes, with no transaction round trips.
 
     On PostgreSQL each statement commits on its own (``AUTOCOMMIT``: no ``BEGIN``/``COMMIT``/
-    ``ROLLBACK``). On SQLite the block is one transaction committed at its end, which costs no
-    trip for a block that only read (see :mod:`feedback.sqlite_driver`); switching the pooled
-    SQLite connection to autocommit and back cost three trips to its thread. Only for reads and
-    single-statement writes, which are atomic by themselves; a write of several statements
-    that must land together needs a normal session.
+    ``ROLLBACK``). On SQLite the block is one transaction committed at its end: switching the
+    pooled SQLite connection to autocommit and back costs three trips to its thread. Only for
+    reads and single-statement writes, which are atomic by themselves; a write of several
+    statements that must land together needs a normal session.
     """
     async with sessions() as session:
         if session.bind is not None and session.bind.dialect.name == "sqlite":
@@ -127,10 +123,9 @@ def autocommit_engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine
     engine's pool. Use it as ``async with engine.begin()``.
 
     On PostgreSQL each statement commits on its own (``AUTOCOMMIT``): no ``BEGIN``/``COMMIT``
-    round trips. On SQLite the block is one transaction, committed at its end (no trip at all
-    for a block that only read, see :mod:`feedback.sqlite_driver`): switching a pooled SQLite
-    connection to autocommit and back costs three trips to aiosqlite's thread around every
-    use (the isolation level twice, then a ``PRAGMA``).
+    round trips. On SQLite the block is one transaction, committed at its end: switching a
+    pooled SQLite connection to autocommit and back costs three trips to aiosqlite's thread
+    around every use (the isolation level twice, then a ``PRAGMA``).
     """
     engine = sessions.kw["bind"]
     if engine.dialect.name == "sqlite":

@@ -6,19 +6,13 @@ download a model) and the bundled all-MiniLM-L6-v2. Never imports ``bot/`` or ``
 
 from __future__ import annotations
 
+from .consistency import ConsistencyFlag
 from .embedding import Embedder, HashingEmbedder, SentenceTransformerEmbedder, bundled_model_path
 from .errors import MemoryInputError, MemoryStoreError
 from .facts import ExtractedFact, extract_facts
-from .service import (
-    MAX_MEMORY_CHARS,
-    ConsistencyFlag,
-    FactEvent,
-    MemoryHit,
-    MemoryKind,
-    MemoryRecord,
-    MemoryService,
-    format_memory_lines,
-)
+from .recall import format_memory_lines
+from .records import MAX_MEMORY_CHARS, FactEvent, MemoryHit, MemoryKind, MemoryRecord
+from .service import MemoryService
 
 __all__ = [
     "MAX_MEMORY_CHARS",

@@ -16,8 +16,8 @@ embeddings of the card's example lines and of actor-approved replies.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -26,7 +26,14 @@ from .facts import ExtractedFact, extract_facts, split_sentences
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["Conflict", "find_conflicts", "voice_centroid"]
+__all__ = [
+    "Conflict",
+    "ConsistencyFlag",
+    "contradiction_flags",
+    "drift_flag",
+    "find_conflicts",
+    "voice_centroid",
+]
 
 _NEGATION_RE = re.compile(r"(?i)\b(?:not|no|never|none|nobody|nothing|neither|nor|\w+n[’']t)\b")
 _NUMBER_RE = re.compile(r"\b\d+(?:[.,]\d+)?\b")
@@ -47,6 +54,53 @@ class Conflict:
     fact_kind: str
     fact_source: str
     detail: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ConsistencyFlag:
+    """A consistency signal on a candidate reply; ``evidence`` is JSON-serializable."""
+
+    kind: Literal["contradiction", "drift"]
+    score: float
+    threshold: float
+    over_threshold: bool
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def contradiction_flags(conflicts: Sequence[Conflict], threshold: float) -> list[ConsistencyFlag]:
+    """One ``contradiction`` flag per conflict, in the conflicts' order."""
+    return [
+        ConsistencyFlag(
+            kind="contradiction",
+            score=round(c.score, 4),
+            threshold=threshold,
+            over_threshold=c.score >= threshold,
+            evidence={
+                "rule": c.rule,
+                "fact": c.fact_text,
+                "fact_kind": c.fact_kind,
+                "fact_source": c.fact_source,
+                "reply_sentence": c.reply_sentence,
+                **c.detail,
+            },
+        )
+        for c in conflicts
+    ]
+
+
+def drift_flag(
+    reply_vector: np.ndarray, centroid: np.ndarray, voice_lines: int, threshold: float
+) -> ConsistencyFlag:
+    """The ``drift`` flag: ``1 - cosine`` of the reply's vector to the voice centroid."""
+    similarity = float(reply_vector @ centroid)
+    drift = 1.0 - similarity
+    return ConsistencyFlag(
+        kind="drift",
+        score=round(drift, 4),
+        threshold=threshold,
+        over_threshold=drift >= threshold,
+        evidence={"similarity_to_voice": round(similarity, 4), "voice_lines": voice_lines},
+    )
 
 
 def _entities(sentence: str) -> set[str]:

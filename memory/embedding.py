@@ -117,10 +117,9 @@ class SentenceTransformerEmbedder:
       (a few seconds, offline) and run with onnxruntime; same vectors as torch (cosine 1.0).
     * ``onnx-int8``: that export, fused by onnxruntime's transformer optimizer (attention,
       layer norms, GELU) and then quantized with its dynamic int8 quantization (per-channel
-      weights; a few seconds more, cached as ``*-fused-int8.onnx``). Measured against ``onnx``:
-      2.1x the texts per CPU second in batches, 2.4x faster for one query; vectors agree with
-      float32 at cosine 0.992 on average, 0.981 at worst (``bench/bench_memory.py``), so a
-      store built with one backend can be queried with the other.
+      weights; a few seconds more, cached as ``*-fused-int8.onnx``). Faster than ``onnx`` in
+      batches and for one query, with vectors close enough to float32 that a store built with
+      one backend can be queried with the other (figures: ``bench/RESULTS.md``).
 
     sentence-transformers' own ONNX backend needs ``optimum-onnx``, which requires
     ``transformers<4.58`` while sentence-transformers 6 requires ``transformers>=5``; hence
@@ -128,14 +127,13 @@ class SentenceTransformerEmbedder:
 
     ONNX sessions use one intra-op thread: a single text runs on the calling thread (lowest
     latency); longer calls are sorted by length (little padding) and cut into chunks of
-    ``batch_size`` (16: measured the most texts per CPU second; 64 and 256 do 10 to 20% fewer)
+    ``batch_size`` (16: the most texts per CPU second of the sizes tried, see ``bench/RESULTS.md``)
     that run on ``threads`` worker threads at once (default: up to 2). A small LRU cache
     (``cache_size`` texts, 0 to turn it off) serves texts seen recently in calls of up to 64
     texts, e.g. a reply embedded by the consistency check and again when it is remembered.
     Texts longer than 256 word pieces are truncated (the model's limit). With ``onnx-int8``
     activations are quantized per chunk, so a text's vector depends a little on the texts
-    batched beside it: measured cosine between alone and batched mean 0.991, min 0.984 for
-    sentences.
+    batched beside it (how little: ``bench/RESULTS.md``).
     """
 
     dim = 384
@@ -228,14 +226,9 @@ class SentenceTransformerEmbedder:
         onnxruntime's transformer optimizer first fuses each layer's attention (one ``Attention``
         node with a packed QKV projection), the embeddings with their layer norm, bias + GELU and
         residual + layer norm; dynamic quantization then turns the projections into ``QAttention``
-        and the feed-forward ``MatMul``s into int8 ones (VNNI on x86). Measured against the int8
-        model without fusion (which kept two feed-forward projections in float32 for accuracy),
-        one thread, side by side: the same CPU per text in batches of 16 to 64 (2.17 to 2.23 ms
-        against 2.16 to 2.25 ms at 19 word pieces), 23% less for one query (2.0 against 2.7 ms);
-        vectors against float32 at cosine 0.992 mean, 0.985 min on 2,000 bench texts (0.994 and
-        0.988 before; 0.981 min on the memory bench's 3,000). Keeping float32 projections in the
-        fused graph costs 7% (one) to 15% (two) more CPU per text in batches for 0.002 of mean
-        cosine, so none is kept.
+        and the feed-forward ``MatMul``s into int8 ones (VNNI on x86). Fusion costs no CPU in
+        batches and saves some for one query; keeping any projection in float32 costs CPU for
+        almost no accuracy, so none is kept (figures: ``bench/RESULTS.md``).
         """
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic

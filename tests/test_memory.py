@@ -25,15 +25,17 @@ from memory import (
     extract_facts,
     format_memory_lines,
 )
-from memory.chroma_api import FILES_PER_INDEX, SPARE_FILES, index_cache_limit
-from memory.sealing import SealedCollection
-from memory.service import (
-    _CANON_PREFIX,
-    _COLLECTION_METADATA,
-    _HISTORY_PREFIX,
-    _SCOPE_PREFIX,
-    _VOICE_PREFIX,
-    _digest,
+from memory.chroma_store import (
+    CANON_PREFIX,
+    COLLECTION_METADATA,
+    FILES_PER_INDEX,
+    HISTORY_PREFIX,
+    SCOPE_PREFIX,
+    SPARE_FILES,
+    VOICE_PREFIX,
+    SealedCollection,
+    digest,
+    index_cache_limit,
 )
 
 PERSONA = "Marlowe"
@@ -318,13 +320,13 @@ async def test_erase_leaves_nothing(service: MemoryService) -> None:
         )
         assert all(h.kind == "canon" for h in hits)
     # Query every collection in the store directly: nothing of the user is left anywhere.
-    client = service._client
+    client = service._store.client
     query = HashingEmbedder().embed(["My sister's name is Maya. I live in Porto. Call me Al"])
     for collection in client.list_collections():
         got = collection.get(include=["documents", "metadatas"])
         assert all(m.get("user_id") != user for m in got["metadatas"] or [])
         assert not any("Maya" in (d or "") or "Call me Al" in (d or "") for d in got["documents"])
-        if collection.count() and not collection.name.startswith(_HISTORY_PREFIX):
+        if collection.count() and not collection.name.startswith(HISTORY_PREFIX):
             result = collection.query(query_embeddings=query, n_results=50)
             assert not any("Maya" in (d or "") for d in result["documents"][0])
     assert any(r.text == "I live in Rome." for r in await service.show_user(user_id="discord:7"))
@@ -342,8 +344,8 @@ async def test_preload_warms_written_scopes_only(tmp_path: Path) -> None:
         scopes = [(PERSONA, "discord:1"), (PERSONA, "discord:1"), (PERSONA, "discord:2")]
         assert await restarted.preload(scopes) == 1  # the duplicate and the unknown skipped
         assert await restarted.preload(scopes, limit=0) == 0
-        names = {c.name for c in restarted._client.list_collections()}
-        assert restarted._scope_name(PERSONA, "discord:2") not in names  # nothing created
+        names = {c.name for c in restarted._store.client.list_collections()}
+        assert restarted._store.scope_name(PERSONA, "discord:2") not in names  # nothing created
         hits = await restarted.recall(
             persona=PERSONA, user_id="discord:1", query_texts=["my sister Maya"], k=3
         )
@@ -379,7 +381,7 @@ def test_embedded_store_indexes_chromas_lookups_by_collection(tmp_path: Path) ->
 
 def _open_with_a_small_index_cache(store: Path) -> tuple[MemoryService, int]:
     """A store whose Chroma keeps few indexes loaded, and about how many (the cache keeps room
-    for the files the process has open, see :func:`memory.chroma_api.index_cache_limit`)."""
+    for the files the process has open, see :func:`memory.chroma_store.index_cache_limit`)."""
     cached = (len(os.listdir("/proc/self/fd")) + SPARE_FILES) // FILES_PER_INDEX
     memory = MemoryService.open(path=store, embedder=HashingEmbedder(), index_cache_size=1)
     return memory, cached
@@ -453,13 +455,13 @@ async def test_writes_survive_the_index_cache_evicting_their_scope(tmp_path: Pat
 
 def test_a_sealed_deletion_stays_deleted_after_an_eviction(tmp_path: Path) -> None:
     memory, cached = _open_with_a_small_index_cache(tmp_path / "chroma")
-    client = memory._client
+    client = memory._store.client
     rng = np.random.default_rng(3)
     try:
         names = [f"gr_t_{n}" for n in range(cached + 30)]
         for name in names:
             collection = SealedCollection(
-                client.create_collection(name, metadata=dict(_COLLECTION_METADATA))
+                client.create_collection(name, metadata=dict(COLLECTION_METADATA))
             )
             vectors = rng.standard_normal((2, 8)).astype(np.float32)
             # two records reach disk together; the deletion alone would not (unsealed, "gone"
@@ -477,8 +479,8 @@ def test_a_sealed_deletion_stays_deleted_after_an_eviction(tmp_path: Path) -> No
 
 
 def test_collection_names_carry_no_personal_data() -> None:
-    assert _digest("discord:1234") not in "discord:1234"
-    for prefix in (_SCOPE_PREFIX, _CANON_PREFIX, _VOICE_PREFIX, _HISTORY_PREFIX):
+    assert digest("discord:1234") not in "discord:1234"
+    for prefix in (SCOPE_PREFIX, CANON_PREFIX, VOICE_PREFIX, HISTORY_PREFIX):
         assert prefix.startswith("gr_")
 
 
@@ -525,7 +527,9 @@ async def test_store_failure_mid_conversation(tmp_path: Path) -> None:
             await memory.recall(persona=PERSONA, user_id="u", query_texts=["where do I live?"])
         embedder.hang = False
         await asyncio.sleep(2.0)  # let the abandoned worker finish
-        memory._client.delete_collection(memory._scope_name(PERSONA, "u"))  # the store breaks
+        memory._store.client.delete_collection(
+            memory._store.scope_name(PERSONA, "u")
+        )  # the store breaks
         with pytest.raises(MemoryStoreError, match="recall failed"):
             await memory.recall(persona=PERSONA, user_id="u", query_texts=["where do I live?"])
     finally:
