@@ -44,7 +44,7 @@ def describe_flag(flag: dict[str, Any]) -> str:
     detail = evidence.get("fact") or evidence.get("statement") or ""
     score = flag.get("score")
     score_text = f" {score:.2f}" if isinstance(score, int | float) else ""
-    sentence = evidence.get("sentence")
+    sentence = evidence.get("reply_sentence")
     said = f" in “{_clip(str(sentence), EVIDENCE_LIMIT)}”" if sentence else ""
     against = f": “{_clip(str(detail), EVIDENCE_LIMIT)}”" if detail else ""
     return f"{kind}{score_text}{over}{said}{against}"

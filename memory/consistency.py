@@ -9,6 +9,11 @@ Contradiction is decided by rules, not a model (no NLI model with bundled weight
    negation present in one but not the other, different numbers, or different named entities
    (capitalized words other than the first of the sentence and "I"). Score = the cosine.
 
+What the reply says about the user is checked against the user's facts the same way: the
+reply's second person is read as the user's first ("you live in Oslo" as "I live in Oslo"), so
+the key rule applies, and a name the user gave one relation that the reply gives another ("your
+cat Pip" when Pip is the user's dog) is a ``relation_mismatch``. Score 1.0.
+
 Drift is ``1 - cosine(reply, voice centroid)``, the centroid being the normalized mean of the
 embeddings of the card's example lines and of actor-approved replies.
 """
@@ -21,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .facts import ExtractedFact, extract_facts, split_sentences
+from .facts import RELATIONS, ExtractedFact, extract_facts, normalize_relation, split_sentences
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -32,6 +37,7 @@ __all__ = [
     "contradiction_flags",
     "drift_flag",
     "find_conflicts",
+    "find_user_conflicts",
     "voice_centroid",
 ]
 
@@ -191,6 +197,72 @@ def _similarity_rule(sentence: str, fact: str) -> tuple[str | None, dict[str, st
             "found": ", ".join(sorted(entities_reply)),
         }
     return None, {}
+
+
+#: Second person as the user's first person, longest phrases first.
+_AS_USER = (
+    (re.compile(r"(?i)\byou(?:'re|’re| are)\b"), "I am"),
+    (re.compile(r"(?i)\byou(?:'ve|’ve)\b"), "I have"),
+    (re.compile(r"(?i)\byour\b"), "my"),
+    (re.compile(r"(?i)\byou\b"), "I"),
+)
+#: "your dog Pip", "your dog, Pip", "Pip, your dog".
+_NAMED_RELATION = re.compile(
+    rf"(?i:\byour ({RELATIONS}))(?:,)? ((?-i:[A-Z])[\w'-]+)"
+    rf"|\b((?-i:[A-Z])[\w'-]+),? (?i:your ({RELATIONS}))\b"
+)
+
+
+def _as_user(sentence: str) -> str:
+    for pattern, first_person in _AS_USER:
+        sentence = pattern.sub(first_person, sentence)
+    return sentence
+
+
+def find_user_conflicts(reply: str, user_facts: Sequence[tuple[str, str, str]]) -> list[Conflict]:
+    """Contradictions between what ``reply`` says about the user and the user's facts
+    (``(key, value, statement)`` as memory keeps them)."""
+    conflicts: list[Conflict] = []
+    known = {key: (value, statement) for key, value, statement in user_facts}
+    names = {
+        _normalized(value): (key, statement)
+        for key, value, statement in user_facts
+        if key.startswith("relation:")
+    }
+    for sentence in split_sentences(reply):
+        for said in extract_facts(_as_user(sentence)):
+            value, statement = known.get(said.attribute, (None, ""))
+            if value is None or said.value is None or _normalized(value) == _normalized(said.value):
+                continue
+            conflicts.append(
+                Conflict(
+                    "value_mismatch",
+                    1.0,
+                    sentence,
+                    statement,
+                    "user_fact",
+                    "user",
+                    {"key": said.attribute, "expected": value, "found": said.value},
+                )
+            )
+        for match in _NAMED_RELATION.finditer(sentence):
+            relation = normalize_relation(match.group(1) or match.group(4))
+            name = match.group(2) or match.group(3)
+            key, statement = names.get(_normalized(name), ("", ""))
+            if not key or key == f"relation:{relation}":
+                continue
+            conflicts.append(
+                Conflict(
+                    "relation_mismatch",
+                    1.0,
+                    sentence,
+                    statement,
+                    "user_fact",
+                    "user",
+                    {"name": name, "expected": key.partition(":")[2], "found": relation},
+                )
+            )
+    return conflicts
 
 
 def voice_centroid(vectors: np.ndarray) -> np.ndarray | None:

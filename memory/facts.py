@@ -16,9 +16,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["ExtractedFact", "extract_facts", "split_sentences"]
+__all__ = ["RELATIONS", "ExtractedFact", "extract_facts", "normalize_relation", "split_sentences"]
 
-_RELATIONS = (
+#: The relations facts name (a regular expression alternation).
+RELATIONS = (
     "sister|brother|mother|mom|mum|father|dad|wife|husband|partner|girlfriend|boyfriend|son"
     "|daughter|best friend|friend|dog|cat|boss|grandmother|grandma|grandfather|grandpa"
 )
@@ -35,8 +36,8 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
     (
         "relation:{rel}",
         re.compile(
-            rf"(?i:\bmy (?P<rel>{_RELATIONS})(?:'s|’s) name is) {_NAME}"
-            rf"|(?i:\bmy (?P<rel2>{_RELATIONS}) is (?:called|named)) {_NAME.replace('value', 'v2')}"
+            rf"(?i:\bmy (?P<rel>{RELATIONS})(?:'s|’s) name is) {_NAME}"
+            rf"|(?i:\bmy (?P<rel2>{RELATIONS}) is (?:called|named)) {_NAME.replace('value', 'v2')}"
         ),
         False,
     ),
@@ -44,7 +45,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str], bool], ...] = (
         "has:{rel}",
         re.compile(
             rf"(?i:\bi (?P<neg>don't |do not |don’t |never )?(?:have|had) (?:a|an|one|any) "
-            rf"(?P<rel>{_RELATIONS})s?\b)"
+            rf"(?P<rel>{RELATIONS})s?\b)"
         ),
         False,
     ),
@@ -114,7 +115,7 @@ def split_sentences(text: str) -> list[str]:
     return [part.strip() for part in _SENTENCE_RE.split(text) if part and part.strip()]
 
 
-def _normalize_relation(rel: str) -> str:
+def normalize_relation(rel: str) -> str:
     rel = rel.lower()
     return {"mom": "mother", "mum": "mother", "dad": "father", "grandma": "grandmother"}.get(
         rel, {"grandpa": "grandfather"}.get(rel, rel)
@@ -134,7 +135,7 @@ def extract_facts(text: str) -> list[ExtractedFact]:
                 groups = {k: v for k, v in match.groupdict().items() if v is not None}
                 rel = groups.get("rel") or groups.get("rel2") or ""
                 thing = " ".join(groups.get("thing", "").lower().split())
-                attribute = template.format(rel=_normalize_relation(rel), thing=thing)
+                attribute = template.format(rel=normalize_relation(rel), thing=thing)
                 if template.startswith("has:"):
                     value: str | None = "no" if groups.get("neg") else "yes"
                 elif is_delete:

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DUPLICATE_COSINE",
     "Candidate",
-    "canon_candidates",
     "format_memory_lines",
     "recency_weight",
     "scope_candidates",
@@ -75,29 +74,6 @@ def scope_candidates(result: dict[str, Any], now: float) -> list[Candidate]:
             score=similarity * recency_weight(metadata["kind"], created, now),
         )
         candidates.append((hit.score, hit, np.asarray(vector, dtype=np.float32)))
-    return candidates
-
-
-def canon_candidates(
-    canon: tuple[list[str], np.ndarray, list[str], list[float]], query: np.ndarray, k: int
-) -> list[Candidate]:
-    """The ``k`` canon facts closest to ``query``, by exact cosine (canon is small and cached:
-    no second store query). ``canon`` is ``(texts, vectors, ids, times)``."""
-    texts, vectors, ids, times = canon
-    if not texts:
-        return []
-    similarity = vectors @ query
-    candidates: list[Candidate] = []
-    for index in np.argsort(-similarity)[:k]:
-        hit = MemoryHit(
-            id=ids[index],
-            text=texts[index],
-            kind="canon",
-            source="card",
-            created_at=as_datetime(times[index]),
-            score=float(similarity[index]),
-        )
-        candidates.append((hit.score, hit, vectors[index]))
     return candidates
 
 

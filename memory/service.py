@@ -30,7 +30,13 @@ import numpy as np
 
 from . import recall as scoring
 from .chroma_store import DEFAULT_INDEX_CACHE_SIZE, SCOPE_PREFIX, ChromaStore, digest
-from .consistency import ConsistencyFlag, contradiction_flags, drift_flag, find_conflicts
+from .consistency import (
+    ConsistencyFlag,
+    contradiction_flags,
+    drift_flag,
+    find_conflicts,
+    find_user_conflicts,
+)
 from .errors import MemoryInputError, MemoryStoreError
 from .fact_updates import apply_facts, read_history, withdraw_facts
 from .facts import extract_facts, split_sentences
@@ -525,9 +531,10 @@ class MemoryService:
     ) -> list[MemoryHit]:
         """The memories most relevant to the recent messages, for the prompt's memory slot.
 
-        The last three ``query_texts`` are embedded as one text; candidates from this scope and
-        the persona's canon are scored and kept as :mod:`memory.recall` says (recency weight
-        for turns, near-duplicates and texts equal to a query text dropped, ``token_budget``).
+        The last three ``query_texts`` are embedded as one text; candidates from this scope are
+        scored and kept as :mod:`memory.recall` says (recency weight for turns, near-duplicates
+        and texts equal to a query text dropped, ``token_budget``). Canon is not recalled: the
+        card's system prompt carries all of it, and repeating it would crowd out the user's.
         """
         texts = [t for t in query_texts if t and t.strip()]
         if k <= 0 or token_budget <= 0 or not texts:
@@ -546,7 +553,6 @@ class MemoryService:
             include=["documents", "metadatas", "distances", "embeddings"],
         )
         candidates = scoring.scope_candidates(result, _now())
-        candidates += scoring.canon_candidates(self._personas.canon(persona), query[0], k)
         return scoring.select(candidates, texts, k, token_budget)
 
     # -- consistency ---------------------------------------------------------------------------
@@ -554,9 +560,9 @@ class MemoryService:
     async def check_reply(self, *, persona: str, user_id: str, reply: str) -> list[ConsistencyFlag]:
         """Consistency flags for a candidate reply (see :mod:`memory.consistency`).
 
-        One ``contradiction`` flag per conflict found with canon or earlier self-statements in
-        this scope (strongest first; none when the reply is consistent), then one ``drift``
-        flag when the persona has voice examples.
+        One ``contradiction`` flag per conflict found with canon, earlier self-statements or
+        the user's facts in this scope (strongest first; none when the reply is consistent),
+        then one ``drift`` flag when the persona has voice examples.
         """
         self._check_text("reply", reply)
         if not reply.strip():
@@ -565,9 +571,12 @@ class MemoryService:
 
     def _check_reply_sync(self, persona: str, user_id: str, reply: str) -> list[ConsistencyFlag]:
         canon_texts, canon_vectors, _, _ = self._personas.canon(persona)
-        own = self._store.scope(persona, user_id).get(
-            where={"kind": "self_fact"}, include=["metadatas", "embeddings"]
-        )
+        scope = self._store.scope(persona, user_id)
+        own = scope.get(where={"kind": "self_fact"}, include=["metadatas", "embeddings"])
+        told = scope.get(where={"kind": "user_fact"}, include=["metadatas"])
+        user_facts = [
+            (str(m["key"]), str(m["value"]), str(m["statement"])) for m in told["metadatas"] or []
+        ]
         facts = [(t, "canon", "card") for t in canon_texts]
         facts += [
             (str(m["statement"]), "self_fact", str(m["source"])) for m in own["metadatas"] or []
@@ -582,7 +591,8 @@ class MemoryService:
         vectors = self._embed([reply[: MAX_MEMORY_CHARS * 2], *sentences])
         conflicts = find_conflicts(
             reply, facts, fact_vectors, vectors[1:], gate=self.similarity_gate
-        )
+        ) + find_user_conflicts(reply, user_facts)
+        conflicts.sort(key=lambda conflict: conflict.score, reverse=True)
         flags = contradiction_flags(conflicts, self.contradiction_threshold)
         centroid, examples = self._personas.voice(persona)
         if centroid is not None:

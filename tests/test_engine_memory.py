@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from bot.engine import ConversationEngine, EngineLimits, IncomingMessage, Reply
+from bot.flags import describe_flag
 from bot.llm import FakeChatModel
 from memory import MemoryService, SentenceTransformerEmbedder
 from personas import PersonaRegistry
@@ -133,6 +134,45 @@ async def test_a_reply_against_canon_is_flagged_with_the_fact(
     right = await engine.respond(_said("Where did you grow up, again?"))
     assert isinstance(right, Reply)
     assert not [f for f in right.flags if f["kind"] == "contradiction"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_reply_against_what_the_user_told_is_flagged_with_the_evidence(
+    store: ConversationStore, memory: MemoryService
+) -> None:
+    engine = await _engine(
+        store,
+        memory,
+        [
+            "What a lovely name, sprout.",
+            "And how is your cat Pip today?",
+            "You live in Paris, right?",
+            "How is your dog Pip doing?",
+        ],
+    )
+    decisions, _ = decisions_for(engine)
+    told = await engine.respond(_said("My dog is called Pip. I live in Lisbon."))
+    assert isinstance(told, Reply)
+    await decisions.present(told, hold=False)
+    cat = await engine.respond(_said("Pip chewed my shoe again."))
+    assert isinstance(cat, Reply)
+    [flag] = [f for f in cat.flags if f["kind"] == "contradiction"]
+    evidence = flag["evidence"]
+    assert evidence["rule"] == "relation_mismatch" and evidence["fact_kind"] == "user_fact"
+    assert evidence["reply_sentence"] == "And how is your cat Pip today?"
+    assert evidence["fact"] == "My dog is called Pip."
+    assert flag["over_threshold"] and cat.risk.hold  # an actor sees it first
+    line = describe_flag(flag)
+    assert "“And how is your cat Pip today?”" in line and "“My dog is called Pip.”" in line
+    await decisions.present(cat, hold=False)
+    paris = await engine.respond(_said("Guess where I am."))
+    assert isinstance(paris, Reply)
+    [flag] = [f for f in paris.flags if f["kind"] == "contradiction"]
+    assert flag["evidence"]["expected"] == "Lisbon" and flag["evidence"]["found"] == "Paris"
+    await decisions.present(paris, hold=False)
+    right = await engine.respond(_said("Pip says hi."))
+    assert isinstance(right, Reply)
+    assert not [f for f in right.flags if f["kind"] == "contradiction"], right.flags
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -519,13 +519,14 @@ class _HangingEmbedder(HashingEmbedder):
 
 async def test_store_failure_mid_conversation(tmp_path: Path) -> None:
     embedder = _HangingEmbedder()
-    memory = MemoryService.open(path=tmp_path / "c", embedder=embedder, timeout_s=0.3)
+    memory = MemoryService.open(path=tmp_path / "c", embedder=embedder)
     try:
         await _say(memory, "u", 0, "I live in Porto.")
-        embedder.hang = True
+        # Short only while the embedder hangs: the other steps may be slow on a busy machine.
+        memory.timeout_s, embedder.hang = 0.3, True
         with pytest.raises(MemoryStoreError, match="recall took longer"):
             await memory.recall(persona=PERSONA, user_id="u", query_texts=["where do I live?"])
-        embedder.hang = False
+        memory.timeout_s, embedder.hang = 5.0, False
         await asyncio.sleep(2.0)  # let the abandoned worker finish
         memory._store.client.delete_collection(
             memory._store.scope_name(PERSONA, "u")
@@ -572,9 +573,9 @@ async def test_close_closes_the_chroma_client(tmp_path: Path) -> None:
 async def test_close_leaves_the_client_open_under_a_running_operation(tmp_path: Path) -> None:
     embedder = _HangingEmbedder()
     store = tmp_path / "chroma"
-    memory = MemoryService.open(path=store, embedder=embedder, timeout_s=0.3)
+    memory = MemoryService.open(path=store, embedder=embedder)
     await _say(memory, "u", 0, "I live in Porto.")
-    embedder.hang = True
+    memory.timeout_s, embedder.hang = 0.3, True
     with pytest.raises(MemoryStoreError, match="took longer"):
         await memory.recall(persona=PERSONA, user_id="u", query_texts=["where do I live?"])
     memory.close()  # the recall's worker still sleeps (2 s): close waits timeout_s, no longer
