@@ -65,9 +65,7 @@ def _json(data: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
-def create_app(
-    sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: bytes
-) -> FastAPI:
+def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: bytes) -> FastAPI:
     """The API over ``sessions``; ``pseudonym_secret`` keys the actor and conversation
     pseudonyms (keep it stable, or pseudonyms change between runs)."""
     if len(pseudonym_secret) < 16:
