@@ -87,6 +87,15 @@ async def seed(url: str, events: int) -> tuple[str, dict[str, int]]:
     return token, {fmt: sum(by_persona.values()) for fmt, by_persona in counts.items()}
 
 
+def serve(url: str, port: int) -> subprocess.Popen[bytes]:
+    """Start this checkout's API on ``port``."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _SERVE, url, str(port), SECRET.decode()],
+        cwd=_ROOT,
+        env={**os.environ, "PYTHONPATH": str(_ROOT)},
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -156,11 +165,7 @@ async def run(args: argparse.Namespace) -> int:
         )
         for fmt in formats:
             port = _free_port()
-            server = subprocess.Popen(
-                [sys.executable, "-c", _SERVE, url, str(port), SECRET.decode()],
-                cwd=_ROOT,
-                env={**os.environ, "PYTHONPATH": str(_ROOT)},
-            )
+            server = serve(url, port)
             try:
                 result = await asyncio.to_thread(measure, port, server.pid, token, fmt, args.limit)
             finally:
