@@ -8,16 +8,13 @@ import os
 import sqlite3
 import statistics
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
-from sqlalchemy import text
 
-from feedback.database import create_engine, migrate, session_factory
-from feedback.exports.ahead import BuildStats, build_queued, queue_stale_kinds, queued_count
+from feedback.database import create_engine, migrate
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -139,7 +136,6 @@ _COPIED_TABLES: list[tuple[str, tuple[str, ...], dict[str, type]]] = [
             "prompt_snapshot_id",
             "flags",
             "decided_by",
-            "revision",
         ),
         {},
     ),
@@ -171,8 +167,7 @@ async def copy_to_postgres(source: Path, url: str) -> None:
     target = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     db = sqlite3.connect(source)
     try:
-        # Without triggers (nor foreign-key checks): the copy is whole and consistent, and the
-        # empty database keeps no export record for the turn-revision triggers to drop.
+        # Without foreign-key checks: the copy is whole and consistent.
         await target.execute("SET session_replication_role = replica")
         for table, columns, convert in _COPIED_TABLES:
             cursor = db.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY 1")
@@ -196,42 +191,3 @@ async def copy_to_postgres(source: Path, url: str) -> None:
     finally:
         db.close()
         await target.close()
-
-
-async def forget_kept_records(url: str) -> None:
-    """Delete every kept export record, so the next exports or pages build theirs, and the
-    records builder's keys with them (kinds with rows missing are not built ahead any more; a
-    builder queues every turn again)."""
-    engine = create_engine(url)
-    async with engine.begin() as connection:
-        await connection.execute(text("DELETE FROM turn_records"))
-        await connection.execute(text("DELETE FROM record_builds"))
-    await engine.dispose()
-
-
-async def analyze_kept_records(url: str) -> None:
-    """On PostgreSQL, ``ANALYZE turn_records``, as autovacuum would soon after they were filled
-    (without statistics the planner reads each kept body with a bitmap scan, 2-7x slower)."""
-    engine = create_engine(url)
-    if engine.dialect.name == "postgresql":
-        async with engine.begin() as connection:
-            await connection.execute(text("ANALYZE turn_records"))
-    await engine.dispose()
-
-
-async def build_everything_ahead(
-    url: str, formats: tuple[str, ...], secret: bytes
-) -> tuple[int, BuildStats, float]:
-    """Delete every kept record, queue every turn and build ``formats`` ahead in this process:
-    the turns queued, what was built, and the seconds the build took."""
-    await forget_kept_records(url)
-    engine = create_engine(url)
-    sessions = session_factory(engine)
-    try:
-        await queue_stale_kinds(sessions, formats, secret)
-        queued = await queued_count(sessions)
-        started = time.perf_counter()
-        stats = await build_queued(sessions, formats, pseudonym_secret=secret)
-        return queued, stats, time.perf_counter() - started
-    finally:
-        await engine.dispose()

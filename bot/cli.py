@@ -22,9 +22,9 @@ from rich.table import Table
 
 from bot.cli_api import api_command, tokens_app
 from bot.cli_common import err_console as _err
-from bot.cli_common import fail, settings_or_exit
+from bot.cli_common import fail, quiet_collector, settings_or_exit
 from bot.cli_status import status_command
-from bot.cli_trainer import build_records_command, export_command, report_command
+from bot.cli_trainer import export_command, report_command
 from bot.llm import ModelUnavailableError
 from bot.settings import ConfigError, Settings
 from feedback.database import DatabaseError
@@ -49,10 +49,15 @@ memory_app = typer.Typer(no_args_is_help=True, help="See or erase what is rememb
 app.add_typer(memory_app, name="memory")
 app.command("export")(export_command)
 app.command("report")(report_command)
-app.command("build-records")(build_records_command)
 app.command("api")(api_command)
 app.command("status")(status_command)
 app.add_typer(tokens_app, name="tokens", help="Trainers' API tokens.")
+
+
+@app.callback()
+def _before_any_command() -> None:
+    # Exports and API pages build records by the hundred thousand: see quiet_collector.
+    quiet_collector()
 
 
 def run_async(coroutine: Coroutine[Any, Any, Any]) -> Any:

@@ -22,7 +22,6 @@ from bot.cli_common import err_console, fail, settings_or_exit, with_database
 from bot.runtime import pseudonym_secret
 from bot.settings import ConfigError
 from feedback.api import create_app
-from feedback.api.helper import DEFAULT_MIN_RECORDS
 from feedback.tokens import SCOPES, TokenError, create_token, list_tokens, revoke_token
 
 if TYPE_CHECKING:
@@ -55,13 +54,6 @@ tokens_app = typer.Typer(no_args_is_help=True, help="Manage the trainer API's be
 def api_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
-    page_helper: Annotated[
-        bool,
-        typer.Option(
-            "--page-helper/--no-page-helper",
-            help="Build large pages with a second process (uses a second core).",
-        ),
-    ] = True,
 ) -> None:
     """Serve the trainer HTTP API (OpenAPI docs at /docs)."""
     settings = settings_or_exit()
@@ -75,13 +67,7 @@ def api_command(
     )
 
     async def serve(sessions: async_sessionmaker[AsyncSession]) -> None:
-        app = create_app(
-            sessions,
-            pseudonym_secret=secret,
-            helper_min_records=DEFAULT_MIN_RECORDS if page_helper else None,
-            keep_records=settings.exports.keep_records,
-            build_ahead=settings.exports.formats_ahead,
-        )
+        app = create_app(sessions, pseudonym_secret=secret)
         config = uvicorn.Config(
             app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None
         )

@@ -1,7 +1,6 @@
 """``greenroom status``: are the configured dependencies usable, and is the bot healthy?
 
-Checks, from the settings: the database (connect, ``SELECT 1``, the schema's revision, the
-turns waiting for their export records to be built ahead), the
+Checks, from the settings: the database (connect, ``SELECT 1``, the schema's revision), the
 memory store (a Chroma server's heartbeat, or the embedded store's files), the embedding and chat
 model files (or, for an OpenAI-compatible server, its ``/models``), and the running bot's
 ``/healthz`` when ``health.port`` is set. Prints a table; exit code 0 when healthy, 1 when
@@ -56,11 +55,11 @@ def _database(settings: Settings) -> list[Check]:
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:" and not Path(path).exists():
             return [Check("database", "info", f"{path} does not exist yet (made at first start)")]
-    return asyncio.run(_ping_database(url, settings.exports.formats_ahead))
+    return asyncio.run(_ping_database(url))
 
 
-async def _ping_database(url: str, formats_ahead: tuple[str, ...]) -> list[Check]:
-    """The database's check and, once its schema is current, the records-ahead queue's."""
+async def _ping_database(url: str) -> list[Check]:
+    """The database's check: it answers, and its schema is current."""
     from alembic.script import ScriptDirectory
     from sqlalchemy import text
 
@@ -69,7 +68,6 @@ async def _ping_database(url: str, formats_ahead: tuple[str, ...]) -> list[Check
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     engine = create_engine(url)
     where = engine.url.render_as_string(hide_password=True)
-    queued = None
     try:
         async with asyncio.timeout(_TIMEOUT_S), engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -77,8 +75,6 @@ async def _ping_database(url: str, formats_ahead: tuple[str, ...]) -> list[Check
                 revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
             except Exception:
                 revision = None
-            if revision == head:
-                queued = await connection.scalar(text("SELECT count(*) FROM turn_build_queue"))
     except Exception as error:
         return [Check("database", "degraded", f"{where}: {type(error).__name__}: {error}"[:300])]
     finally:
@@ -88,21 +84,7 @@ async def _ping_database(url: str, formats_ahead: tuple[str, ...]) -> list[Check
         if revision == head
         else f"schema at {revision or 'nothing'}, newest {head} (migrated at start)"
     )
-    checks = [Check("database", "ok", f"{where}: reachable, {schema}")]
-    if not formats_ahead:
-        checks.append(
-            Check("export records", "off", "not built ahead (exports.build_ahead is empty)")
-        )
-    elif queued is not None:
-        checks.append(
-            Check(
-                "export records",
-                "ok",
-                f"{queued:,} changed turns waiting (built ahead by `greenroom api`, "
-                "or now by `greenroom build-records`)",
-            )
-        )
-    return checks
+    return [Check("database", "ok", f"{where}: reachable, {schema}")]
 
 
 def _chroma(settings: Settings) -> Check:

@@ -1,5 +1,4 @@
-"""``greenroom export``, ``report`` and ``build-records``: the correction queue as training
-data and plots, and its records built ahead (:mod:`feedback.exports.ahead`).
+"""``greenroom export`` and ``report``: the correction queue as training data and plots.
 
 Typer command functions; ``bot/cli.py`` registers them (``app.command("export")(export_command)``).
 Bad input (unknown format, inverted time range, bad split, unwritable output) ends the command
@@ -11,8 +10,6 @@ The pseudonym key (the HMAC key of ``user_…``/``actor_…``/``name_…`` pseud
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -44,7 +41,7 @@ if TYPE_CHECKING:
     from bot.settings import Settings
 
 
-__all__ = ["build_records_command", "export_command", "report_command"]
+__all__ = ["export_command", "report_command"]
 
 #: The environment variable that holds the pseudonym secret (until a setting exists).
 
@@ -139,9 +136,7 @@ def export_command(
     if out is None:
         fail("--out is required: the JSONL file to write")
     written = _run(
-        lambda sessions, key, settings: _export(
-            sessions, key, fmt, flt, out, splits, seed, keep_records=settings.exports.keep_records
-        )
+        lambda sessions, key, _settings: _export(sessions, key, fmt, flt, out, splits, seed)
     )
     console = Console()
     for name, count in written.items():
@@ -157,8 +152,6 @@ async def _export(
     out: Path,
     splits: dict[str, float] | None,
     seed: int,
-    *,
-    keep_records: bool,
 ) -> dict[str, int]:
     total = await progress_total(sessions, flt, (fmt,))
     with _progress() as progress:
@@ -172,7 +165,6 @@ async def _export(
             seed=seed,
             pseudonym_secret=secret,
             progress=lambda turns: progress.advance(task, turns),
-            keep_records=keep_records,
         )
 
 
@@ -223,66 +215,3 @@ def report_command(
     except ReportError as error:  # raised before any database work for a bad folder
         fail(str(error))
     Console().print(f"wrote {page}", highlight=False, soft_wrap=True)
-
-
-def build_records_command(
-    watch_queue: Annotated[
-        bool,
-        typer.Option(
-            "--watch",
-            help="Keep building as turns change, until Ctrl-C (as `greenroom api` does).",
-        ),
-    ] = False,
-    interval: Annotated[
-        float,
-        typer.Option(min=0.1, max=3600, help="With --watch: seconds between looks at the queue."),
-    ] = 2.0,
-) -> None:
-    """Build the export records of changed turns ahead, so exports and pages serve them kept."""
-    from feedback.exports.ahead import build_queued, queue_stale_kinds, queued_count, watch
-
-    def job(
-        sessions: async_sessionmaker[AsyncSession], secret: bytes, settings: Settings
-    ) -> Awaitable[str]:
-        formats = settings.exports.formats_ahead
-        if not formats:
-            raise ExportError(
-                "no format to build ahead: exports.build_ahead is empty or "
-                "exports.keep_records is off"
-            )
-
-        async def once() -> str:
-            await queue_stale_kinds(sessions, formats, secret)
-            with _progress() as progress:
-                task = progress.add_task("build", total=await queued_count(sessions))
-                stats = await build_queued(
-                    sessions,
-                    formats,
-                    pseudonym_secret=secret,
-                    progress=lambda turns: progress.advance(task, turns),
-                )
-            return (
-                f"built {stats.records:,} records of {stats.turns:,} turns "
-                f"({', '.join(formats)}); {await queued_count(sessions):,} turns queued"
-            )
-
-        async def forever() -> str:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGINT, stop.set)
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
-            await watch(
-                sessions,
-                formats,
-                pseudonym_secret=secret,
-                stop=stop,
-                interval=interval,
-                on_build=lambda stats: err_console.print(
-                    f"built {stats.records:,} records of {stats.turns:,} turns", highlight=False
-                ),
-            )
-            return "stopped"
-
-        return forever() if watch_queue else once()
-
-    Console().print(_run(job), highlight=False, soft_wrap=True)

@@ -7,29 +7,24 @@ named by ``GREENROOM_CONFIG``), then the defaults below.
 
 from __future__ import annotations
 
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import (
     BaseModel,
     Field,
     SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-
-from feedback.exports.filters import FORMATS
 
 __all__ = [
     "ChatLimits",
@@ -182,49 +177,6 @@ class PrivacySettings(BaseModel):
     pseudonym_secret: SecretStr | None = None
 
 
-class ExportSettings(BaseModel):
-    """Training-data exports and the trainer API's pages."""
-
-    #: Keep each user turn's records per format in the database (``turn_records``), so later
-    #: exports and pages serve them instead of building them again (about 3x the records per
-    #: second). Costs about the size of the exports of the formats pulled. Triggers drop a
-    #: turn's records when it changes and an erasure removes them; turned off, the rows already
-    #: kept stay until their turns change (``DELETE FROM turn_records`` frees them; delete
-    #: ``record_builds`` in the same transaction, or exports would miss the turns deleted).
-    keep_records: bool = True
-    #: Formats whose records are built ahead as turns change, in a low-priority process of
-    #: ``greenroom api`` (or by ``greenroom build-records``), so exports and pages find them
-    #: kept (see :mod:`feedback.exports.ahead`). Empty, or ``keep_records`` off: none, and an
-    #: export builds a turn's records the first time it meets them.
-    #: In the environment: comma-separated (``trl-sft,trl-dpo``) or a JSON list.
-    build_ahead: Annotated[tuple[str, ...], NoDecode] = FORMATS
-
-    @field_validator("build_ahead", mode="before")
-    @classmethod
-    def _split_formats(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                try:
-                    return json.loads(value)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"not a JSON list of formats ({error})") from None
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("build_ahead")
-    @classmethod
-    def _known_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [fmt for fmt in value if fmt not in FORMATS]
-        if unknown:
-            raise ValueError(f"unknown format {', '.join(unknown)} (formats: {', '.join(FORMATS)})")
-        return tuple(dict.fromkeys(value))
-
-    @property
-    def formats_ahead(self) -> tuple[str, ...]:
-        """The formats to build ahead: none when records are not kept."""
-        return self.build_ahead if self.keep_records else ()
-
-
 class Settings(BaseSettings):
     """All of Greenroom's settings, read once per process by :func:`get_settings`."""
 
@@ -249,7 +201,6 @@ class Settings(BaseSettings):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
-    exports: ExportSettings = Field(default_factory=ExportSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
 
     @model_validator(mode="after")

@@ -110,13 +110,6 @@ async def autocommit(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterato
         yield session
 
 
-def dialect_name(sessions: async_sessionmaker[AsyncSession]) -> str | None:
-    """The sessions' database dialect (``postgresql``, ``sqlite``), if they are bound to an
-    engine."""
-    engine = sessions.kw.get("bind")
-    return None if engine is None else str(engine.dialect.name)
-
-
 def autocommit_engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
     """The sessions' engine for Core statements on the per-turn path (a Core connection costs a
     third of a session's CPU per statement: no unit of work, no transaction events). Shares the

@@ -17,7 +17,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -39,9 +38,6 @@ __all__ = [
     "MessageNode",
     "PendingAction",
     "PromptSnapshot",
-    "RecordBuild",
-    "TurnBuildQueue",
-    "TurnRecords",
     "UserPrivacy",
     "UserTurnState",
 ]
@@ -120,7 +116,6 @@ class MessageNode(Base):
         Index("ix_messages_parent_id", "parent_id"),
         Index("ix_messages_author_id", "author_id"),
         Index("ix_messages_created_at", "created_at"),
-        Index("ix_messages_prompt_snapshot_id", "prompt_snapshot_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -153,64 +148,7 @@ class MessageNode(Base):
     console_ref: Mapped[str | None] = mapped_column(String(64), default=None)
     #: Who decided this candidate's fate (an actor id, or ``timeout``).
     decided_by: Mapped[str | None] = mapped_column(String(128), default=None)
-    #: For a user turn: raised by database triggers whenever anything its export records are
-    #: built from changes (its replies, their events and prompt snapshots, the turn itself),
-    #: which also delete its :class:`TurnRecords` (see migration 0003).
-    revision: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
-
-
-class TurnRecords(Base):
-    """The export records one user turn gives in one format, built once and served again.
-
-    ``body`` holds the records as JSON lines, exactly as an export writes them. A row is valid
-    while its ``revision`` equals the turn's and its ``build_key`` matches the running code and
-    pseudonym secret (see :mod:`feedback.exports.cache`); triggers delete the rows of a turn
-    that changes, so no stale or erased text stays here. Consent is not stored: it is applied
-    when turns are selected.
-    """
-
-    __tablename__ = "turn_records"
-
-    user_turn_id: Mapped[int] = mapped_column(
-        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
-    )
-    #: ``sft`` (both SFT formats share records), ``openai-dpo``, ``trl-dpo``, ``trl-kto``,
-    #: ``oasst``.
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
-    build_key: Mapped[str] = mapped_column(String(32))
-    revision: Mapped[int] = mapped_column(Integer)
-    #: Its records end in a newline each (none: empty), so their count is the body's lines.
-    body: Mapped[bytes] = mapped_column(LargeBinary)
-
-    #: A kind's rows in turn order: what exports of a kind built ahead read.
-    __table_args__ = (Index("ix_turn_records_kind", "kind", "user_turn_id"),)
-
-
-class TurnBuildQueue(Base):
-    """A user turn whose export records are to be built ahead (see :mod:`feedback.exports.ahead`).
-
-    Upserted by a trigger whenever the turn's revision is raised (migration 0004); the builder
-    deletes the row only if the revision is still the one it built, so a turn that changed
-    while it was built stays queued. At most one row a turn.
-    """
-
-    __tablename__ = "turn_build_queue"
-
-    user_turn_id: Mapped[int] = mapped_column(
-        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
-    )
-    revision: Mapped[int] = mapped_column(Integer)
-
-
-class RecordBuild(Base):
-    """The build key (code and secret) a kind of kept record was last queued for: when it
-    changes, every turn is queued again (see :mod:`feedback.exports.ahead`)."""
-
-    __tablename__ = "record_builds"
-
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
-    build_key: Mapped[str] = mapped_column(String(32))
 
 
 class ChannelSetting(Base):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,10 +11,9 @@ import pytest
 from sqlalchemy import select
 
 from feedback.api import create_app
-from feedback.api.records import Page, page
 from feedback.api.schemas import Format
 from feedback.database import session_factory
-from feedback.exports import FORMATS, ExportFilter
+from feedback.exports import FORMATS
 from feedback.models import UserPrivacy
 from feedback.tokens import create_token, revoke_token
 from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn, stores
@@ -232,38 +230,6 @@ async def fetch_all(
         cursor = body["next_cursor"]
         if not body["has_more"]:
             return records, cursor
-
-
-async def test_a_page_is_freed_after_its_response_and_collection_resumes(
-    api: Api, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await add_corrections(api.sessions, 6)
-    released: list[Page] = []
-    original = Page.release
-
-    async def release(self: Page) -> None:
-        assert not gc.isenabled()  # paused from building the page until it is freed
-        await original(self)
-        released.append(self)
-
-    monkeypatch.setattr(Page, "release", release)
-    assert gc.isenabled()
-    body = (await api.get("/v1/corrections", format="trl-sft", limit=4)).json()
-    assert len(body["records"]) == 4
-    assert len(released) == 1
-    assert released[0].records == [] and released[0].retained == []
-    assert gc.isenabled()
-
-
-async def test_a_page_dropped_without_release_resumes_collection(api: Api) -> None:
-    await add_corrections(api.sessions, 3)
-    result = await page(
-        api.sessions, "trl-sft", ExportFilter(), pseudonym_secret=SECRET, after=None, limit=10
-    )
-    assert len(result.records) == 3 and result.retained
-    assert not gc.isenabled()
-    del result
-    assert gc.isenabled()
 
 
 async def test_pages_are_stable_and_complete_while_events_arrive(api: Api) -> None:

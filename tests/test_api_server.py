@@ -84,7 +84,6 @@ async def test_pages_never_split_a_user_turn(monkeypatch: pytest.MonkeyPatch) ->
             pseudonym_secret=b"x",
             after=after,
             limit=limit,
-            keep_records=False,
         )
         last = None if result.next_cursor is None else decode_cursor(result.next_cursor, "trl-dpo")
         return [r["n"] for r in result.records], last, result.has_more
@@ -148,7 +147,7 @@ def test_greenroom_api_serves_on_uvloop(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [GREENROOM, "api", "--port", str(port), "--no-page-helper"],
+        [GREENROOM, "api", "--port", str(port)],
         cwd=tmp_path,
         env=_environment(**env),
         stderr=subprocess.PIPE,

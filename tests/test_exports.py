@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import re
 from dataclasses import dataclass
@@ -554,44 +553,6 @@ async def test_export_split_is_deterministic_and_keeps_conversations_together(
     assert len(users(outputs[0]["train"]) | users(outputs[0]["test"])) == 12
 
 
-@pytest.mark.parametrize("fmt", ["trl-sft", "trl-dpo", "oasst"])
-async def test_export_with_a_helper_process_writes_the_same_files(
-    store: ConversationStore, corrections: CorrectionStore, tmp_path: Path, fmt: str
-) -> None:
-    await build_scenario(store, corrections)
-    for user in range(2, 6):
-        user_id = f"discord:{user}"
-        await set_consent(store._sessions, user_id, True)
-        for index in range(2):
-            turn = await add_turn(store, user_id=user_id, state="held", text=f"hi {index}")
-            await corrections.approve(turn.candidate_id, actor=BOB_ACTOR, key=f"h{user}{index}")
-    split = {"train": 0.5, "test": 0.5}
-    outputs = []
-    for folder, min_turns in (("one", 10**9), ("two", 0)):
-        out = tmp_path / folder / "export.jsonl"
-        out.parent.mkdir()
-        seen: list[int] = []
-        counts = await export_to_file(
-            store._sessions,
-            fmt,
-            ExportFilter(),
-            out,
-            split=split,
-            seed=3,
-            pseudonym_secret=SECRET,
-            progress=seen.append,
-            batch_size=4,
-            parallel_min_turns=min_turns,
-        )
-        files = {path.name: path.read_bytes() for path in sorted(out.parent.iterdir())}
-        assert list(files) == ["export.test.jsonl", "export.train.jsonl"]  # no temporary left
-        total = await progress_total(store._sessions, ExportFilter(), (fmt,))
-        assert sum(counts.values()) > 0 and sum(seen) == total
-        assert total == (3 if fmt == "trl-dpo" else 14)  # turns with two replies, or all
-        outputs.append((counts, files))
-    assert outputs[0] == outputs[1]
-
-
 async def test_export_to_file_counts_progress_and_lines(
     store: ConversationStore, corrections: CorrectionStore, tmp_path: Path
 ) -> None:
@@ -700,7 +661,7 @@ async def test_dry_run_counts_per_format_and_persona(
         assert sum(counts[fmt].values()) == len(await _records(store._sessions, fmt))
 
 
-# -- read-ahead and the paused collector ---------------------------------------------------
+# -- read-ahead ------------------------------------------------------------------------------
 
 
 async def test_closing_records_early_cancels_the_read_ahead(
@@ -725,39 +686,6 @@ async def test_closing_records_early_cancels_the_read_ahead(
         )
     ]
     assert ahead == plain
-
-
-async def test_exports_turn_the_collector_back_on(
-    store: ConversationStore, corrections: CorrectionStore, tmp_path: Path
-) -> None:
-    await build_scenario(store, corrections)
-    assert gc.isenabled()
-    await export_to_file(
-        store._sessions,
-        "oasst",
-        ExportFilter(),
-        tmp_path / "o.jsonl",
-        pseudonym_secret=SECRET,
-        batch_size=2,
-    )
-    assert gc.isenabled()
-
-    def explode(_: int) -> None:
-        assert not gc.isenabled()  # paused while records are built
-        raise RuntimeError("interrupted")
-
-    with pytest.raises(RuntimeError, match="interrupted"):
-        await export_to_file(
-            store._sessions,
-            "trl-sft",
-            ExportFilter(),
-            tmp_path / "x.jsonl",
-            pseudonym_secret=SECRET,
-            progress=explode,
-        )
-    assert gc.isenabled()
-    await dry_run_counts(store._sessions, ExportFilter(), pseudonym_secret=SECRET)
-    assert gc.isenabled()
 
 
 async def test_read_ahead_stops_at_the_turns_the_caller_needs(
@@ -791,25 +719,3 @@ async def test_read_ahead_stops_at_the_turns_the_caller_needs(
         for tree in p
     ]
     assert everything[:6] == ids
-
-
-async def test_retained_pages_are_the_pages_read(
-    store: ConversationStore, corrections: CorrectionStore
-) -> None:
-    await build_scenario(store, corrections)
-    retained: list[Any] = []
-    keys = [
-        key
-        async for key, _ in iter_records(
-            store._sessions,
-            "trl-sft",
-            ExportFilter(),
-            pseudonym_secret=SECRET,
-            batch_size=2,
-            retain=retained,
-        )
-    ]
-    turn_ids = [tree.user_turn_id for p in retained for tree in p]
-    assert all(len(p) <= 2 for p in retained)
-    assert set(keys) <= set(turn_ids)
-    assert turn_ids == sorted(turn_ids)

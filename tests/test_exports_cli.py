@@ -11,12 +11,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from bot.cli_trainer import build_records_command, export_command, report_command
+from bot.cli_trainer import export_command, report_command
 from bot.runtime import pseudonym_secret
 from bot.settings import ConfigError, load_settings
 from feedback.corrections import CorrectionStore
 from tests.test_exports import build_scenario
-from tests.test_exports_cache import _refuse_to_build
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,7 +31,6 @@ def app() -> typer.Typer:
     app = typer.Typer()
     app.command("export")(export_command)
     app.command("report")(report_command)
-    app.command("build-records")(build_records_command)
     return app
 
 
@@ -198,66 +196,3 @@ def test_report_command_writes_the_page(
     (tmp_path / "afile").write_text("x")
     code, _, stderr = _invoke(app, "report", "--out", str(tmp_path / "afile"))
     assert code == 2 and "it is a file" in stderr
-
-
-def _kept_rows(db_url: str) -> int:
-    import asyncio
-
-    from sqlalchemy import func, select
-
-    from feedback.database import create_engine
-    from feedback.models import TurnRecords
-
-    async def count() -> int:
-        engine = create_engine(db_url)
-        try:
-            async with engine.connect() as connection:
-                return int(await connection.scalar(select(func.count()).select_from(TurnRecords)))
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(count())
-
-
-def test_export_keeps_records_unless_the_setting_says_not(
-    app: typer.Typer,
-    env: dict[str, str],
-    filled: None,
-    tmp_path: Path,
-    db_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    out = tmp_path / "kto.jsonl"
-    monkeypatch.setenv("GREENROOM_EXPORTS__KEEP_RECORDS", "false")
-    assert _invoke(app, "export", "--format", "trl-kto", "--out", str(out))[0] == 0
-    assert _kept_rows(db_url) == 0
-    built = out.read_bytes()
-    monkeypatch.delenv("GREENROOM_EXPORTS__KEEP_RECORDS")
-    assert _invoke(app, "export", "--format", "trl-kto", "--out", str(out))[0] == 0
-    assert _kept_rows(db_url) == 6 and out.read_bytes() == built
-
-
-def test_build_records_keeps_every_queued_turn_then_exports_serve_them(
-    app: typer.Typer,
-    env: dict[str, str],
-    filled: None,
-    tmp_path: Path,
-    db_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    out = tmp_path / "kto.jsonl"
-    monkeypatch.setenv("GREENROOM_EXPORTS__KEEP_RECORDS", "false")
-    assert _invoke(app, "export", "--format", "trl-kto", "--out", str(out))[0] == 0
-    built = out.read_bytes()
-    code, _, error = _invoke(app, "build-records")
-    assert code == 2 and "exports.keep_records is off" in error and _kept_rows(db_url) == 0
-    monkeypatch.delenv("GREENROOM_EXPORTS__KEEP_RECORDS")
-    monkeypatch.setenv("GREENROOM_EXPORTS__BUILD_AHEAD", "trl-kto, trl-sft")
-    code, output = _invoke(app, "build-records")[:2]
-    assert code == 0, output
-    assert "of 6 turns (trl-kto, trl-sft); 0 turns queued" in output
-    assert _kept_rows(db_url) == 12
-    assert "of 0 turns" in _invoke(app, "build-records")[1]  # nothing changed since
-    _refuse_to_build(monkeypatch)
-    assert _invoke(app, "export", "--format", "trl-kto", "--out", str(out))[0] == 0
-    assert out.read_bytes() == built

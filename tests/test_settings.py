@@ -56,10 +56,6 @@ def test_config_file_named_by_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         ("GREENROOM_LOG_LEVEL", "LOUD", "log_level"),
         ("GREENROOM_MEMORY__INDEX_CACHE_SCOPES", "3", "memory.index_cache_scopes"),
         ("GREENROOM_MEMORY__INDEX_CACHE_SCOPES", "many", "memory.index_cache_scopes"),
-        ("GREENROOM_EXPORTS__KEEP_RECORDS", "maybe", "exports.keep_records"),
-        ("GREENROOM_EXPORTS__BUILD_AHEAD", '["trl-sft", "csv"]', "unknown format csv"),
-        ("GREENROOM_EXPORTS__BUILD_AHEAD", '["trl-sft"', "not a JSON list of formats"),
-        ("GREENROOM_EXPORTS__BUILD_AHEAD", "trl-sft,kto", "exports.build_ahead"),
     ],
 )
 def test_a_wrong_value_is_one_line_naming_the_setting(

@@ -17,7 +17,6 @@ Large bodies are serialised with orjson straight to bytes (no validation pass), 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from datetime import datetime, timedelta
@@ -27,11 +26,9 @@ import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import text
-from starlette.background import BackgroundTask
 
 from feedback.api.auth import require_scope
 from feedback.api.errors import ApiError, install_error_handlers
-from feedback.api.helper import DEFAULT_MIN_RECORDS, PageHelper
 from feedback.api.records import CursorError, decode_cursor, lease_record, page
 from feedback.api.schemas import (
     AckResponse,
@@ -42,13 +39,10 @@ from feedback.api.schemas import (
     PageResponse,
 )
 from feedback.exports import ExportError, ExportFilter
-from feedback.exports.ahead import AheadBuilder
 from feedback.queue import MAX_BATCH as MAX_PAGE
 from feedback.queue import LeaseExpired, QueueError, UnknownLease, ack, claim_batch, stats
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from feedback.models import ApiToken
@@ -71,50 +65,12 @@ def _json(data: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
-def create_app(
-    sessions: async_sessionmaker[AsyncSession],
-    *,
-    pseudonym_secret: bytes,
-    helper_min_records: int | None = DEFAULT_MIN_RECORDS,
-    keep_records: bool = True,
-    build_ahead: tuple[str, ...] = (),
-) -> FastAPI:
+def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: bytes) -> FastAPI:
     """The API over ``sessions``; ``pseudonym_secret`` keys the actor and conversation
-    pseudonyms (keep it stable, or pseudonyms change between runs).
-
-    Pages of at least ``helper_min_records`` records are built with a helper process (see
-    :mod:`feedback.api.helper`; ``None``: never). It starts with the app's lifespan (or in
-    the background with the first such page) and stops with it, or when this process ends.
-    With ``keep_records`` pages serve and keep built records (see
-    :mod:`feedback.exports.cache`), and the records of the ``build_ahead`` formats are built
-    as turns change, by a low-priority process that runs with the lifespan (see
-    :mod:`feedback.exports.ahead`; none for in-memory SQLite).
-    """
+    pseudonyms (keep it stable, or pseudonyms change between runs)."""
     if len(pseudonym_secret) < 16:
         raise ValueError("the pseudonym secret must be at least 16 bytes")
-    helper = None
-    if helper_min_records is not None:
-        helper = PageHelper.for_sessions(sessions, pseudonym_secret, min_records=helper_min_records)
-    ahead = AheadBuilder.for_sessions(
-        sessions, pseudonym_secret, build_ahead if keep_records else ()
-    )
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if helper is not None:
-            await helper.start()
-        if ahead is not None:
-            await ahead.start()
-        try:
-            yield
-        finally:
-            if ahead is not None:
-                await ahead.close()
-            if helper is not None:
-                await helper.close()
-
     app = FastAPI(
-        lifespan=lifespan,
         title="Greenroom trainer API",
         version="1",
         description="Corrections by human actors, as training data. Authenticate with "
@@ -122,9 +78,6 @@ def create_app(
     )
     app.state.sessions = sessions
     app.state.pseudonym_secret = pseudonym_secret
-    app.state.page_helper = helper
-    app.state.keep_records = keep_records
-    app.state.records_ahead = ahead
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"], responses={503: {"model": ErrorResponse}})
@@ -190,23 +143,14 @@ def create_app(
             pseudonym_secret=request.app.state.pseudonym_secret,
             after=after,
             limit=limit,
-            helper=request.app.state.page_helper,
-            keep_records=request.app.state.keep_records,
         )
-        try:
-            body = orjson.dumps(
-                {
-                    "records": result.records,
-                    "next_cursor": result.next_cursor,
-                    "has_more": result.has_more,
-                }
-            )
-        except BaseException:
-            await result.release()
-            raise
-        # The page is freed after the response went out (see Page.release).
-        release = BackgroundTask(result.release)
-        return Response(body, media_type="application/json", background=release)
+        return _json(
+            {
+                "records": result.records,
+                "next_cursor": result.next_cursor,
+                "has_more": result.has_more,
+            }
+        )
 
     @app.post(
         "/v1/leases",

@@ -1,0 +1,217 @@
+"""Migration 0007 from a database made by the previous head (0006), on SQLite and PostgreSQL:
+every row of every kept table survives, the build-ahead wing is gone, and the bot and exports
+work on the result."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from alembic import command
+from sqlalchemy import inspect, text
+
+from feedback.corrections import CorrectionStore
+from feedback.database import alembic_config, create_engine, migrate, session_factory
+from feedback.exports import FORMATS, ExportFilter, iter_records
+from feedback.models import Base, UserPrivacy
+from feedback.store import ConversationStore
+from tests.conftest import POSTGRES_ADMIN_DSN, _admin
+from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+SECRET = b"migration-test-secret-0123456789"
+PREVIOUS_HEAD = "0006"
+DROPPED_TABLES = {"turn_records", "turn_build_queue", "record_builds"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of a database nothing has migrated yet (PostgreSQL: one of its own)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'old.sqlite3'}"
+        return
+    name = f"greenroom_migration_{uuid.uuid4().hex[:10]}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def upgrade_to(engine: AsyncEngine, revision: str) -> None:
+    def run(connection: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
+
+
+async def fill(engine: AsyncEngine) -> None:
+    """Turns, replies, snapshots and every kind of event through the stores (the 0006 triggers
+    fire on each), with some kept records as the old exports left them."""
+    sessions = session_factory(engine)
+    store, corrections = ConversationStore(sessions), CorrectionStore(sessions)
+    async with sessions() as session:
+        session.add_all(UserPrivacy(user_id=f"discord:{n}", consent=True) for n in range(3))
+        await session.commit()
+    for n in range(6):
+        turn = await add_turn(store, user_id=f"discord:{n % 3}", text=f"hello {n}", state="held")
+        if n % 3 == 0:
+            await corrections.approve(turn.candidate_id, actor=ALICE_ACTOR, key=f"a{n}")
+        elif n % 3 == 1:
+            await corrections.rewrite(
+                turn.candidate_id, actor=BOB_ACTOR, text=f"better {n}", key=f"r{n}"
+            )
+        else:
+            await corrections.rate(
+                turn.candidate_id, actor=ALICE_ACTOR, rating=4, tags=["funny"], key=f"t{n}"
+            )
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO turn_records (user_turn_id, kind, build_key, revision, body) "
+                "SELECT id, 'sft', 'old-key', revision, :body FROM messages WHERE role = 'user'"
+            ),
+            {"body": b'{"messages":[]}\n'},
+        )
+        await connection.execute(
+            text("INSERT INTO record_builds (kind, build_key) VALUES ('sft', 'old-key')")
+        )
+
+
+async def kept_data(engine: AsyncEngine) -> dict[str, list[Any]]:
+    """Every row of every table the models keep, in id order, without ``messages.revision``."""
+    data: dict[str, list[Any]] = {}
+    async with engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            columns = ", ".join(column.name for column in table.columns)
+            order = ", ".join(column.name for column in table.primary_key.columns)
+            result = await connection.execute(
+                text(f"SELECT {columns} FROM {table.name} ORDER BY {order}")
+            )
+            data[table.name] = [tuple(row) for row in result]
+    return data
+
+
+async def records(engine: AsyncEngine) -> dict[str, list[Any]]:
+    sessions = session_factory(engine)
+    return {
+        fmt: [
+            item
+            async for item in iter_records(sessions, fmt, ExportFilter(), pseudonym_secret=SECRET)
+        ]
+        for fmt in FORMATS
+    }
+
+
+def wing(connection: Connection) -> dict[str, Any]:
+    """What is left of the build-ahead wing: tables, the revision column, triggers, functions."""
+    inspector = inspect(connection)
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        triggers = connection.exec_driver_sql(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+        ).scalars()
+        functions = connection.exec_driver_sql(
+            "SELECT proname FROM pg_proc WHERE proname LIKE 'turn_%'"
+        ).scalars()
+    else:
+        triggers = connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        ).scalars()
+        functions = iter(())
+    return {
+        "tables": sorted(DROPPED_TABLES & set(inspector.get_table_names())),
+        "columns": [
+            c["name"] for c in inspector.get_columns("messages") if c["name"] == "revision"
+        ],
+        "indexes": [
+            index["name"]
+            for index in inspector.get_indexes("messages")
+            if index["name"] == "ix_messages_prompt_snapshot_id"
+        ],
+        "triggers": sorted(triggers),
+        "functions": sorted(functions),
+    }
+
+
+async def test_upgrade_from_the_previous_head_keeps_data_and_drops_the_wing(
+    fresh_url: str,
+) -> None:
+    engine = create_engine(fresh_url)
+    try:
+        await upgrade_to(engine, PREVIOUS_HEAD)
+        await fill(engine)
+        async with engine.connect() as connection:
+            before_wing = await connection.run_sync(wing)
+        # the database really is the old one: its wing is there and the triggers ran
+        assert before_wing["tables"] == sorted(DROPPED_TABLES)
+        assert before_wing["columns"] == ["revision"] and before_wing["triggers"]
+        async with engine.connect() as connection:
+            queued = await connection.scalar(text("SELECT count(*) FROM turn_build_queue"))
+        assert queued == 6
+        data, exported = await kept_data(engine), await records(engine)
+        assert len(data["messages"]) == 14 and len(data["feedback_events"]) == 6
+        assert all(exported[fmt] for fmt in ("trl-sft", "trl-kto", "oasst", "trl-dpo"))
+
+        await migrate(engine)  # what the bot runs at start-up: up to the new head
+
+        async with engine.connect() as connection:
+            assert await connection.run_sync(wing) == {
+                "tables": [],
+                "columns": [],
+                "indexes": [],
+                "triggers": [],
+                "functions": [],
+            }
+            version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+        assert version == "0007"
+        assert await kept_data(engine) == data
+        assert await records(engine) == exported
+        # writes that fired the dropped triggers work, and are exported
+        store = ConversationStore(session_factory(engine))
+        corrections = CorrectionStore(session_factory(engine))
+        turn = await add_turn(store, user_id="discord:0", text="after", state="held")
+        await corrections.rewrite(turn.candidate_id, actor=BOB_ACTOR, text="new", key="after")
+        assert len((await records(engine))["trl-sft"]) == len(exported["trl-sft"]) + 1
+    finally:
+        await engine.dispose()
+
+
+async def test_downgrade_brings_the_previous_schema_back(fresh_url: str) -> None:
+    engine = create_engine(fresh_url)
+    try:
+        await migrate(engine)
+        await fill_new(engine)
+        data = await kept_data(engine)
+
+        def down(connection: Connection) -> None:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, PREVIOUS_HEAD)
+
+        async with engine.begin() as connection:
+            await connection.run_sync(down)
+            restored = await connection.run_sync(wing)
+        assert restored["tables"] == sorted(DROPPED_TABLES)
+        assert restored["columns"] == ["revision"] and len(restored["triggers"]) == 11
+        assert await kept_data(engine) == data
+    finally:
+        await engine.dispose()
+
+
+async def fill_new(engine: AsyncEngine) -> None:
+    sessions = session_factory(engine)
+    store, corrections = ConversationStore(sessions), CorrectionStore(sessions)
+    turn = await add_turn(store, user_id="discord:1", text="hi", state="held")
+    await corrections.approve(turn.candidate_id, actor=ALICE_ACTOR, key="k")
