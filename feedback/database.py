@@ -54,7 +54,7 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _json_text(value: Any) -> str:
     """JSON columns through orjson: every turn stores its prompt snapshot (some 50 messages),
-    and the standard library's encoder was 2 % of a busy bot's CPU."""
+    and the standard library's encoder showed in a busy bot's profile (``bench/RESULTS.md``)."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
