@@ -57,7 +57,7 @@ class World:
         """Messages in ``channel`` written by the bot (directly or through its webhook)."""
         return self.server.channel_history(channel, include_user_messages=False)
 
-    async def settle(self, *, timeout: float = 10.0) -> None:
+    async def settle(self, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (see wait_until)
         """Wait until the bot has read every dispatch sent so far and finished the work they
         started: discord.py's event, command and component tasks, and ``bot.in_flight``.
 

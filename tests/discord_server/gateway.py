@@ -34,8 +34,8 @@ __all__ = (
     "Gateway",
     "GatewayConnection",
     "GatewayFrame",
-    "HeartbeatRequest",
     "GatewaySession",
+    "HeartbeatRequest",
     "Opcode",
 )
 

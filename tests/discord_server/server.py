@@ -63,7 +63,8 @@ POLL_S = 0.02
 
 #: What a timed-out wait reports it saw, kept to a few lines.
 _SHORT = reprlib.Repr()
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 4, 8, 8, 120, 200
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 4, 8, 8
+_SHORT.maxstring, _SHORT.maxother = 120, 200
 
 INTERACTION_PING = 1
 INTERACTION_APPLICATION_COMMAND = 2
