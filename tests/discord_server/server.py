@@ -63,7 +63,7 @@ POLL_S = 0.02
 
 #: What a timed-out wait reports it saw, kept to a few lines.
 _SHORT = reprlib.Repr()
-_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 4, 8, 8
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 6, 6
 _SHORT.maxstring, _SHORT.maxother = 120, 200
 
 INTERACTION_PING = 1
@@ -613,6 +613,7 @@ class DiscordTestServer:
         *,
         what: str,
         until: Callable[[T], object] = bool,
+        describe: Callable[[T], str] = _SHORT.repr,
         timeout: float = 5.0,
     ) -> T:
         """Return what `probe()` saw once `until` holds for it (by default: once it is truthy).
@@ -621,7 +622,8 @@ class DiscordTestServer:
         as a coroutine function, state the server cannot see (the bot's database through the
         public store, a public attribute). It is re-checked after every change here and every
         `POLL_S` seconds, for that outside state. Past `timeout` it raises TimeoutError
-        naming `what` it waited for, what the probe saw last, and the last requests.
+        naming `what` it waited for, what the probe saw last (through `describe`), and the last
+        requests.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -636,7 +638,7 @@ class DiscordTestServer:
                 recent = ", ".join(f"{r.method} {r.path}->{r.status}" for r in self.requests[-8:])
                 raise TimeoutError(
                     f"timed out after {timeout:g}s waiting for {what}; "
-                    f"saw {_SHORT.repr(seen)}; last requests: [{recent}]"
+                    f"saw {describe(seen)}; last requests: [{recent}]"
                 )
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
@@ -715,6 +717,9 @@ class DiscordTestServer:
         return await self.wait_until(
             lambda: self.channel_history(channel_id, include_user_messages=include_user_messages),
             until=lambda found: len(found) >= count,
+            describe=lambda found: (
+                f"{len(found)}, the last {_SHORT.repr([m.get('content') for m in found[-3:]])}"
+            ),
             what=f"{count} message(s) in channel {channel_id}",
             timeout=timeout,
         )
