@@ -642,8 +642,8 @@ class DiscordTestServer:
                 )
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
-            done, _ = await asyncio.wait({waiter}, timeout=min(remaining, POLL_S))
-            if not done:
+            await asyncio.wait({waiter}, timeout=min(remaining, POLL_S))
+            if not waiter.done():  # not woken: still listed, and would pile up while polling
                 self._waiters.remove(waiter)
 
     async def wait_for_dispatches_read(self, *, timeout: float = 5.0) -> None:
