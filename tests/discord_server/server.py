@@ -611,7 +611,7 @@ class DiscordTestServer:
         self,
         probe: Callable[[], T | Awaitable[T]],
         *,
-        what: str,
+        what: str = "a condition",
         until: Callable[[T], object] = bool,
         describe: Callable[[T], str] = _SHORT.repr,
         timeout: float = 5.0,
