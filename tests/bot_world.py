@@ -57,6 +57,38 @@ class World:
         """Messages in ``channel`` written by the bot (directly or through its webhook)."""
         return self.server.channel_history(channel, include_user_messages=False)
 
+    async def settle(self, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (see wait_until)
+        """Wait until the bot has read every dispatch sent so far and finished the work they
+        started: discord.py's event, command and component tasks, and ``bot.in_flight``.
+
+        For a "nothing else happened" check with no later signal to wait on (a cooled-down
+        message, a typing event, a click that must do nothing). Each of its two steps is
+        bounded by ``timeout`` seconds. A hold's timer is not work in flight.
+        """
+        await self.server.wait_for_dispatches_read(timeout=timeout)
+        await self.server.wait_until(
+            lambda: _bot_work(self.bot),
+            until=lambda pending: not pending,
+            what="the bot's event handlers and work in flight to finish",
+            timeout=timeout,
+        )
+
+
+#: Names discord.py gives the tasks it runs handlers in: events, app commands, components.
+_HANDLER_TASKS = ("discord.py: ", "CommandTree-invoker", "discord-ui-")
+
+
+def _bot_work(bot: GreenroomBot) -> list[str]:
+    """Names of the handler tasks and work in flight that have not finished."""
+    current = asyncio.current_task()
+    return sorted(
+        task.get_name()
+        for task in asyncio.all_tasks()
+        if task is not current
+        and not task.done()
+        and (task.get_name().startswith(_HANDLER_TASKS) or task in bot.in_flight)
+    )
+
 
 @contextlib.asynccontextmanager
 async def running_bot(

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 from typing import TYPE_CHECKING, Any
@@ -93,11 +92,11 @@ async def test_a_non_actor_replaying_an_actors_button_is_refused_and_logged(
     approved = server.click_button(console_message, alice, f"gr:approve:{candidate}")
     await server.wait_for_interaction_response(approved)
     await server.wait_for_messages(world.channel, 1)
-    for _ in range(100):  # the delivery is recorded just after the reply's POST returns
-        before = await _state(world, candidate)
-        if before[1][0] == "sent":
-            break
-        await asyncio.sleep(0.02)
+    before = await server.wait_until(  # the delivery is recorded just after the POST returns
+        lambda: _state(world, candidate),
+        until=lambda state: state[1][0] == "sent",
+        what=f"candidate {candidate} marked sent",
+    )
     assert len(before[0]) == 1 and before[1][:2] == ("sent", f"discord:{alice.id}")
     caplog.set_level(logging.WARNING)
     for custom_id in (f"gr:approve:{candidate}", f"gr:rewrite:{candidate}"):

@@ -74,16 +74,18 @@ async def test_typing_starts_only_when_the_body_outlasts_the_delay() -> None:
     class Channel:
         def __init__(self) -> None:
             self.typed = 0
+            self.started = asyncio.Event()
 
         async def typing(self) -> None:
             self.typed += 1
+            self.started.set()
 
     quick, slow = Channel(), Channel()
-    async with keep_typing(quick, delay=0.5):  # type: ignore[arg-type]
+    async with keep_typing(quick, delay=0.05):  # type: ignore[arg-type]
         await asyncio.sleep(0)
-    async with keep_typing(slow, delay=0.01):  # type: ignore[arg-type]
-        await asyncio.sleep(0.3)
-    await asyncio.sleep(0.6)  # a timer left behind would fire by now
+    async with keep_typing(slow, delay=0.1):  # type: ignore[arg-type]
+        await asyncio.wait_for(slow.started.wait(), 5)  # a body that outlasts the delay
+    # The loop runs timers in deadline order: quick's, had it been left behind, was due first.
     assert (quick.typed, slow.typed) == (0, 1)
 
 
@@ -98,8 +100,8 @@ async def test_guild_messages_need_a_mention_a_reply_or_a_binding(world: World) 
     server.send_user_message(channel, world.member, "and another thing", reply_to=first)
     replies = await server.wait_for_messages(channel, 2)
     assert replies[1]["content"] == "**Marlowe:** You said: Mia: and another thing"
-    await asyncio.sleep(0.2)
-    assert len(world.bot_replies(channel)) == 2  # "just chatting" was not answered
+    # A channel's messages are handled in order: "just chatting" was done before the first reply.
+    assert len(world.bot_replies(channel)) == 2
 
 
 async def test_bots_system_messages_and_own_messages_are_ignored(world: World) -> None:
@@ -107,13 +109,23 @@ async def test_bots_system_messages_and_own_messages_are_ignored(world: World) -
     other_bot = server.add_user("otherbot", bot=True)
     server.add_member(world.guild, other_bot)
     dm = server.dm_channel_for(world.member)
-    server.send_user_message(world.channel, other_bot, f"<@{server.bot_user.id}> hi")
-    server.send_user_message(world.channel, world.member, f"<@{server.bot_user.id}> joined", type=7)
+    mention = f"<@{server.bot_user.id}>"
+    server.send_user_message(world.channel, other_bot, f"{mention} hi")
+    server.send_user_message(world.channel, world.member, f"{mention} joined", type=7)
     server.send_user_message(dm, world.member, "real one")
     await server.wait_for_messages(dm, 1)
-    await asyncio.sleep(0.2)
-    assert world.bot_replies(world.channel) == []
-    assert len(_posts(world)) == 1  # and the bot never answered its own reply
+    # Later messages in the same channels: answered only once everything before them was handled
+    # (the bot's own reply in the DM included).
+    server.send_user_message(world.channel, world.member, f"{mention} marker")
+    server.send_user_message(dm, world.member, "marker")
+    [marker] = await server.wait_for_messages(world.channel, 1)
+    await server.wait_for_messages(dm, 2)
+    assert marker["content"] == "**Marlowe:** You said: Mia: marker"
+    assert [m["content"] for m in world.bot_replies(dm)] == [
+        "**Marlowe:** You said: real one",
+        "**Marlowe:** You said: marker",
+    ]
+    assert len(_posts(world)) == 3
 
 
 async def test_speakers_share_a_channel_conversation_with_their_names(world: World) -> None:
@@ -127,11 +139,11 @@ async def test_speakers_share_a_channel_conversation_with_their_names(world: Wor
     conversation = await world.store.conversation_id(
         "discord", f"channel:{world.channel.id}", "Marlowe"
     )
-    for _ in range(100):  # the reply is marked sent just after its POST returns
-        history = await world.store.history(conversation, 10)
-        if len(history) == 4:
-            break
-        await asyncio.sleep(0.02)
+    history = await server.wait_until(  # the reply is marked sent just after its POST returns
+        lambda: world.store.history(conversation, 10),
+        until=lambda turns: len(turns) == 4,
+        what="both replies stored as sent",
+    )
     assert [(t.role, t.author_name) for t in history] == [
         ("user", "Mia"),
         ("assistant", "Marlowe"),
@@ -285,7 +297,7 @@ async def test_cooldown_gives_one_notice(
         for i in range(6):
             world.server.send_user_message(dm, world.member, f"spam {i}")
         await world.server.wait_for_messages(dm, 3)
-        await asyncio.sleep(0.3)
+        await world.settle()  # a cooled-down message leaves no trace to wait for
         contents = [m["content"] for m in world.bot_replies(dm)]
         assert contents[:2] == ["**Marlowe:** You said: spam 0", "**Marlowe:** You said: spam 1"]
         notices = [c for c in contents if "faster than I can answer" in c]
@@ -326,8 +338,13 @@ async def test_rate_limits_and_server_errors_are_retried_once_delivered(world: W
     server.send_user_message(dm, world.member, "through a 502")
     replies = await server.wait_for_messages(dm, 2, timeout=10)
     assert replies[1]["content"].endswith("through a 502")
-    await asyncio.sleep(0.2)
-    assert len(world.bot_replies(dm)) == 2
+    server.send_user_message(dm, world.member, "marker")  # answered after the 502's retry is done
+    replies = await server.wait_for_messages(dm, 3)
+    assert [r["content"] for r in replies] == [
+        "**Marlowe:** You said: through a 429",
+        "**Marlowe:** You said: through a 502",
+        "**Marlowe:** You said: marker",
+    ]
     assert sum(r.fault for r in server.requests_to("POST", MESSAGES)) == 2
 
 
@@ -387,7 +404,6 @@ async def test_greenroom_run_against_the_loopback_server(
             method="PUT", route="/applications/{application_id}/commands", timeout=30
         )
         dm = server.dm_channel_for(user)
-        await asyncio.sleep(0.5)
         server.send_user_message(dm, user, "hello from a real process")
         [reply] = await server.wait_for_messages(dm, 1, timeout=30)
         assert reply["content"] == "**Marlowe:** You said: hello from a real process"
@@ -525,7 +541,7 @@ async def test_a_typing_user_has_their_memory_loaded_before_their_message(
             server.user_starts_typing(world.channel, owner)
             loaded = await asyncio.wait_for(loads.get(), 10)
             assert loaded == ([("Juniper", f"discord:{owner.id}")], 1)
-            await asyncio.sleep(0.3)
+            await world.settle()  # a typing signal that loads nothing leaves no trace
             assert loads.empty()  # the unbound channel and the second DM signal loaded nothing
     finally:
         memory.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
@@ -172,12 +171,11 @@ async def test_rewrite_in_auto_mode_edits_the_sent_message_in_place(world: World
     conversation = await world.store.conversation_id(
         "discord", f"channel:{world.channel.id}", "Marlowe"
     )
-    for _ in range(100):  # the rewrite is marked sent just after its edit returns
-        history = await world.store.history(conversation, 10)
-        if history and history[-1].content == "Rain again, kid. Always rain.":
-            break
-        await asyncio.sleep(0.02)
-    assert history[-1].content == "Rain again, kid. Always rain."
+    await world.server.wait_until(  # the rewrite is marked sent just after its edit returns
+        lambda: world.store.history(conversation, 10),
+        until=lambda turns: turns and turns[-1].content == "Rain again, kid. Always rain.",
+        what="the rewrite stored as the reply sent",
+    )
     assert len(world.bot_replies(world.channel)) == 1
 
 
@@ -188,7 +186,7 @@ async def test_review_mode_holds_until_an_actor_approves(world: World) -> None:
     )
     await server.wait_for_interaction_response(mode)
     console_message = await _ask(world, "are you there?")
-    await asyncio.sleep(0.2)
+    # The console message is posted after the reply was held or sent: nothing was sent.
     assert world.bot_replies(world.channel) == []
     fields = {f["name"]: f["value"] for f in console_message["embeds"][0]["fields"]}
     assert fields["Mode"] == "review" and fields["Status"].startswith("held until")
@@ -197,12 +195,12 @@ async def test_review_mode_holds_until_an_actor_approves(world: World) -> None:
     await server.wait_for_interaction_response(approve)
     [reply] = await server.wait_for_messages(world.channel, 1)
     assert reply["content"].endswith("are you there?")
-    for _ in range(50):  # the delivery is recorded just after the POST returns
-        node = await _node(world, candidate)
-        if node.state == "sent":
-            break
-        await asyncio.sleep(0.05)
-    assert node.state == "sent" and node.external_id == reply["id"]
+    node = await server.wait_until(  # the delivery is recorded just after the POST returns
+        lambda: _node(world, candidate),
+        until=lambda node: node.state == "sent",
+        what=f"candidate {candidate} marked sent",
+    )
+    assert node.external_id == reply["id"]
     late = server.click_button(console_message, world.extras["alice"], f"gr:approve:{candidate}")
     late = await server.wait_for_interaction_response(late)
     assert (
@@ -251,7 +249,7 @@ async def test_risky_messages_are_held_even_in_auto_and_self_harm_is_urgent(worl
     embed = console_message["embeds"][0]
     assert embed["title"].startswith("🚨 URGENT")
     assert "self-harm" in {f["name"]: f["value"] for f in embed["fields"]}["Flags"]
-    await asyncio.sleep(0.2)
+    # The console message is posted after the reply was held or sent: nothing was sent.
     assert world.bot_replies(world.channel) == []
     grief = await _ask(world, "my dad passed away last night")
     assert not grief["embeds"][0]["title"].startswith("🚨")
@@ -307,7 +305,7 @@ async def test_double_clicks_and_redelivered_clicks_record_once(world: World) ->
     first = await server.wait_for_interaction_response(first)
     second = await server.wait_for_interaction_response(second)
     await server.wait_for_messages(world.channel, 1)
-    await asyncio.sleep(0.3)
+    await world.settle()  # the losing clicks may still be running; nothing marks their end
     assert len(world.bot_replies(world.channel)) == 1
     assert [e.kind for e in await _events(world)] == ["approve"]
     # Whichever click the bot handled first wins; the other actor is told it was decided.
@@ -384,11 +382,12 @@ async def test_take_over_speak_as_the_persona_and_release(world: World) -> None:
     server.send_user_message(world.channel, world.member, f"<@{server.bot_user.id}> hello??")
     mirrored = await server.wait_for_messages(thread_id, 2)
     assert "hello??" in mirrored[-1]["content"]
-    await asyncio.sleep(0.2)
-    assert len(world.bot_replies(world.channel)) == sent_before  # the model stayed silent
+    # Mirroring is what a taken-over message gets instead of a reply: the model stayed silent.
+    assert len(world.bot_replies(world.channel)) == sent_before
     thread = server.channels[thread_id]
     server.send_user_message(thread, alice, "It's me, kid. What do you need?")
     replies = await server.wait_for_messages(world.channel, sent_before + 1)
+    assert len(replies) == sent_before + 1
     assert replies[-1]["content"] == "**Marlowe:** It's me, kid. What do you need?"
     server.send_user_message(thread, bob, "me too")
     refusal = await server.wait_for_request(
@@ -450,7 +449,7 @@ async def test_a_forged_control_id_is_ignored(world: World) -> None:
     ]
     server.messages[int(console_message["id"])] = forged
     server.click_button(forged, world.extras["alice"], "gr:approve:notanumber")
-    await asyncio.sleep(0.3)
+    await world.settle()  # a click that matches no control starts nothing to wait for
     assert await _events(world) == []
 
 
@@ -472,5 +471,5 @@ async def test_a_missing_console_falls_back_to_auto_and_tells_the_owner(world: W
     owner_dm = server.dm_channel_for(world.owner)
     warnings = await server.wait_for_messages(owner_dm, 1)
     assert "unusable" in warnings[0]["content"]
-    await asyncio.sleep(0.2)
+    # Each message looks for its console before its reply goes out: "two" looked already.
     assert len(world.bot_replies(owner_dm)) == 1

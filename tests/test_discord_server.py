@@ -594,3 +594,52 @@ async def test_route_rate_limit_is_respected_by_discord_py(world: World, bot: Ec
     await server.wait_for_messages(world.channel, 3)
     statuses = [r.status for r in server.requests_to("POST", MESSAGES)]
     assert statuses.count(200) == 3
+
+
+async def test_a_wait_that_runs_out_says_what_it_waited_for_and_what_it_saw(
+    world: World, bot: EchoBot
+) -> None:
+    server = world.server
+    server.send_user_message(world.channel, world.alice, "one")
+    await server.wait_for_messages(world.channel, 1)
+    with pytest.raises(TimeoutError) as raised:
+        await server.wait_for_messages(world.channel, 2, timeout=0.1)
+    message = str(raised.value)
+    assert f"waiting for 2 message(s) in channel {world.channel.id}" in message
+    assert "saw 1, the last ['echo: one']" in message and "POST /channels/" in message
+
+
+async def test_a_wait_reads_state_outside_the_server_again_until_it_holds(
+    world: World, bot: EchoBot
+) -> None:
+    outside: list[int] = []
+
+    async def probe() -> list[int]:
+        outside.append(len(outside))  # changes on every look; the server sees none of it
+        return outside
+
+    seen = await world.server.wait_until(
+        probe, until=lambda values: len(values) >= 3, what="three looks"
+    )
+    assert seen == [0, 1, 2]
+    with pytest.raises(TimeoutError, match=r"waiting for nothing; saw \[0, 1, 2, 3"):
+        await world.server.wait_until(probe, until=lambda _: False, what="nothing", timeout=0.1)
+
+
+async def test_a_heartbeat_asked_for_proves_every_dispatch_was_read(
+    world: World, bot: EchoBot
+) -> None:
+    server = world.server
+    for text in ("a", "b", "c"):
+        server.send_user_message(world.channel, world.alice, text)
+    [session] = server.gateway.sessions.values()
+    sent = session.sequence
+    mark = len(server.gateway.frames)
+    await server.wait_for_dispatches_read()
+    answers = [
+        frame.data
+        for frame in server.gateway.frames[mark:]
+        if frame.direction == "received" and frame.op == Opcode.HEARTBEAT
+    ]
+    assert answers and answers[-1] >= sent  # the client's own count agrees
+    assert bot.ws.sequence >= sent

@@ -357,36 +357,6 @@ def as_discord_sends(text: str) -> str:
 
 # -- running one example --------------------------------------------------------------------------
 
-_BOT_TASKS = ("discord.py:", "CommandTree", "discord-ui")
-
-
-async def settle(harness: Harness, *, within: float = 10.0) -> None:
-    """Wait until the bot has read every dispatch sent and finished the work they started."""
-    server, bot = harness.server, harness.world.bot
-    live = [c.session for c in server.gateway.live_connections if c.session is not None]
-    sent = max((session.sequence for session in live), default=0)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while bot.ws is None or (bot.ws.sequence or 0) < sent:  # reading sends no notification
-        if loop.time() > deadline:
-            raise AssertionError(f"the bot did not read dispatch {sent} within {within}s")
-        await asyncio.sleep(0.002)
-    while True:
-        await asyncio.sleep(0)
-        pending = [
-            task
-            for task in asyncio.all_tasks()
-            if not task.done()
-            and (task.get_name().startswith(_BOT_TASKS) or task in bot.in_flight)
-            and not task.get_name().startswith("discord.py: on_ready")
-        ]
-        if not pending:
-            return
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise AssertionError(f"bot work did not finish: {[t.get_name() for t in pending]}")
-        await asyncio.wait(pending, timeout=remaining)
-
 
 async def still_answers(harness: Harness) -> None:
     """Liveness: a plain DM is answered, as the first thing after the example."""
@@ -500,7 +470,7 @@ async def message_case(harness: Harness, text: str, where: str, *, raw: bool) ->
         server.store_message(message)
     else:
         server.send_user_message(channel, world.member, text)
-    await settle(harness)
+    await harness.world.settle()
     await still_answers(harness)
     await check_invariants(harness, since=since, request_start=request_start)
 
@@ -546,7 +516,7 @@ async def interaction_case(
             payload["user"] = user.to_dict()
 
     record = server.send_interaction(kind, data, user, channel, message=message, edit=edit)
-    await settle(harness)
+    await harness.world.settle()
     await still_answers(harness)
     await check_invariants(harness, since=since, request_start=request_start)
     if record.responded and record.response_type in (4, 7):

@@ -8,7 +8,6 @@ that is killed and restarted. The long versions are ``bench/bench_outages.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -38,7 +37,7 @@ from tests.outage_services import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
     from langchain_core.language_models import BaseChatModel
@@ -48,19 +47,6 @@ if TYPE_CHECKING:
     from tests.discord_server.server import DiscordTestServer
 
 __all__ = ["discord_server"]
-
-
-async def eventually(condition: Callable[[], Any], *, within_s: float = 30.0, what: str) -> Any:
-    """Poll ``condition`` until it is truthy (state outside the Discord server changes)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {within_s:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def get_json(url: str) -> tuple[int, dict[str, Any]]:
@@ -200,7 +186,12 @@ async def test_a_database_outage_loses_no_message_and_recovers_alone(
                 said[channel.id].append(say(world, channel, f"during the outage {index}"))
             await asyncio.sleep(1)  # the outage lasts a few seconds, with messages throughout
         # One message per channel is retrying; the others wait behind it, in order.
-        await eventually(lambda: world.bot.health.waiting >= 2, what="both channels waiting")
+        await server.wait_until(
+            lambda: world.bot.health.waiting,
+            until=lambda waiting: waiting >= 2,
+            what="both channels waiting",
+            timeout=30,
+        )
         status, report = await get_json(f"http://127.0.0.1:{health_port}/healthz")
         assert status == 503 and report["status"] == "degraded"
         assert report["checks"]["database"]["state"] == "down"
@@ -211,18 +202,14 @@ async def test_a_database_outage_loses_no_message_and_recovers_alone(
         for channel in (dm, lounge):
             await server.wait_for_messages(channel, 4, timeout=60)
 
-        async def all_marked_sent() -> list[MessageNode]:
-            found = await nodes(world)
-            sent = [n for n in found if n.role == "assistant" and n.state == "sent"]
-            return found if len(sent) >= 8 else []
-
-        stored: list[MessageNode] = []
-        for _ in range(200):
-            stored = await all_marked_sent()
-            if stored:
-                break
-            await asyncio.sleep(0.05)
-        assert stored, "not every reply was marked sent"
+        stored = await server.wait_until(
+            lambda: nodes(world),
+            until=lambda found: (
+                sum(n.role == "assistant" and n.state == "sent" for n in found) >= 8
+            ),
+            what="every reply marked sent",
+            timeout=10,
+        )
 
         # Exactly one reply per message, in the order the messages were sent.
         dm_texts = [m["content"] for m in said[dm.id]]
@@ -417,8 +404,11 @@ async def test_a_dead_chroma_server_costs_memories_not_replies(
             user_id = f"discord:{world.member.id}"
             say(world, dm, "My cat is called Biscuit and she loves the rain")
             await world.server.wait_for_messages(dm, 1)
-            remembered = await _wait_async(lambda: memory.show_user(user_id=user_id))
-            assert remembered
+            await world.server.wait_until(
+                lambda: memory.show_user(user_id=user_id),
+                what="the first turn remembered",
+                timeout=10,
+            )
 
             await asyncio.to_thread(chroma_server.kill)
             say(world, dm, "What is my cat called, Biscuit?")
@@ -441,17 +431,3 @@ async def test_a_dead_chroma_server_costs_memories_not_replies(
             assert status == 200 and report["checks"]["memory"]["state"] == "ok", report
     finally:
         memory.close()
-
-
-async def _wait_async(probe: Callable[[], Any], *, within_s: float = 10.0) -> Any:
-    """Await ``probe()`` until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while True:
-        with contextlib.suppress(Exception):
-            result = await probe()
-            if result:
-                return result
-        if loop.time() > deadline:
-            raise TimeoutError("timed out waiting for the memory store")
-        await asyncio.sleep(0.05)

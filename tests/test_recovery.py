@@ -7,7 +7,6 @@ not answered again. The crash harness (``tests/test_crash.py``) does the same wi
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from bot.engine import IncomingMessage, Reply
@@ -46,12 +45,6 @@ def _incoming(world: World, message: dict) -> IncomingMessage:
     )
 
 
-async def _settle(world: World, seconds: float = 0.5) -> None:
-    """Give the bot time to do anything it (wrongly) still wants to do."""
-    await asyncio.sleep(seconds)
-    await world.server.wait_until(lambda: not world.bot.in_flight or None, timeout=10)
-
-
 async def test_messages_sent_while_the_bot_was_down_are_answered_once_in_order(
     discord_server: DiscordTestServer, db_engine: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -71,7 +64,7 @@ async def test_messages_sent_while_the_bot_was_down_are_answered_once_in_order(
         async with restarted(world, db_engine, before_start=while_down):
             replies = await world.server.wait_for_messages(world.channel, 3)
             [_, dm_reply] = await world.server.wait_for_messages(dm, 2)
-            await _settle(world)
+            await world.settle()  # what the restart started (catch-up) is done
             replies = world.bot_replies(world.channel)
             assert [r["content"] for r in replies] == [
                 "**Marlowe:** You said: Mia: before the crash",
@@ -107,7 +100,7 @@ async def test_a_turn_stored_without_a_reply_is_answered_after_restart(
 
         async with restarted(world, db_engine, before_start=half_stored):
             [reply] = await world.server.wait_for_messages(world.channel, 1)
-            await _settle(world)
+            await world.settle()  # what the restart started (catch-up) is done
             assert reply["content"] == "**Marlowe:** You said: Mia: ping"
             assert len(world.bot_replies(world.channel)) == 1
             async with world.bot.sessions() as session:
@@ -145,9 +138,11 @@ async def test_a_stored_reply_that_already_went_out_is_not_sent_again(
 
         async with restarted(world, db_engine, before_start=sent_but_not_marked):
             await world.server.wait_until(
-                lambda: world.server.requests_to("POST", MESSAGES) or None, timeout=10
+                lambda: world.server.requests_to("POST", MESSAGES),
+                what="the stored reply sent again with its nonce",
+                timeout=10,
             )
-            await _settle(world)
+            await world.settle()
             [reply] = world.bot_replies(world.channel)
             assert reply["id"] == stored["sent"]["id"]
             node = await world.store.get_node(stored["candidate"])
@@ -170,7 +165,7 @@ async def test_a_stored_reply_that_never_went_out_is_sent_once(
 
         async with restarted(world, db_engine, before_start=stored_not_sent):
             [reply] = await world.server.wait_for_messages(world.channel, 1)
-            await _settle(world)
+            await world.settle()  # what the restart started (catch-up) is done
             assert len(world.bot_replies(world.channel)) == 1
             assert reply["content"] == "**Marlowe:** You said: Mia: are you there"
             node = await world.store.get_node(stored["candidate"])
@@ -192,7 +187,7 @@ async def test_catch_up_can_be_turned_off(
             world.server.send_user_message(world.channel, world.member, "missed")
 
         async with restarted(world, db_engine, before_start=while_down):
-            await _settle(world)
+            await world.settle()  # what the restart started (catch-up) is done
             assert world.bot_replies(world.channel) == []
 
 
@@ -205,7 +200,17 @@ async def test_catch_up_reads_only_after_what_was_answered(
         for text in ("one", "two", "three"):
             answered.append(world.server.send_user_message(world.channel, world.member, text))
             await world.server.wait_for_messages(world.channel, len(answered))
-        await _settle(world)  # marked sent, not only posted
+        conversation = await world.store.conversation_id(
+            "discord",
+            f"channel:{world.channel.id}",
+            "Marlowe",
+            guild_key=f"discord:{world.guild.id}",
+        )
+        await world.server.wait_until(  # marked sent, not only posted
+            lambda: world.store.history(conversation, 10),
+            until=lambda turns: len(turns) == 6,
+            what="the three replies stored as sent",
+        )
         missed: dict = {}
 
         async def while_down() -> None:
@@ -213,7 +218,7 @@ async def test_catch_up_reads_only_after_what_was_answered(
 
         async with restarted(world, db_engine, before_start=while_down):
             await world.server.wait_for_messages(world.channel, 4)
-            await _settle(world)
+            await world.settle()  # what the restart started (catch-up) is done
             reads = [
                 r
                 for r in world.server.requests_to("GET", MESSAGES)

@@ -35,6 +35,7 @@ __all__ = (
     "GatewayConnection",
     "GatewayFrame",
     "GatewaySession",
+    "HeartbeatRequest",
     "Opcode",
 )
 
@@ -85,6 +86,15 @@ class GatewayFrame:
     session_id: str | None
     connection_id: int
     received_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+@dataclass(frozen=True)
+class HeartbeatRequest:
+    """Heartbeats asked of live sessions: frames from index `mark` on hold the answers, and
+    `sequences` the last dispatch sequence sent to each connection (by connection id)."""
+
+    mark: int
+    sequences: dict[int, int]
 
 
 class _Encoder:
@@ -266,6 +276,17 @@ class Gateway:
             )
         )
         connection.send(payload)
+
+    def request_heartbeats(self) -> HeartbeatRequest:
+        """Ask every live session for a heartbeat now (op 1, as Discord may). A client answers
+        with the last sequence it read, after reading everything sent before the request."""
+        mark = len(self.frames)
+        sequences: dict[int, int] = {}
+        for connection in self.live_connections:
+            if connection.session is not None:
+                sequences[connection.id] = connection.session.sequence
+                self._send(connection, {"op": Opcode.HEARTBEAT, "d": None})
+        return HeartbeatRequest(mark, sequences)
 
     # -- faults --------------------------------------------------------------------------
 

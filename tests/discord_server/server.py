@@ -16,8 +16,10 @@ from __future__ import annotations
 # ruff: noqa: ASYNC109
 import asyncio
 import datetime
+import inspect
 import logging
 import re
+import reprlib
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
-from .gateway import Gateway, GatewayFrame
+from .gateway import Gateway, GatewayFrame, Opcode
 from .models import (
     DEFAULT_BOT_PERMISSIONS,
     DEFAULT_EVERYONE_PERMISSIONS,
@@ -43,7 +45,7 @@ from .models import (
 from .rest import ROUTES, RestApi
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 __all__ = (
     "DiscordTestServer",
@@ -55,6 +57,14 @@ __all__ = (
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: How often :meth:`DiscordTestServer.wait_until` re-reads state this server cannot see.
+POLL_S = 0.02
+
+#: What a timed-out wait reports it saw, kept to a few lines.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 3, 6, 6
+_SHORT.maxstring, _SHORT.maxother = 120, 200
 
 INTERACTION_PING = 1
 INTERACTION_APPLICATION_COMMAND = 2
@@ -598,27 +608,73 @@ class DiscordTestServer:
                 waiter.set_result(None)
 
     async def wait_until(
-        self, condition: Callable[[], T], *, timeout: float = 5.0, what: str = "a condition"
+        self,
+        probe: Callable[[], T | Awaitable[T]],
+        *,
+        what: str = "a condition",
+        until: Callable[[T], object] = bool,
+        describe: Callable[[T], str] = _SHORT.repr,
+        timeout: float = 5.0,
     ) -> T:
-        """Return `condition()` once it is truthy, re-checked after every state change."""
+        """Return what `probe()` saw once `until` holds for it (by default: once it is truthy).
+
+        The one way tests wait for something. `probe` reads this server's recorded state or,
+        as a coroutine function, state the server cannot see (the bot's database through the
+        public store, a public attribute). It is re-checked after every change here and every
+        `POLL_S` seconds, for that outside state. Past `timeout` it raises TimeoutError
+        naming `what` it waited for, what the probe saw last (through `describe`), and the last
+        requests.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            result = condition()
-            if result:
-                return result
+            seen = probe()
+            if inspect.isawaitable(seen):
+                seen = await seen
+            if until(seen):
+                return seen  # type: ignore[return-value]
             remaining = deadline - loop.time()
             if remaining <= 0:
                 recent = ", ".join(f"{r.method} {r.path}->{r.status}" for r in self.requests[-8:])
                 raise TimeoutError(
-                    f"timed out after {timeout}s waiting for {what}; last requests: [{recent}]"
+                    f"timed out after {timeout:g}s waiting for {what}; "
+                    f"saw {describe(seen)}; last requests: [{recent}]"
                 )
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
-            try:
-                await asyncio.wait_for(asyncio.shield(waiter), timeout=remaining)
-            except TimeoutError:
-                continue
+            await asyncio.wait({waiter}, timeout=min(remaining, POLL_S))
+            if not waiter.done():  # not woken: still listed, and would pile up while polling
+                self._waiters.remove(waiter)
+
+    async def wait_for_dispatches_read(self, *, timeout: float = 5.0) -> None:
+        """Wait until every connected client has read every dispatch sent to it so far.
+
+        Asks each live session for a heartbeat (op 1, as Discord may): a client reads frames in
+        order and answers with the last sequence it read. Reading is not handling: what a
+        handler does after an await may still be under way.
+        """
+        asked = self.gateway.request_heartbeats()
+
+        def unanswered() -> list[tuple[int, int]]:
+            answered = {
+                frame.connection_id: frame.data
+                for frame in self.gateway.frames[asked.mark :]
+                if frame.direction == "received"
+                and frame.op == Opcode.HEARTBEAT
+                and isinstance(frame.data, int)
+            }
+            return [
+                (connection_id, sequence)
+                for connection_id, sequence in asked.sequences.items()
+                if answered.get(connection_id, -1) < sequence
+            ]
+
+        await self.wait_until(
+            unanswered,
+            until=lambda missing: not missing,
+            what="heartbeats acknowledging every dispatch, as (connection, sequence)",
+            timeout=timeout,
+        )
 
     async def wait_for_request(
         self,
@@ -658,12 +714,14 @@ class DiscordTestServer:
         """Wait until `channel` holds `count` messages not sent by test users; returns them all."""
         channel_id = channel.id if isinstance(channel, Channel) else int(channel)
 
-        def collect() -> list[dict[str, Any]] | None:
-            found = self.channel_history(channel_id, include_user_messages=include_user_messages)
-            return found if len(found) >= count else None
-
         return await self.wait_until(
-            collect, timeout=timeout, what=f"{count} message(s) in channel {channel_id}"
+            lambda: self.channel_history(channel_id, include_user_messages=include_user_messages),
+            until=lambda found: len(found) >= count,
+            describe=lambda found: (
+                f"{len(found)}, the last {_SHORT.repr([m.get('content') for m in found[-3:]])}"
+            ),
+            what=f"{count} message(s) in channel {channel_id}",
+            timeout=timeout,
         )
 
     async def wait_for_interaction_response(
@@ -672,9 +730,10 @@ class DiscordTestServer:
         """Wait until the bot answered the interaction's callback."""
         record = self._interaction(interaction)
         return await self.wait_until(
-            lambda: record if record.responded else None,
-            timeout=timeout,
+            lambda: record,
+            until=lambda record: record.responded,
             what=f"a callback for interaction {record.id}",
+            timeout=timeout,
         )
 
     async def wait_for_gateway(
