@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
@@ -43,12 +42,12 @@ async def _assistant_nodes(world: World) -> list[MessageNode]:
 async def _once_marked_sent(world: World, count: int) -> list[MessageNode]:
     """The assistant nodes, once ``count`` of them are marked sent (delivery commits after
     the message reaches Discord)."""
-    for _ in range(100):
-        nodes = await _assistant_nodes(world)
-        if sum(node.state == "sent" for node in nodes) >= count:
-            return nodes
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"wanted {count} sent replies; states: {[n.state for n in nodes]}")
+    return await world.server.wait_until(
+        lambda: _assistant_nodes(world),
+        what=f"{count} replies marked sent",
+        until=lambda nodes: sum(node.state == "sent" for node in nodes) >= count,
+        describe=lambda nodes: str([node.state for node in nodes]),
+    )
 
 
 async def test_an_urgent_dm_with_no_console_gets_the_safety_line_not_the_model(
