@@ -200,6 +200,14 @@ def _user_line(name: str, text: str, group: bool) -> str:
     return f"{display_name(name)}: {safe}" if group else safe
 
 
+@functools.lru_cache(maxsize=1024)
+def _head_messages(persona: Persona, user_name: str) -> tuple[BaseMessage, ...]:
+    """The card's system prompt and example dialogue as messages, memoised per persona version
+    and user like :func:`_history_message` (shared: nothing may change them)."""
+    system = SystemMessage(content=persona.system_prompt(user_name))
+    return (system, *_example_messages(persona, user_name))
+
+
 @functools.lru_cache(maxsize=8192)
 def _history_message(
     role: str, author_name: str, content: str, group: bool
@@ -641,8 +649,7 @@ class ConversationEngine:
     @staticmethod
     def _head(persona: Persona, user_name: str) -> list[BaseMessage]:
         """The card's system prompt and its example dialogue: the same every turn."""
-        head: list[BaseMessage] = [SystemMessage(content=persona.system_prompt(user_name))]
-        return head + _example_messages(persona, user_name)
+        return list(_head_messages(persona, user_name))
 
     def _history_window(
         self,
