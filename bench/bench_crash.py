@@ -20,6 +20,11 @@ held candidate: the request is stored before it is acknowledged, and a restart f
 new candidate's hold then times out) and ``edit`` (an actor rewrites a reply that already went
 out: it is edited in place).
 
+Target (issue 7): at least 50 trials. Correctness (exit 1): every trial reaches its crash point
+and passes every check above, and no reply is posted twice; each failure is a FAIL line naming
+the trial. ERROR lines in the bot's log are counted and shown, not judged (a kill mid-request
+may log one).
+
     .venv/bin/python bench/bench_crash.py [--trials 50] [--backend sqlite|postgresql] [--seed 7]
 """
 
@@ -42,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import select
 
-from bench.common import loopback_bot_environment, scratch_database
+from bench.common import Verdicts, loopback_bot_environment, scratch_database
 from feedback.channels import ChannelSettingsStore, GuildSettingsStore
 from feedback.database import create_engine, migrate, session_factory
 from feedback.models import FeedbackEvent, MessageNode
@@ -56,6 +61,8 @@ if TYPE_CHECKING:
     from tests.discord_server.models import Channel, Guild, User
 
 __all__ = ["SCENARIO_POINTS", "CrashHarness", "Trial", "TrialResult", "plan", "summarise"]
+
+TARGET_TRIALS = 50
 
 #: The crash points each scenario reaches (see ``bot.faults.CRASH_POINTS``).
 SCENARIO_POINTS: dict[str, tuple[str, ...]] = {
@@ -465,7 +472,7 @@ async def crash_harness(backend: str, *, hold_seconds: float = 2.0) -> AsyncIter
                 await harness.close()
 
 
-async def main_async(trials: int, backend: str, seed: int) -> int:
+async def main_async(trials: int, backend: str, seed: int, verdicts: Verdicts) -> None:
     started = time.perf_counter()
     async with crash_harness(backend) as harness:
         results = []
@@ -482,7 +489,20 @@ async def main_async(trials: int, backend: str, seed: int) -> int:
     )
     for line in errors[:20]:
         print("  " + line)
-    return 0 if all(r.ok for r in results) and duplicates == 0 else 1
+    verdicts.target(
+        f"{backend}: crash trials",
+        f"{len(results)}",
+        f">= {TARGET_TRIALS}",
+        len(results) >= TARGET_TRIALS,
+    )
+    for r in results:
+        t = r.trial
+        verdicts.check(
+            r.ok,
+            f"trial {t.index} ({t.scenario} at {t.point}, {t.action or 'no action'}): "
+            + "; ".join(r.problems),
+        )
+    verdicts.check(not duplicates, f"{backend}: {duplicates} replies posted twice")
 
 
 def main() -> None:
@@ -491,7 +511,9 @@ def main() -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="postgresql")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    sys.exit(asyncio.run(main_async(args.trials, args.backend, args.seed)))
+    verdicts = Verdicts()
+    asyncio.run(main_async(args.trials, args.backend, args.seed, verdicts))
+    verdicts.exit()
 
 
 if __name__ == "__main__":

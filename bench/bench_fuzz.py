@@ -2,13 +2,15 @@
 
 1. The engine (``tests/test_fuzz_engine.py``): hostile text, over-long, blank and invisible
    messages through ``ConversationEngine.respond`` with a real memory store holding another
-   user's secret; then hostile display names (a known bug, reported, not fixed here).
+   user's secret; then hostile display names.
 2. The gateway (``tests/test_fuzz_gateway.py``): the real bot on the loopback Discord server,
    hostile MESSAGE_CREATE contents, then malformed INTERACTION_CREATE payloads; every example
    ends with a liveness check and the no-ping / no-leak / known-notice / database invariants.
 
 Prints, per section, the examples run (shrinking re-runs included), the distinct failures
-Hypothesis found (each with its first line) and the wall time.
+Hypothesis found (each with its first line) and the wall time. Issue 7 sets no timing target;
+its target is correctness: a section where Hypothesis finds a failure prints FAIL and the run
+exits 1.
 
     .venv/bin/python bench/bench_fuzz.py [--engine 2000] [--gateway 500] [--seed 0] [--trace]
         [--only engine,message,interaction]
@@ -29,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hypothesis import HealthCheck, seed, settings
 
-from bench.common import scratch_database
+from bench.common import Verdicts, scratch_database
 from bot.engine import ConversationEngine, EngineLimits
 from bot.llm import FakeChatModel
 from feedback.database import create_engine, migrate, session_factory
@@ -53,8 +55,15 @@ def _config(examples: int) -> settings:
     )
 
 
-def _run(name: str, test: Callable[[], None], count: Callable[[], int], seed_value: int) -> int:
-    """Run one Hypothesis test; print examples run, failures found and time. Returns failures."""
+def _run(
+    name: str,
+    test: Callable[[], None],
+    count: Callable[[], int],
+    seed_value: int,
+    verdicts: Verdicts,
+) -> None:
+    """Run one Hypothesis test; print examples run, failures found and time; a failure found
+    fails ``verdicts``."""
     started = time.perf_counter()
     failures: list[BaseException] = []
     try:
@@ -69,7 +78,7 @@ def _run(name: str, test: Callable[[], None], count: Callable[[], int], seed_val
         first = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
         print(f"  - {type(failure).__name__}: {first[:300]}")
     sys.stdout.flush()
-    return len(failures)
+    verdicts.check(not failures, f"{name}: Hypothesis found {len(failures)} failures")
 
 
 async def _engine_world(
@@ -92,11 +101,10 @@ async def _engine_world(
     return engine, store, memory, db
 
 
-def bench_engine(examples: int, seed_value: int) -> int:
-    """The engine fuzz; returns the failures found."""
+def bench_engine(examples: int, seed_value: int, verdicts: Verdicts) -> None:
+    """The engine fuzz."""
     loop = asyncio.new_event_loop()
     database = scratch_database("sqlite")
-    failures = 0
     with tempfile.TemporaryDirectory() as folder:
         url = loop.run_until_complete(database.__aenter__())
         engine, store, memory, db = loop.run_until_complete(_engine_world(url, Path(folder)))
@@ -110,16 +118,15 @@ def bench_engine(examples: int, seed_value: int) -> int:
         engine.respond = counted  # type: ignore[method-assign]
         try:
             test = engine_fuzz.hostile_text_run(engine, store, loop, _config(examples))
-            failures += _run("engine, hostile text", test, lambda: calls[0], seed_value)
+            _run("engine, hostile text", test, lambda: calls[0], seed_value, verdicts)
             calls[0] = 0
             names = _display_name_run(engine, store, loop, _config(max(examples // 10, 50)))
-            failures += _run("engine, hostile display names", names, lambda: calls[0], seed_value)
+            _run("engine, hostile display names", names, lambda: calls[0], seed_value, verdicts)
         finally:
             memory.close()
             loop.run_until_complete(db.dispose())
             loop.run_until_complete(database.__aexit__(None, None, None))
             loop.close()
-    return failures
 
 
 def _display_name_run(
@@ -128,7 +135,7 @@ def _display_name_run(
     loop: asyncio.AbstractEventLoop,
     config: settings,
 ) -> Callable[[], None]:
-    """The display-name fuzz of ``test_hostile_display_names_never_inject`` (an xfail in CI)."""
+    """The display-name fuzz of ``test_hostile_display_names_never_inject``, same assertions."""
     from hypothesis import given
     from hypothesis import strategies as st
 
@@ -148,17 +155,20 @@ def _display_name_run(
         result = loop.run_until_complete(engine.respond(incoming))
         assert isinstance(result, Reply)
         node = loop.run_until_complete(store.get_node(result.candidate_id))
-        snapshot = loop.run_until_complete(store.get_snapshot(node.prompt_snapshot_id))
-        for message in snapshot.messages:
-            for marker in ("<|im_start|>", "<|im_end|>", "[INST]"):
+        messages = loop.run_until_complete(store.get_snapshot(node.prompt_snapshot_id)).messages
+        assert sum(m["role"] == "system" for m in messages) == 1
+        for message in messages:
+            for marker in ("<|im_start|>", "<|im_end|>", "[INST]", "\u202e"):
                 assert marker not in message["content"], f"{marker!r} from the name {name!r}"
+            assert "\nsystem:" not in message["content"].lower()
 
     return run
 
 
-def bench_gateway(examples: int, seed_value: int, trace: bool, kinds: set[str]) -> int:
-    """The gateway fuzz on one world per kind; returns the failures found."""
-    failures = 0
+def bench_gateway(
+    examples: int, seed_value: int, trace: bool, kinds: set[str], verdicts: Verdicts
+) -> None:
+    """The gateway fuzz on one world per kind."""
     for name, build in (
         ("gateway, MESSAGE_CREATE", hostile_messages),
         ("gateway, INTERACTION_CREATE", hostile_interactions),
@@ -169,8 +179,7 @@ def bench_gateway(examples: int, seed_value: int, trace: bool, kinds: set[str]) 
             if trace:
                 harness.trace = lambda case: print(f"    {case[:200]}", flush=True)
             test = build(harness, _config(examples))
-            failures += _run(name, test, lambda: harness.examples, seed_value)
-    return failures
+            _run(name, test, lambda: harness.examples, seed_value, verdicts)
 
 
 def main() -> None:
@@ -188,9 +197,12 @@ def main() -> None:
     sections = set(args.only.split(","))
     logging.basicConfig(level=logging.ERROR, handlers=[logging.NullHandler()])  # counted, quiet
     started = time.perf_counter()
-    failures = bench_engine(args.engine, args.seed) if "engine" in sections else 0
-    failures += bench_gateway(args.gateway, args.seed, args.trace, sections)
-    print(f"total: {failures} failures found in {time.perf_counter() - started:.0f} s")
+    verdicts = Verdicts()
+    if "engine" in sections:
+        bench_engine(args.engine, args.seed, verdicts)
+    bench_gateway(args.gateway, args.seed, args.trace, sections, verdicts)
+    print(f"total: {time.perf_counter() - started:.0f} s")
+    verdicts.exit()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,11 @@ persona-like system prompt of about 300 tokens:
 
 It prints medians of llama.cpp's own timings (``prompt_n``, ``prompt_ms``,
 ``predicted_per_second``) and of the time to first token seen through the async stream, then
-the ratio of follow-up to cold-first prompt processing. The target: at most 0.5.
+the ratio of follow-up to cold-first prompt processing. Target (issue 2): at most 0.5.
+
+Correctness (exit 1): every turn streams a non-empty reply with llama.cpp's timings; a cold
+first turn takes nothing from the cache (the server is new) and each follow-up does (its
+conversation's prefix), else the ratio would not measure the prompt cache.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
+from bench.common import Verdicts
 from bot.llm.local import (
     LlamaRuntime,
     LocalLlamaChatModel,
@@ -62,6 +67,7 @@ PERSONA = (
 FIRST_QUESTION = "Hi. Are you the detective? I need some help."
 FOLLOW_UP = "What can you tell me about the case you're working on right now?"
 TURNS = ("cold first", "follow-up", "new conv", "new conv follow-up")
+TARGET_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,20 @@ def _median(turns: list[Turn], attribute: str) -> float:
     return statistics.median(float(getattr(turn, attribute)) for turn in turns)
 
 
+def check(index: int, result: dict[str, Turn], verdicts: Verdicts) -> None:
+    """A repetition's correctness: replies, and the cache used where the ratio assumes it."""
+    for name, turn in result.items():
+        verdicts.check(bool(turn.reply.strip()), f"rep {index}, {name}: empty reply")
+    cold = result["cold first"]
+    verdicts.check(
+        cold.cache_n == 0, f"rep {index}, cold first: {cold.cache_n} tokens from a new cache"
+    )
+    for name in ("follow-up", "new conv follow-up"):
+        verdicts.check(
+            result[name].cache_n > 0, f"rep {index}, {name}: nothing taken from the cache"
+        )
+
+
 def report(results: list[dict[str, Turn]]) -> float:
     """Print the medians table; return follow-up / cold-first prompt_ms."""
     header = (
@@ -158,7 +178,7 @@ def report(results: list[dict[str, Turn]]) -> float:
     return ratios["follow-up"]
 
 
-async def main() -> int:
+async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5, help="repetitions (fresh server each)")
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens per reply")
@@ -172,6 +192,7 @@ async def main() -> int:
         f"{config.gguf_path.name}: {args.reps} reps, {args.threads} threads, "
         f"max_tokens {args.max_tokens}, temperature 0"
     )
+    verdicts = Verdicts()
     results = []
     for index in range(args.reps):
         result = await repetition(config, args.max_tokens)
@@ -180,13 +201,18 @@ async def main() -> int:
             f"  rep {index + 1}: cold {cold.prompt_n} tok {cold.prompt_ms:.0f} ms, "
             f"follow-up {follow.prompt_n} tok {follow.prompt_ms:.0f} ms"
         )
+        check(index + 1, result, verdicts)
         results.append(result)
     print()
     ratio = report(results)
-    verdict = "met" if ratio <= 0.5 else "NOT met"
-    print(f"target (follow-up prompt processing <= 0.5 x cold first): {verdict}")
-    return 0
+    verdicts.target(
+        "follow-up prompt processing / cold first (median prompt_ms)",
+        f"{ratio:.3f}",
+        f"<= {TARGET_RATIO}",
+        ratio <= TARGET_RATIO,
+    )
+    verdicts.exit()
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    asyncio.run(main())

@@ -15,6 +15,11 @@ time: from the dependency coming back to the first normal reply after it (for Po
 until every held message was answered). ``/healthz`` is polled every 0.25 s to show when the
 bot said it was degraded and when healthy again.
 
+Issue 7 sets no timing target; its targets are correctness (exit 1, a FAIL line per failure):
+per scenario, no message lost and none answered twice, the outage seen (degraded replies for the
+model and Chroma, held messages for PostgreSQL), a normal reply after the dependency returns
+(recovered by itself), and ``/healthz`` 503 during the outage then 200 after it.
+
     .venv/bin/python bench/bench_outages.py [--outage 20] [--users 6] [--interval 2]
         [--scenarios postgres,model-error,model-hang,chroma]
 """
@@ -37,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 
+from bench.common import Verdicts
 from bot.llm import FakeChatModel, build_chat_model
 from bot.settings import ModelSettings
 from feedback.database import create_engine, migrate
@@ -482,6 +488,34 @@ def main() -> None:
     )
     outcomes = asyncio.run(_run(args))
     print(_table(outcomes, args.outage))
+    verdicts = Verdicts()
+    for outcome in outcomes:
+        _check(outcome, verdicts)
+    verdicts.exit()
+
+
+def _check(o: Outcome, verdicts: Verdicts) -> None:
+    """One scenario's correctness: nothing lost or doubled, the outage seen, recovered."""
+    verdicts.check(o.sent > 0, f"{o.scenario}: no message sent")
+    verdicts.check(not o.lost, f"{o.scenario}: {o.lost} of {o.sent} messages lost (no reply)")
+    verdicts.check(not o.duplicated, f"{o.scenario}: {o.duplicated} messages answered twice")
+    if o.scenario == "postgres":
+        verdicts.check(
+            o.backlog_cleared_after_back is not None,
+            f"{o.scenario}: no message held through the outage and answered after it",
+        )
+    else:
+        verdicts.check(o.degraded > 0, f"{o.scenario}: no degraded reply during the outage")
+    verdicts.check(
+        o.first_normal_after_back is not None,
+        f"{o.scenario}: no normal reply after the dependency returned",
+    )
+    verdicts.check(
+        o.health_503_after_down is not None, f"{o.scenario}: /healthz never said 503 while down"
+    )
+    verdicts.check(
+        o.health_200_after_back is not None, f"{o.scenario}: /healthz never said 200 after it"
+    )
 
 
 if __name__ == "__main__":

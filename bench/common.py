@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmark scripts: percentiles, throwaway databases, copying a generated
-queue into PostgreSQL, and the environment of a bot process on the loopback Discord server."""
+"""Helpers shared by the benchmark scripts: verdicts on targets and correctness checks,
+percentiles, throwaway databases, copying a generated queue into PostgreSQL, and the environment
+of a bot process on the loopback Discord server."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import contextlib
 import os
 import sqlite3
 import statistics
+import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import asyncpg
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "POSTGRES_ADMIN_DSN",
+    "Verdicts",
     "copy_to_postgres",
     "cpu_seconds",
     "loopback_bot_environment",
@@ -32,6 +35,37 @@ __all__ = [
 ]
 
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+class Verdicts:
+    """A benchmark's verdicts: each target beside its figure, and its correctness checks.
+
+    A missed target prints MISS and leaves the exit code alone (timings depend on the machine);
+    a failed check prints a FAIL line naming what failed and makes :meth:`exit` exit 1."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+        self.failures: list[str] = []
+
+    def target(self, name: str, figure: str, target: str, met: bool) -> bool:
+        """Print ``name: figure (target target): PASS|MISS``; return ``met``."""
+        print(f"{name}: {figure} (target {target}): {'PASS' if met else 'MISS'}", flush=True)
+        return met
+
+    def check(self, ok: bool, failure: str) -> bool:
+        """A correctness check; when not ``ok``, print ``FAIL failure`` and remember it."""
+        self.checks += 1
+        if not ok:
+            self.failures.append(failure)
+            print(f"FAIL {failure}", flush=True)
+        return ok
+
+    def exit(self) -> NoReturn:
+        """Print the correctness verdict and exit: 1 when a check failed, else 0."""
+        failed = len(self.failures)
+        verdict = f"FAIL ({failed} of {self.checks} failed)" if failed else "PASS"
+        print(f"correctness: {self.checks} checks: {verdict}", flush=True)
+        sys.exit(1 if failed else 0)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

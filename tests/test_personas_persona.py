@@ -65,7 +65,7 @@ def test_bundled_persona_is_complete(registry: PersonaRegistry, name: str) -> No
     assert approx_tokens(short) <= 350
     assert approx_tokens(persona.system_prompt("Kim")) <= 450
     # A round trip of the shipped file is exact.
-    path = next(p for p in bundled_cards_dir().glob("*.json") if load_card(p).data.name == name)
+    path = next(p for p in bundled_cards_dir().glob("*.png") if load_card(p).data.name == name)
     assert persona.version_hash == Persona(load_card(path)).version_hash
 
 
