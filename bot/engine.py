@@ -35,7 +35,7 @@ from feedback.store import NewUserTurn, SnapshotData, said_in
 from personas import approx_tokens
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 
     from langchain_core.language_models import BaseChatModel
 
@@ -88,6 +88,7 @@ class MemoryPort(UserDataOwner, Protocol):
         query_texts: Sequence[str],
         k: int,
         token_budget: int,
+        shown_turns: Collection[str] = (),
     ) -> list[MemoryHit]: ...
 
     async def remember_turn(
@@ -330,7 +331,6 @@ class ConversationEngine:
             user_turn_id = await self._add_turn(conversation_id, history, incoming, text)
         crash_point("turn.before_generate")
         flags: list[dict[str, Any]] = []
-        recalled = await self._recall(persona, incoming, text, flags)
         group = incoming.scope.startswith("channel:")
         window = self.history_window(
             persona,
@@ -340,7 +340,7 @@ class ConversationEngine:
             group=group,
             conversation_id=conversation_id,
         )
-        memories = _memory_lines(recalled, shown={str(turn.id) for turn in window})
+        memories = await self._recall(persona, incoming, text, window, flags)
         messages = self.build_prompt(
             persona,
             user_name=incoming.user_name,
@@ -690,26 +690,29 @@ class ConversationEngine:
         persona: Persona,
         incoming: IncomingMessage,
         text: str,
+        window: Sequence[HistoryTurn],
         flags: list[dict[str, Any]],
-    ) -> list[MemoryHit]:
+    ) -> list[str]:
+        """Prompt lines of what memory recalls for ``text``: not the turns ``window`` shows
+        (memory is for what fell out of the window)."""
         if self.memory is None or self.limits.recall_k == 0:
             return []
+        from memory import format_memory_lines
+
         try:
-            # The message alone: the history window already carries the recent turns, and
-            # memory is for what fell out of it.
-            return list(
-                await self.memory.recall(
-                    persona=persona.name,
-                    user_id=incoming.user_id,
-                    query_texts=[text],
-                    k=self.limits.recall_k,
-                    token_budget=self.limits.recall_token_budget,
-                )
+            hits = await self.memory.recall(
+                persona=persona.name,
+                user_id=incoming.user_id,
+                query_texts=[text],
+                k=self.limits.recall_k,
+                token_budget=self.limits.recall_token_budget,
+                shown_turns=[str(turn.id) for turn in window],
             )
         except Exception as error:  # memory must never cost the user their reply
             _memory_failed("recall failed; answering without memories", error)
             flags.append({"kind": "memory_unavailable", "error": str(error)[:200]})
             return []
+        return format_memory_lines(hits)
 
     async def _check(self, persona: Persona, user_id: str, reply: str) -> list[dict[str, Any]]:
         """Consistency flags of ``reply`` against the card, the persona's past lines and what
@@ -734,16 +737,6 @@ class ConversationEngine:
         for owner in owners:
             removed += await owner.delete_data_for_user(requester=requester, user_id=user_id)
         return removed
-
-
-def _memory_lines(hits: Sequence[MemoryHit], *, shown: set[str]) -> list[str]:
-    """Prompt lines of the recalled memories, less the turns the history window already shows
-    (``shown``: their node ids), which would only repeat them and change the prompt's tail."""
-    from memory import format_memory_lines
-
-    return format_memory_lines(
-        [hit for hit in hits if not (hit.kind == "turn" and hit.id.removeprefix("turn:") in shown)]
-    )
 
 
 def _memory_failed(what: str, error: Exception) -> None:

@@ -52,7 +52,7 @@ from .records import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Collection, Iterable, Sequence
 
     from .embedding import Embedder
 
@@ -528,31 +528,45 @@ class MemoryService:
         query_texts: Sequence[str],
         k: int = 6,
         token_budget: int = 200,
+        shown_turns: Collection[str] = (),
     ) -> list[MemoryHit]:
         """The memories most relevant to the recent messages, for the prompt's memory slot.
 
         The last three ``query_texts`` are embedded as one text; candidates from this scope are
         scored and kept as :mod:`memory.recall` says (recency weight for turns, near-duplicates
-        and texts equal to a query text dropped, ``token_budget``). Canon is not recalled: the
-        card's system prompt carries all of it, and repeating it would crowd out the user's.
+        and texts equal to a query text dropped, ``token_budget``). Turns in ``shown_turns``
+        (their ``turn_id``s: the prompt's history shows them) are not candidates, so a fact
+        drawn from one is kept rather than dropped as its near-duplicate. Canon is not
+        recalled: the card's system prompt carries all of it.
         """
         texts = [t for t in query_texts if t and t.strip()]
         if k <= 0 or token_budget <= 0 or not texts:
             return []
+        shown = frozenset(f"turn:{turn_id}" for turn_id in shown_turns)
         return await self._run(
-            "recall", self._recall_sync, persona, user_id, texts[-3:], k, token_budget
+            "recall", self._recall_sync, persona, user_id, texts[-3:], k, token_budget, shown
         )
 
     def _recall_sync(
-        self, persona: str, user_id: str, texts: list[str], k: int, token_budget: int
+        self,
+        persona: str,
+        user_id: str,
+        texts: list[str],
+        k: int,
+        token_budget: int,
+        shown: frozenset[str],
     ) -> list[MemoryHit]:
         query = self._embed(["\n".join(texts)[-MAX_MEMORY_CHARS * 2 :]])
         result = self._store.scope(persona, user_id).query(
             query_embeddings=query,
-            n_results=k * 3,
+            n_results=k * 3 + len(shown),
             include=["documents", "metadatas", "distances", "embeddings"],
         )
-        candidates = scoring.scope_candidates(result, _now())
+        candidates = [
+            candidate
+            for candidate in scoring.scope_candidates(result, _now())
+            if candidate[1].id not in shown
+        ]
         return scoring.select(candidates, texts, k, token_budget)
 
     # -- consistency ---------------------------------------------------------------------------

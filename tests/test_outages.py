@@ -404,9 +404,10 @@ async def test_a_dead_chroma_server_costs_memories_not_replies(
             user_id = f"discord:{world.member.id}"
             say(world, dm, "My cat is called Biscuit and she loves the rain")
             await world.server.wait_for_messages(dm, 1)
-            await world.server.wait_until(
+            await world.server.wait_until(  # the fact, which outlives the history window
                 lambda: memory.show_user(user_id=user_id),
-                what="the first turn remembered",
+                until=lambda records: any(r.kind == "user_fact" for r in records),
+                what="the first turn's fact remembered",
                 timeout=10,
             )
 
