@@ -4,8 +4,9 @@
 
 Synthetic memories (templated sentences, so a scope holds many near-duplicates: a hard case for
 top-5 agreement) are spread over users x personas scopes. Two embedders run side by side:
-*before* (``--before``, default ``onnx``: the float32 export, the previous default) and *after*
-(``--backend``, default ``onnx-int8``: the default since issue #3). The bench reports:
+*before* (``--before``, default ``onnx``: the float32 export) and *after*
+(``--backend``, default ``onnx-int8``, the quantized model; the default backend is chosen by
+``bench/bench_retrieval.py``). The bench reports:
 
 * first start: exporting and quantizing the model into an empty folder;
 * embedding throughput of both on the same texts (alternating, medians), with the CPU seconds

@@ -75,10 +75,11 @@ class MemorySettings(BaseModel):
     #: Empty: embedded ``PersistentClient`` under ``data_dir/chroma``. Set: a Chroma server.
     chroma_host: str | None = None
     chroma_port: int = Field(default=8000, ge=1, le=65535)
-    #: ``onnx-int8`` (exported once from the bundled model into ``data_dir/models`` and
-    #: quantized: 1.8x the texts per CPU second of ``onnx``, cosine 0.99 with it), ``onnx``
-    #: (float32, the same vectors as ``torch``) or ``torch``. See ``bench/bench_memory.py``.
-    embedding_backend: Literal["onnx-int8", "onnx", "torch"] = "onnx-int8"
+    #: ``onnx`` (float32, exported once from the bundled model into ``data_dir/models``; the
+    #: same vectors as ``torch``, faster), ``onnx-int8`` (that export quantized) or ``torch``.
+    #: ``onnx`` by default: int8 is faster but forgets more planted facts in large scopes, and a
+    #: forgotten fact is felt where a few ms of recall are not (``bench/RESULTS.md``, retrieval).
+    embedding_backend: Literal["onnx-int8", "onnx", "torch"] = "onnx"
     recall_k: int = Field(default=6, ge=0, le=50)
     recall_token_budget: int = Field(default=200, ge=0, le=4000)
     #: Scopes (persona and user) whose vector indexes the embedded store keeps loaded, about
