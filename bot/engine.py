@@ -507,10 +507,10 @@ class ConversationEngine:
             persona=snapshot.persona,
             persona_version=snapshot.persona_version,
             model_name=self._model_name,
-            # The same prompt: named examples only if the original's were.
+            # The same prompt: its examples are named only if the original's were.
             params={
                 **self._model_params,
-                **({EXAMPLES_NAMED_PARAM: True} if examples_named(snapshot.messages, snapshot.params) else {}),
+                EXAMPLES_NAMED_PARAM: examples_named(snapshot.messages, snapshot.params),
             },
             memories=list(snapshot.memories),
         )

@@ -67,6 +67,7 @@ def examples_named(messages: Sequence[dict[str, Any]], params: dict[str, Any]) -
     or a message carries a name (prompts stored before the markers had none)."""
     return bool(params.get(EXAMPLES_NAMED_PARAM)) or any("name" in m for m in messages)
 
+
 # The statements every turn runs, built once on the tables themselves (Core, not the ORM's
 # bulk paths); a call only binds its values.
 _MESSAGES = cast("Table", MessageNode.__table__)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from bot.engine import ConversationEngine, EngineLimits, IncomingMessage, Reply
 from bot.llm import FakeChatModel
 from feedback.corrections import Actor
@@ -108,7 +106,9 @@ async def test_rated_rewrite_is_never_beaten_by_an_approved_regeneration_in_a_co
     store: ConversationStore,
 ) -> None:
     """The console's order: held, rewritten and rated 5, regenerated, the new one approved."""
-    decisions, _ = decisions_for(_engine(store, ["The rain never stops.", "Storms."]), hold_seconds=60)
+    decisions, _ = decisions_for(
+        _engine(store, ["The rain never stops.", "Storms."]), hold_seconds=60
+    )
     await PrivacyStore(store._sessions).set_consent(ANN.id, True)
     reply = await _reply(decisions, "What is the weather like?", hold=True)
     rewrite = await decisions.rewrite(
@@ -131,10 +131,8 @@ async def test_rated_rewrite_is_never_beaten_by_an_approved_regeneration_in_a_co
 
 
 def _turn(tree: dict[str, Any]) -> dict[str, Any]:
-    """The prompter message of an oasst tree that holds the replies."""
+    """The prompter message of an oasst tree that holds the replies (the user turn)."""
     message = tree["prompt"]
-    while message["replies"] and message["replies"][0]["role"] == "prompter" or (
-        len(message["replies"]) == 1 and message["replies"][0]["replies"]
-    ):
+    while message["message_id"] != tree["message_tree_id"]:
         [message] = message["replies"]
     return message

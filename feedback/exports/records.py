@@ -122,7 +122,13 @@ class RecordBuilder:
     are cleaned once. The names to mask are worked out once per turn and snapshot.
     """
 
-    def __init__(self, flt: ExportFilter, *, pseudonym_secret: bytes) -> None:
+    def __init__(
+        self,
+        flt: ExportFilter,
+        *,
+        pseudonym_secret: bytes,
+        skipped: dict[str, int] | None = None,
+    ) -> None:
         if not pseudonym_secret:
             raise ValueError("the pseudonym secret is empty")
         self.filter = flt
@@ -140,7 +146,7 @@ class RecordBuilder:
         self._direct_names: dict[tuple[str, str], tuple[str, ...]] = {}
         #: User turns left out, by reason (:data:`SKIP_REASONS`), each counted once however
         #: many formats asked for it.
-        self.skipped: dict[str, int] = {}
+        self.skipped: dict[str, int] = skipped if skipped is not None else {}
         self._last_skipped: int | None = None
 
     @staticmethod
