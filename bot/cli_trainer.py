@@ -154,7 +154,8 @@ def export_command(
 def _print_skipped(skipped: dict[str, int]) -> None:
     """One line per reason turns were left out of the records (see ``SKIP_REASONS``)."""
     for reason, turns in sorted(skipped.items()):
-        Console().print(f"{turns:,} turns skipped: {reason}", highlight=False, soft_wrap=True)
+        noun = "turn" if turns == 1 else "turns"
+        Console().print(f"{turns:,} {noun} skipped: {reason}", highlight=False, soft_wrap=True)
 
 
 async def _export(
