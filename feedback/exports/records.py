@@ -1,30 +1,43 @@
 """From conversation trees to training records, one format at a time.
 
-What a record is, per format:
+What a record is, per format (every record also carries ``persona_version``, the card version
+that produced its prompt):
 
 - ``openai-sft`` / ``trl-sft`` (``{"messages": [...]}``): one per user turn whose sent reply
   an actor stood behind: they wrote it (rewrite, takeover), approved it, or rated it. A rated
   reply counts when its mean rating reaches the good rating (4, or ``--min-rating``), whatever
-  else happened to it; an unrated one when an actor wrote or approved it. Fallback lines,
-  greetings, replies sent only because a hold ran out, and unreviewed replies are left out.
-- ``openai-dpo`` / ``trl-dpo``: one per preference pair among the siblings of a user turn:
-  the reply an actor stood behind (rewrite, takeover, or approval of a regenerated candidate)
-  over each sibling an actor turned down by rewriting or regenerating it; then, by ratings, a
-  sibling with a higher mean rating over one with a lower mean (with ``--min-rating``, the
-  preferred side must reach it). A pair the actors' decisions already ordered the other way is
-  not added from ratings. Fallback lines and greetings never pair.
-- ``trl-kto``: one per judged reply: ``label: true`` when the reply is good (see SFT, any
-  sibling, not only the sent one), ``false`` when an actor turned it down (rewrite,
-  regenerate) or its mean rating is at most 2. Unjudged or middling replies give no record.
+  else happened to it; an unrated one when an actor wrote or approved it and no
+  ``--min-rating`` is given. Fallback lines, greetings, replies sent only because a hold ran
+  out, and unreviewed replies are left out.
+- ``openai-dpo`` / ``trl-dpo``: one per preference pair among the siblings of a user turn, in
+  the one ordering of :func:`preference_key` (ratings, then decisions, then what was
+  delivered), where evidence says the chosen reply is better: the actor rewrote the rejected
+  one into it, it went out endorsed in place of a sibling an actor turned down, or both are
+  rated and it higher. A chosen reply never has a lower mean rating than its rejected one,
+  and a reply rated good is never beaten by an unrated one. With ``--min-rating`` the chosen
+  reply's mean must reach it. Fallback lines and greetings never pair.
+- ``trl-kto``: one per judged reply, ratings first: ``label: true`` when its mean rating
+  reaches the good rating (or, unrated, an actor wrote or approved it, without
+  ``--min-rating``), ``false`` when its mean is at most 2, or, unrated or middling, an actor
+  turned it down (rewrite, regenerate). Unjudged or middling replies give no record.
 - ``oasst``: one message tree per reviewed user turn (one an actor acted on): the prompt
-  snapshot's conversation as a chain of prompter/assistant messages ending at the user turn,
-  and under it every reply sibling with ``rank`` (0 is the one actors preferred), ``labels``
-  (``quality`` = (mean rating - 1) / 4, one per tag as the share of rate events carrying it,
-  each ``{"value", "count"}``), ``sent``, ``origin`` and ``state``. The persona's system prompt
-  is the tree's ``system``.
+  snapshot's conversation as a chain of prompter/assistant messages ending at the user turn
+  (only real messages: not the card's example dialogue, nor the ``context`` message of lore
+  and memories), and under it every reply sibling with ``rank`` (:func:`preference_key`, 0
+  first), ``labels`` (``quality`` = (mean rating - 1) / 4, one per tag as the share of rate
+  events carrying it, each ``{"value", "count"}``), ``sent``, ``origin`` and ``state``. The
+  persona's system prompt is the tree's ``system``. With ``--min-rating`` the first-ranked
+  reply's mean must reach it.
+
+A turn gives no record of any format, and is counted in :attr:`RecordBuilder.skipped`, when
+its actors' decisions and ratings disagree (a rewrite rated below its original), or when its
+prompt was stored before example dialogue was named (its examples cannot be told from real
+turns).
 
 The context of a record is the exact prompt the model saw for the reply (its snapshot; a
-rewrite shares its original's, a takeover message borrows a sibling's). All text is passed
+rewrite shares its original's, a takeover message borrows a sibling's), the card's example
+messages keeping their names (``example_user``/``example_assistant``) and the lore and
+memories message its name (``context``). All text is passed
 through :func:`feedback.redact.redact`; the display names of the speakers known to the turn are
 replaced by ``name_<hash>`` pseudonyms, and ids appear only as ``user_<hash>`` / ``actor_<hash>``.
 """
