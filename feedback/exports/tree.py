@@ -95,6 +95,7 @@ class Snapshot:
     persona_version: str
     raw_params: str
     _parsed: list[dict[str, Any]] | None = None
+    _examples_named: bool | None = None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -109,10 +110,10 @@ class Snapshot:
     def examples_named(self) -> bool:
         """Whether the example dialogue can be told from real turns (see
         :func:`feedback.store.examples_named`); prompts stored before the markers cannot."""
-        messages = self.messages
-        if any("name" in message for message in messages):
-            return True
-        return examples_named(messages, orjson.loads(self.raw_params or "{}") or {})
+        if self._examples_named is None:
+            params = orjson.loads(self.raw_params or "{}") or {}
+            self._examples_named = examples_named(self.messages, params)
+        return self._examples_named
 
 
 @dataclass(slots=True)
