@@ -126,22 +126,36 @@ def export_command(
         splits = parse_split(split) if split else None
     except ExportError as error:
         fail(str(error))
+    skipped: dict[str, int] = {}
     if dry_run:
         formats = (fmt,) if fmt else FORMATS
-        counts = _run(lambda sessions, key, _settings: _dry_run(sessions, key, flt, formats))
+        counts = _run(
+            lambda sessions, key, _settings: _dry_run(sessions, key, flt, formats, skipped)
+        )
         _print_counts(counts)
+        _print_skipped(skipped)
         return
     if fmt is None:
         fail(f"--format is required; use one of: {', '.join(FORMATS)}")
     if out is None:
         fail("--out is required: the JSONL file to write")
     written = _run(
-        lambda sessions, key, _settings: _export(sessions, key, fmt, flt, out, splits, seed)
+        lambda sessions, key, _settings: _export(
+            sessions, key, fmt, flt, out, splits, seed, skipped
+        )
     )
     console = Console()
     for name, count in written.items():
         target = out if name == "all" else out.with_name(f"{out.stem}.{name}{out.suffix}")
         console.print(f"wrote {count:,} {fmt} records to {target}", highlight=False, soft_wrap=True)
+    _print_skipped(skipped)
+
+
+def _print_skipped(skipped: dict[str, int]) -> None:
+    """One line per reason turns were left out of the records (see ``SKIP_REASONS``)."""
+    for reason, turns in sorted(skipped.items()):
+        noun = "turn" if turns == 1 else "turns"
+        Console().print(f"{turns:,} {noun} skipped: {reason}", highlight=False, soft_wrap=True)
 
 
 async def _export(
@@ -152,6 +166,7 @@ async def _export(
     out: Path,
     splits: dict[str, float] | None,
     seed: int,
+    skipped: dict[str, int],
 ) -> dict[str, int]:
     total = await progress_total(sessions, flt, (fmt,))
     with _progress() as progress:
@@ -165,6 +180,7 @@ async def _export(
             seed=seed,
             pseudonym_secret=secret,
             progress=lambda turns: progress.advance(task, turns),
+            skipped=skipped,
         )
 
 
@@ -173,6 +189,7 @@ async def _dry_run(
     secret: bytes,
     flt: ExportFilter,
     formats: tuple[str, ...],
+    skipped: dict[str, int],
 ) -> dict[str, dict[str, int]]:
     total = await progress_total(sessions, flt, formats)
     with _progress() as progress:
@@ -183,6 +200,7 @@ async def _dry_run(
             pseudonym_secret=secret,
             formats=formats,
             progress=lambda turns: progress.advance(task, turns),
+            skipped=skipped,
         )
 
 

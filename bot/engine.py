@@ -31,7 +31,15 @@ from bot.text import (
     normalise_incoming,
     split_message,
 )
-from feedback.store import NewUserTurn, SnapshotData, said_in
+from feedback.store import (
+    CONTEXT_NAME,
+    EXAMPLE_NAMES,
+    EXAMPLES_NAMED_PARAM,
+    NewUserTurn,
+    SnapshotData,
+    examples_named,
+    said_in,
+)
 from personas import approx_tokens
 
 if TYPE_CHECKING:
@@ -65,10 +73,6 @@ WARM_AGAIN_SECONDS = 300.0
 _WARMED_KEPT = 4096
 #: Conversations whose history window start is kept (the oldest are forgotten first).
 _WINDOWS_KEPT = 4096
-#: The names that mark a card's example dialogue in a prompt (SillyTavern's convention).
-EXAMPLE_NAMES = {"user": "example_user", "assistant": "example_assistant"}
-#: The name of the system message that carries triggered lore and recalled memories.
-CONTEXT_NAME = "context"
 
 
 class UserDataOwner(Protocol):
@@ -382,7 +386,7 @@ class ConversationEngine:
             persona=persona.name,
             persona_version=persona.version_hash,
             model_name=self._model_name,
-            params=self._model_params,
+            params={**self._model_params, EXAMPLES_NAMED_PARAM: True},
             memories=memories,
         )
         crash_point("turn.before_commit")
@@ -511,7 +515,11 @@ class ConversationEngine:
             persona=snapshot.persona,
             persona_version=snapshot.persona_version,
             model_name=self._model_name,
-            params=self._model_params,
+            # The same prompt: its examples are named only if the original's were.
+            params={
+                **self._model_params,
+                EXAMPLES_NAMED_PARAM: examples_named(snapshot.messages, snapshot.params),
+            },
             memories=list(snapshot.memories),
         )
         return text, fresh, flags

@@ -37,16 +37,36 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 __all__ = [
+    "CONTEXT_NAME",
     "ERASED_TEXT",
+    "EXAMPLES_NAMED_PARAM",
+    "EXAMPLE_NAMES",
     "ConversationStore",
     "HistoryTurn",
     "NewUserTurn",
     "OpenedTurn",
     "SnapshotData",
+    "examples_named",
     "said_in",
 ]
 
 _log = logging.getLogger(__name__)
+
+#: The names that mark a card's example dialogue in a stored prompt (SillyTavern's convention).
+EXAMPLE_NAMES = {"user": "example_user", "assistant": "example_assistant"}
+#: The name of the late system message that carries triggered lore and recalled memories.
+CONTEXT_NAME = "context"
+#: The ``params`` key set on every snapshot whose prompt names its example dialogue (even one
+#: with no examples to name): snapshots stored before had none, and their examples read as
+#: real turns.
+EXAMPLES_NAMED_PARAM = "examples_named"
+
+
+def examples_named(messages: Sequence[dict[str, Any]], params: dict[str, Any]) -> bool:
+    """Whether a snapshot's example messages (if any) are named: it was stored with the marker,
+    or a message carries a name (prompts stored before the markers had none)."""
+    return bool(params.get(EXAMPLES_NAMED_PARAM)) or any("name" in m for m in messages)
+
 
 # The statements every turn runs, built once on the tables themselves (Core, not the ORM's
 # bulk paths); a call only binds its values.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.decisions import DecisionService
 from feedback.corrections import Actor, CorrectionStore
-from feedback.store import ConversationStore, SnapshotData
+from feedback.store import EXAMPLES_NAMED_PARAM, ConversationStore, SnapshotData
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -88,13 +88,14 @@ def decisions_for(
 def snapshot_for(
     persona: str, history: list[dict[str, str]], *, system: str = "You are {persona}."
 ) -> SnapshotData:
-    """A prompt snapshot the way the engine stores one."""
+    """A prompt snapshot the way the engine stores one (marked as naming its example dialogue,
+    of which this card has none)."""
     return SnapshotData(
         messages=[{"role": "system", "content": system.format(persona=persona)}, *history],
         persona=persona,
         persona_version=f"v-{persona.lower()}",
         model_name="fake",
-        params={"temperature": 0.7, "max_tokens": 160},
+        params={"temperature": 0.7, "max_tokens": 160, EXAMPLES_NAMED_PARAM: True},
         memories=[],
     )
 

@@ -464,7 +464,8 @@ async def test_filters(store: ConversationStore, corrections: CorrectionStore) -
     assert scenario.rated.user_turn_id in everything
     high = keys(await _records(sessions, "openai-sft", min_rating=5))
     assert scenario.rated.user_turn_id not in high and scenario.rated_pair.user_turn_id not in high
-    assert scenario.rewritten.user_turn_id in high  # unrated rewrites stay
+    # issue 24.3: --min-rating applies to every record; an unrated rewrite reaches no rating
+    assert scenario.rewritten.user_turn_id not in high
     assert keys(await _records(sessions, "openai-sft", tags=("funny",))) == [
         scenario.rated.user_turn_id
     ]

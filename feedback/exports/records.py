@@ -1,30 +1,43 @@
 """From conversation trees to training records, one format at a time.
 
-What a record is, per format:
+What a record is, per format (every record also carries ``persona_version``, the card version
+that produced its prompt):
 
 - ``openai-sft`` / ``trl-sft`` (``{"messages": [...]}``): one per user turn whose sent reply
   an actor stood behind: they wrote it (rewrite, takeover), approved it, or rated it. A rated
   reply counts when its mean rating reaches the good rating (4, or ``--min-rating``), whatever
-  else happened to it; an unrated one when an actor wrote or approved it. Fallback lines,
-  greetings, replies sent only because a hold ran out, and unreviewed replies are left out.
-- ``openai-dpo`` / ``trl-dpo``: one per preference pair among the siblings of a user turn:
-  the reply an actor stood behind (rewrite, takeover, or approval of a regenerated candidate)
-  over each sibling an actor turned down by rewriting or regenerating it; then, by ratings, a
-  sibling with a higher mean rating over one with a lower mean (with ``--min-rating``, the
-  preferred side must reach it). A pair the actors' decisions already ordered the other way is
-  not added from ratings. Fallback lines and greetings never pair.
-- ``trl-kto``: one per judged reply: ``label: true`` when the reply is good (see SFT, any
-  sibling, not only the sent one), ``false`` when an actor turned it down (rewrite,
-  regenerate) or its mean rating is at most 2. Unjudged or middling replies give no record.
+  else happened to it; an unrated one when an actor wrote or approved it and no
+  ``--min-rating`` is given. Fallback lines, greetings, replies sent only because a hold ran
+  out, and unreviewed replies are left out.
+- ``openai-dpo`` / ``trl-dpo``: one per preference pair among the siblings of a user turn, in
+  the one ordering of :func:`preference_key` (ratings, then decisions, then what was
+  delivered), where evidence says the chosen reply is better: the actor rewrote the rejected
+  one into it, it went out endorsed in place of a sibling an actor turned down, or both are
+  rated and it higher. A chosen reply never has a lower mean rating than its rejected one,
+  and a reply rated good is never beaten by an unrated one. With ``--min-rating`` the chosen
+  reply's mean must reach it. Fallback lines and greetings never pair.
+- ``trl-kto``: one per judged reply, ratings first: ``label: true`` when its mean rating
+  reaches the good rating (or, unrated, an actor wrote or approved it, without
+  ``--min-rating``), ``false`` when its mean is at most 2, or, unrated or middling, an actor
+  turned it down (rewrite, regenerate). Unjudged or middling replies give no record.
 - ``oasst``: one message tree per reviewed user turn (one an actor acted on): the prompt
-  snapshot's conversation as a chain of prompter/assistant messages ending at the user turn,
-  and under it every reply sibling with ``rank`` (0 is the one actors preferred), ``labels``
-  (``quality`` = (mean rating - 1) / 4, one per tag as the share of rate events carrying it,
-  each ``{"value", "count"}``), ``sent``, ``origin`` and ``state``. The persona's system prompt
-  is the tree's ``system``.
+  snapshot's conversation as a chain of prompter/assistant messages ending at the user turn
+  (only real messages: not the card's example dialogue, nor the ``context`` message of lore
+  and memories), and under it every reply sibling with ``rank`` (:func:`preference_key`, 0
+  first), ``labels`` (``quality`` = (mean rating - 1) / 4, one per tag as the share of rate
+  events carrying it, each ``{"value", "count"}``), ``sent``, ``origin`` and ``state``. The
+  persona's system prompt is the tree's ``system``. With ``--min-rating`` the first-ranked
+  reply's mean must reach it.
+
+A turn gives no record of any format, and is counted in :attr:`RecordBuilder.skipped`, when
+its actors' decisions and ratings disagree (a rewrite rated below its original), or when its
+prompt was stored before example dialogue was named (its examples cannot be told from real
+turns).
 
 The context of a record is the exact prompt the model saw for the reply (its snapshot; a
-rewrite shares its original's, a takeover message borrows a sibling's). All text is passed
+rewrite shares its original's, a takeover message borrows a sibling's), the card's example
+messages keeping their names (``example_user``/``example_assistant``) and the lore and
+memories message its name (``context``). All text is passed
 through :func:`feedback.redact.redact`; the display names of the speakers known to the turn are
 replaced by ``name_<hash>`` pseudonyms, and ids appear only as ``user_<hash>`` / ``actor_<hash>``.
 """
@@ -42,13 +55,75 @@ if TYPE_CHECKING:
     from feedback.exports.filters import ExportFilter
     from feedback.exports.tree import ReplyNode, Snapshot, TurnTree
 
-__all__ = ["RecordBuilder"]
+__all__ = [
+    "CONFLICTING_VERDICTS",
+    "PROMPT_BEFORE_MARKERS",
+    "SKIP_REASONS",
+    "ConflictingVerdicts",
+    "RecordBuilder",
+    "preference_key",
+]
 
 #: Entries of each generation of the cleaned-text cache.
 _TEXT_CACHE_SIZE = 32_768
 _SPEAKER_PREFIX = re.compile(r"^([^:\n]{1,64}): ")
 
 Pair = tuple["ReplyNode", "ReplyNode", str]
+
+#: The rating an unrated reply counts as in :func:`preference_key`: the middle of the 1-5 scale,
+#: so a reply rated good (4, 5) comes before it and one rated low (1, 2) after it.
+UNRATED = 3.0
+#: Why a turn gave no record (the export summary counts turns by reason).
+CONFLICTING_VERDICTS = "actors' decisions and ratings disagree"
+PROMPT_BEFORE_MARKERS = "prompt stored before example markers"
+SKIP_REASONS = (CONFLICTING_VERDICTS, PROMPT_BEFORE_MARKERS)
+#: States a reply is in when it was set aside without an actor's verdict.
+_SET_ASIDE = ("dropped", "withheld")
+
+
+class ConflictingVerdicts(Exception):
+    """A decision prefers one reply and both replies' ratings prefer the other."""
+
+
+def preference_key(node: ReplyNode) -> tuple[float, int, int, int]:
+    """The one ordering of a turn's replies (higher first), from the evidence in this order:
+
+    1. ratings: the mean of the actors' ratings, :data:`UNRATED` for none (explicit ranks would
+       come before ratings; no actor action records one);
+    2. decisions: an actor stood behind it (wrote or approved it) and nobody turned it down,
+       over no verdict, over turned down (rewritten, regenerated) or set aside (dropped,
+       withheld);
+    3. what was delivered: the reply that went out;
+    4. the earlier reply (only to make the order total).
+
+    oasst ranks are this order; DPO pairs and KTO labels follow it (see
+    :meth:`RecordBuilder.pairs`, :meth:`RecordBuilder.is_good`).
+    """
+    mean = node.mean_rating
+    if node.rejected_by is not None or node.state in _SET_ASIDE:
+        decision = 0
+    elif node.endorsed:
+        decision = 2
+    else:
+        decision = 1
+    return (mean if mean is not None else UNRATED, decision, int(node.is_final), -node.id)
+
+
+def _evidence(chosen: ReplyNode, rejected: ReplyNode, final: ReplyNode | None) -> str | None:
+    """What says ``chosen`` is better than ``rejected`` (``rewrite``, ``pick``, ``rating``)."""
+    if chosen.rewrite_of == rejected.id:
+        return "rewrite"
+    if (
+        chosen is final
+        and chosen.endorsed
+        and chosen.rejected_by is None
+        and rejected.rejected_by is not None
+    ):
+        return "pick"
+    chosen_mean, rejected_mean = chosen.mean_rating, rejected.mean_rating
+    if chosen_mean is not None and rejected_mean is not None and chosen_mean > rejected_mean:
+        return "rating"
+    return None
 
 
 class RecordBuilder:
@@ -60,7 +135,13 @@ class RecordBuilder:
     are cleaned once. The names to mask are worked out once per turn and snapshot.
     """
 
-    def __init__(self, flt: ExportFilter, *, pseudonym_secret: bytes) -> None:
+    def __init__(
+        self,
+        flt: ExportFilter,
+        *,
+        pseudonym_secret: bytes,
+        skipped: dict[str, int] | None = None,
+    ) -> None:
         if not pseudonym_secret:
             raise ValueError("the pseudonym secret is empty")
         self.filter = flt
@@ -76,6 +157,10 @@ class RecordBuilder:
         #: Names to mask in a DM or terminal turn, by (user name, persona): they depend on
         #: nothing else there.
         self._direct_names: dict[tuple[str, str], tuple[str, ...]] = {}
+        #: User turns left out, by reason (:data:`SKIP_REASONS`), each counted once however
+        #: many formats asked for it.
+        self.skipped: dict[str, int] = skipped if skipped is not None else {}
+        self._last_skipped: int | None = None
 
     @staticmethod
     def needs_times(fmt: str) -> bool:
@@ -168,6 +253,12 @@ class RecordBuilder:
         miss = self._clean_miss
         return [
             {"role": message["role"], "content": get(content) or miss(content, names)}
+            if "name" not in message
+            else {
+                "role": message["role"],
+                "content": get(content) or miss(content, names),
+                "name": message["name"],
+            }
             for message in snapshot.messages
             for content in (message["content"],)
         ]
@@ -197,46 +288,85 @@ class RecordBuilder:
     # -- verdicts ------------------------------------------------------------------------
 
     def is_good(self, node: ReplyNode) -> bool:
-        """Rated: the mean reaches the good rating. Unrated: an actor wrote or approved it."""
+        """Rated: the mean reaches the good rating. Unrated: an actor wrote or approved it, and
+        no ``--min-rating`` asks for a rating (an unrated reply never reaches one)."""
         mean = node.mean_rating
         if mean is not None:
             return mean >= self.filter.good_rating
-        return node.endorsed
+        return node.endorsed and self.filter.min_rating is None
 
     def is_bad(self, node: ReplyNode) -> bool:
-        """An actor turned it down, or its mean rating is low."""
-        if node.rejected_by is not None:
-            return True
+        """Its mean rating is low; unrated or middling: an actor turned it down. Ratings come
+        first: a reply rated good is not bad because it was regenerated later."""
         mean = node.mean_rating
-        return mean is not None and mean <= LOW_RATING and mean < self.filter.good_rating
+        if mean is not None:
+            if mean >= self.filter.good_rating:
+                return False
+            if mean <= LOW_RATING:
+                return True
+        return node.rejected_by is not None
 
     def pairs(self, tree: TurnTree) -> list[Pair]:
-        """``(chosen, rejected, source)`` preference pairs among the turn's replies."""
+        """``(chosen, rejected, source)`` preference pairs among the turn's replies.
+
+        A pair needs evidence that one reply is better than the other (``source``): ``rewrite``
+        (the actor rewrote the rejected one into the chosen one), ``pick`` (the chosen one went
+        out with an actor's endorsement in place of a sibling an actor turned down) or
+        ``rating`` (both rated, the chosen one higher); and :func:`preference_key` must not
+        put the rejected one first. So a chosen reply never has a lower mean rating than its
+        rejected one, and a reply rated good is never beaten by an unrated one. With
+        ``--min-rating`` the chosen reply's mean must reach it. Raises
+        :class:`ConflictingVerdicts` when a decision and both replies' ratings disagree.
+        """
         pairs: list[Pair] = []
-        if len(tree.replies) < 2:  # both kinds of pair need two siblings
+        if len(tree.replies) < 2:  # every kind of pair needs two siblings
             return pairs
-        seen: set[tuple[int, int]] = set()
+        nodes = [node for node in tree.replies if node.trainable]
         final = tree.final
-        if final is not None and final.trainable and final.endorsed:
-            for loser in tree.replies:
-                if loser is final or loser.rejected_by is None or not loser.trainable:
-                    continue
-                source = "rewrite" if final.rewrite_of == loser.id else "pick"
-                pairs.append((final, loser, source))
-                seen.add((final.id, loser.id))
-        rated = [(node, node.mean_rating) for node in tree.replies if node.trainable]
-        rated = [(node, mean) for node, mean in rated if mean is not None]
         minimum = self.filter.min_rating
-        for better, better_mean in rated:
-            if minimum is not None and better_mean < minimum:
+        for chosen in nodes:
+            chosen_mean = chosen.mean_rating
+            if minimum is not None and (chosen_mean is None or chosen_mean < minimum):
                 continue
-            for worse, worse_mean in rated:
-                if better_mean <= worse_mean or (worse.id, better.id) in seen:
+            chosen_key = preference_key(chosen)[:-1]
+            for rejected in nodes:
+                if rejected is chosen:
                     continue
-                if (better.id, worse.id) not in seen:
-                    pairs.append((better, worse, "rating"))
-                    seen.add((better.id, worse.id))
+                source = _evidence(chosen, rejected, final)
+                if source is None:
+                    continue
+                if preference_key(rejected)[:-1] > chosen_key:
+                    rejected_mean = rejected.mean_rating
+                    if (
+                        chosen_mean is not None
+                        and rejected_mean is not None
+                        and rejected_mean > chosen_mean
+                    ):
+                        raise ConflictingVerdicts(tree.user_turn_id, chosen.id, rejected.id)
+                    continue  # a rating outranks the decision: no pair either way
+                pairs.append((chosen, rejected, source))
         return pairs
+
+    def _conflicting(self, tree: TurnTree) -> bool:
+        """Whether the turn's decisions and ratings disagree (see :meth:`pairs`); only possible
+        when two of its replies are rated."""
+        if sum(node.rating_count > 0 for node in tree.replies) < 2:
+            return False
+        try:
+            self.pairs(tree)
+        except ConflictingVerdicts:
+            return True
+        return False
+
+    def _skip_reason(self, tree: TurnTree) -> str | None:
+        """Why this turn gives no record of any format, or ``None`` (see :data:`SKIP_REASONS`)."""
+        for node in tree.replies:
+            snapshot = tree.snapshot_for(node)
+            if snapshot is not None and not snapshot.examples_named:
+                return PROMPT_BEFORE_MARKERS
+        if self._conflicting(tree):
+            return CONFLICTING_VERDICTS
+        return None
 
     # -- records -------------------------------------------------------------------------
 
@@ -256,16 +386,27 @@ class RecordBuilder:
 
     def dpo_triples(
         self, tree: TurnTree
-    ) -> list[tuple[list[dict[str, str]], dict[str, str], dict[str, str]]]:
-        """``(prompt, chosen, rejected)`` for each pair whose chosen side passes the tags."""
+    ) -> list[tuple[list[dict[str, str]], dict[str, str], dict[str, str], str]]:
+        """``(prompt, chosen, rejected, persona version)`` for each pair whose chosen side
+        passes the tags."""
         triples = []
         for chosen, rejected, _source in self.pairs(tree):
             if not chosen.carries_any(self.filter.tags):
                 continue
-            context = self._context(tree, chosen) or self._context(tree, rejected)
+            prompted = chosen if tree.snapshot_for(chosen) is not None else rejected
+            context = self._context(tree, prompted)
             if context is None:
                 continue
-            triples.append((context, self._reply(tree, chosen), self._reply(tree, rejected)))
+            snapshot = tree.snapshot_for(prompted)
+            assert snapshot is not None  # it gave the context
+            triples.append(
+                (
+                    context,
+                    self._reply(tree, chosen),
+                    self._reply(tree, rejected),
+                    snapshot.persona_version,
+                )
+            )
         return triples
 
     def kto_records(self, tree: TurnTree) -> list[dict[str, Any]]:
@@ -274,9 +415,7 @@ class RecordBuilder:
         for node in tree.replies:
             if not node.trainable or not node.carries_any(self.filter.tags):
                 continue
-            if node.rejected_by is not None:
-                label = False
-            elif self.is_good(node):
+            if self.is_good(node):
                 label = True
             elif self.is_bad(node):
                 label = False
@@ -285,7 +424,14 @@ class RecordBuilder:
             prompt = self._context_and_reply(tree, node)
             if prompt is None:
                 continue
-            records.append({"prompt": prompt[0], "completion": [prompt[1]], "label": label})
+            records.append(
+                {
+                    "prompt": prompt[0],
+                    "completion": [prompt[1]],
+                    "label": label,
+                    "persona_version": self._persona_version(tree, node),
+                }
+            )
         return records
 
     def oasst_tree(self, tree: TurnTree) -> dict[str, Any] | None:
@@ -296,16 +442,25 @@ class RecordBuilder:
             node.carries_any(self.filter.tags) for node in tree.replies
         ):
             return None
+        ranked = sorted(tree.replies, key=preference_key, reverse=True)
+        minimum = self.filter.min_rating
+        if minimum is not None:
+            best = ranked[0].mean_rating
+            if best is None or best < minimum:
+                return None
+        snapshot = tree.snapshot_for(tree.replies[0])
         context = self._context(tree, tree.replies[0])
-        names = self._names(tree, tree.snapshot_for(tree.replies[0]))
+        names = self._names(tree, snapshot)
         system = None
-        if context and context[0]["role"] == "system":
+        if context and context[0]["role"] == "system" and "name" not in context[0]:
             system = context[0]["content"]
             context = context[1:]
+        # Only real messages are nodes: not the card's example dialogue, nor the late system
+        # message of lore and memories (each carries a name; real turns have none).
+        context = [message for message in context or [] if "name" not in message]
         if not context or context[-1]["role"] != "user":
             turn = {"role": "user", "content": self._clean(tree.content, names)}
-            context = [*(context or []), turn]
-        ranked = sorted(tree.replies, key=self._preference, reverse=True)
+            context = [*context, turn]
         ranks = {node.id: rank for rank, node in enumerate(ranked)}
         turn_message_id = f"gr-{tree.user_turn_id}"
         chain_ids = [f"gr-{tree.user_turn_id}-ctx{i}" for i in range(len(context) - 1)]
@@ -331,18 +486,10 @@ class RecordBuilder:
             "message_tree_id": turn_message_id,
             "tree_state": "ready_for_export",
             "persona": tree.persona,
+            "persona_version": snapshot.persona_version if snapshot is not None else None,
             "system": system,
             "prompt": current,
         }
-
-    def _preference(self, node: ReplyNode) -> tuple[int, int, float, int]:
-        mean = node.mean_rating
-        return (
-            int(node.is_final and node.endorsed),
-            int(node.rejected_by is None and node.state != "dropped"),
-            mean if mean is not None else 3.0,
-            -node.id,
-        )
 
     def _oasst_reply(
         self,
@@ -381,29 +528,51 @@ class RecordBuilder:
         )
 
     def records(self, tree: TurnTree, fmt: str) -> list[dict[str, Any]]:
-        """The records of format ``fmt`` that this turn gives, in a stable order."""
+        """The records of format ``fmt`` that this turn gives, in a stable order; none for a
+        turn left out (counted in :attr:`skipped`)."""
+        reason = self._skip_reason(tree)
+        if reason is not None:
+            if self._last_skipped != tree.user_turn_id:
+                self._last_skipped = tree.user_turn_id
+                self.skipped[reason] = self.skipped.get(reason, 0) + 1
+            return []
+        version = self._persona_version
         if fmt in ("openai-sft", "trl-sft"):
             messages = self.sft_messages(tree)
-            return [] if messages is None else [{"messages": messages}]
+            if messages is None:
+                return []
+            return [{"messages": messages, "persona_version": version(tree, tree.final)}]
         if fmt == "openai-dpo":
             return [
                 {
                     "input": {"messages": prompt},
                     "preferred_output": [chosen],
                     "non_preferred_output": [rejected],
+                    "persona_version": persona_version,
                 }
-                for prompt, chosen, rejected in self.dpo_triples(tree)
+                for prompt, chosen, rejected, persona_version in self.dpo_triples(tree)
             ]
         if fmt == "trl-dpo":
             return [
-                {"prompt": prompt, "chosen": [chosen], "rejected": [rejected]}
-                for prompt, chosen, rejected in self.dpo_triples(tree)
+                {
+                    "prompt": prompt,
+                    "chosen": [chosen],
+                    "rejected": [rejected],
+                    "persona_version": persona_version,
+                }
+                for prompt, chosen, rejected, persona_version in self.dpo_triples(tree)
             ]
         if fmt == "trl-kto":
             return self.kto_records(tree)
         check_format(fmt)
         oasst = self.oasst_tree(tree)
         return [] if oasst is None else [oasst]
+
+    @staticmethod
+    def _persona_version(tree: TurnTree, node: ReplyNode | None) -> str | None:
+        """The card version of the prompt a record of ``node`` carries (its snapshot's)."""
+        snapshot = tree.snapshot_for(node) if node is not None else None
+        return snapshot.persona_version if snapshot is not None else None
 
 
 def _oasst_message(

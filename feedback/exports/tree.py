@@ -53,6 +53,7 @@ from feedback.models import (
     PromptSnapshot,
     UserPrivacy,
 )
+from feedback.store import examples_named
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -90,14 +91,29 @@ class Snapshot:
     id: int
     raw_messages: str
     model_name: str
+    #: The persona card version that produced the prompt.
+    persona_version: str
+    raw_params: str
     _parsed: list[dict[str, Any]] | None = None
+    _examples_named: bool | None = None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        """The exact messages the model was sent (system, history, the user's message)."""
+        """The exact messages the model was sent: the card's system prompt, its example
+        dialogue (named ``example_user``/``example_assistant``), the history, a late system
+        message named ``context`` (lore and memories) and the user's message."""
         if self._parsed is None:
             self._parsed = orjson.loads(self.raw_messages)
         return self._parsed
+
+    @property
+    def examples_named(self) -> bool:
+        """Whether the example dialogue can be told from real turns (see
+        :func:`feedback.store.examples_named`); prompts stored before the markers cannot."""
+        if self._examples_named is None:
+            params = orjson.loads(self.raw_params or "{}") or {}
+            self._examples_named = examples_named(self.messages, params)
+        return self._examples_named
 
 
 @dataclass(slots=True)
@@ -328,6 +344,8 @@ _SNAPSHOT_COLUMNS = (
     PromptSnapshot.id,
     cast(PromptSnapshot.messages, Text),
     PromptSnapshot.model_name,
+    PromptSnapshot.persona_version,
+    cast(PromptSnapshot.params, Text),
 )
 
 
@@ -489,7 +507,7 @@ async def _read_page(
                 nodes[result_id].rewrite_of = node.id
     if snapshot_ids:
         rows = await queries.snapshots.rows(driver, sorted(snapshot_ids))
-        by_id = {row[0]: Snapshot(row[0], row[1], row[2]) for row in rows}
+        by_id = {row[0]: Snapshot(row[0], row[1], row[2], row[3], row[4]) for row in rows}
         for tree in trees.values():
             for node in tree.replies:
                 snapshot_id = node.snapshot_id

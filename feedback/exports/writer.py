@@ -146,13 +146,15 @@ async def _turn_record_pages(
     batch_size: int = DEFAULT_BATCH_SIZE,
     prefetch: bool = True,
     read_ahead_until: int | None = None,
+    skipped: dict[str, int] | None = None,
 ) -> AsyncIterator[tuple[int, list[tuple[TurnTree, list[dict[str, Any]]]]]]:
     """The one read path of exports and API pages: for each page of user turns read by
     :func:`~feedback.exports.tree.iter_turn_trees` with the query ``fmt`` needs (times only
     for oasst, only turns with two replies for the preference formats), the number of turns
-    read and each tree that gives records of ``fmt``, with its records."""
+    read and each tree that gives records of ``fmt``, with its records. ``skipped`` counts
+    the turns left out, by reason (see :data:`~feedback.exports.records.SKIP_REASONS`)."""
     check_format(fmt)
-    builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
+    builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret, skipped=skipped)
     pages = iter_turn_trees(
         sessions,
         flt,
@@ -252,10 +254,13 @@ async def export_to_file(
     pseudonym_secret: bytes,
     progress: Callable[[int], None] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    skipped: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Write the export as JSONL; returns the record count per split (``all`` without split).
 
-    ``progress`` is called with the number of user turns read, page by page. Raises
+    ``progress`` is called with the number of user turns read, page by page; ``skipped``, if
+    given, receives the number of turns left out by reason (conflicting verdicts, prompts
+    stored before example markers), for the summary. Raises
     :class:`ExportError` for a bad format or an output that cannot be written; on any error
     (or cancellation) the temporary files are removed and nothing is renamed into place.
     """
@@ -275,6 +280,7 @@ async def export_to_file(
             pseudonym_secret=pseudonym_secret,
             progress=progress,
             batch_size=batch_size,
+            skipped=skipped,
         )
         for handle, _ in files.values():
             handle.flush()
@@ -305,6 +311,7 @@ async def _write(
     pseudonym_secret: bytes,
     progress: Callable[[int], None] | None,
     batch_size: int,
+    skipped: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Every record of ``fmt`` as a JSON line into the handle of its split; the count per
     split."""
@@ -312,7 +319,12 @@ async def _write(
     buffers: dict[str, list[bytes]] = {name: [] for name in handles}
     dumps = orjson.dumps
     pages = _turn_record_pages(
-        sessions, fmt, flt, pseudonym_secret=pseudonym_secret, batch_size=batch_size
+        sessions,
+        fmt,
+        flt,
+        pseudonym_secret=pseudonym_secret,
+        batch_size=batch_size,
+        skipped=skipped,
     )
     async with contextlib.aclosing(pages):
         async for read, page in pages:
@@ -339,11 +351,13 @@ async def dry_run_counts(
     formats: tuple[str, ...] = FORMATS,
     progress: Callable[[int], None] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    skipped: dict[str, int] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """How many records each format would have, per persona (format -> persona -> count)."""
+    """How many records each format would have, per persona (format -> persona -> count);
+    ``skipped`` as in :func:`export_to_file`."""
     for fmt in formats:
         check_format(fmt)
-    builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
+    builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret, skipped=skipped)
     counts: dict[str, dict[str, int]] = {fmt: {} for fmt in formats}
     times = any(builder.needs_times(fmt) for fmt in formats)
     min_replies = _min_replies(formats)
