@@ -39,8 +39,10 @@ class LeaseRequest(BaseModel):
 
 class LeaseRecord(BaseModel):
     """One leased feedback event. Ids are pseudonyms; texts are redacted, and all ``null``
-    when the user has not consented to training use (``consented`` false)."""
+    when the user has not consented to training use (``consented`` false). ``record_id`` is
+    what the erasure feed names when the event is erased."""
 
+    record_id: str
     event_id: int
     kind: str
     actor: str

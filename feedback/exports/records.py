@@ -36,6 +36,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from feedback.exports.filters import LOW_RATING, check_format
+from feedback.record_ids import dpo_key, kto_key, oasst_key, record_id, sft_key
 from feedback.redact import mask_names, pseudonym, redact
 
 if TYPE_CHECKING:
@@ -256,8 +257,9 @@ class RecordBuilder:
 
     def dpo_triples(
         self, tree: TurnTree
-    ) -> list[tuple[list[dict[str, str]], dict[str, str], dict[str, str]]]:
-        """``(prompt, chosen, rejected)`` for each pair whose chosen side passes the tags."""
+    ) -> list[tuple[list[dict[str, str]], dict[str, str], dict[str, str], str]]:
+        """``(prompt, chosen, rejected, record id)`` for each pair whose chosen side passes the
+        tags."""
         triples = []
         for chosen, rejected, _source in self.pairs(tree):
             if not chosen.carries_any(self.filter.tags):
@@ -265,7 +267,15 @@ class RecordBuilder:
             context = self._context(tree, chosen) or self._context(tree, rejected)
             if context is None:
                 continue
-            triples.append((context, self._reply(tree, chosen), self._reply(tree, rejected)))
+            key = dpo_key(tree.user_turn_id, chosen.id, rejected.id)
+            triples.append(
+                (
+                    context,
+                    self._reply(tree, chosen),
+                    self._reply(tree, rejected),
+                    record_id(key, self._secret),
+                )
+            )
         return triples
 
     def kto_records(self, tree: TurnTree) -> list[dict[str, Any]]:
@@ -285,7 +295,14 @@ class RecordBuilder:
             prompt = self._context_and_reply(tree, node)
             if prompt is None:
                 continue
-            records.append({"prompt": prompt[0], "completion": [prompt[1]], "label": label})
+            records.append(
+                {
+                    "record_id": record_id(kto_key(tree.user_turn_id, node.id), self._secret),
+                    "prompt": prompt[0],
+                    "completion": [prompt[1]],
+                    "label": label,
+                }
+            )
         return records
 
     def oasst_tree(self, tree: TurnTree) -> dict[str, Any] | None:
@@ -328,6 +345,7 @@ class RecordBuilder:
                 replies=replies if is_turn else [current],
             )
         return {
+            "record_id": record_id(oasst_key(tree.user_turn_id), self._secret),
             "message_tree_id": turn_message_id,
             "tree_state": "ready_for_export",
             "persona": tree.persona,
@@ -384,20 +402,26 @@ class RecordBuilder:
         """The records of format ``fmt`` that this turn gives, in a stable order."""
         if fmt in ("openai-sft", "trl-sft"):
             messages = self.sft_messages(tree)
-            return [] if messages is None else [{"messages": messages}]
+            if messages is None:
+                return []
+            final = tree.final
+            assert final is not None  # sft_messages found it
+            key = sft_key(tree.user_turn_id, final.id)
+            return [{"record_id": record_id(key, self._secret), "messages": messages}]
         if fmt == "openai-dpo":
             return [
                 {
+                    "record_id": rid,
                     "input": {"messages": prompt},
                     "preferred_output": [chosen],
                     "non_preferred_output": [rejected],
                 }
-                for prompt, chosen, rejected in self.dpo_triples(tree)
+                for prompt, chosen, rejected, rid in self.dpo_triples(tree)
             ]
         if fmt == "trl-dpo":
             return [
-                {"prompt": prompt, "chosen": [chosen], "rejected": [rejected]}
-                for prompt, chosen, rejected in self.dpo_triples(tree)
+                {"record_id": rid, "prompt": prompt, "chosen": [chosen], "rejected": [rejected]}
+                for prompt, chosen, rejected, rid in self.dpo_triples(tree)
             ]
         if fmt == "trl-kto":
             return self.kto_records(tree)
