@@ -146,11 +146,13 @@ async def _turn_record_pages(
     batch_size: int = DEFAULT_BATCH_SIZE,
     prefetch: bool = True,
     read_ahead_until: int | None = None,
+    on_empty: Callable[[RecordBuilder, TurnTree], None] | None = None,
 ) -> AsyncIterator[tuple[int, list[tuple[TurnTree, list[dict[str, Any]]]]]]:
     """The one read path of exports and API pages: for each page of user turns read by
     :func:`~feedback.exports.tree.iter_turn_trees` with the query ``fmt`` needs (times only
     for oasst, only turns with two replies for the preference formats), the number of turns
-    read and each tree that gives records of ``fmt``, with its records."""
+    read and each tree that gives records of ``fmt``, with its records. ``on_empty`` is
+    called with each tree read that gives none."""
     check_format(fmt)
     builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
     pages = iter_turn_trees(
@@ -173,6 +175,8 @@ async def _turn_record_pages(
                 records = build(tree, fmt)
                 if records:
                     page.append((tree, records))
+                elif on_empty is not None:
+                    on_empty(builder, tree)
             yield len(trees), page
 
 
@@ -252,10 +256,12 @@ async def export_to_file(
     pseudonym_secret: bytes,
     progress: Callable[[int], None] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    on_empty: Callable[[RecordBuilder, TurnTree], None] | None = None,
 ) -> dict[str, int]:
     """Write the export as JSONL; returns the record count per split (``all`` without split).
 
-    ``progress`` is called with the number of user turns read, page by page. Raises
+    ``progress`` is called with the number of user turns read, page by page; ``on_empty``
+    with each turn read that gave no record (see :mod:`feedback.exports.skips`). Raises
     :class:`ExportError` for a bad format or an output that cannot be written; on any error
     (or cancellation) the temporary files are removed and nothing is renamed into place.
     """
@@ -275,6 +281,7 @@ async def export_to_file(
             pseudonym_secret=pseudonym_secret,
             progress=progress,
             batch_size=batch_size,
+            on_empty=on_empty,
         )
         for handle, _ in files.values():
             handle.flush()
@@ -305,6 +312,7 @@ async def _write(
     pseudonym_secret: bytes,
     progress: Callable[[int], None] | None,
     batch_size: int,
+    on_empty: Callable[[RecordBuilder, TurnTree], None] | None = None,
 ) -> dict[str, int]:
     """Every record of ``fmt`` as a JSON line into the handle of its split; the count per
     split."""
@@ -312,7 +320,12 @@ async def _write(
     buffers: dict[str, list[bytes]] = {name: [] for name in handles}
     dumps = orjson.dumps
     pages = _turn_record_pages(
-        sessions, fmt, flt, pseudonym_secret=pseudonym_secret, batch_size=batch_size
+        sessions,
+        fmt,
+        flt,
+        pseudonym_secret=pseudonym_secret,
+        batch_size=batch_size,
+        on_empty=on_empty,
     )
     async with contextlib.aclosing(pages):
         async for read, page in pages:
