@@ -27,6 +27,10 @@ The context of a record is the exact prompt the model saw for the reply (its sna
 rewrite shares its original's, a takeover message borrows a sibling's). All text is passed
 through :func:`feedback.redact.redact`; the display names of the speakers known to the turn are
 replaced by ``name_<hash>`` pseudonyms, and ids appear only as ``user_<hash>`` / ``actor_<hash>``.
+
+Every record starts with ``record_id`` (``rec_<hash>``, see :mod:`feedback.record_ids`): the
+same in every format of one kind and in every export made with the same secret; the erasure
+feed names it when the user the record came from is forgotten.
 """
 
 from __future__ import annotations
