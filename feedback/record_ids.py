@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from functools import lru_cache
 from itertools import permutations
 from typing import TYPE_CHECKING
 
@@ -44,12 +45,19 @@ KINDS = ("sft", "dpo", "kto", "oasst")
 _DIGITS = 20
 
 
-def record_id(key: str, secret: bytes) -> str:
-    """The pseudonymous id of the record with ``key``: ``rec_`` and 20 hex digits."""
+@lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    """The HMAC state after the key: copying it skips the key schedule on every record."""
     if not secret:
         raise ValueError("the pseudonym secret is empty; pass the export's secret key")
-    digest = hmac.new(secret, key.encode("ascii"), hashlib.sha256).hexdigest()
-    return f"rec_{digest[:_DIGITS]}"
+    return hmac.new(secret, digestmod=hashlib.sha256)
+
+
+def record_id(key: str, secret: bytes) -> str:
+    """The pseudonymous id of the record with ``key``: ``rec_`` and 20 hex digits."""
+    mac = _keyed(secret).copy()
+    mac.update(key.encode("ascii"))
+    return f"rec_{mac.hexdigest()[:_DIGITS]}"
 
 
 def sft_key(turn_id: int, reply_id: int) -> str:

@@ -323,3 +323,17 @@ def test_an_empty_export_says_why(cli: typer.Typer, unexportable: None, tmp_path
     # a filter that matches nothing says so
     stdout = _export(cli, "--format", "oasst", "--out", str(out), "--persona", "Nobody")
     assert "0 records: no user turn matches --since/--until/--persona (4 stored turns" in stdout
+
+
+def test_record_ids_are_keyed_hashes_of_every_key_a_turn_could_give() -> None:
+    import hashlib
+    import hmac
+
+    from feedback.record_ids import keys_of_turn, record_id
+
+    keys = list(keys_of_turn(7, [3, 1, 2, 2]))
+    assert len(keys) == len(set(keys)) == 3 * 3 + 3 + 1
+    assert {"oasst:7", "sft:7:1", "kto:7:3", "dpo:7:1:3", "dpo:7:3:1"} <= set(keys)
+    expected = hmac.new(SECRET, b"dpo:7:1:3", hashlib.sha256).hexdigest()[:20]
+    assert record_id("dpo:7:1:3", SECRET) == f"rec_{expected}"
+    assert record_id("dpo:7:1:3", b"another-secret-0123") != record_id("dpo:7:1:3", SECRET)
