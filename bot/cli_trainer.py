@@ -10,6 +10,9 @@ The pseudonym key (the HMAC key of ``user_…``/``actor_…``/``name_…`` pseud
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,6 +24,7 @@ from rich.table import Table
 from bot.cli_common import err_console, fail, with_database
 from bot.runtime import pseudonym_secret
 from bot.settings import ConfigError, load_settings
+from feedback.erasure import encode_feed_cursor, feed_position
 from feedback.exports import (
     FORMATS,
     ExportError,
@@ -31,7 +35,10 @@ from feedback.exports import (
     parse_split,
     parse_time,
     progress_total,
+    split_paths,
 )
+from feedback.exports.manifest import build_manifest, write_manifest
+from feedback.exports.skips import classify, explain, unread_turns
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from bot.settings import Settings
+    from feedback.exports import RecordBuilder, TurnTree
 
 
 __all__ = ["export_command", "report_command"]
@@ -139,16 +147,10 @@ def export_command(
         fail(f"--format is required; use one of: {', '.join(FORMATS)}")
     if out is None:
         fail("--out is required: the JSONL file to write")
-    written = _run(
-        lambda sessions, key, _settings: _export(
-            sessions, key, fmt, flt, out, splits, seed, skipped
-        )
+    summary = _run(
+        lambda sessions, key, _settings: _export(sessions, key, fmt, flt, out, splits, seed)
     )
-    console = Console()
-    for name, count in written.items():
-        target = out if name == "all" else out.with_name(f"{out.stem}.{name}{out.suffix}")
-        console.print(f"wrote {count:,} {fmt} records to {target}", highlight=False, soft_wrap=True)
-    _print_skipped(skipped)
+    _print_summary(fmt, summary)
 
 
 def _print_skipped(skipped: dict[str, int]) -> None:
@@ -156,6 +158,14 @@ def _print_skipped(skipped: dict[str, int]) -> None:
     for reason, turns in sorted(skipped.items()):
         noun = "turn" if turns == 1 else "turns"
         Console().print(f"{turns:,} {noun} skipped: {reason}", highlight=False, soft_wrap=True)
+
+
+@dataclass
+class _Summary:
+    """What an export wrote (records and manifest per file) and the user turns it skipped."""
+
+    files: dict[Path, tuple[int, Path]]
+    skipped: Counter[str]
 
 
 async def _export(
@@ -166,12 +176,26 @@ async def _export(
     out: Path,
     splits: dict[str, float] | None,
     seed: int,
-    skipped: dict[str, int],
-) -> dict[str, int]:
+) -> _Summary:
+    """Export, then write each file's manifest; the erasure feed's cursor is read first, so
+    any erasure that raced the export is after it."""
+    cursor = encode_feed_cursor(await feed_position(sessions))
+    exported_at = datetime.now(UTC)
+    skipped: Counter[str] = Counter(await unread_turns(sessions, flt, fmt))
+    left_out: dict[str, int] = {}  # turns the record builder left out, by its reason
+    accounted = 0
+
+    def on_empty(builder: RecordBuilder, tree: TurnTree) -> None:
+        nonlocal accounted
+        if sum(left_out.values()) > accounted:  # the builder left this turn out and said why
+            accounted = sum(left_out.values())
+            return
+        skipped[classify(builder, tree, fmt)] += 1
+
     total = await progress_total(sessions, flt, (fmt,))
     with _progress() as progress:
         task = progress.add_task(f"export {fmt}", total=total)
-        return await export_to_file(
+        counts = await export_to_file(
             sessions,
             fmt,
             flt,
@@ -180,8 +204,51 @@ async def _export(
             seed=seed,
             pseudonym_secret=secret,
             progress=lambda turns: progress.advance(task, turns),
-            skipped=skipped,
+            skipped=left_out,
+            on_empty=on_empty,
         )
+    skipped.update(left_out)
+    reasons = {k: v for k, v in skipped.most_common() if k != "outside_filter"}
+    files: dict[Path, tuple[int, Path]] = {}
+    for name, path in split_paths(out, splits).items():
+        manifest = build_manifest(
+            fmt=fmt,
+            flt=flt,
+            records=counts[name],
+            erasure_cursor=cursor,
+            exported_at=exported_at,
+            split=None if name == "all" else name,
+            seed=None if name == "all" else seed,
+            skipped=reasons,
+        )
+        files[path] = (counts[name], write_manifest(path, manifest))
+    return _Summary(files, skipped)
+
+
+def _print_summary(fmt: str, summary: _Summary) -> None:
+    """Records and manifest per file; when turns gave no record, how many and why, with the
+    fix for each reason (an export of 0 records always says why)."""
+    console = Console(highlight=False, soft_wrap=True)
+    for path, (count, manifest) in summary.files.items():
+        console.print(f"wrote {count:,} {fmt} records to {path} (manifest: {manifest.name})")
+    written = sum(count for count, _ in summary.files.values())
+    skipped = Counter(summary.skipped)
+    outside = skipped.pop("outside_filter", 0)
+    if written == 0 and not skipped:
+        if outside:
+            console.print(
+                f"0 records: no user turn matches --since/--until/--persona "
+                f"({outside:,} stored turns are outside them)"
+            )
+        else:
+            console.print("0 records: no user turns are stored yet")
+        return
+    if not skipped:
+        return
+    turns = sum(skipped.values())
+    console.print(f"{turns:,} user turns gave no {fmt} record:")
+    for reason, count in skipped.most_common():
+        console.print(f"  {count:,} {explain(reason)}")
 
 
 async def _dry_run(

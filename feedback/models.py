@@ -32,6 +32,7 @@ __all__ = [
     "ChannelSetting",
     "Conversation",
     "ConversationClaim",
+    "ErasureTombstone",
     "FeedbackEvent",
     "GuildSetting",
     "Lease",
@@ -266,7 +267,27 @@ class Lease(Base):
     )
     expires_at: Mapped[datetime]
     acked_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: Set when a user erased data some of its records were built from: the lease can no longer
+    #: be acknowledged, and its remaining records return to the queue.
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ErasureTombstone(Base):
+    """One record erased by its user's request, kept after the rows it was built from are gone.
+
+    ``id`` orders the erasure feed (rows are inserted under a table lock, so ids are committed
+    in order); ``record_key`` names the rows (see :mod:`feedback.record_ids`), from which the
+    feed derives the pseudonymous record id with the API's secret.
+    """
+
+    __tablename__ = "erasure_tombstones"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_key: Mapped[str] = mapped_column(String(80))
+    #: The erased user (as in ``user_privacy``, which keeps it too); sent as its pseudonym.
+    user_id: Mapped[str] = mapped_column(String(128))
+    erased_at: Mapped[datetime]
 
 
 class ApiToken(Base):

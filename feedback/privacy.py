@@ -11,9 +11,20 @@ from feedback.models import GuildSetting, UserPrivacy
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-__all__ = ["PrivacyStore"]
+__all__ = ["PrivacyStore", "mark_erased"]
 
 _log = logging.getLogger(__name__)
+
+
+async def mark_erased(session: AsyncSession, user_id: str, when: datetime) -> None:
+    """Note in ``session``'s transaction that the user was forgotten at ``when``; the erasure
+    itself (:meth:`feedback.store.ConversationStore.delete_data_for_user`) calls this in the
+    transaction that removes their rows and writes the trainers' tombstones."""
+    row = await session.get(UserPrivacy, user_id)
+    if row is None:
+        row = UserPrivacy(user_id=user_id)
+        session.add(row)
+    row.erased_at = when
 
 
 class PrivacyStore:
@@ -40,14 +51,9 @@ class PrivacyStore:
         _log.info("consent of %s set to %s", user_id, consent)
 
     async def mark_erased(self, user_id: str) -> None:
-        """Note that the user was forgotten now, so trainers can purge what they exported."""
-        async with self._sessions() as session:
-            row = await session.get(UserPrivacy, user_id)
-            if row is None:
-                row = UserPrivacy(user_id=user_id)
-                session.add(row)
-            row.erased_at = datetime.now(UTC)
-            await session.commit()
+        """Note that the user was forgotten now (exports skip anything of theirs older)."""
+        async with self._sessions.begin() as session:
+            await mark_erased(session, user_id, datetime.now(UTC))
 
     async def set_guild_default(self, guild_key: str, consent: bool, *, by: str) -> None:
         """Whether members who have not said may be exported in this server."""

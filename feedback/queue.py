@@ -16,6 +16,9 @@ the lease was acknowledged.
   be in another job's lease; it can never consume records another job has re-leased, since it
   only touches rows still carrying its own lease id, locked before the expiry is checked.
   Acknowledging twice is harmless (the second says ``already_acked``), so a trainer may retry.
+- An erasure revokes the open leases holding an erased record (:mod:`feedback.erasure`): their
+  acknowledgement is refused (:class:`LeaseRevoked`), and their remaining records are available
+  again at once, like those of an expired lease.
 
 Times come from this process's clock: the API processes of one deployment should agree on time.
 """
@@ -47,6 +50,7 @@ __all__ = [
     "AckResult",
     "LeaseBatch",
     "LeaseExpired",
+    "LeaseRevoked",
     "QueueError",
     "QueueRecord",
     "UnknownLease",
@@ -76,6 +80,11 @@ class UnknownLease(QueueError):
 
 class LeaseExpired(QueueError):
     """The lease ran out before it was acknowledged; its records went back to the queue."""
+
+
+class LeaseRevoked(QueueError):
+    """A user erased data some of the lease's records came from; the lease cannot be
+    acknowledged, and its other records went back to the queue."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +170,9 @@ def _now() -> datetime:
 
 def _available(now: datetime) -> Any:
     """The SQL condition of an available record at ``now``."""
-    expired = select(Lease.id).where(Lease.acked_at.is_(None), Lease.expires_at <= now)
+    expired = select(Lease.id).where(
+        Lease.acked_at.is_(None), or_(Lease.expires_at <= now, Lease.revoked_at.is_not(None))
+    )
     return (
         FeedbackEvent.consumed_at.is_(None),
         or_(FeedbackEvent.lease_id.is_(None), FeedbackEvent.lease_id.in_(expired)),
@@ -289,6 +300,13 @@ async def ack(sessions: async_sessionmaker[AsyncSession], lease_id: str) -> AckR
             .with_for_update()
         )
         now = _now()
+        if lease.revoked_at is not None:
+            raise LeaseRevoked(
+                f"lease {lease_id} was revoked at "
+                f"{lease.revoked_at.isoformat(timespec='seconds')}: a user erased data some of "
+                "its records came from. Drop the whole batch, delete the erased records (GET "
+                "/v1/erasures lists their record_id) and claim a new batch"
+            )
         if lease.expires_at <= now:
             raise LeaseExpired(
                 f"lease {lease_id} expired at {lease.expires_at.isoformat(timespec='seconds')}; "
@@ -311,7 +329,9 @@ async def stats(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
     """Record counts: ``total``, ``available``, ``leased``, ``consumed``, the same split by
     ``kind`` and by ``persona``, and the number of ``live_leases``."""
     now = _now()
-    live = select(Lease.id).where(Lease.acked_at.is_(None), Lease.expires_at > now)
+    live = select(Lease.id).where(
+        Lease.acked_at.is_(None), Lease.expires_at > now, Lease.revoked_at.is_(None)
+    )
     consumed = FeedbackEvent.consumed_at.is_not(None)
     leased = FeedbackEvent.lease_id.in_(live)
     async with sessions() as session:

@@ -27,11 +27,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from feedback.database import autocommit, autocommit_engine
-from feedback.models import Conversation, ConversationClaim, MessageNode, PromptSnapshot
-from feedback.privacy import PrivacyStore
+from feedback.erasure import chunks, record_erasure
+from feedback.models import (
+    Conversation,
+    ConversationClaim,
+    FeedbackEvent,
+    MessageNode,
+    PromptSnapshot,
+)
+from feedback.privacy import mark_erased
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from sqlalchemy import CompoundSelect, Insert, Select, Table
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -684,12 +691,19 @@ class ConversationStore:
             return await session.get(PromptSnapshot, snapshot_id)
 
     async def delete_data_for_user(self, *, requester: str, user_id: str) -> int:
-        """Erase what ``user_id`` said: their turns, the replies to them, and their words in the
-        prompt snapshots kept for other turns. Returns the number of rows removed or scrubbed.
+        """Erase what ``user_id`` said: their turns, the replies to them, the actor events on
+        those replies, and their words in the prompt snapshots kept for other turns. Returns
+        the number of rows removed or scrubbed.
+
+        One transaction also marks the user erased and leaves trainers their tombstones (see
+        :mod:`feedback.erasure`): every record the erased turns could have given, the records
+        of other turns whose prompts held the user's words (scrubbed here, so what trainers
+        hold of them is stale), and every affected event; leases holding one are revoked.
         """
         removed = 0
-        await PrivacyStore(self._sessions).mark_erased(user_id)
-        async with self._sessions() as session:
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            await mark_erased(session, user_id, now)
             own = (
                 await session.execute(
                     select(MessageNode.id, MessageNode.conversation_id, MessageNode.content).where(
@@ -703,42 +717,74 @@ class ConversationStore:
             own_ids = [row.id for row in own]
             own_texts = {row.content for row in own}
             conversations = {row.conversation_id for row in own}
-            replies = (
-                await session.execute(
-                    select(MessageNode.id, MessageNode.prompt_snapshot_id).where(
-                        MessageNode.parent_id.in_(own_ids), MessageNode.role == "assistant"
-                    )
-                )
-            ).all()
-            snapshot_ids = [row.prompt_snapshot_id for row in replies if row.prompt_snapshot_id]
-            reply_ids = [row.id for row in replies]
-            result = await session.execute(
-                delete(MessageNode).where(MessageNode.id.in_(reply_ids + own_ids))
+            turns = await _replies_of(session, own_ids)
+            reply_ids = [reply for replies in turns.values() for reply, _ in replies]
+            snapshot_ids = [
+                snapshot for replies in turns.values() for _, snapshot in replies if snapshot
+            ]
+            erased_events = await _events_on(session, reply_ids, snapshot_ids)
+            scrubbed = await self._scrub_snapshots(
+                session, conversations, own_texts, exclude=set(snapshot_ids)
             )
-            removed += result.rowcount or 0
-            if snapshot_ids:
+            stale = await _turns_using(session, scrubbed, exclude=set(own_ids))
+            stale_events = await _events_on(
+                session, [reply for replies in stale.values() for reply, _ in replies], scrubbed
+            )
+            tombstones, revoked = await record_erasure(
+                session,
+                user_id=user_id,
+                turns={
+                    turn: [reply for reply, _ in replies]
+                    for turn, replies in (turns | stale).items()
+                },
+                event_ids=erased_events | stale_events,
+                now=now,
+            )
+            for part in chunks(erased_events):
                 result = await session.execute(
-                    delete(PromptSnapshot).where(PromptSnapshot.id.in_(snapshot_ids))
+                    delete(FeedbackEvent).where(FeedbackEvent.id.in_(part))
                 )
                 removed += result.rowcount or 0
-            removed += await self._scrub_snapshots(session, conversations, own_texts)
-            await session.commit()
-        _log.info("erased %d rows for %s (requested by %s)", removed, user_id, requester)
+            for part in chunks(reply_ids + own_ids):
+                result = await session.execute(delete(MessageNode).where(MessageNode.id.in_(part)))
+                removed += result.rowcount or 0
+            for part in chunks(set(snapshot_ids)):
+                result = await session.execute(
+                    delete(PromptSnapshot).where(PromptSnapshot.id.in_(part))
+                )
+                removed += result.rowcount or 0
+            removed += len(scrubbed)
+        _log.info(
+            "erased %d rows for %s (requested by %s); %d tombstones for trainers, "
+            "%d leases revoked",
+            removed,
+            user_id,
+            requester,
+            tombstones,
+            revoked,
+        )
         return removed
 
     async def _scrub_snapshots(
-        self, session: AsyncSession, conversations: set[int], texts: set[str]
-    ) -> int:
-        """Replace the user's words inside the other snapshots of their conversations."""
+        self, session: AsyncSession, conversations: set[int], texts: set[str], *, exclude: set[int]
+    ) -> set[int]:
+        """Replace the user's words inside the snapshots of their conversations (but
+        ``exclude``, about to be deleted); the ids of the snapshots changed."""
         snapshots = (
             await session.scalars(
-                select(PromptSnapshot)
-                .join(MessageNode, MessageNode.prompt_snapshot_id == PromptSnapshot.id)
-                .where(MessageNode.conversation_id.in_(conversations))
+                select(PromptSnapshot).where(
+                    PromptSnapshot.id.in_(
+                        select(MessageNode.prompt_snapshot_id).where(
+                            MessageNode.conversation_id.in_(conversations)
+                        )
+                    )
+                )
             )
         ).all()
-        scrubbed = 0
+        scrubbed: set[int] = set()
         for snapshot in snapshots:
+            if snapshot.id in exclude:
+                continue
             messages = [
                 {**message, "content": ERASED_TEXT}
                 if message.get("role") == "user" and _mentions_any(message["content"], texts)
@@ -747,8 +793,67 @@ class ConversationStore:
             ]
             if messages != snapshot.messages:
                 snapshot.messages = messages
-                scrubbed += 1
+                scrubbed.add(snapshot.id)
+        await session.flush()
         return scrubbed
+
+
+async def _replies_of(
+    session: AsyncSession, turn_ids: Sequence[int]
+) -> dict[int, list[tuple[int, int | None]]]:
+    """Each user turn with its assistant replies as ``(id, prompt snapshot id)``."""
+    turns: dict[int, list[tuple[int, int | None]]] = {turn: [] for turn in turn_ids}
+    for part in chunks(turn_ids):
+        rows = await session.execute(
+            select(MessageNode.parent_id, MessageNode.id, MessageNode.prompt_snapshot_id).where(
+                MessageNode.parent_id.in_(part), MessageNode.role == "assistant"
+            )
+        )
+        for parent, reply, snapshot in rows:
+            turns[parent].append((reply, snapshot))
+    return turns
+
+
+async def _turns_using(
+    session: AsyncSession, snapshot_ids: set[int], *, exclude: set[int]
+) -> dict[int, list[tuple[int, int | None]]]:
+    """The user turns (but ``exclude``) with a reply built on one of ``snapshot_ids``, with
+    all their replies."""
+    parents: set[int] = set()
+    for part in chunks(snapshot_ids):
+        parents.update(
+            await session.scalars(
+                select(MessageNode.parent_id).where(
+                    MessageNode.prompt_snapshot_id.in_(part),
+                    MessageNode.role == "assistant",
+                    MessageNode.parent_id.is_not(None),
+                )
+            )
+        )
+    return await _replies_of(session, sorted(parents - exclude))
+
+
+async def _events_on(
+    session: AsyncSession, reply_ids: Sequence[int], snapshot_ids: Iterable[int]
+) -> set[int]:
+    """Feedback events about one of ``reply_ids`` (as candidate or result) or built on one of
+    ``snapshot_ids``."""
+    events: set[int] = set()
+    for part in chunks(reply_ids):
+        events.update(
+            await session.scalars(
+                select(FeedbackEvent.id).where(
+                    or_(FeedbackEvent.candidate_id.in_(part), FeedbackEvent.result_id.in_(part))
+                )
+            )
+        )
+    for part in chunks(snapshot_ids):
+        events.update(
+            await session.scalars(
+                select(FeedbackEvent.id).where(FeedbackEvent.prompt_snapshot_id.in_(part))
+            )
+        )
+    return events
 
 
 def _mentions_any(content: str, texts: set[str]) -> bool:

@@ -269,7 +269,9 @@ async def test_page_records_are_export_records(api: Api) -> None:
 
 async def test_empty_page(api: Api) -> None:
     body = (await api.get("/v1/corrections", format="oasst")).json()
+    manifest = body.pop("manifest")
     assert body == {"records": [], "next_cursor": None, "has_more": False}
+    assert manifest["format"] == "oasst" and manifest["records"] == 0
 
 
 # -- leases ------------------------------------------------------------------------------

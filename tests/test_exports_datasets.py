@@ -75,8 +75,11 @@ async def test_every_format_loads_with_datasets(
         "trl-dpo": {"prompt", "chosen", "rejected"},
         "trl-kto": {"prompt", "completion", "label"},
         "oasst": {"message_tree_id", "tree_state", "persona", "system", "prompt"},
-    }[fmt] | {"persona_version"}  # issue 24.6: every record names its card version
+    }[fmt] | {"persona_version", "record_id"}  # issue 24: card version and erasure id
     assert set(dataset.column_names) == expected
+    # every record has its own stable id (what the erasure feed names)
+    assert len(set(dataset["record_id"])) == len(dataset)
+    assert all(rid.startswith("rec_") and len(rid) == 24 for rid in dataset["record_id"])
     if fmt == "oasst":
         assert dataset[0]["prompt"]["role"] == "prompter"
     if fmt == "trl-kto":

@@ -90,11 +90,21 @@ async def fill(engine: AsyncEngine) -> None:
 
 
 async def kept_data(engine: AsyncEngine) -> dict[str, list[Any]]:
-    """Every row of every table the models keep, in id order, without ``messages.revision``."""
+    """Every row of every table the models keep, in id order, without ``messages.revision``
+    (only the tables and columns the database has: an older revision lacks later ones)."""
     data: dict[str, list[Any]] = {}
     async with engine.connect() as connection:
+        present = await connection.run_sync(
+            lambda sync: {
+                name: {column["name"] for column in inspect(sync).get_columns(name)}
+                for name in inspect(sync).get_table_names()
+            }
+        )
         for table in Base.metadata.sorted_tables:
-            columns = ", ".join(column.name for column in table.columns)
+            if table.name not in present:
+                continue
+            names = [column.name for column in table.columns if column.name in present[table.name]]
+            columns = ", ".join(names)
             order = ", ".join(column.name for column in table.primary_key.columns)
             result = await connection.execute(
                 text(f"SELECT {columns} FROM {table.name} ORDER BY {order}")
@@ -164,7 +174,7 @@ async def test_upgrade_from_the_previous_head_keeps_data_and_drops_the_wing(
         assert len(data["messages"]) == 14 and len(data["feedback_events"]) == 6
         assert all(exported[fmt] for fmt in ("trl-sft", "trl-kto", "oasst", "trl-dpo"))
 
-        await migrate(engine)  # what the bot runs at start-up: up to the new head
+        await upgrade_to(engine, "0007")
 
         async with engine.connect() as connection:
             assert await connection.run_sync(wing) == {
@@ -194,6 +204,7 @@ async def test_downgrade_brings_the_previous_schema_back(fresh_url: str) -> None
         await migrate(engine)
         await fill_new(engine)
         data = await kept_data(engine)
+        assert data.pop("erasure_tombstones") == []  # 0008's, gone with the downgrade
 
         def down(connection: Connection) -> None:
             config = alembic_config()
@@ -215,3 +226,48 @@ async def fill_new(engine: AsyncEngine) -> None:
     store, corrections = ConversationStore(sessions), CorrectionStore(sessions)
     turn = await add_turn(store, user_id="discord:1", text="hi", state="held")
     await corrections.approve(turn.candidate_id, actor=ALICE_ACTOR, key="k")
+
+
+async def test_0008_adds_tombstones_and_lease_revocation_keeping_data(fresh_url: str) -> None:
+    """From 0007 with data: the bot's start-up migration adds the erasure feed's table and
+    ``leases.revoked_at``, keeps every row, and an erasure then leaves tombstones; the
+    downgrade takes both away again and keeps the rest."""
+    engine = create_engine(fresh_url)
+    try:
+        await upgrade_to(engine, "0007")
+        await fill_new(engine)
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+        assert "erasure_tombstones" not in tables
+        before = await kept_data(engine)
+        assert before["messages"] and before["feedback_events"]
+
+        await migrate(engine)
+
+        after = await kept_data(engine)
+        assert after.pop("erasure_tombstones") == []
+        assert {name: rows for name, rows in after.items() if name != "leases"} == {
+            name: rows for name, rows in before.items() if name != "leases"
+        }
+        store = ConversationStore(session_factory(engine))
+        assert await store.delete_data_for_user(requester="user", user_id="discord:1") > 0
+        async with engine.connect() as connection:
+            keys = (
+                await connection.execute(text("SELECT record_key FROM erasure_tombstones"))
+            ).scalars()
+            assert "oasst:1" in set(keys)
+
+        def down(connection: Connection) -> None:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0007")
+
+        async with engine.begin() as connection:
+            await connection.run_sync(down)
+            tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+            columns = await connection.run_sync(
+                lambda sync: [c["name"] for c in inspect(sync).get_columns("leases")]
+            )
+        assert "erasure_tombstones" not in tables and "revoked_at" not in columns
+    finally:
+        await engine.dispose()

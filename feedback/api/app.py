@@ -6,8 +6,11 @@ Routes (all but ``/healthz`` and the docs need a bearer token):
   stable order, ``limit`` 1 to 10,000.
 - ``POST /v1/leases`` (scope ``lease``): claim a batch of queue records for a job.
 - ``POST /v1/leases/{id}/ack`` (scope ``lease``): mark a live lease's records consumed
-  (409 once it has expired). Any ``lease`` token may acknowledge any lease, so the workers
-  of one job can share the work.
+  (409 once it has expired, or was revoked because a user erased some of its records). Any
+  ``lease`` token may acknowledge any lease, so the workers of one job can share the work.
+- ``GET /v1/erasures?cursor=C&limit=L`` (scope ``read``): the erasure feed, tombstones of
+  records users erased (``record_id``, ``user``, ``erased_at``), oldest first, after ``C`` (an
+  earlier page's ``next_cursor``, or a manifest's ``erasure_cursor``).
 - ``GET /v1/stats`` (scope ``read``): queue counts.
 - ``GET /healthz``: database ping. OpenAPI at ``/openapi.json``, Swagger UI at ``/docs``.
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
@@ -32,15 +35,32 @@ from feedback.api.errors import ApiError, install_error_handlers
 from feedback.api.records import CursorError, decode_cursor, lease_record, page
 from feedback.api.schemas import (
     AckResponse,
+    ErasureFeedResponse,
     ErrorResponse,
     Format,
     LeaseRequest,
     LeaseResponse,
     PageResponse,
 )
+from feedback.erasure import (
+    FeedCursorError,
+    decode_feed_cursor,
+    encode_feed_cursor,
+    feed_position,
+    read_feed,
+)
 from feedback.exports import ExportError, ExportFilter
+from feedback.exports.manifest import build_manifest
 from feedback.queue import MAX_BATCH as MAX_PAGE
-from feedback.queue import LeaseExpired, QueueError, UnknownLease, ack, claim_batch, stats
+from feedback.queue import (
+    LeaseExpired,
+    LeaseRevoked,
+    QueueError,
+    UnknownLease,
+    ack,
+    claim_batch,
+    stats,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -119,7 +139,9 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
         """A page of correction records in ``format``, in a stable order (by user turn).
 
         Records of one user turn are never split across pages, so a page may stop short of
-        ``limit``, or pass it when a single turn has more records.
+        ``limit``, or pass it when a single turn has more records. ``manifest`` says what the
+        page holds and where the erasure feed stood before it was read: keep its
+        ``erasure_cursor`` to ask ``/v1/erasures`` later what to delete.
         """
         try:
             after = None if cursor is None else decode_cursor(cursor, format)
@@ -136,6 +158,8 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
         except ExportError as error:
             message = str(error).replace("--min-rating", "min_rating").replace("--", "")
             raise ApiError(422, f"query parameters: {message}") from None
+        exported_at = datetime.now(UTC)
+        erasure_cursor = encode_feed_cursor(await feed_position(request.app.state.sessions))
         result = await page(
             request.app.state.sessions,
             format,
@@ -149,6 +173,56 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
                 "records": result.records,
                 "next_cursor": result.next_cursor,
                 "has_more": result.has_more,
+                "manifest": build_manifest(
+                    fmt=format,
+                    flt=flt,
+                    records=len(result.records),
+                    erasure_cursor=erasure_cursor,
+                    exported_at=exported_at,
+                ),
+            }
+        )
+
+    @app.get(
+        "/v1/erasures",
+        tags=["corrections"],
+        response_model=ErasureFeedResponse,
+        responses=_ERRORS,
+    )
+    async def erasures(
+        request: Request,
+        _token: ReadToken,
+        cursor: Annotated[
+            str | None,
+            Query(
+                max_length=100,
+                description="`next_cursor` of the previous page, or a manifest's "
+                "`erasure_cursor`; none to start from the first erasure.",
+            ),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Most tombstones.")] = 1000,
+    ) -> Response:
+        """Records users erased since ``cursor``, oldest first, as tombstones: delete every
+        record whose ``record_id`` is listed from your datasets and from future training runs.
+
+        Tombstones are kept for good, so any old cursor still works; poll with ``next_cursor``
+        (it is set even when nothing is new).
+        """
+        try:
+            after = 0 if cursor is None else decode_feed_cursor(cursor)
+        except FeedCursorError as error:
+            raise ApiError(422, f"query parameter cursor: {error}") from None
+        feed = await read_feed(
+            request.app.state.sessions,
+            after=after,
+            limit=limit,
+            pseudonym_secret=request.app.state.pseudonym_secret,
+        )
+        return _json(
+            {
+                "tombstones": feed.tombstones,
+                "next_cursor": feed.next_cursor,
+                "has_more": feed.has_more,
             }
         )
 
@@ -191,7 +265,11 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
         responses={
             **_ERRORS,
             404: {"model": ErrorResponse, "description": "No such lease."},
-            409: {"model": ErrorResponse, "description": "The lease expired first."},
+            409: {
+                "model": ErrorResponse,
+                "description": "The lease expired first, or was revoked because a user erased "
+                "some of its records (the message says which).",
+            },
         },
     )
     async def ack_lease(request: Request, _token: LeaseToken, lease_id: uuid.UUID) -> AckResponse:
@@ -200,7 +278,7 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
             result = await ack(request.app.state.sessions, str(lease_id))
         except UnknownLease as error:
             raise ApiError(404, str(error)) from None
-        except LeaseExpired as error:
+        except (LeaseExpired, LeaseRevoked) as error:
             raise ApiError(409, str(error)) from None
         return AckResponse(
             lease_id=result.lease_id,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from feedback.exports import iter_turn_record_batches
+from feedback.record_ids import event_key, record_id
 from feedback.redact import mask_names, pseudonym, redact
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ def lease_record(record: QueueRecord, secret: bytes) -> dict[str, Any]:
         ]
     actor = record.actor_id
     return {
+        "record_id": record_id(event_key(record.event_id), secret),
         "event_id": record.event_id,
         "kind": record.kind,
         "actor": actor if actor == "timeout" else pseudonym(actor, secret, prefix="actor"),

@@ -11,12 +11,14 @@ from feedback.queue import MAX_BATCH, MAX_TTL, MIN_TTL
 
 __all__ = [
     "AckResponse",
+    "ErasureFeedResponse",
     "ErrorResponse",
     "Format",
     "LeaseRecord",
     "LeaseRequest",
     "LeaseResponse",
     "PageResponse",
+    "Tombstone",
 ]
 
 Format = Literal["openai-sft", "openai-dpo", "trl-sft", "trl-dpo", "trl-kto", "oasst"]
@@ -39,8 +41,10 @@ class LeaseRequest(BaseModel):
 
 class LeaseRecord(BaseModel):
     """One leased feedback event. Ids are pseudonyms; texts are redacted, and all ``null``
-    when the user has not consented to training use (``consented`` false)."""
+    when the user has not consented to training use (``consented`` false). ``record_id`` is
+    what the erasure feed names when the event is erased."""
 
+    record_id: str
     event_id: int
     kind: str
     actor: str
@@ -84,6 +88,27 @@ class PageResponse(BaseModel):
 
     records: list[dict[str, Any]]
     next_cursor: str | None
+    has_more: bool
+    manifest: dict[str, Any] = Field(
+        description="Format, filters, record count, time, the erasure feed's cursor before "
+        "the page was read (`erasure_cursor`) and the Greenroom version, as in the "
+        "`<file>.manifest.json` of `greenroom export`."
+    )
+
+
+class Tombstone(BaseModel):
+    """A record a user erased: delete it wherever you keep it."""
+
+    record_id: str = Field(description="The `record_id` of export records and lease items.")
+    user: str = Field(description="The erased user's pseudonym (`user_<hash>`).")
+    erased_at: datetime
+
+
+class ErasureFeedResponse(BaseModel):
+    """A page of the erasure feed; poll again with ``next_cursor`` (always set)."""
+
+    tombstones: list[Tombstone]
+    next_cursor: str
     has_more: bool
 
 

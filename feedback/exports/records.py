@@ -40,6 +40,10 @@ messages keeping their names (``example_user``/``example_assistant``) and the lo
 memories message its name (``context``). All text is passed
 through :func:`feedback.redact.redact`; the display names of the speakers known to the turn are
 replaced by ``name_<hash>`` pseudonyms, and ids appear only as ``user_<hash>`` / ``actor_<hash>``.
+
+Every record starts with ``record_id`` (``rec_<hash>``, see :mod:`feedback.record_ids`): the
+same in every format of one kind and in every export made with the same secret; the erasure
+feed names it when the user the record came from is forgotten.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from feedback.exports.filters import LOW_RATING, check_format
+from feedback.record_ids import dpo_key, kto_key, oasst_key, record_id, sft_key
 from feedback.redact import mask_names, pseudonym, redact
 
 if TYPE_CHECKING:
@@ -386,9 +391,9 @@ class RecordBuilder:
 
     def dpo_triples(
         self, tree: TurnTree
-    ) -> list[tuple[list[dict[str, str]], dict[str, str], dict[str, str], str]]:
-        """``(prompt, chosen, rejected, persona version)`` for each pair whose chosen side
-        passes the tags."""
+    ) -> list[tuple[list[dict[str, str]], dict[str, str], dict[str, str], str, str]]:
+        """``(prompt, chosen, rejected, persona version, record id)`` for each pair whose
+        chosen side passes the tags."""
         triples = []
         for chosen, rejected, _source in self.pairs(tree):
             if not chosen.carries_any(self.filter.tags):
@@ -399,12 +404,14 @@ class RecordBuilder:
                 continue
             snapshot = tree.snapshot_for(prompted)
             assert snapshot is not None  # it gave the context
+            key = dpo_key(tree.user_turn_id, chosen.id, rejected.id)
             triples.append(
                 (
                     context,
                     self._reply(tree, chosen),
                     self._reply(tree, rejected),
                     snapshot.persona_version,
+                    record_id(key, self._secret),
                 )
             )
         return triples
@@ -426,6 +433,7 @@ class RecordBuilder:
                 continue
             records.append(
                 {
+                    "record_id": record_id(kto_key(tree.user_turn_id, node.id), self._secret),
                     "prompt": prompt[0],
                     "completion": [prompt[1]],
                     "label": label,
@@ -483,6 +491,7 @@ class RecordBuilder:
                 replies=replies if is_turn else [current],
             )
         return {
+            "record_id": record_id(oasst_key(tree.user_turn_id), self._secret),
             "message_tree_id": turn_message_id,
             "tree_state": "ready_for_export",
             "persona": tree.persona,
@@ -541,26 +550,37 @@ class RecordBuilder:
             messages = self.sft_messages(tree)
             if messages is None:
                 return []
-            return [{"messages": messages, "persona_version": version(tree, tree.final)}]
+            final = tree.final
+            assert final is not None  # sft_messages found it
+            key = sft_key(tree.user_turn_id, final.id)
+            return [
+                {
+                    "record_id": record_id(key, self._secret),
+                    "messages": messages,
+                    "persona_version": version(tree, final),
+                }
+            ]
         if fmt == "openai-dpo":
             return [
                 {
+                    "record_id": rid,
                     "input": {"messages": prompt},
                     "preferred_output": [chosen],
                     "non_preferred_output": [rejected],
                     "persona_version": persona_version,
                 }
-                for prompt, chosen, rejected, persona_version in self.dpo_triples(tree)
+                for prompt, chosen, rejected, persona_version, rid in self.dpo_triples(tree)
             ]
         if fmt == "trl-dpo":
             return [
                 {
+                    "record_id": rid,
                     "prompt": prompt,
                     "chosen": [chosen],
                     "rejected": [rejected],
                     "persona_version": persona_version,
                 }
-                for prompt, chosen, rejected, persona_version in self.dpo_triples(tree)
+                for prompt, chosen, rejected, persona_version, rid in self.dpo_triples(tree)
             ]
         if fmt == "trl-kto":
             return self.kto_records(tree)

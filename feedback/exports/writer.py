@@ -147,12 +147,14 @@ async def _turn_record_pages(
     prefetch: bool = True,
     read_ahead_until: int | None = None,
     skipped: dict[str, int] | None = None,
+    on_empty: Callable[[RecordBuilder, TurnTree], None] | None = None,
 ) -> AsyncIterator[tuple[int, list[tuple[TurnTree, list[dict[str, Any]]]]]]:
     """The one read path of exports and API pages: for each page of user turns read by
     :func:`~feedback.exports.tree.iter_turn_trees` with the query ``fmt`` needs (times only
     for oasst, only turns with two replies for the preference formats), the number of turns
     read and each tree that gives records of ``fmt``, with its records. ``skipped`` counts
-    the turns left out, by reason (see :data:`~feedback.exports.records.SKIP_REASONS`)."""
+    the turns left out, by reason (see :data:`~feedback.exports.records.SKIP_REASONS`);
+    ``on_empty`` is called with each tree read that gives none."""
     check_format(fmt)
     builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret, skipped=skipped)
     pages = iter_turn_trees(
@@ -175,6 +177,8 @@ async def _turn_record_pages(
                 records = build(tree, fmt)
                 if records:
                     page.append((tree, records))
+                elif on_empty is not None:
+                    on_empty(builder, tree)
             yield len(trees), page
 
 
@@ -255,12 +259,14 @@ async def export_to_file(
     progress: Callable[[int], None] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     skipped: dict[str, int] | None = None,
+    on_empty: Callable[[RecordBuilder, TurnTree], None] | None = None,
 ) -> dict[str, int]:
     """Write the export as JSONL; returns the record count per split (``all`` without split).
 
     ``progress`` is called with the number of user turns read, page by page; ``skipped``, if
     given, receives the number of turns left out by reason (conflicting verdicts, prompts
-    stored before example markers), for the summary. Raises
+    stored before example markers); ``on_empty`` is called with each turn read that gave no
+    record (see :mod:`feedback.exports.skips`). Raises
     :class:`ExportError` for a bad format or an output that cannot be written; on any error
     (or cancellation) the temporary files are removed and nothing is renamed into place.
     """
@@ -281,6 +287,7 @@ async def export_to_file(
             progress=progress,
             batch_size=batch_size,
             skipped=skipped,
+            on_empty=on_empty,
         )
         for handle, _ in files.values():
             handle.flush()
@@ -312,6 +319,7 @@ async def _write(
     progress: Callable[[int], None] | None,
     batch_size: int,
     skipped: dict[str, int] | None = None,
+    on_empty: Callable[[RecordBuilder, TurnTree], None] | None = None,
 ) -> dict[str, int]:
     """Every record of ``fmt`` as a JSON line into the handle of its split; the count per
     split."""
@@ -325,6 +333,7 @@ async def _write(
         pseudonym_secret=pseudonym_secret,
         batch_size=batch_size,
         skipped=skipped,
+        on_empty=on_empty,
     )
     async with contextlib.aclosing(pages):
         async for read, page in pages:
