@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from feedback.exports.filters import FORMATS, ExportError, check_format
+from feedback.exports.gcpause import gc_paused
 from feedback.exports.records import RecordBuilder
 from feedback.exports.tree import DEFAULT_BATCH_SIZE, count_turns, iter_turn_trees
 
@@ -53,7 +54,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _WRITE_CHUNK = 512
-#: Trees built between two turns of the event loop, so the next page's reads (see
+#: Trees built between two turns of the event loop (a chunk), so the next page's reads (see
 #: :func:`~feedback.exports.tree.iter_turn_trees`) progress while this page is built.
 _YIELD_EVERY = 128
 _LINE = orjson.OPT_APPEND_NEWLINE
@@ -112,8 +113,8 @@ async def iter_turn_record_batches(
     read_ahead_until: int | None = None,
 ) -> AsyncIterator[list[tuple[int, list[Any]]]]:
     """``(user turn id, its records)`` of format ``fmt`` for each user turn after ``after_id``
-    that gives at least one, in a stable order, a list for each page of turns read (a loop
-    over a page costs less than a yield a turn). Each record is a dict.
+    that gives at least one, in a stable order, a list for each chunk of turns read (a loop
+    over a chunk costs less than a yield a turn). Each record is a dict.
 
     With ``prefetch`` the next page of ``batch_size`` turns is read while the caller consumes
     this one (two pages in memory; wasted if the caller stops early), until
@@ -147,10 +148,12 @@ async def _turn_record_pages(
     prefetch: bool = True,
     read_ahead_until: int | None = None,
 ) -> AsyncIterator[tuple[int, list[tuple[TurnTree, list[dict[str, Any]]]]]]:
-    """The one read path of exports and API pages: for each page of user turns read by
+    """The one read path of exports and API pages: user turns read by
     :func:`~feedback.exports.tree.iter_turn_trees` with the query ``fmt`` needs (times only
-    for oasst, only turns with two replies for the preference formats), the number of turns
-    read and each tree that gives records of ``fmt``, with its records."""
+    for oasst, only turns with two replies for the preference formats), in chunks of
+    :data:`_YIELD_EVERY`: the number of turns in the chunk and each tree that gives records of
+    ``fmt``, with its records. Small chunks let a consumer write records out and drop them
+    before the collector sees them, and let the next page's reads progress in between."""
     check_format(fmt)
     builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
     pages = iter_turn_trees(
@@ -166,14 +169,17 @@ async def _turn_record_pages(
     build = builder.records
     async with contextlib.aclosing(pages):
         async for trees in pages:
-            page: list[tuple[TurnTree, list[dict[str, Any]]]] = []
-            for index, tree in enumerate(trees):
-                if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+            for start in range(0, len(trees), _YIELD_EVERY):
+                if start:
                     await asyncio.sleep(0)
-                records = build(tree, fmt)
-                if records:
-                    page.append((tree, records))
-            yield len(trees), page
+                chunk = trees[start : start + _YIELD_EVERY]
+                built: list[tuple[TurnTree, list[dict[str, Any]]]] = []
+                with gc_paused():
+                    for tree in chunk:
+                        records = build(tree, fmt)
+                        if records:
+                            built.append((tree, records))
+                yield len(chunk), built
 
 
 async def progress_total(
@@ -316,14 +322,15 @@ async def _write(
     )
     async with contextlib.aclosing(pages):
         async for read, page in pages:
-            for tree, records in page:
-                name = choose(tree.conversation_id)
-                buffer = buffers[name]
-                buffer.extend([dumps(record, option=_LINE) for record in records])
-                counts[name] += len(records)
-                if len(buffer) >= _WRITE_CHUNK:
-                    handles[name].write(b"".join(buffer))
-                    buffer.clear()
+            with gc_paused():
+                for tree, records in page:
+                    name = choose(tree.conversation_id)
+                    buffer = buffers[name]
+                    buffer.extend([dumps(record, option=_LINE) for record in records])
+                    counts[name] += len(records)
+                    if len(buffer) >= _WRITE_CHUNK:
+                        handles[name].write(b"".join(buffer))
+                        buffer.clear()
             if progress is not None:
                 progress(read)
     for name, buffer in buffers.items():
@@ -352,20 +359,32 @@ async def dry_run_counts(
     )
     async with contextlib.aclosing(pages):
         async for page in pages:
-            for index, tree in enumerate(page):
-                if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+            for start in range(0, len(page), _YIELD_EVERY):
+                if start:
                     await asyncio.sleep(0)
-                per_kind: dict[str, int] = {}
-                for fmt in formats:
-                    kind = _KIND[fmt]
-                    if kind not in per_kind:
-                        per_kind[kind] = len(builder.records(tree, fmt))
-                    if per_kind[kind]:
-                        by_persona = counts[fmt]
-                        by_persona[tree.persona] = by_persona.get(tree.persona, 0) + per_kind[kind]
+                with gc_paused():
+                    for tree in page[start : start + _YIELD_EVERY]:
+                        _count_tree(builder, tree, formats, counts)
             if progress is not None:
                 progress(len(page))
     return {fmt: dict(sorted(by_persona.items())) for fmt, by_persona in counts.items()}
+
+
+def _count_tree(
+    builder: RecordBuilder,
+    tree: TurnTree,
+    formats: tuple[str, ...],
+    counts: dict[str, dict[str, int]],
+) -> None:
+    """Add the records ``tree`` gives in each of ``formats`` to its persona's counts."""
+    per_kind: dict[str, int] = {}
+    for fmt in formats:
+        kind = _KIND[fmt]
+        if kind not in per_kind:
+            per_kind[kind] = len(builder.records(tree, fmt))
+        if per_kind[kind]:
+            by_persona = counts[fmt]
+            by_persona[tree.persona] = by_persona.get(tree.persona, 0) + per_kind[kind]
 
 
 #: Formats that hold the same records in another shape count once.
