@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+    from feedback.exports.cleaning import TextCleaner
     from feedback.exports.filters import ExportFilter
     from feedback.exports.tree import TurnTree
 
@@ -111,6 +112,7 @@ async def iter_turn_record_batches(
     batch_size: int = DEFAULT_BATCH_SIZE,
     prefetch: bool = True,
     read_ahead_until: int | None = None,
+    cleaner: TextCleaner | None = None,
 ) -> AsyncIterator[list[tuple[int, list[Any]]]]:
     """``(user turn id, its records)`` of format ``fmt`` for each user turn after ``after_id``
     that gives at least one, in a stable order, a list for each chunk of turns read (a loop
@@ -119,6 +121,7 @@ async def iter_turn_record_batches(
     With ``prefetch`` the next page of ``batch_size`` turns is read while the caller consumes
     this one (two pages in memory; wasted if the caller stops early), until
     ``read_ahead_until`` turns were read (see :func:`~feedback.exports.tree.iter_turn_trees`).
+    A ``cleaner`` made with the same secret may be shared between calls (its memo is reused).
     """
     pages = _turn_record_pages(
         sessions,
@@ -129,6 +132,7 @@ async def iter_turn_record_batches(
         batch_size=batch_size,
         prefetch=prefetch,
         read_ahead_until=read_ahead_until,
+        cleaner=cleaner,
     )
     async with contextlib.aclosing(pages):
         async for _read, page in pages:
@@ -147,6 +151,7 @@ async def _turn_record_pages(
     batch_size: int = DEFAULT_BATCH_SIZE,
     prefetch: bool = True,
     read_ahead_until: int | None = None,
+    cleaner: TextCleaner | None = None,
 ) -> AsyncIterator[tuple[int, list[tuple[TurnTree, list[dict[str, Any]]]]]]:
     """The one read path of exports and API pages: user turns read by
     :func:`~feedback.exports.tree.iter_turn_trees` with the query ``fmt`` needs (times only
@@ -155,7 +160,7 @@ async def _turn_record_pages(
     ``fmt``, with its records. Small chunks let a consumer write records out and drop them
     before the collector sees them, and let the next page's reads progress in between."""
     check_format(fmt)
-    builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret)
+    builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret, cleaner=cleaner)
     pages = iter_turn_trees(
         sessions,
         flt,
