@@ -45,7 +45,6 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import aliased
 
-from feedback.exports.gcpause import gc_paused
 from feedback.models import (
     Conversation,
     FeedbackEvent,
@@ -448,35 +447,15 @@ async def _read_page(
     """The trees of ``turn_rows``: three more queries (replies, their events, snapshots)."""
     queries = _page_queries(connection.dialect, times)
     driver = (await connection.get_raw_connection()).driver_connection
-    with gc_paused():
-        trees: dict[int, TurnTree] = {
-            row[0]: TurnTree(
-                row[0], row[1], row[5], row[6], row[2], row[3], row[4], row[7] if times else None
-            )
-            for row in turn_rows
-        }
-    reply_rows = await queries.replies.rows(driver, list(trees))
-    with gc_paused():
-        nodes, snapshot_ids = _add_replies(trees, reply_rows, times)
-    if not nodes:
-        return list(trees.values())
-    event_rows = await queries.events.rows(driver, list(nodes))
-    with gc_paused():
-        _add_events(nodes, event_rows)
-    if snapshot_ids:
-        snapshot_rows = await queries.snapshots.rows(driver, sorted(snapshot_ids))
-        with gc_paused():
-            _add_snapshots(trees, snapshot_rows)
-    return list(trees.values())
-
-
-def _add_replies(
-    trees: dict[int, TurnTree], rows: list[Any], times: bool
-) -> tuple[dict[int, ReplyNode], set[int]]:
-    """Hang each reply row under its turn; the nodes by id and the snapshot ids they use."""
+    trees: dict[int, TurnTree] = {
+        row[0]: TurnTree(
+            row[0], row[1], row[5], row[6], row[2], row[3], row[4], row[7] if times else None
+        )
+        for row in turn_rows
+    }
     nodes: dict[int, ReplyNode] = {}
     snapshot_ids: set[int] = set()
-    for row in rows:
+    for row in await queries.replies.rows(driver, list(trees)):
         node = ReplyNode(
             row[0],
             row[2],
@@ -491,12 +470,11 @@ def _add_replies(
         trees[row[1]].replies.append(node)
         if node.snapshot_id is not None:
             snapshot_ids.add(node.snapshot_id)
-    return nodes, snapshot_ids
-
-
-def _add_events(nodes: dict[int, ReplyNode], rows: list[Any]) -> None:
-    """Record each event row's verdict on its node (ratings, approvals, rejections)."""
-    for candidate_id, kind, actor_id, rating, tags, result_id in rows:
+    if not nodes:
+        return list(trees.values())
+    for candidate_id, kind, actor_id, rating, tags, result_id in await queries.events.rows(
+        driver, list(nodes)
+    ):
         node = nodes.get(candidate_id)
         if node is None:
             continue
@@ -509,16 +487,15 @@ def _add_events(nodes: dict[int, ReplyNode], rows: list[Any]) -> None:
             node.replaced_by = result_id
             if kind == "rewrite" and result_id in nodes:
                 nodes[result_id].rewrite_of = node.id
-
-
-def _add_snapshots(trees: dict[int, TurnTree], rows: list[Any]) -> None:
-    """Give each tree the snapshots its replies link to."""
-    by_id = {row[0]: Snapshot(row[0], row[1], row[2]) for row in rows}
-    for tree in trees.values():
-        for node in tree.replies:
-            snapshot_id = node.snapshot_id
-            if snapshot_id is not None and snapshot_id in by_id:
-                tree.snapshots[snapshot_id] = by_id[snapshot_id]
+    if snapshot_ids:
+        rows = await queries.snapshots.rows(driver, sorted(snapshot_ids))
+        by_id = {row[0]: Snapshot(row[0], row[1], row[2]) for row in rows}
+        for tree in trees.values():
+            for node in tree.replies:
+                snapshot_id = node.snapshot_id
+                if snapshot_id is not None and snapshot_id in by_id:
+                    tree.snapshots[snapshot_id] = by_id[snapshot_id]
+    return list(trees.values())
 
 
 async def _read_turns(

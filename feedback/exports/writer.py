@@ -28,7 +28,6 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from feedback.exports.filters import FORMATS, ExportError, check_format
-from feedback.exports.gcpause import gc_paused
 from feedback.exports.records import RecordBuilder
 from feedback.exports.tree import DEFAULT_BATCH_SIZE, count_turns, iter_turn_trees
 
@@ -158,7 +157,8 @@ async def _turn_record_pages(
     for oasst, only turns with two replies for the preference formats), in chunks of
     :data:`_YIELD_EVERY`: the number of turns in the chunk and each tree that gives records of
     ``fmt``, with its records. Small chunks let a consumer write records out and drop them
-    before the collector sees them, and let the next page's reads progress in between."""
+    while they are young (the cyclic collector's young pass then finds few survivors), and
+    let the next page's reads progress in between."""
     check_format(fmt)
     builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret, cleaner=cleaner)
     pages = iter_turn_trees(
@@ -179,11 +179,10 @@ async def _turn_record_pages(
                     await asyncio.sleep(0)
                 chunk = trees[start : start + _YIELD_EVERY]
                 built: list[tuple[TurnTree, list[dict[str, Any]]]] = []
-                with gc_paused():
-                    for tree in chunk:
-                        records = build(tree, fmt)
-                        if records:
-                            built.append((tree, records))
+                for tree in chunk:
+                    records = build(tree, fmt)
+                    if records:
+                        built.append((tree, records))
                 yield len(chunk), built
 
 
@@ -327,15 +326,14 @@ async def _write(
     )
     async with contextlib.aclosing(pages):
         async for read, page in pages:
-            with gc_paused():
-                for tree, records in page:
-                    name = choose(tree.conversation_id)
-                    buffer = buffers[name]
-                    buffer.extend([dumps(record, option=_LINE) for record in records])
-                    counts[name] += len(records)
-                    if len(buffer) >= _WRITE_CHUNK:
-                        handles[name].write(b"".join(buffer))
-                        buffer.clear()
+            for tree, records in page:
+                name = choose(tree.conversation_id)
+                buffer = buffers[name]
+                buffer.extend([dumps(record, option=_LINE) for record in records])
+                counts[name] += len(records)
+                if len(buffer) >= _WRITE_CHUNK:
+                    handles[name].write(b"".join(buffer))
+                    buffer.clear()
             if progress is not None:
                 progress(read)
     for name, buffer in buffers.items():
@@ -367,9 +365,8 @@ async def dry_run_counts(
             for start in range(0, len(page), _YIELD_EVERY):
                 if start:
                     await asyncio.sleep(0)
-                with gc_paused():
-                    for tree in page[start : start + _YIELD_EVERY]:
-                        _count_tree(builder, tree, formats, counts)
+                for tree in page[start : start + _YIELD_EVERY]:
+                    _count_tree(builder, tree, formats, counts)
             if progress is not None:
                 progress(len(page))
     return {fmt: dict(sorted(by_persona.items())) for fmt, by_persona in counts.items()}
