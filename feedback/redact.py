@@ -23,8 +23,12 @@ import hashlib
 import hmac
 import re
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-__all__ = ["mask_names", "pseudonym", "redact"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["mask_names", "name_masker", "pseudonym", "redact"]
 
 _MENTION = r"<(?:@[!&]?|#)\d+>"
 _EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}"
@@ -51,6 +55,7 @@ _NUMBERS = re.compile(rf"(?<![\w+])(?P<phone>{_PHONE})(?!\w)|(?<!\w)(?P<id>{_SNO
 #: Seven or more characters of digits and separators, from a digit to a digit.
 _DIGIT_RUN = re.compile(r"\d[\d ().\-]{5,}\d")
 _URL_TRAILING = ".,;:!?)]}'\""
+_ASCII_DIGITS = "0123456789"
 _PHONE_DIGITS = (7, 15)
 
 
@@ -78,9 +83,20 @@ def redact(text: str) -> str:
         text = _EMAILS.sub("[email]", text)
     if "://" in text or "www." in text or "discord.gg/" in text:
         text = _URLS.sub(_url, text)
-    if _DIGIT_RUN.search(text):
+    if _may_hold_digits(text) and _DIGIT_RUN.search(text):
         text = _NUMBERS.sub(_number, text)
     return text
+
+
+def _may_hold_digits(text: str) -> bool:
+    """False only when ``text`` has no digit: it is ASCII without 0-9 (a regular expression
+    search costs several times more than these substring checks)."""
+    if not text.isascii():
+        return True
+    for digit in _ASCII_DIGITS:  # noqa: SIM110 - a loop costs less than any() and a generator
+        if digit in text:
+            return True
+    return False
 
 
 def pseudonym(identifier: str, secret: bytes, *, prefix: str = "user") -> str:
@@ -102,8 +118,23 @@ def mask_names(text: str, replacements: dict[str, str]) -> str:
 
     Names shorter than two characters are left alone (they would hit ordinary words).
     """
+    return name_masker(replacements)(text)
+
+
+def name_masker(replacements: dict[str, str]) -> Callable[[str], str]:
+    """:func:`mask_names` with these ``replacements``, as a function of the text (for a caller
+    that masks the same names in many texts)."""
     names = tuple(name for name in replacements if len(name) >= 2)
     if not names:
-        return text
+        return _unchanged
     lookup = {name.casefold(): stand_in for name, stand_in in replacements.items()}
-    return _names_pattern(names).sub(lambda m: lookup[m.group(0).casefold()], text)
+    substitute = _names_pattern(names).sub
+
+    def mask(text: str) -> str:
+        return substitute(lambda m: lookup[m.group(0).casefold()], text)
+
+    return mask
+
+
+def _unchanged(text: str) -> str:
+    return text

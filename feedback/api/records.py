@@ -10,10 +10,12 @@ import base64
 import binascii
 import contextlib
 import json
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from feedback.exports import iter_turn_record_batches
+from feedback.exports.cleaning import TextCleaner
 from feedback.record_ids import event_key, record_id
 from feedback.redact import mask_names, pseudonym, redact
 
@@ -33,6 +35,8 @@ MAX_CURSOR_CHARS = 200
 _READS_A_PAGE = 4
 _MIN_BATCH = 500
 _MAX_BATCH = 10_001
+#: Seconds one cleaned-text memo serves pages before it is dropped (see :func:`_cleaner`).
+_MEMO_SECONDS = 60.0
 
 
 class CursorError(ValueError):
@@ -130,6 +134,7 @@ async def page(
         # The next batch is read while this one is built, up to the turns a page needs when
         # each gives a record (no batch is read to be thrown away).
         read_ahead_until=limit + 1,
+        cleaner=_cleaner(pseudonym_secret),
     )
     async with contextlib.aclosing(source) as batches:
         async for batch in batches:
@@ -140,6 +145,26 @@ async def page(
         next_cursor=None if fill.last is None else encode_cursor(fmt, fill.last),
         has_more=fill.has_more,
     )
+
+
+#: The memo pages share: when it was made, its secret, and the cleaner.
+_shared: tuple[float, bytes, TextCleaner] | None = None
+
+
+def _cleaner(secret: bytes) -> TextCleaner:
+    """The cleaner pages share, so a text that later pages read again is cleaned once.
+
+    A page reads the recent history of each prompt again, and cleaning those texts afresh is
+    most of a page's work. The memo is bounded (see :class:`TextCleaner`) and dropped
+    :data:`_MEMO_SECONDS` after it was made, so an erased user's cleaned text leaves memory
+    within that time; before that it is never served, as an entry is returned only for the
+    same text read again from a turn that passes the consent rule.
+    """
+    global _shared  # one memo for the process, replaced when it expires
+    now = time.monotonic()
+    if _shared is None or _shared[1] != secret or now - _shared[0] > _MEMO_SECONDS:
+        _shared = (now, secret, TextCleaner(secret))
+    return _shared[2]
 
 
 def _batch_size(turns: int) -> int:

@@ -52,9 +52,10 @@ import re
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from feedback.exports.cleaning import TextCleaner
 from feedback.exports.filters import LOW_RATING, check_format
 from feedback.record_ids import dpo_key, kto_key, oasst_key, record_id, sft_key
-from feedback.redact import mask_names, pseudonym, redact
+from feedback.redact import pseudonym
 
 if TYPE_CHECKING:
     from feedback.exports.filters import ExportFilter
@@ -69,7 +70,7 @@ __all__ = [
     "preference_key",
 ]
 
-#: Entries of each generation of the cleaned-text cache.
+#: Entries of the pseudonym and names caches.
 _TEXT_CACHE_SIZE = 32_768
 _SPEAKER_PREFIX = re.compile(r"^([^:\n]{1,64}): ")
 
@@ -134,10 +135,9 @@ def _evidence(chosen: ReplyNode, rejected: ReplyNode, final: ReplyNode | None) -
 class RecordBuilder:
     """Turns :class:`TurnTree` values into records of each format (see the module docstring).
 
-    Holds a bounded cache of cleaned texts (two generations of :data:`_TEXT_CACHE_SIZE`
-    entries, so a text used again within the last ~32k cleanings is not cleaned again): prompt
-    snapshots repeat the system prompt and the recent history turn after turn, so most texts
-    are cleaned once. The names to mask are worked out once per turn and snapshot.
+    Texts are cleaned by a :class:`~feedback.exports.cleaning.TextCleaner`, which cleans a
+    text seen lately only once (pass ``cleaner`` to share one between builders of the same
+    secret). The names to mask are worked out once per turn and snapshot.
     """
 
     def __init__(
@@ -146,16 +146,14 @@ class RecordBuilder:
         *,
         pseudonym_secret: bytes,
         skipped: dict[str, int] | None = None,
+        cleaner: TextCleaner | None = None,
     ) -> None:
         if not pseudonym_secret:
             raise ValueError("the pseudonym secret is empty")
         self.filter = flt
         self._secret = pseudonym_secret
-        #: Cleaned texts by names to mask, then by text: the young generation takes new
-        #: entries; when it is full it becomes the old one (read, not written).
-        self._young: dict[tuple[str, ...], dict[str, str]] = {}
-        self._old: dict[tuple[str, ...], dict[str, str]] = {}
-        self._young_size = 0
+        self._cleaner = cleaner if cleaner is not None else TextCleaner(pseudonym_secret)
+        self._clean = self._cleaner.clean
         self._pseudonym = lru_cache(maxsize=_TEXT_CACHE_SIZE)(self._pseudonym_uncached)
         self._tree: TurnTree | None = None
         self._tree_names: dict[int | None, tuple[str, ...]] = {}
@@ -181,44 +179,6 @@ class RecordBuilder:
 
     def _pseudonym_uncached(self, identifier: str, prefix: str) -> str:
         return pseudonym(identifier, self._secret, prefix=prefix)
-
-    def _clean_uncached(self, text: str, names: tuple[str, ...]) -> str:
-        text = redact(text)
-        if names:
-            folded = text.casefold()
-            names = tuple(name for name in names if name.casefold() in folded)
-            if names:
-                text = mask_names(
-                    text, {name: self._pseudonym(name.casefold(), "name") for name in names}
-                )
-        return text
-
-    def _clean(self, text: str, names: tuple[str, ...]) -> str:
-        """``text`` redacted with ``names`` masked, from the cache when it was seen lately."""
-        cache = self._young.get(names)
-        if cache is not None:
-            cleaned = cache.get(text)
-            if cleaned is not None:
-                return cleaned
-        return self._clean_miss(text, names)
-
-    def _clean_miss(self, text: str, names: tuple[str, ...]) -> str:
-        """:meth:`_clean` past the young generation: the old one, else clean it now."""
-        young = self._young.get(names)
-        if young is not None and text in young:
-            return young[text]
-        old = self._old.get(names)
-        cleaned = old.get(text) if old is not None else None
-        if cleaned is None:
-            cleaned = self._clean_uncached(text, names)
-        if self._young_size >= _TEXT_CACHE_SIZE:
-            self._old, self._young, self._young_size = self._young, {}, 0
-        young = self._young.get(names)
-        if young is None:
-            young = self._young[names] = {}
-        young[text] = cleaned
-        self._young_size += 1
-        return cleaned
 
     def _names(self, tree: TurnTree, snapshot: Snapshot | None) -> tuple[str, ...]:
         """Display names to mask: the turn's author, and the speakers of a group's lines."""
@@ -252,21 +212,8 @@ class RecordBuilder:
         return tuple(sorted(name for name in names if name and name.casefold() != persona))
 
     def _messages(self, snapshot: Snapshot, names: tuple[str, ...]) -> list[dict[str, str]]:
-        """The snapshot's messages, cleaned: the hot loop of every format (one dict lookup a
-        message, in the usual case)."""
-        get = (self._young.get(names) or {}).get
-        miss = self._clean_miss
-        return [
-            {"role": message["role"], "content": get(content) or miss(content, names)}
-            if "name" not in message
-            else {
-                "role": message["role"],
-                "content": get(content) or miss(content, names),
-                "name": message["name"],
-            }
-            for message in snapshot.messages
-            for content in (message["content"],)
-        ]
+        """The snapshot's messages, cleaned."""
+        return self._cleaner.messages(snapshot.messages, names)
 
     def _context(self, tree: TurnTree, node: ReplyNode) -> list[dict[str, str]] | None:
         snapshot = tree.snapshot_for(node)

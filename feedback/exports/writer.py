@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+    from feedback.exports.cleaning import TextCleaner
     from feedback.exports.filters import ExportFilter
     from feedback.exports.tree import TurnTree
 
@@ -53,7 +54,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _WRITE_CHUNK = 512
-#: Trees built between two turns of the event loop, so the next page's reads (see
+#: Trees built between two turns of the event loop (a chunk), so the next page's reads (see
 #: :func:`~feedback.exports.tree.iter_turn_trees`) progress while this page is built.
 _YIELD_EVERY = 128
 _LINE = orjson.OPT_APPEND_NEWLINE
@@ -110,14 +111,16 @@ async def iter_turn_record_batches(
     batch_size: int = DEFAULT_BATCH_SIZE,
     prefetch: bool = True,
     read_ahead_until: int | None = None,
+    cleaner: TextCleaner | None = None,
 ) -> AsyncIterator[list[tuple[int, list[Any]]]]:
     """``(user turn id, its records)`` of format ``fmt`` for each user turn after ``after_id``
-    that gives at least one, in a stable order, a list for each page of turns read (a loop
-    over a page costs less than a yield a turn). Each record is a dict.
+    that gives at least one, in a stable order, a list for each chunk of turns read (a loop
+    over a chunk costs less than a yield a turn). Each record is a dict.
 
     With ``prefetch`` the next page of ``batch_size`` turns is read while the caller consumes
     this one (two pages in memory; wasted if the caller stops early), until
     ``read_ahead_until`` turns were read (see :func:`~feedback.exports.tree.iter_turn_trees`).
+    A ``cleaner`` made with the same secret may be shared between calls (its memo is reused).
     """
     pages = _turn_record_pages(
         sessions,
@@ -128,6 +131,7 @@ async def iter_turn_record_batches(
         batch_size=batch_size,
         prefetch=prefetch,
         read_ahead_until=read_ahead_until,
+        cleaner=cleaner,
     )
     async with contextlib.aclosing(pages):
         async for _read, page in pages:
@@ -148,15 +152,21 @@ async def _turn_record_pages(
     read_ahead_until: int | None = None,
     skipped: dict[str, int] | None = None,
     on_empty: Callable[[RecordBuilder, TurnTree], None] | None = None,
+    cleaner: TextCleaner | None = None,
 ) -> AsyncIterator[tuple[int, list[tuple[TurnTree, list[dict[str, Any]]]]]]:
-    """The one read path of exports and API pages: for each page of user turns read by
+    """The one read path of exports and API pages: user turns read by
     :func:`~feedback.exports.tree.iter_turn_trees` with the query ``fmt`` needs (times only
-    for oasst, only turns with two replies for the preference formats), the number of turns
-    read and each tree that gives records of ``fmt``, with its records. ``skipped`` counts
-    the turns left out, by reason (see :data:`~feedback.exports.records.SKIP_REASONS`);
-    ``on_empty`` is called with each tree read that gives none."""
+    for oasst, only turns with two replies for the preference formats), in chunks of
+    :data:`_YIELD_EVERY`: the number of turns in the chunk and each tree that gives records of
+    ``fmt``, with its records. Small chunks let a consumer write records out and drop them
+    while they are young (the cyclic collector's young pass then finds few survivors), and
+    let the next page's reads progress in between. ``skipped`` counts the turns left out, by
+    reason (see :data:`~feedback.exports.records.SKIP_REASONS`); ``on_empty`` is called with
+    each tree read that gives none."""
     check_format(fmt)
-    builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret, skipped=skipped)
+    builder = RecordBuilder(
+        flt, pseudonym_secret=pseudonym_secret, skipped=skipped, cleaner=cleaner
+    )
     pages = iter_turn_trees(
         sessions,
         flt,
@@ -170,16 +180,18 @@ async def _turn_record_pages(
     build = builder.records
     async with contextlib.aclosing(pages):
         async for trees in pages:
-            page: list[tuple[TurnTree, list[dict[str, Any]]]] = []
-            for index, tree in enumerate(trees):
-                if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+            for start in range(0, len(trees), _YIELD_EVERY):
+                if start:
                     await asyncio.sleep(0)
-                records = build(tree, fmt)
-                if records:
-                    page.append((tree, records))
-                elif on_empty is not None:
-                    on_empty(builder, tree)
-            yield len(trees), page
+                chunk = trees[start : start + _YIELD_EVERY]
+                built: list[tuple[TurnTree, list[dict[str, Any]]]] = []
+                for tree in chunk:
+                    records = build(tree, fmt)
+                    if records:
+                        built.append((tree, records))
+                    elif on_empty is not None:
+                        on_empty(builder, tree)
+                yield len(chunk), built
 
 
 async def progress_total(
@@ -375,20 +387,31 @@ async def dry_run_counts(
     )
     async with contextlib.aclosing(pages):
         async for page in pages:
-            for index, tree in enumerate(page):
-                if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+            for start in range(0, len(page), _YIELD_EVERY):
+                if start:
                     await asyncio.sleep(0)
-                per_kind: dict[str, int] = {}
-                for fmt in formats:
-                    kind = _KIND[fmt]
-                    if kind not in per_kind:
-                        per_kind[kind] = len(builder.records(tree, fmt))
-                    if per_kind[kind]:
-                        by_persona = counts[fmt]
-                        by_persona[tree.persona] = by_persona.get(tree.persona, 0) + per_kind[kind]
+                for tree in page[start : start + _YIELD_EVERY]:
+                    _count_tree(builder, tree, formats, counts)
             if progress is not None:
                 progress(len(page))
     return {fmt: dict(sorted(by_persona.items())) for fmt, by_persona in counts.items()}
+
+
+def _count_tree(
+    builder: RecordBuilder,
+    tree: TurnTree,
+    formats: tuple[str, ...],
+    counts: dict[str, dict[str, int]],
+) -> None:
+    """Add the records ``tree`` gives in each of ``formats`` to its persona's counts."""
+    per_kind: dict[str, int] = {}
+    for fmt in formats:
+        kind = _KIND[fmt]
+        if kind not in per_kind:
+            per_kind[kind] = len(builder.records(tree, fmt))
+        if per_kind[kind]:
+            by_persona = counts[fmt]
+            by_persona[tree.persona] = by_persona.get(tree.persona, 0) + per_kind[kind]
 
 
 #: Formats that hold the same records in another shape count once.
