@@ -422,6 +422,8 @@ def test_export_summary_says_why_turns_were_left_out(
 ) -> None:
     out = tmp_path / "kto.jsonl"
     code, stdout, _ = _invoke(app, "export", "--format", "trl-kto", "--out", str(out))
-    assert code == 0 and f"1 turn skipped: {CONFLICTING_VERDICTS}" in stdout
+    lines = [" ".join(line.split()) for line in stdout.splitlines()]
+    assert code == 0 and "1 user turns gave no trl-kto record:" in lines, stdout
+    assert any(line.startswith(f"1 {CONFLICTING_VERDICTS}") for line in lines), stdout
     code, stdout, _ = _invoke(app, "export", "--dry-run")
     assert code == 0 and f"1 turn skipped: {CONFLICTING_VERDICTS}" in stdout
