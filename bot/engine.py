@@ -353,6 +353,7 @@ class ConversationEngine:
             memories=memories,
             group=group,
             conversation_id=conversation_id,
+            window=window,
         )
         fallback = False
         try:
@@ -584,6 +585,7 @@ class ConversationEngine:
         memories: Sequence[str] = (),
         group: bool = False,
         conversation_id: int | None = None,
+        window: Sequence[HistoryTurn] | None = None,
     ) -> list[BaseMessage]:
         """The messages for the model, fitted to its context window.
 
@@ -597,19 +599,20 @@ class ConversationEngine:
         With a ``conversation_id`` the history window keeps its first turn while it fits, and
         restarts at half the budget when it no longer does, so its prefix changes once in many
         turns rather than every turn. In a group channel each user line carries the speaker's
-        name.
+        name. ``window``: the turns :meth:`history_window` chose, when the caller has them.
         """
         user_name = display_name(user_name)
         context = _context_message(self._lore(persona, user_name, history, text), memories)
         head = self._head(persona, user_name)
-        window = self.history_window(
-            persona,
-            user_name=user_name,
-            history=history,
-            text=text,
-            group=group,
-            conversation_id=conversation_id,
-        )
+        if window is None:
+            window = self.history_window(
+                persona,
+                user_name=user_name,
+                history=history,
+                text=text,
+                group=group,
+                conversation_id=conversation_id,
+            )
         chat = [_history_message(t.role, t.author_name, t.content, group)[0] for t in window]
         chat.append(HumanMessage(content=_user_line(user_name, text, group)))
         if context is not None:
