@@ -431,3 +431,47 @@ def test_an_out_folder_holding_something_else_is_left_alone(
     assert code == 2
     assert "is not a stability workspace" in stderr
     assert (foreign / "keep.txt").read_text() == "mine"
+
+
+# -- the bundled model -------------------------------------------------------------------------
+
+
+@pytest.mark.model
+async def test_a_short_run_on_the_bundled_model(tmp_path: Path) -> None:
+    """Two exchanges probed before and after, on SmolLM2 through llama.cpp with the real
+    embedder: every probe gets a real answer (no fallback) and a verdict."""
+    from bot.llm import LocalLlamaChatModel
+    from memory import SentenceTransformerEmbedder
+
+    model = LocalLlamaChatModel(max_tokens=24, temperature=0.0)
+    card = _card()
+    config = StabilityConfig(turns=2, conversations=1, every=2)
+
+    result = await run_stability(
+        load_settings(data_dir=tmp_path / "data"),
+        tmp_path / "work",
+        persona="Marlowe",
+        config=config,
+        model=model,
+        user_model=model,
+        embedder=SentenceTransformerEmbedder(backend="torch"),
+        probes=card_probes(Persona(card)),
+        card=card,
+    )
+    summary = summarize(result)
+
+    probes = result.conversations[0].probes
+    assert [(p.depth, p.kind) for p in probes] == [
+        (0, "canon"),
+        (0, "boundary"),
+        (0, "voice"),
+        (2, "canon"),
+        (2, "boundary"),
+        (2, "voice"),
+    ]
+    assert all(p.answer and not p.fallback for p in probes)
+    assert all(p.passed == (not p.failures) for p in probes)
+    assert any(f.get("kind") == "drift" for p in probes for f in p.flags)
+    assert [t.user_source for t in result.conversations[0].turns] == ["opening", "opening"]
+    assert summary["model"]["name"].startswith("SmolLM2-135M-Instruct")
+    assert summary["timing"]["turns_per_s"] > 0
