@@ -16,8 +16,9 @@ export, helper process included), as it ran once its builder kept up.
 Each format's export runs in a fresh process per side; the report gives records/s, CPU seconds
 (with helper processes), peak RSS (``VmHWM``, plus the largest helper's), and the ratio of this
 checkout's records/s to DIR's. Correctness (exit 1): every export of a format gives the same
-number of records as a dry-run count over the same data, and with ``--compare`` the two sides'
-files are the same byte for byte.
+number of records as a dry-run count over the same data, and that count is not zero. The two
+sides' files are not compared: the records' meaning changed after 0007 (issue 24: orderings,
+example markers, card versions), so each side's record count is printed instead.
 
 Targets: >= 15,000 records/s for every format, peak RSS < 300 MB.
 
@@ -44,17 +45,22 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import POSTGRES_ADMIN_DSN, copy_to_postgres
 from feedback.database import create_engine, migrate, session_factory
 from feedback.exports import FORMATS, ExportFilter, dry_run_counts
+from feedback.store import EXAMPLES_NAMED_PARAM
 
 _ROOT = Path(__file__).resolve().parent.parent
 TARGET_RECORDS_PER_S = 15_000
 TARGET_RSS_MB = 300
 SECRET = b"bench"
+#: Snapshot parameters as the engine stores them: these prompts carry no example dialogue, and
+#: say so (an export leaves out prompts stored before the example markers).
+_PARAMS = json.dumps({EXAMPLES_NAMED_PARAM: True})
 
 _SYSTEM = (
     "You are Marlowe, a weary private detective in a rain-soaked city. Speak in short, dry "
@@ -101,7 +107,7 @@ def _generate(path: Path, events_wanted: int, seed: int = 1) -> dict[str, int]:
     def flush() -> None:
         db.executemany(
             "INSERT INTO prompt_snapshots (id, messages, persona, persona_version, memories, "
-            "model_name, params) VALUES (?, ?, ?, 'v1', '[]', 'fake', '{}')",
+            "model_name, params) VALUES (?, ?, ?, 'v1', '[]', 'fake', ?)",
             snapshots,
         )
         db.executemany(
@@ -127,7 +133,7 @@ def _generate(path: Path, events_wanted: int, seed: int = 1) -> dict[str, int]:
         snapshot_id += 1
         prompt = [{"role": "system", "content": _SYSTEM.format(user=f"user{user}")}]
         prompt += [{"role": role, "content": text} for role, text in history[user][-_HISTORY:]]
-        snapshots.append((snapshot_id, json.dumps(prompt), persona))
+        snapshots.append((snapshot_id, json.dumps(prompt), persona, _PARAMS))
         return snapshot_id
 
     while counts["events"] < events_wanted:
@@ -350,13 +356,20 @@ async def _expected_counts(url: str, formats: tuple[str, ...]) -> dict[str, int]
 
 
 async def _upgrade(url: str) -> float:
+    """Migrate an older checkout's queue to this schema (timed), then mark its prompts as
+    carrying no example dialogue, as this checkout's generator writes them (untimed)."""
     engine = create_engine(url)
     started = time.perf_counter()
     try:
         await migrate(engine)
+        elapsed = time.perf_counter() - started
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE prompt_snapshots SET params = :params"), {"params": _PARAMS}
+            )
     finally:
         await engine.dispose()
-    return time.perf_counter() - started
+    return elapsed
 
 
 @contextlib.asynccontextmanager
@@ -417,11 +430,11 @@ def _run_backend(
         if compare is not None and old_url is not None:
             old_out = folder / f"{backend}-{fmt}-ahead.jsonl"
             old = _export(compare, old_url, fmt, old_out)
-            if out.read_bytes() != old_out.read_bytes():
-                failures.append(f"{backend} {fmt}: the file differs from the built-ahead one")
             old_out.unlink()
         out.unlink()
-        if new["records"] != expected[fmt]:
+        if expected[fmt] == 0:
+            failures.append(f"{backend} {fmt}: no records (a dry run counts none either)")
+        elif new["records"] != expected[fmt]:
             failures.append(
                 f"{backend} {fmt}: {new['records']:,} records, a dry run counts {expected[fmt]:,}"
             )
@@ -437,7 +450,7 @@ def _run_backend(
             line += (
                 f" | ahead {old_rate:>9,.0f} rec/s, CPU {old['cpu_s']:>5.1f} s, RSS "
                 f"{old['peak_rss_mb']:.0f}+{old['helper_rss_mb']:.0f} MB | "
-                f"ratio {rate / old_rate:.2f}"
+                f"{old['records']:,} records | ratio {rate / old_rate:.2f}"
             )
         print(f"{line} | {verdict}", flush=True)
     return failures
