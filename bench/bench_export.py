@@ -20,6 +20,9 @@ number of records as a dry-run count over the same data, and that count is not z
 sides' files are not compared: the records' meaning changed after 0007 (issue 24: orderings,
 example markers, card versions), so each side's record count is printed instead.
 
+Before each backend's exports it prints the floor of any read path: the driver alone fetching
+every row an export reads (sqlite3 or asyncpg, no filter, no Python objects), per user turn.
+
 Targets: >= 15,000 records/s for every format, peak RSS < 300 MB.
 
     .venv/bin/python bench/bench_export.py [--events 1000000] [--formats all]
@@ -329,6 +332,53 @@ asyncio.run(copy_to_postgres(Path(sys.argv[1]), sys.argv[2]))
 """
 
 
+#: Every row an export reads, with no filter, no consent joins and no Python objects: what the
+#: database driver alone costs (the ceiling of any read path on this machine).
+_FLOOR_QUERIES = (
+    "SELECT m.id, m.conversation_id, m.author_id, m.author_name, m.content, c.persona, c.scope "
+    "FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+    "WHERE m.role = 'user' ORDER BY m.id",
+    "SELECT id, parent_id, origin, state, author_id, content, prompt_snapshot_id, decided_by "
+    "FROM messages WHERE role = 'assistant' ORDER BY id",
+    "SELECT candidate_id, kind, actor_id, rating, tags, result_id FROM feedback_events ORDER BY id",
+    "SELECT id, messages, model_name, persona_version, params FROM prompt_snapshots",
+)
+
+
+def _sqlite_floor(path: Path) -> tuple[float, float]:
+    """Seconds to fetch every row an export reads with the sqlite3 module, and CPU seconds."""
+    db = sqlite3.connect(path)
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        for query in _FLOOR_QUERIES:
+            db.execute(query).fetchall()
+        return time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        db.close()
+
+
+async def _postgres_floor(url: str) -> tuple[float, float]:
+    """:func:`_sqlite_floor` with asyncpg (``url``: a SQLAlchemy URL of this database)."""
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        for query in _FLOOR_QUERIES:
+            await connection.fetch(query)
+        return time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        await connection.close()
+
+
+def _print_floor(backend: str, seconds: float, cpu: float, turns: int) -> None:
+    print(
+        f"# {backend} floor: the driver alone fetches every row an export reads in "
+        f"{seconds:.2f} s ({cpu:.2f} CPU s), {seconds / turns * 1e6:.0f} us a user turn; at "
+        f"{TARGET_RECORDS_PER_S:,} records/s a one-record-a-turn format has "
+        f"{1e6 / TARGET_RECORDS_PER_S:.0f} us a turn for everything",
+        flush=True,
+    )
+
+
 def _python(root: Path, script: str, *args: str) -> str:
     """Run ``script`` with the code of the checkout at ``root``; its standard output."""
     result = subprocess.run(
@@ -353,6 +403,16 @@ async def _expected_counts(url: str, formats: tuple[str, ...]) -> dict[str, int]
     finally:
         await engine.dispose()
     return {fmt: sum(by_persona.values()) for fmt, by_persona in counts.items()}
+
+
+async def _user_turns(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            query = text("SELECT count(*) FROM messages WHERE role = 'user'")
+            return int((await connection.execute(query)).scalar_one())
+    finally:
+        await engine.dispose()
 
 
 async def _upgrade(url: str) -> float:
@@ -416,6 +476,11 @@ def _run_backend(
     """Every format on one backend, side by side; the correctness failures."""
     failures: list[str] = []
     expected = asyncio.run(_expected_counts(url, formats))
+    turns = asyncio.run(_user_turns(url))
+    if backend == "sqlite":
+        _print_floor(backend, *_sqlite_floor(Path(url.split(":///", 1)[1])), turns)
+    else:
+        _print_floor(backend, *asyncio.run(_postgres_floor(url)), turns)
     if compare is not None and old_url is not None:
         built = json.loads(_python(compare, _BUILD_AHEAD, old_url, ",".join(formats)))
         print(
