@@ -475,3 +475,15 @@ async def test_a_short_run_on_the_bundled_model(tmp_path: Path) -> None:
     assert [t.user_source for t in result.conversations[0].turns] == ["opening", "opening"]
     assert summary["model"]["name"].startswith("SmolLM2-135M-Instruct")
     assert summary["timing"]["turns_per_s"] > 0
+
+
+def test_model_overrides_apply_over_the_configured_settings() -> None:
+    from bot.evaluation.models import model_settings, user_model_settings
+
+    base = ModelSettings(provider="openai", base_url="http://127.0.0.1:9/v1", max_tokens=200)
+
+    local = model_settings(base, ["provider=local, base_url=", "temperature=0"], option="--model")
+
+    assert (local.provider, local.base_url, local.temperature) == ("local", None, 0.0)
+    assert local.max_tokens == 200
+    assert user_model_settings(local).max_tokens == 48

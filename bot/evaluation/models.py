@@ -55,7 +55,8 @@ def model_settings(base: ModelSettings, specs: Sequence[str], *, option: str) ->
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{option}: model.{where}: {message}") from None
+        field = f"model.{where}: " if where else ""
+        raise ConfigError(f"{option}: {field}{message}") from None
 
 
 def user_model_settings(persona_model: ModelSettings) -> ModelSettings:
