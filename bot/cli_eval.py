@@ -87,13 +87,13 @@ def stability_command(
     except ValueError as error:
         fail(str(error).replace("every must", "--every must").replace("turns must", "--turns must"))
     registry = PersonaRegistry.load(settings.persona_search_dirs)
+    card_a = _card(card, persona, "--card")
+    card_b = _card(compare_card, persona, "--compare-card")
     try:
-        installed = registry.get(persona)
+        # A card file may bring a persona that is not installed.
+        persona_a = Persona(card_a) if card_a is not None else registry.get(persona)
     except UnknownPersonaError as error:
         fail(str(error))
-    card_a = _card(card, installed.name, "--card")
-    card_b = _card(compare_card, installed.name, "--compare-card")
-    persona_a = Persona(card_a) if card_a is not None else installed
     side_by_side = compare_model is not None or compare_card is not None
     persona_b = Persona(card_b) if card_b is not None else persona_a
     try:
@@ -124,7 +124,7 @@ def stability_command(
         runs.append(("b", models[2], card_b if card_b is not None else card_a, probes_b))
     try:
         summaries = asyncio.run(
-            _run_all(settings, config, installed.name, runs, models[1], out, side_by_side)
+            _run_all(settings, config, persona_a.name, runs, models[1], out, side_by_side)
         )
     except (ProbeError, CardError, ConfigError, FileExistsError, ModelUnavailableError) as error:
         fail(str(error))
@@ -134,14 +134,14 @@ def stability_command(
 
 
 def _card(path: Path | None, persona: str, option: str) -> CharacterCard | None:
-    """The card file's card, which must be ``persona``'s."""
+    """The card file's card, which must be ``persona``'s (any case)."""
     if path is None:
         return None
     try:
         card = load_card(path)
     except CardError as error:
         fail(f"{option}: {error}")
-    if card.data.name.strip().casefold() != persona.casefold():
+    if card.data.name.strip().casefold() != persona.strip().casefold():
         fail(f"{option}: {path} is the card of {card.data.name!r}, not {persona!r}")
     return card
 

@@ -487,3 +487,33 @@ def test_model_overrides_apply_over_the_configured_settings() -> None:
     assert (local.provider, local.base_url, local.temperature) == ("local", None, 0.0)
     assert local.max_tokens == 200
     assert user_model_settings(local).max_tokens == 48
+
+
+def test_a_card_file_may_bring_a_persona_that_is_not_installed(
+    stub: ChatStub, in_process: Path
+) -> None:
+    card = CharacterCard.new(
+        "Wren",
+        greenroom=GreenroomExtension(probes=[{"kind": "canon", "ask": AGE, "expect": ["52"]}]),
+    )
+    write_card_json(card, in_process / "wren.json")
+
+    code, stderr = _invoke(
+        "--persona",
+        "wren",
+        "--card",
+        "wren.json",
+        "--turns",
+        "1",
+        "--every",
+        "1",
+        "--model",
+        f"provider=openai,base_url={stub.base_url},name=steady",
+    )
+
+    assert code == 0, stderr
+    assert "Wren: 1 probes (canon 1, boundary 0, voice 0); all declared by the card" in stderr
+    summary = json.loads((in_process / "stability" / "stability.json").read_text())
+    assert summary["persona"] == "Wren"
+    # Five conversations (the default), probed before and after their one exchange.
+    assert summary["pass_rate"]["canon"] == {"asked": 10, "passed": 10, "rate": 1.0}
