@@ -22,7 +22,8 @@ __all__ = [
     "TurnRecord",
 ]
 
-#: Turns one conversation may have: a run on the bundled model takes about 3 s a turn.
+#: Turns one conversation may have (a small local model takes seconds a turn; see
+#: bench/RESULTS.md, "Persona stability harness").
 MAX_TURNS = 200
 #: Conversations one run may play.
 MAX_CONVERSATIONS = 50
