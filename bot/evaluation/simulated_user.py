@@ -4,7 +4,7 @@ The user model gets the conversation with the roles turned round (the persona's 
 other speaker's, the user's own as its replies) under a short system prompt, and writes the
 user's next line. Any langchain chat model works: the persona's own model or another one built
 by the provider factory. A line it cannot give (failure, nothing left after clean-up, a
-repeat of the user's last line) is replaced by a stock line
+repeat of the user's last line, a line of the persona's) is replaced by a stock line
 (:data:`bot.evaluation.openings.CONTINUATIONS`), and its source says so.
 """
 
@@ -29,14 +29,16 @@ if TYPE_CHECKING:
 
     from personas import Persona
 
-__all__ = ["MAX_USER_CHARS", "SimulatedUser", "UserLine"]
+__all__ = ["MAX_USER_CHARS", "SEEN_LINES", "SimulatedUser", "UserLine"]
 
 _log = logging.getLogger(__name__)
 
 #: Longest line the simulated user sends (cut at a word): users of a chat write short lines.
 MAX_USER_CHARS = 300
-#: Turns of the conversation the user model sees (the newest).
-_SEEN_TURNS = 12
+#: Lines of the conversation the user model sees at most (the newest). The window moves in
+#: steps of half that, not every turn, so the user model's prompt keeps its prefix between
+#: steps and a prompt cache (llama.cpp's, a server's) reuses it.
+SEEN_LINES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,7 @@ class SimulatedUser:
     def prompt(self, transcript: Sequence[tuple[str, str]]) -> list[BaseMessage]:
         """The user model's messages: the system prompt, then the recent turns, roles turned."""
         messages: list[BaseMessage] = [SystemMessage(content=self.system_prompt())]
-        for speaker, text in transcript[-_SEEN_TURNS:]:
+        for speaker, text in transcript[_window_start(len(transcript)) :]:
             if speaker == "persona":
                 messages.append(HumanMessage(content=text))
             else:
@@ -113,9 +115,18 @@ class SimulatedUser:
             text = ""
         text = _first_line(text)
         last = next((t for speaker, t in reversed(transcript) if speaker == "user"), None)
-        if not text or text == last:
+        speaks_for_persona = text.casefold().startswith(f"{self.persona.name.casefold()}:")
+        if not text or text == last or speaks_for_persona:
             return UserLine(self.rng.choice(CONTINUATIONS), "continuation")
         return UserLine(text, "model")
+
+
+def _window_start(lines: int) -> int:
+    """Where the user model's view of ``lines`` transcript lines starts: at most
+    :data:`SEEN_LINES` back, moved in steps of half that, at a line of the persona's."""
+    step = SEEN_LINES // 2
+    start = 0 if lines <= SEEN_LINES else ((lines - SEEN_LINES) // step + 1) * step
+    return start + 1 if start % 2 == 0 and start else start
 
 
 def _first_line(text: str) -> str:
