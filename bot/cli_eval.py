@@ -242,27 +242,37 @@ async def _run_all(
     return summaries
 
 
-def _percent(rate: dict[str, Any] | float | None) -> str:
-    value = rate.get("rate") if isinstance(rate, dict) else rate
-    return "-" if value is None else f"{value:.0%}"
+def _percent(value: float | None, *, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.0%}" if signed else f"{value:.0%}"
 
 
 def _print_summary(summaries: list[dict[str, Any]]) -> None:
-    """Pass rate per kind for each run, with the change from the first to the last depth."""
-    table = Table("probes", *(f"run {s['label']}" for s in summaries), title="pass rate")
+    """Pass rate per kind for each run, its change from the first probe point to the last,
+    and side by side the difference ``b - a``."""
+    columns = ["probes"]
+    for summary in summaries:
+        columns += [f"run {summary['label']}", "last - first depth"]
+    if len(summaries) == 2:
+        columns.append("b - a")
+    table = Table(*columns, title="pass rate")
     for series in ("overall", *PROBE_KINDS):
-        cells = []
+        cells = [series]
         for summary in summaries:
             rate = summary["pass_rate"][series]
-            change = summary["change"].get(series)
-            trend = "" if change is None else f" ({change:+.0%} first to last depth)"
-            cells.append(f"{_percent(rate)} of {rate['asked']}{trend}" if rate["asked"] else "-")
-        table.add_row(series, *cells)
+            asked = f"{_percent(rate['rate'])} of {rate['asked']}" if rate["asked"] else "-"
+            cells += [asked, _percent(summary["change"].get(series), signed=True)]
+        if len(summaries) == 2:
+            a, b = (summary["pass_rate"][series]["rate"] for summary in summaries)
+            cells.append(_percent(None if a is None or b is None else b - a, signed=True))
+        table.add_row(*cells)
     console = Console()
     console.print(table)
-    timing = summaries[0]["timing"]
-    console.print(
-        f"run a: {timing['turns']} turns and {timing['probes']} probes in "
-        f"{timing['seconds']:.0f} s ({timing['turns_per_s']} turns/s)",
-        highlight=False,
-    )
+    for summary in summaries:
+        timing = summary["timing"]
+        console.print(
+            f"run {summary['label']}: {timing['turns']} turns and {timing['probes']} probes in "
+            f"{timing['seconds']:.0f} s ({timing['turns_per_s'] or 0:.3f} turns/s)",
+            highlight=False,
+        )
