@@ -214,6 +214,9 @@ def _pass_rates(axes: Axes, summary: dict[str, Any], series: str, style: str, na
 
 
 def _rate_axes(axes: Axes, title: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title(title)
     axes.set_xlabel("turn depth (exchanges before the probe)")
     axes.set_ylabel("pass rate")
@@ -257,7 +260,7 @@ def plot_run(summary: dict[str, Any]) -> Figure:
 def plot_comparison(a: dict[str, Any], b: dict[str, Any]) -> Figure:
     """One panel per kind and overall: run ``a`` solid, ``b`` dashed."""
     figure, grid = _figure(2, 2, 11.0, 7.5)
-    names = (f"a: {_name(a)}", f"b: {_name(b)}")
+    names = _names(a, b)
     for axes, series in zip((cell for row in grid for cell in row), _SERIES, strict=True):
         _rate_axes(axes, series)
         drawn = _pass_rates(axes, a, series, "-", names[0])
@@ -270,9 +273,20 @@ def plot_comparison(a: dict[str, Any], b: dict[str, Any]) -> Figure:
     return figure
 
 
-def _name(summary: dict[str, Any]) -> str:
-    card = summary["card_version"] or summary["persona_version"]
-    return f"{summary['model'].get('name')}, card {card}"
+def _names(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str]:
+    """Legend names: each run's model and card, with the model settings that differ."""
+    differ = sorted(k for k in {*a["model"], *b["model"]} if a["model"].get(k) != b["model"].get(k))
+
+    def name(summary: dict[str, Any]) -> str:
+        model = summary["model"]
+        settings = ", ".join(f"{k} {model.get(k)}" for k in differ if k != "name")
+        card = summary["card_version"] or summary["persona_version"]
+        if summary["card_version"] and a["card_version"] == b["card_version"]:
+            card = f"{card} ({summary['persona_version'][:8]})"
+        described = f"{model.get('name')}" + (f" ({settings})" if settings else "")
+        return f"{summary['label']}: {described}, card {card}"
+
+    return name(a), name(b)
 
 
 # -- files ---------------------------------------------------------------------------------
