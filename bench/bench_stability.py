@@ -133,6 +133,7 @@ async def main() -> int:
     probe_t = [t for last, t in timings[1:] if last in asks]
     follow_ms = statistics.median(float(t["prompt_ms"]) for t in follow)
     follow_n = statistics.median(int(t["prompt_n"]) for t in follow)
+    reused = statistics.median(int(t.get("cache_n", 0)) for t in follow)
     probe_ms = statistics.median(float(t["prompt_ms"]) for t in probe_t) if probe_t else 0.0
     timing = summary["timing"]
     print(
@@ -147,7 +148,8 @@ async def main() -> int:
     )
     print(
         f"prompt time: first request {first:.0f} ms ({first_n} tokens, cold), follow-up turns "
-        f"median {follow_ms:.0f} ms ({follow_n:.0f} tokens), probes median {probe_ms:.0f} ms"
+        f"median {follow_ms:.0f} ms ({follow_n:.0f} tokens processed, {reused:.0f} reused from "
+        f"the cache), probes median {probe_ms:.0f} ms"
     )
     rates = summary["pass_rate"]
     print(
