@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from feedback.trust import TrustTable
 
 
-__all__ = ["actors_app", "export_command", "report_command"]
+__all__ = ["actor_table", "actors_app", "export_command", "report_command", "rubric_dimensions"]
 
 actors_app = typer.Typer(no_args_is_help=True, help="Actors' reliability.")
 
@@ -115,12 +115,12 @@ def _rubric(settings: Settings, persona: str | None) -> Rubric:
         return rubric
 
 
-def _card_dimensions(settings: Settings) -> set[str]:
-    """Dimension names the loaded persona cards add to the rubric."""
+def rubric_dimensions(settings: Settings) -> set[str]:
+    """The deployment rubric's dimension names and those the loaded persona cards add."""
     from personas import PersonaRegistry
 
     registry = PersonaRegistry.load(settings.persona_search_dirs)
-    return {
+    return set(settings.rubric.rubric().names) | {
         str(dimension.get("name"))
         for name in registry.names()
         for dimension in registry.get(name).greenroom.rubric
@@ -147,7 +147,7 @@ async def _review_facts(
     table = await load_reviews(sessions)
     rubric = _rubric(settings, flt.persona)
     if flt.dimensions:
-        known = {*rubric.names, *_card_dimensions(settings), *table.dimensions, OVERALL}
+        known = {*rubric_dimensions(settings), *table.dimensions, OVERALL}
         check_dimensions(flt, known)
     trust = TrustTable({a.actor_id: a.trust for a in compute_actor_stats(table)})
     if flt.persona is not None:
