@@ -62,7 +62,7 @@ async def _fill(url: str, reviews: int, seed: int) -> int:
     rng = random.Random(seed)
     engine = create_engine(url)
     await migrate(engine)
-    items = reviews // PER_ITEM
+    items = -(-reviews // PER_ITEM)  # the last item takes what is left
     start = datetime(2026, 10, 1, tzinfo=UTC)
     async with engine.begin() as connection:
         conversation = (
@@ -121,7 +121,8 @@ async def _fill(url: str, reviews: int, seed: int) -> int:
                 }
             )
             given = start + timedelta(minutes=item)
-            for actor in rng.sample(ACTORS, PER_ITEM):
+            reviewers = min(PER_ITEM, reviews - (item - 1) * PER_ITEM)
+            for actor in rng.sample(ACTORS, reviewers):
                 if actor == RANDOM_ACTOR:
                     scores = {name: rng.randint(1, 5) for name in DIMENSIONS}
                     acceptable = rng.random() < 0.5
