@@ -140,6 +140,10 @@ def coefficients(
     if units == 0:
         return Coefficients(name, level, 0, 0, None, None, None, None)
     rated = matrix[per_unit > 0]
+    if len(rated) == 1:
+        # irrCAC's variance divides by n (n - 1) in plain Python. Gwet's pa and pe are means
+        # over units, so the same unit twice gives the same point estimates.
+        rated = np.vstack([rated, rated])
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         # The libraries' variance and confidence terms divide by zero on one or two units;
         # only the point estimates are used here.

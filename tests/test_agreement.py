@@ -85,6 +85,13 @@ def test_undefined_figures_are_none() -> None:
     assert same.raw == 1.0
 
 
+def test_one_unit_is_enough() -> None:
+    """irrCAC's variance cannot be computed on one unit; the point estimates can."""
+    one = coefficients("voice", np.array([[4.0, 4.0, 3.0]]))
+    assert one.units == 1 and one.raw == pytest.approx(1 / 3)
+    assert one.ac1 == pytest.approx((1 / 3 - (2 / 3 * 1 / 3 + 1 / 3 * 2 / 3) / 4) / (1 - 1 / 9))
+
+
 def test_unit_matrix_groups_ratings_by_unit() -> None:
     units = np.array([7, 3, 7, 3, 9, 7])
     values = np.array([1.0, 2.0, NAN, 4.0, 5.0, 3.0])
