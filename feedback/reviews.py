@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import and_, delete, exists, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
 from feedback.database import autocommit_engine
 from feedback.models import (
@@ -103,6 +102,8 @@ _REVIEWED_ORIGINS = ("model", "rewrite")
 _NOT_ACTORS = ("timeout", "safety")
 #: A pull that loses its item to a concurrent pull tries the next one, this many times.
 _PULL_ATTEMPTS = 4
+#: The two kinds of items a pull draws from.
+_Pool = Literal["regular", "gold"]
 
 
 class InvalidVerdict(ValueError):
@@ -484,44 +485,71 @@ class ReviewQueue:
         reading of what to show."""
         now = _now()
         expires = now + self.policy.lease
-        async with self.sessions() as session, session.begin():
-            # The first statement writes: on SQLite the pull holds the write lock from here on.
-            open_items = select(ReviewItem.id).where(
-                or_(ReviewItem.status == "open", ReviewItem.gold_id.is_not(None))
-            )
-            resumed = (
-                await session.execute(
-                    update(ReviewLease)
-                    .where(
-                        ReviewLease.actor_id == actor_id,
-                        ReviewLease.expires_at > now,
-                        ReviewLease.item_id.in_(open_items),
-                    )
-                    .values(expires_at=expires)
-                    .returning(ReviewLease.item_id, ReviewLease.created_at)
-                    .execution_options(synchronize_session=False)
+        gold_first = self.draw() < self.policy.gold_rate
+        pools: tuple[_Pool, ...] = ("gold", "regular") if gold_first else ("regular", "gold")
+        async with self.sessions() as session:
+            async with session.begin():
+                # The first statement writes: on SQLite the pull holds the write lock from here.
+                open_items = select(ReviewItem.id).where(
+                    or_(ReviewItem.status == "open", ReviewItem.gold_id.is_not(None))
                 )
-            ).all()
-            if resumed:
-                item_id, leased_at = min(resumed)
-                return item_id, leased_at, expires
-            gold_first = self.draw() < self.policy.gold_rate
-            pools = ("gold", "regular") if gold_first else ("regular", "gold")
-            for pool in pools:
-                item_id = await self._lease_from(session, pool, actor_id, now, expires)
-                if item_id is not None:
-                    return item_id, now, expires
+                resumed = (
+                    await session.execute(
+                        update(ReviewLease)
+                        .where(
+                            ReviewLease.actor_id == actor_id,
+                            ReviewLease.expires_at > now,
+                            ReviewLease.item_id.in_(open_items),
+                        )
+                        .values(expires_at=expires)
+                        .returning(ReviewLease.item_id, ReviewLease.created_at)
+                        .execution_options(synchronize_session=False)
+                    )
+                ).all()
+                if resumed:
+                    item_id, leased_at = min(resumed)
+                    return item_id, leased_at, expires
+                for pool in pools:
+                    taken = await self._take(session, pool, actor_id, now, expires, wait=False)
+                    if taken is not None:
+                        return taken, now, expires
+            if session.bind.dialect.name != "postgresql":
+                return None  # under SQLite's write lock no item was skipped
+            # Items that concurrent pulls held locked were skipped: wait for them now, one
+            # transaction (and one lock) at a time, so two waiting pulls cannot deadlock.
+            passed: list[int] = []
+            for _attempt in range(_PULL_ATTEMPTS):
+                before = len(passed)
+                async with session.begin():
+                    taken = await self._take(
+                        session, "regular", actor_id, now, expires, wait=True, passed=passed
+                    )
+                if taken is not None:
+                    return taken, now, expires
+                if len(passed) == before:
+                    break  # nothing is left for this actor, locked or not
         return None
 
-    async def _lease_from(
+    async def _take(
         self,
         session: AsyncSession,
-        pool: str,
+        pool: _Pool,
         actor_id: str,
         now: datetime,
         expires: datetime,
+        *,
+        wait: bool,
+        passed: list[int] | None = None,
     ) -> int | None:
-        """Lease the oldest item of ``pool`` the actor may have; ``None`` if there is none."""
+        """Lease the oldest item of ``pool`` the actor may have; its id, or ``None``.
+
+        Regular items are locked before their places are counted: without ``wait`` the pull
+        skips items other pulls hold locked and tries up to :data:`_PULL_ATTEMPTS` items; with
+        ``wait`` it waits for the oldest one and tries that one only, adding it to ``passed``
+        when it turns out full. Gold items take every actor, so they need no lock.
+        """
+        passed = [] if passed is None else passed
+        eligible = self._eligible(actor_id)
         if pool == "gold":
             condition = and_(
                 ReviewItem.gold_id.is_not(None),
@@ -533,15 +561,15 @@ class ReviewQueue:
                 ReviewItem.gold_id.is_(None),
                 self._places_taken(ReviewItem.id, actor_id, now) < ReviewItem.reviews_needed,
             )
-        passed: list[int] = []
-        for _attempt in range(_PULL_ATTEMPTS):
+        for _attempt in range(1 if wait else _PULL_ATTEMPTS):
             query = (
                 select(ReviewItem.id, ReviewItem.reviews_needed)
-                .where(condition, self._eligible(actor_id), ReviewItem.id.not_in(passed))
+                .where(condition, eligible, ReviewItem.id.not_in(passed))
                 .order_by(ReviewItem.id)
                 .limit(1)
-                .with_for_update(of=ReviewItem, skip_locked=True)
             )
+            if pool == "regular":
+                query = query.with_for_update(of=ReviewItem, skip_locked=not wait)
             row = (await session.execute(query)).first()
             if row is None:
                 return None
@@ -553,12 +581,16 @@ class ReviewQueue:
                 if pool == "gold"
                 else self._places_taken(item_id, actor_id, now) < needed
             )
-            insert = _insert_for(session.bind.dialect.name)(ReviewLease)
+            kind = ReviewLease.expires_at.type
             statement = (
-                insert.from_select(
+                _insert_for(session.bind.dialect.name)(ReviewLease)
+                .from_select(
                     ["item_id", "actor_id", "expires_at", "created_at"],
                     select(
-                        literal(item_id), literal(actor_id), literal(expires), literal(now)
+                        literal(item_id),
+                        literal(actor_id),
+                        literal(expires, kind),
+                        literal(now, kind),
                     ).where(room),
                 )
                 .on_conflict_do_update(
@@ -649,29 +681,47 @@ class ReviewQueue:
         if any(not 1 <= int(score) <= 5 for score in verdict.scores.values()):
             raise InvalidVerdict("a score is a whole number from 1 to 5")
         async with self.sessions() as session, session.begin():
-            # Submissions of one item take turns, so each decides on every review before it.
+            # Submissions of one item take turns, so each decides on every review before it:
+            # this first statement writes, which takes the item's row lock on PostgreSQL and the
+            # database's write lock on SQLite until the commit.
             item = (
                 await session.execute(
-                    select(ReviewItem).where(ReviewItem.id == item_id).with_for_update()
+                    update(ReviewItem)
+                    .where(ReviewItem.id == item_id)
+                    .values(status=ReviewItem.status)
+                    .returning(
+                        ReviewItem.conversation_id,
+                        ReviewItem.live_actor_id,
+                        ReviewItem.reviews_needed,
+                        ReviewItem.status,
+                        ReviewItem.gold_id,
+                    )
+                    .execution_options(synchronize_session=False)
                 )
-            ).scalar_one_or_none()
+            ).first()
             if item is None:
                 return ReviewOutcome("refused", "This item no longer exists (it was erased).")
-            lease = await session.get(ReviewLease, (item_id, actor_id))
             if await session.scalar(
                 select(Review.id).where(Review.item_id == item_id, Review.actor_id == actor_id)
             ):
                 return ReviewOutcome("duplicate", "You have reviewed this item already.")
-            if lease is None:
+            leased_at = await session.scalar(
+                delete(ReviewLease)
+                .where(ReviewLease.item_id == item_id, ReviewLease.actor_id == actor_id)
+                .returning(ReviewLease.created_at)
+            )
+            if leased_at is None:
                 return ReviewOutcome(
                     "refused", "This item was not given to you; run /review to get one."
                 )
             if item.live_actor_id == actor_id:
+                await session.rollback()
                 return ReviewOutcome("refused", "You decided this reply live; it is not yours.")
             persona = await session.scalar(
                 select(Conversation.persona).where(Conversation.id == item.conversation_id)
             )
             if verdict.rubric_version != self._rubric_version(persona or ""):
+                await session.rollback()  # the lease stays: the reviewer gets a new form
                 return ReviewOutcome(
                     "refused",
                     "The rubric changed while you were reviewing; run /review for the new form.",
@@ -684,19 +734,11 @@ class ReviewQueue:
                 unsafe=verdict.unsafe,
                 acceptable=verdict.acceptable,
                 rubric_version=verdict.rubric_version,
-                leased_at=lease.created_at,
+                leased_at=leased_at,
                 created_at=_now(),
             )
             session.add(review)
-            try:
-                await session.flush()
-            except IntegrityError:  # the same submission, delivered twice at once
-                return ReviewOutcome("duplicate", "You have reviewed this item already.")
-            await session.execute(
-                delete(ReviewLease).where(
-                    ReviewLease.item_id == item_id, ReviewLease.actor_id == actor_id
-                )
-            )
+            await session.flush()
             if item.gold_id is None:
                 acceptables = (
                     await session.scalars(
@@ -705,8 +747,12 @@ class ReviewQueue:
                 ).all()
                 status = item_status(acceptables, item.reviews_needed, self.policy.acceptance)
                 if status != item.status:
-                    item.status = status
-                    item.decided_at = _now() if status != "open" else None
+                    await session.execute(
+                        update(ReviewItem)
+                        .where(ReviewItem.id == item_id)
+                        .values(status=status, decided_at=_now() if status != "open" else None)
+                        .execution_options(synchronize_session=False)
+                    )
             review_id = review.id
         return ReviewOutcome("done", "Recorded. Run /review for the next item.", review_id)
 
