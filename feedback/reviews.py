@@ -667,6 +667,13 @@ class ReviewQueue:
         context = tuple((role, name, text) for role, name, text, _persona in before)
         return last.persona, context, last.content
 
+    async def reply_of(self, item_id: int) -> int | None:
+        """The reply an item is about, or ``None`` when the item is gone (erased)."""
+        async with self.sessions() as session:
+            return await session.scalar(
+                select(ReviewItem.candidate_id).where(ReviewItem.id == item_id)
+            )
+
     # -- submitting --------------------------------------------------------------------------
 
     async def submit(self, item_id: int, actor_id: str, verdict: Verdict) -> ReviewOutcome:
