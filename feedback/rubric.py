@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_DIMENSIONS",
     "MAX_DIMENSIONS",
     "MAX_SCORE_TEXT",
+    "MISSING_UNSAFE",
     "RESERVED_NAMES",
     "Dimension",
     "Rubric",
@@ -42,6 +43,11 @@ MAX_DIMENSIONS = 16
 MAX_SCORE_TEXT = 600
 #: Names a dimension cannot take: the flag and the overall score ride beside the dimensions.
 RESERVED_NAMES = frozenset({"unsafe", "overall"})
+#: What a score without the unsafe/invalid flag is told.
+MISSING_UNSAFE = (
+    "the unsafe flag is missing: every score says whether the reply is unsafe or invalid "
+    "(unsafe=yes or unsafe=no)"
+)
 _NAME = re.compile(r"[a-z0-9_]{1,24}")
 _YES = {"yes", "y", "true", "1"}
 _NO = {"no", "n", "false", "0"}
@@ -242,9 +248,7 @@ class Rubric:
             if not _is_score(value):
                 raise ScoreError(f"{name}={value}: a score is a whole number from 1 to 5")
         if not isinstance(unsafe, bool):
-            raise ScoreError(
-                "the unsafe flag is missing: say unsafe=yes or unsafe=no with every score"
-            )
+            raise ScoreError(MISSING_UNSAFE)
         if rating is not None and not _is_score(rating):
             raise ScoreError(f"overall={rating}: the overall score is a whole number from 1 to 5")
         if not scores and not unsafe:

@@ -7,6 +7,7 @@ the terminal, on both databases. Every refusal stores nothing.
 from __future__ import annotations
 
 import io
+import logging
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import select
 
 from bot.engine import ConversationEngine, EngineLimits, IncomingMessage, Reply
 from bot.llm import FakeChatModel
+from bot.runtime import decision_service
 from bot.settings import ConfigError, load_settings
 from bot.terminal import TerminalChat
 from feedback.corrections import InvalidAction
@@ -330,6 +332,22 @@ async def test_a_card_with_a_bad_rubric_cannot_be_scored_and_says_why(
             candidate, actor=ALICE_ACTOR, scores={"voice": 3}, unsafe=False, key=None
         )
     assert await _events(store) == []
+
+
+async def test_start_up_names_a_card_whose_rubric_is_wrong(
+    store: ConversationStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = CharacterCard.new(
+        "Broken", greenroom=GreenroomExtension(rubric=[_dimension("voice")]), first_mes="Hi."
+    )
+    caplog.set_level(logging.WARNING, logger="bot.runtime")
+    decisions = decision_service(
+        load_settings(), _engine(store, _registry(broken)), store._sessions
+    )
+    assert [r.getMessage() for r in caplog.records if r.name == "bot.runtime"] == [
+        "persona Broken's card rubric: card dimension 'voice' is already in the deployment's rubric"
+    ]
+    assert decisions.rubric_for("Marlowe").version == Rubric.of(DEFAULT_DIMENSIONS).version
 
 
 # -- the terminal -------------------------------------------------------------------------------
