@@ -7,9 +7,10 @@ Per actor (:class:`ActorStats`):
   :mod:`feedback.review_data`): the same ``acceptable`` and ``unsafe`` as the majority (a tied
   flag is not checked) and every rubric dimension they scored within 1 point of the median.
   The consensus includes the actor's own review, as it is the consensus trainers receive;
-- **gold accuracy**: among their reviews of gold items, the share that is right: the same
-  ``acceptable`` and ``unsafe`` as the gold verdict, and every dimension the gold item scores
-  within 1 point (a dimension they did not score is wrong);
+- **gold accuracy**: among their reviews of gold items, the share that is right
+  (:func:`feedback.reviews.gold_correct`: the same ``acceptable`` and ``unsafe`` as the gold
+  verdict, and every dimension the gold item scores within 1 point; one they did not score is
+  wrong);
 - **volume**: reviews given, and live decisions (approve, rewrite, regenerate, takeover);
 - **median time to decision**: of reviews, from the lease to the review
   (``created_at - leased_at``); of live decisions, from the held reply's creation (its hold
@@ -42,6 +43,7 @@ from sqlalchemy import select
 
 from feedback.models import FeedbackEvent, MessageNode
 from feedback.review_data import ReviewTable, load_reviews
+from feedback.reviews import Verdict, gold_correct
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -160,11 +162,9 @@ def _review_checks(table: ReviewTable) -> tuple[np.ndarray, np.ndarray, np.ndarr
             continue
         acceptable, unsafe, scores = answer
         row = frame.iloc[index]
-        right = bool(row["acceptable"]) == acceptable and bool(row["unsafe"]) == unsafe
-        for name, value in scores.items():
-            given = row[name] if name in frame.columns else np.nan
-            right = right and not np.isnan(given) and abs(given - value) <= _TOLERANCE
-        gold[index] = float(right)
+        given = {name: int(row[name]) for name in table.dimensions if not np.isnan(row[name])}
+        review = Verdict(None, given, bool(row["unsafe"]), bool(row["acceptable"]), "")
+        gold[index] = float(gold_correct(review, Verdict(None, scores, unsafe, acceptable, "")))
     return compared, agrees & compared, gold
 
 
@@ -238,7 +238,7 @@ async def load_live_decisions(
         .join(MessageNode, MessageNode.id == FeedbackEvent.candidate_id)
         .where(
             FeedbackEvent.kind.in_(LIVE_DECISIONS),
-            FeedbackEvent.actor_id != "timeout",
+            FeedbackEvent.actor_id.not_in(("timeout", "safety")),
             MessageNode.hold_until.is_not(None),
         )
     )

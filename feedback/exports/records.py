@@ -77,6 +77,7 @@ from feedback.exports.cleaning import TextCleaner
 from feedback.exports.filters import LOW_RATING, check_format
 from feedback.record_ids import dpo_key, kto_key, oasst_key, record_id, sft_key
 from feedback.redact import pseudonym
+from feedback.reviews import live_actor, majority
 
 if TYPE_CHECKING:
     from feedback.exports.filters import ExportFilter
@@ -112,19 +113,13 @@ _SET_ASIDE = ("dropped", "withheld")
 _UNMEASURED_TRUST = 0.5
 #: The ``--dimension`` name of the reviews' overall rating.
 OVERALL = "overall"
-_NOT_ACTORS = ("timeout", None, "")
+_NOT_ACTORS = ("timeout", "safety", None, "")
 
 
 def _median_half_up(values: list[int]) -> int:
-    """The consensus of scores: the median, rounded half up (2.5 -> 3)."""
+    """The consensus of scores (the rule of :func:`feedback.reviews.consensus`, over live scores
+    and reviews together): the median, rounded half up (2.5 -> 3)."""
     return math.floor(statistics.median(values) + 0.5)
-
-
-def _majority(values: list[bool]) -> bool | None:
-    """The value most give, ``None`` on a tie or when none is given."""
-    yes = sum(values)
-    no = len(values) - yes
-    return None if yes == no else yes > no
 
 
 def _deciders(node: ReplyNode) -> list[str]:
@@ -132,7 +127,7 @@ def _deciders(node: ReplyNode) -> list[str]:
     actors: dict[str, None] = {}
     if node.origin in ("rewrite", "takeover"):
         actors[node.author_id] = None
-    actors[node.decided_by] = None  # type: ignore[index]
+    actors[live_actor(node.decided_by)] = None  # type: ignore[index]
     actors.update(dict.fromkeys(node.approved_by))
     actors[node.rejected_by] = None  # type: ignore[index]
     actors.update(dict.fromkeys(actor for actor, _, _ in node.ratings))
@@ -329,11 +324,8 @@ class RecordBuilder:
         for scores, _ in scorers.values():
             for name, value in scores.items():
                 by_dimension.setdefault(name, []).append(value)
-        acceptable = _majority([verdict[4] for verdict in reviews])
-        agreement = None
-        if len(reviews) >= 2:
-            yes = sum(verdict[4] for verdict in reviews)
-            agreement = round(max(yes, len(reviews) - yes) / len(reviews), 4)
+        acceptable, share = majority([verdict[4] for verdict in reviews])
+        agreement = round(share, 4) if len(reviews) >= 2 else None
         weights = self._trust
         actors = [
             {
@@ -349,7 +341,7 @@ class RecordBuilder:
             "scores": {name: _median_half_up(values) for name, values in by_dimension.items()}
             or None,
             "scored_by": len(scorers),
-            "unsafe": _majority([unsafe for _, unsafe in scorers.values() if unsafe is not None]),
+            "unsafe": majority([unsafe for _, unsafe in scorers.values() if unsafe is not None])[0],
             "reviews": len(reviews),
             "review_status": review.status if review is not None else None,
             "rating": _median_half_up([verdict[1] for verdict in reviews]) if reviews else None,
