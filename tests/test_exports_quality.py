@@ -260,6 +260,8 @@ def test_export_writes_a_dataset_card_that_loads(
     assert result.exit_code == 0, result.stderr
     card_path = out.parent / "README.md"
     assert f"wrote the dataset card {card_path}" in result.stdout
+    said = " ".join(result.stdout.split())
+    assert "1 the reply does not reach --min-reviews, --min-agreement, --min-trust" in said
     text = card_path.read_text("utf-8")
     assert text.startswith("---\n")
     header = yaml.safe_load(text.split("---\n")[1])
@@ -281,6 +283,7 @@ def test_export_writes_a_dataset_card_that_loads(
     assert set(figures) >= {"fidelity", "voice", "overall", "acceptable", "unsafe"}
     assert green["reviews"] == 5 and green["actors"] == 3
     assert "consent" in green["consent_basis"] and green["erasure_cursor"]
+    assert green["turns_skipped"] == {"quality": 1}  # turn C: no review
     assert "## Agreement between reviewers" in text and "## Consent basis" in text
     assert DatasetCard.load(card_path).data.to_dict()["greenroom"] == green
 

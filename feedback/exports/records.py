@@ -122,22 +122,23 @@ def _median_half_up(values: list[int]) -> int:
     return math.floor(statistics.median(values) + 0.5)
 
 
-def _deciders(node: ReplyNode) -> list[str]:
+def _deciders(node: ReplyNode) -> tuple[str, ...]:
     """The actors who decided on ``node``, each once, in a stable order."""
-    actors: dict[str, None] = {}
-    if node.origin in ("rewrite", "takeover"):
-        actors[node.author_id] = None
-    actors[live_actor(node.decided_by)] = None  # type: ignore[index]
-    actors.update(dict.fromkeys(node.approved_by))
-    actors[node.rejected_by] = None  # type: ignore[index]
-    actors.update(dict.fromkeys(actor for actor, _, _ in node.ratings))
+    actors = [node.author_id] if node.origin in ("rewrite", "takeover") else []
+    decided = live_actor(node.decided_by)
+    if decided is not None:
+        actors.append(decided)
+    actors += node.approved_by
+    if node.rejected_by is not None:
+        actors.append(node.rejected_by)
+    actors += [actor for actor, _, _ in node.ratings]
     if node.scored:
-        actors.update(dict.fromkeys(node.scored))
+        actors += node.scored
     if node.review is not None:
-        actors.update(dict.fromkeys(review[0] for review in node.review.reviews))
-    for absent in _NOT_ACTORS:
-        actors.pop(absent, None)  # type: ignore[arg-type]
-    return list(actors)
+        actors += [review[0] for review in node.review.reviews]
+    if len(actors) == 1:
+        return () if actors[0] in _NOT_ACTORS else (actors[0],)
+    return tuple(dict.fromkeys(actor for actor in actors if actor not in _NOT_ACTORS))
 
 
 class ConflictingVerdicts(Exception):
@@ -206,6 +207,9 @@ class RecordBuilder:
             raise ValueError("the pseudonym secret is empty")
         self.filter = flt
         self._trust = trust.weights if trust is not None else {}
+        #: The quality of replies nobody scored or reviewed, by their deciders (most replies:
+        #: shared, never changed).
+        self._plain_quality: dict[tuple[str, ...], dict[str, Any]] = {}
         self._secret = pseudonym_secret
         self._cleaner = cleaner if cleaner is not None else TextCleaner(pseudonym_secret)
         self._clean = self._cleaner.clean
@@ -314,7 +318,19 @@ class RecordBuilder:
         return node.rejected_by is not None
 
     def quality(self, node: ReplyNode) -> dict[str, Any]:
-        """What the actors said of ``node`` (see the module docstring, ``quality``)."""
+        """What the actors said of ``node`` (see the module docstring, ``quality``). Do not
+        change what it returns: records share it."""
+        deciders = _deciders(node)
+        if node.scored is None and node.review is None:
+            plain = self._plain_quality.get(deciders)
+            if plain is None:
+                if len(self._plain_quality) >= _TEXT_CACHE_SIZE:
+                    self._plain_quality.clear()
+                plain = self._plain_quality[deciders] = self._quality(node, deciders)
+            return plain
+        return self._quality(node, deciders)
+
+    def _quality(self, node: ReplyNode, deciders: tuple[str, ...]) -> dict[str, Any]:
         scorers: dict[str, tuple[dict[str, int], bool | None]] = dict(node.scored or {})
         review = node.review
         reviews = review.reviews if review is not None else []
@@ -332,7 +348,7 @@ class RecordBuilder:
                 "actor": self._pseudonym(actor, "actor"),
                 "trust": round(weights.get(actor, _UNMEASURED_TRUST), 4),
             }
-            for actor in _deciders(node)
+            for actor in deciders
         ]
         trust = None
         if actors:
