@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -45,7 +45,6 @@ _log = logging.getLogger(__name__)
 OVERALL = "overall"
 #: The verdict flags every review carries (nominal).
 FLAGS = ("acceptable", "unsafe")
-_STREAM_ROWS = 5000
 #: Fixed columns of the frame; every other column is a rubric dimension.
 _BASE_COLUMNS = (
     "item_id",
@@ -107,13 +106,15 @@ async def load_reviews(
     since: datetime | None = None,
 ) -> ReviewTable:
     """Every review (of ``persona``'s conversations; given at or after ``since``), and the gold
-    items among their items. One streamed query for the reviews, one for the gold items."""
+    items among their items. One query for the reviews, one for the gold items."""
     query = (
         select(
             Review.item_id,
             Review.actor_id,
-            Review.created_at,
-            Review.leased_at,
+            # As text, parsed by pandas in one go: a timestamp converted row by row costs
+            # more than the rest of the read (SQLite keeps naive UTC, PostgreSQL adds +00).
+            cast(Review.created_at, Text),
+            cast(Review.leased_at, Text),
             Review.rating,
             Review.acceptable,
             Review.unsafe,
@@ -130,23 +131,12 @@ async def load_reviews(
             Conversation.persona == persona
         )
     if since is not None:
-        query = query.where(Review.created_at >= since)
-    rows: list[tuple[Any, ...]] = []
-    scores: dict[str, list[float]] = {}
+        query = query.where(Review.created_at >= since)  # the column, not its text
     gold: dict[int, tuple[bool, bool, dict[str, int]]] = {}
     async with sessions() as session:
-        result = await session.stream(query.execution_options(yield_per=_STREAM_ROWS))
-        async for row in result:
-            index = len(rows)
-            rows.append(tuple(row[:10]))
-            for name, value in _scores(row[10]).items():
-                column = scores.get(name)
-                if column is None:
-                    column = scores[name] = [math.nan] * index
-                column.append(float(value))
-            for column in scores.values():
-                if len(column) == index:
-                    column.append(math.nan)
+        # One fetch, not a stream: a streamed row costs a greenlet switch, and 100,000 rows
+        # are a few MB.
+        rows = (await (await session.connection()).execute(query)).all()
         gold_ids = {row[8] for row in rows if row[8] is not None}
         if gold_ids:
             gold_rows = await session.execute(
@@ -156,16 +146,21 @@ async def load_reviews(
             )
             for gold_id, acceptable, unsafe, raw in gold_rows:
                 gold[gold_id] = (bool(acceptable), bool(unsafe), _scores(raw))
-    frame = pd.DataFrame.from_records(rows, columns=list(_BASE_COLUMNS))
+    frame = pd.DataFrame.from_records(
+        [row[:10] for row in rows], columns=list(_BASE_COLUMNS), nrows=len(rows)
+    )
     for name in (OVERALL, "acceptable", "unsafe", "gold_id"):
         frame[name] = frame[name].astype(float)
     for name in ("created_at", "leased_at"):
-        frame[name] = pd.to_datetime(frame[name], utc=True)
-    for name, column in scores.items():
-        if name in _BASE_COLUMNS:  # a dimension may not shadow a column (the rubric forbids it)
-            continue
-        frame[name] = np.asarray(column, dtype=float)
-    return ReviewTable(frame, [name for name in scores if name not in _BASE_COLUMNS], gold)
+        frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601")
+    loads = orjson.loads
+    scores = pd.DataFrame.from_records(
+        [loads(row[10]) if row[10] else {} for row in rows], nrows=len(rows)
+    )
+    dimensions = [name for name in scores.columns if name not in _BASE_COLUMNS]
+    for name in dimensions:  # a dimension may not shadow a column (the rubric forbids it)
+        frame[name] = pd.to_numeric(scores[name], errors="coerce").to_numpy(dtype=float)
+    return ReviewTable(frame, dimensions, gold)
 
 
 def _scores(raw: str | None) -> dict[str, int]:
