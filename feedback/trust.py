@@ -156,14 +156,21 @@ def _review_checks(table: ReviewTable) -> tuple[np.ndarray, np.ndarray, np.ndarr
         agrees &= np.isnan(given) | np.isnan(median) | (np.abs(given - median) <= _TOLERANCE)
     gold = np.full(len(frame), np.nan)
     gold_ids = frame["gold_id"].to_numpy()
-    for index in np.flatnonzero(~np.isnan(gold_ids)):
+    rows = np.flatnonzero(~np.isnan(gold_ids))
+    acceptables = frame["acceptable"].to_numpy()[rows]
+    unsafes = frame["unsafe"].to_numpy()[rows]
+    given_scores = {name: frame[name].to_numpy()[rows] for name in table.dimensions}
+    for position, index in enumerate(rows):
         answer = table.gold.get(int(gold_ids[index]))
         if answer is None:
             continue
         acceptable, unsafe, scores = answer
-        row = frame.iloc[index]
-        given = {name: int(row[name]) for name in table.dimensions if not np.isnan(row[name])}
-        review = Verdict(None, given, bool(row["unsafe"]), bool(row["acceptable"]), "")
+        given = {
+            name: int(values[position])
+            for name, values in given_scores.items()
+            if not np.isnan(values[position])
+        }
+        review = Verdict(None, given, bool(unsafes[position]), bool(acceptables[position]), "")
         gold[index] = float(gold_correct(review, Verdict(None, scores, unsafe, acceptable, "")))
     return compared, agrees & compared, gold
 
