@@ -521,6 +521,7 @@ def _html(data: ReportData, persona: str | None) -> str:
     )
     images = (
         _agreement_table(data)
+        + _agreement_over_time_table(data)
         + _actor_table(data)
         + "\n".join(
             f'<figure><img src="{name}" alt="{html.escape(title)}">'
@@ -572,6 +573,34 @@ def _agreement_table(data: ReportData) -> str:
     return _html_table(
         "Reviewers' agreement per dimension",
         ["dimension", "level", "items", "alpha", "AC1", "AC2", "raw agreement"],
+        rows,
+    )
+
+
+#: Periods of agreement over time the page lists (the plot shows them all).
+_PERIODS_LISTED = 12
+
+
+def _agreement_over_time_table(data: ReportData) -> str:
+    """AC1 / alpha per dimension for the latest periods."""
+    freq, series = data.agreement_series
+    names = [figure.name for figure in data.review_agreement if figure.level == "ordinal"]
+    rows = []
+    for start, figures in series[-_PERIODS_LISTED:]:
+        by_name = {figure.name: figure for figure in figures}
+        cells = [start.strftime("%Y-%m-%d")]
+        for name in names:
+            figure = by_name.get(name)
+            cells.append(
+                "-"
+                if figure is None or not figure.units
+                else f"{_fmt(figure.ac1)} / {_fmt(figure.alpha)} (n={figure.units})"
+            )
+        rows.append(cells)
+    per = {"D": "day", "W": "week", "M": "month"}.get(freq, freq)
+    return _html_table(
+        f"Agreement per {per} (AC1 / alpha, items), latest {_PERIODS_LISTED}",
+        [per, *names],
         rows,
     )
 

@@ -123,6 +123,7 @@ async def test_writes_valid_pngs_and_the_page(store: ConversationStore, tmp_path
     text = page.read_text(encoding="utf-8")
     assert all(f'src="{png.name}"' in text for png in pngs)
     assert "flagged contradiction: rewritten" in text and "discord:" not in text
+    assert "<h2>Agreement per day (AC1 / alpha, items), latest 12</h2>" in text
     assert "<h2>Actors</h2>" in text and "<h2>Reviewers&#x27; agreement per dimension</h2>" in text
     assert pseudonym("discord:r1", SECRET, prefix="actor") in text
     assert not list(out.glob(".*"))  # no temporary files left
