@@ -83,7 +83,7 @@ KNOWN_NOTICES = [
         r"\*\*.+\*\* (now answers every message in this channel|will remember that)\.",
         r"No persona is bound to this channel\.",
         r"Unbound\. .*",
-        r"Pick a channel and a role from this server\.",
+        r"Pick a channel and roles from this server\.",
         r"Console: .*",
         r"This channel is now in (auto|review|persona) mode\.",
         r"Memory is switched off on this bot; nothing is remembered\.",
