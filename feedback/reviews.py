@@ -11,7 +11,8 @@ Rules the queue keeps, on SQLite and PostgreSQL alike:
 - **Once per reviewer.** An actor is given an item at most once until they review it, and never
   after: a lease is keyed ``(item, actor)`` and a review is unique per ``(item, actor)``.
 - **Never their own.** An actor is never given a reply they decided live (``live_actor_id``) or
-  acted on in a console (any feedback event of theirs on it: a rating, a score, a decision), nor a
+  acted on in a console (any feedback event of theirs on it: a rating, a score, a decision), nor
+  a reply to their own message (they were the user: in the terminal, their own actor), nor a
   gold item they made.
 - **Blind.** What a reviewer is shown (:class:`ReviewItemView`) is the conversation and the reply,
   nothing else: no other verdict, no live decision, no reason it was queued, and a gold item
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import and_, delete, exists, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 
 from feedback.database import autocommit_engine
 from feedback.models import (
@@ -56,7 +58,7 @@ from feedback.models import (
     ReviewItem,
     ReviewLease,
 )
-from feedback.rubric import ScoreError
+from feedback.rubric import MISSING_UNSAFE, ScoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -162,6 +164,15 @@ def check_verdict(
     dimensions and the overall score out."""
     if not isinstance(acceptable, bool):
         raise InvalidVerdict("say whether the reply is acceptable: acceptable=yes or acceptable=no")
+    if not scores and not complete:
+        # A gold verdict may be just the flags: the rubric's check wants a score or "unsafe".
+        if not isinstance(unsafe, bool):
+            raise InvalidVerdict(MISSING_UNSAFE)
+        if rating is not None and (
+            not isinstance(rating, int) or isinstance(rating, bool) or not 1 <= rating <= 5
+        ):
+            raise InvalidVerdict(f"overall={rating}: the overall score is a whole number 1 to 5")
+        return Verdict(rating, {}, unsafe, acceptable, rubric.version)
     try:
         checked = rubric.check(scores, unsafe=unsafe, rating=rating)
     except ScoreError as error:
@@ -441,14 +452,20 @@ class ReviewQueue:
 
     @staticmethod
     def _eligible(actor_id: str) -> ColumnElement[bool]:
-        """Items ``actor_id`` may be given: not decided or acted on by them, not reviewed by
-        them."""
+        """Items ``actor_id`` may be given: not decided or acted on by them, not replies to
+        their own messages (they were the user), not reviewed by them."""
+        reply, turn = aliased(MessageNode), aliased(MessageNode)
         return and_(
             or_(ReviewItem.live_actor_id.is_(None), ReviewItem.live_actor_id != actor_id),
             ~exists().where(Review.item_id == ReviewItem.id, Review.actor_id == actor_id),
             ~exists().where(
                 FeedbackEvent.candidate_id == ReviewItem.candidate_id,
                 FeedbackEvent.actor_id == actor_id,
+            ),
+            ~exists().where(
+                reply.id == ReviewItem.candidate_id,
+                turn.id == reply.parent_id,
+                turn.author_id == actor_id,
             ),
         )
 

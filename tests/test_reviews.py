@@ -199,6 +199,18 @@ async def test_pulls_are_blind_oldest_first_and_never_the_actors_own(
     assert third.candidate_id
 
 
+async def test_nobody_reviews_replies_to_their_own_messages(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    queue = queue_for(sessions)
+    conversations, _ = stores(sessions)
+    own = await add_turn(conversations, user_id=ANN, text="my own chat", state="sent")
+    await queue.enqueue(FinishedReply(own.candidate_id, own.conversation_id, "model"))
+    assert await queue.next_item(ANN) is None  # Ann was the user: not hers to judge
+    ben = await queue.next_item(BEN)
+    assert ben is not None and ben.context == (("user", "ann", "my own chat"),)
+
+
 async def test_pulling_again_gives_the_same_item_with_a_renewed_lease(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -495,7 +507,7 @@ async def test_a_gold_import_stores_every_line_or_none(
 
 async def test_a_gold_import_is_bounded(sessions: async_sessionmaker[AsyncSession]) -> None:
     gold_store = GoldStore(sessions, ReviewPolicy(), lambda persona: RUBRIC)
-    with pytest.raises(GoldImportError, match="line 1: 10,001 characters"):
+    with pytest.raises(GoldImportError, match="line 1: longer than 10,000 characters"):
         await gold_store.import_lines(["x" * 10_001], by=ANN)
     lines = [f'{{"reply_id": {n}, "acceptable": true, "unsafe": false}}' for n in range(1, 10_002)]
     with pytest.raises(GoldImportError) as raised:
