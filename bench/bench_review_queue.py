@@ -293,9 +293,8 @@ async def run(args: argparse.Namespace, verdicts: Verdicts) -> None:
         excluded = await seed(
             url, actors=args.actors, items=args.items, gold=args.gold, per_item=args.per_item
         )
-        print(
-            f"{args.backend}: seeded {args.items:,} items and {args.gold} gold in {time.perf_counter() - started:.1f} s"
-        )
+        seeded = time.perf_counter() - started
+        print(f"{args.backend}: seeded {args.items:,} items and {args.gold} gold in {seeded:.1f} s")
         engine = create_engine(url)
         queue = ReviewQueue(
             session_factory(engine),
@@ -304,9 +303,9 @@ async def run(args: argparse.Namespace, verdicts: Verdicts) -> None:
         )
         actors = [_actor(n) for n in range(args.actors)]
         rounds = Rounds(len(actors))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         outcomes = await asyncio.gather(*(reviewer(queue, actor, rounds) for actor in actors))
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         await engine.dispose()
         served = {actor: items for actor, (items, _) in zip(actors, outcomes, strict=True)}
         leases = [s for _, seconds in outcomes for s in seconds]
@@ -317,6 +316,10 @@ async def run(args: argparse.Namespace, verdicts: Verdicts) -> None:
             f"{min(map(len, served.values()))}-{max(map(len, served.values()))}"
         )
         print(f"next-item lease {summary(leases)}")
+        print(
+            f"this process: {cpu:.1f} CPU s in {elapsed:.1f} s, {cpu / pulls * 1000:.2f} ms CPU "
+            "per lease and submission (a figure the machine's load does not inflate much)"
+        )
         p99 = percentile([s * 1000 for s in leases], 99)
         verdicts.target(
             f"next-item lease p99, {len(actors)} actors, {args.backend}",
