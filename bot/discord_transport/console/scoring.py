@@ -9,7 +9,7 @@ modal of up to :data:`LATER_PAGE` dimensions. What was chosen on the earlier pag
 the custom ids (``gr:score-modal:<reply id>:<rubric version>:<chosen>``, one character per
 dimension), so nothing is stored until the last page is submitted, and then all of it at once.
 A custom id holds 100 characters; with :data:`~feedback.rubric.MAX_DIMENSIONS` dimensions the
-longest is 66.
+longest is 64.
 
 Only actors score (the role is checked at every click and submission); a form opened under an
 earlier rubric version is refused when submitted (the actor scores again).
@@ -35,7 +35,7 @@ from bot.discord_transport.console.items import (
 )
 from bot.faults import crash_point
 from feedback.corrections import InvalidAction
-from feedback.rubric import MISSING_UNSAFE
+from feedback.rubric import MAX_DIMENSIONS, MISSING_UNSAFE
 
 if TYPE_CHECKING:
     from feedback.rubric import Dimension, Rubric
@@ -58,7 +58,7 @@ FIRST_PAGE = 4
 LATER_PAGE = 5
 #: What was chosen on earlier pages: the flag (``y``/``n``), then one character a dimension
 #: (``1``-``5``, or ``-`` for not scored).
-_CHOSEN = r"(?P<chosen>(?:[yn][1-5-]{0,16})?)"
+_CHOSEN = rf"(?P<chosen>(?:[yn][1-5-]{{0,{MAX_DIMENSIONS}}})?)"
 #: ``gr:score-modal:<reply id>:<rubric version>:<chosen>``: a score modal's custom_id.
 SCORE_MODAL_ID = re.compile(
     r"gr:score-modal:(?P<id>[0-9]{1,19}):(?P<version>[0-9a-f]{12}):" + _CHOSEN
