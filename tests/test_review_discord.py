@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from feedback.models import GoldItem, Review, ReviewItem
-from tests.bot_world import World, running_bot
+from tests.bot_world import World, restarted, running_bot
 from tests.discord_server.fixtures import discord_server
 
 if TYPE_CHECKING:
@@ -241,3 +241,21 @@ async def test_leads_mark_gold_and_it_is_served_like_any_item(world: World) -> N
     # Lena made it: it is never hers to review.
     lenas = await _run_review(world, lena)
     assert "Nothing to review" in lenas.response_data["content"]
+
+
+async def test_a_form_shown_before_a_restart_still_works_after_it(
+    world: World, db_engine: AsyncEngine
+) -> None:
+    alice = world.extras["alice"]
+    await _ask(world, "still raining?")
+    shown = await _run_review(world, alice)
+    form_id = shown.original_message_id
+    await _answer(world, alice, form_id, {"q0": "2", "q1": "2"})  # type: ignore[arg-type]
+    async with restarted(world, db_engine) as again:  # no view was stored anywhere
+        await _answer(again, alice, form_id, {"q2": "3", "q3": "3", "q4": "2", "q5": "y"})  # type: ignore[arg-type]
+        done = await _verdict(again, alice, form_id, "no")  # type: ignore[arg-type]
+        assert done.response_data["content"].startswith("Recorded."), done.response_data
+        async with again.bot.sessions() as session:
+            [review] = (await session.scalars(select(Review))).all()
+    assert review.scores == {"fidelity": 2, "voice": 2, "resonance": 3, "memory": 3}
+    assert (review.rating, review.unsafe, review.acceptable) == (2, True, False)

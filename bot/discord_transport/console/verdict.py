@@ -7,7 +7,7 @@ unsafe/invalid flag), four a page (a message holds 5 rows; the fifth carries the
 **Acceptable** and **Not acceptable**, which submit. Choosing redraws the form; what was chosen
 travels in every control's ``custom_id``
 (``gr:rv:<control>:<r item id | g reply id>:<rubric version>:<answers>``, one character a
-question; 100 characters at most, 75 with :data:`~feedback.rubric.MAX_DIMENSIONS` dimensions), so
+question; 100 characters at most, 62 with :data:`~feedback.rubric.MAX_DIMENSIONS` dimensions), so
 the form keeps working after a restart and nothing is stored until a verdict button is pressed.
 A review needs every question answered; a gold verdict needs the flag only. A form drawn under
 an earlier rubric version is refused when submitted (the reviewer opens a new one).
@@ -37,6 +37,7 @@ from bot.discord_transport.console.items import (
 )
 from feedback.corrections import InvalidAction
 from feedback.reviews import InvalidVerdict, check_verdict
+from feedback.rubric import MAX_DIMENSIONS
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -68,7 +69,9 @@ OVERALL_ANCHORS = {
     4: "Good: the persona at its usual best.",
     5: "Excellent: exactly the right reply.",
 }
-_TARGET = r"(?P<kind>[rg])(?P<id>[0-9]{1,19}):(?P<version>[0-9a-f]{12}):(?P<answers>[-1-5yn]{1,40})"
+#: One answer a question: the dimensions, the overall score and the unsafe flag.
+_ANSWERS = rf"(?P<answers>[-1-5yn]{{1,{MAX_DIMENSIONS + 2}}})"
+_TARGET = r"(?P<kind>[rg])(?P<id>[0-9]{1,19}):(?P<version>[0-9a-f]{12}):" + _ANSWERS
 _SELECT_TEMPLATE = r"gr:rv:q(?P<index>[0-9]{1,2}):" + _TARGET
 _BUTTON_TEMPLATE = r"gr:rv:(?P<action>p[0-9]{1,2}|ok|no):" + _TARGET
 #: Longest text of one earlier message in the embed, and of the reply.
