@@ -259,3 +259,35 @@ async def test_a_form_shown_before_a_restart_still_works_after_it(
             [review] = (await session.scalars(select(Review))).all()
     assert review.scores == {"fidelity": 2, "voice": 2, "resonance": 3, "memory": 3}
     assert (review.rating, review.unsafe, review.acceptable) == (2, True, False)
+
+
+def test_the_form_fits_discords_limits_whatever_was_said() -> None:
+    from datetime import UTC, datetime
+
+    from bot.discord_transport.console.verdict import PER_PAGE, review_form
+    from feedback.reviews import ReviewItemView
+    from feedback.rubric import DEFAULT_DIMENSIONS, MAX_DIMENSIONS, Rubric
+
+    said = "word " * 800  # 4,000 characters a message, with a 128-character name
+    item = ReviewItemView(
+        item_id=9_999_999_999_999_999_999,
+        persona="Marlowe",
+        context=tuple(("user", "n" * 128, said) for _ in range(6)),
+        reply="r" * 2000,
+        leased_at=datetime.now(UTC),
+        expires_at=datetime.now(UTC),
+    )
+    extra = [
+        {"name": f"extra_{n}", "label": "L" * 45, "anchors": {k: "a" * 100 for k in range(1, 6)}}
+        for n in range(MAX_DIMENSIONS - len(DEFAULT_DIMENSIONS))
+    ]
+    rubric = Rubric.of(DEFAULT_DIMENSIONS).extended(extra)
+    embed, view = review_form(item, rubric)
+    data = embed.to_dict()
+    assert len(data["description"]) <= 4096 and data["description"].endswith("r" * 2000)
+    assert len(embed) <= 6000
+    controls = [child.item for child in view.children]  # type: ignore[attr-defined]
+    assert len(controls) <= PER_PAGE + 2 and {c.row for c in controls} <= set(range(5))
+    assert all(len(control.custom_id) <= 100 for control in controls)
+    for menu in controls[:PER_PAGE]:
+        assert all(len(option.description or "") <= 100 for option in menu.options)

@@ -514,3 +514,19 @@ async def test_a_gold_import_is_bounded(sessions: async_sessionmaker[AsyncSessio
         await gold_store.import_lines(lines, by=ANN)
     assert raised.value.problems[-1] == "line 10001: an import holds at most 10,000 gold items"
     assert "... and" in str(raised.value)  # 10,000 unknown replies: only the first few shown
+
+
+def test_review_settings_are_bounded() -> None:
+    from bot.runtime import review_policy
+    from bot.settings import ConfigError, load_settings
+
+    policy = review_policy(load_settings(reviews={"share": 0.25, "lease_minutes": 5}))
+    assert (policy.share, policy.per_item, policy.lease) == (0.25, 3, timedelta(minutes=5))
+    for wrong, named in (
+        ({"share": 1.5}, "reviews.share"),
+        ({"per_item": 0}, "reviews.per_item"),
+        ({"acceptance": 0.4}, "reviews.acceptance"),
+        ({"gold_rate": -0.1}, "reviews.gold_rate"),
+    ):
+        with pytest.raises(ConfigError, match=named):
+            load_settings(reviews=wrong)
