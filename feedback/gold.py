@@ -182,8 +182,8 @@ class GoldStore:
                 break
             if len(raw) > MAX_LINE_CHARS:
                 problems.append(
-                    f"line {number}: {len(raw):,} characters; a line holds at most "
-                    f"{MAX_LINE_CHARS:,}"
+                    f"line {number}: longer than {MAX_LINE_CHARS:,} characters, the most a "
+                    "line may hold"
                 )
                 continue
             try:

@@ -11,7 +11,8 @@ Rules the queue keeps, on SQLite and PostgreSQL alike:
 - **Once per reviewer.** An actor is given an item at most once until they review it, and never
   after: a lease is keyed ``(item, actor)`` and a review is unique per ``(item, actor)``.
 - **Never their own.** An actor is never given a reply they decided live (``live_actor_id``) or
-  acted on in a console (any feedback event of theirs on it: a rating, a score, a decision), nor a
+  acted on in a console (any feedback event of theirs on it: a rating, a score, a decision), nor
+  a reply to their own message (they were the user: in the terminal, their own actor), nor a
   gold item they made.
 - **Blind.** What a reviewer is shown (:class:`ReviewItemView`) is the conversation and the reply,
   nothing else: no other verdict, no live decision, no reason it was queued, and a gold item
@@ -33,6 +34,7 @@ Times come from this process's clock: the processes of one deployment should agr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -43,8 +45,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import and_, delete, exists, func, literal, or_, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 
 from feedback.database import autocommit_engine
 from feedback.models import (
@@ -56,13 +74,18 @@ from feedback.models import (
     ReviewItem,
     ReviewLease,
 )
-from feedback.rubric import ScoreError
+from feedback.rubric import MISSING_UNSAFE, ScoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from sqlalchemy import ColumnElement
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import (
+        AsyncConnection,
+        AsyncEngine,
+        AsyncSession,
+        async_sessionmaker,
+    )
 
     from feedback.rubric import Rubric
 
@@ -104,6 +127,12 @@ _NOT_ACTORS = ("timeout", "safety")
 _PULL_ATTEMPTS = 4
 #: The two kinds of items a pull draws from.
 _Pool = Literal["regular", "gold"]
+#: "Run the pick" (no row was picked by a combined statement beforehand).
+_PICK: Any = object()
+
+
+class _Refused(Exception):
+    """A submission is refused: its transaction rolls back; the message says why."""
 
 
 class InvalidVerdict(ValueError):
@@ -162,6 +191,15 @@ def check_verdict(
     dimensions and the overall score out."""
     if not isinstance(acceptable, bool):
         raise InvalidVerdict("say whether the reply is acceptable: acceptable=yes or acceptable=no")
+    if not scores and not complete:
+        # A gold verdict may be just the flags: the rubric's check wants a score or "unsafe".
+        if not isinstance(unsafe, bool):
+            raise InvalidVerdict(MISSING_UNSAFE)
+        if rating is not None and (
+            not isinstance(rating, int) or isinstance(rating, bool) or not 1 <= rating <= 5
+        ):
+            raise InvalidVerdict(f"overall={rating}: the overall score is a whole number 1 to 5")
+        return Verdict(rating, {}, unsafe, acceptable, rubric.version)
     try:
         checked = rubric.check(scores, unsafe=unsafe, rating=rating)
     except ScoreError as error:
@@ -382,6 +420,169 @@ def _insert_for(dialect: str) -> Any:
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
+# -- the pull's statements, built once per dialect (their SQL is cached; only values change) -----
+
+
+def _places_taken(item_id: Any) -> Any:
+    """Reviews of an item plus the live leases of actors other than ``:actor`` (a scalar)."""
+    reviews = select(func.count()).where(Review.item_id == item_id).scalar_subquery()
+    leases = (
+        select(func.count())
+        .where(
+            ReviewLease.item_id == item_id,
+            ReviewLease.actor_id != bindparam("actor"),
+            ReviewLease.expires_at > bindparam("now", type_=ReviewLease.expires_at.type),
+        )
+        .scalar_subquery()
+    )
+    return reviews + leases
+
+
+def _eligible() -> ColumnElement[bool]:
+    """Items ``:actor`` may be given: not decided or acted on by them, not replies to their own
+    messages (they were the user), not reviewed by them, not passed over in this pull."""
+    actor = bindparam("actor")
+    reply, turn = aliased(MessageNode), aliased(MessageNode)
+    return and_(
+        or_(ReviewItem.live_actor_id.is_(None), ReviewItem.live_actor_id != actor),
+        ~exists().where(Review.item_id == ReviewItem.id, Review.actor_id == actor),
+        ~exists().where(
+            FeedbackEvent.candidate_id == ReviewItem.candidate_id, FeedbackEvent.actor_id == actor
+        ),
+        ~exists().where(
+            reply.id == ReviewItem.candidate_id,
+            turn.id == reply.parent_id,
+            turn.author_id == actor,
+        ),
+        ReviewItem.id.not_in(bindparam("passed", expanding=True)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """A pull's statements: renew the actor's live lease, pick an item (regular: skipping
+    locked rows or waiting for them; gold), and insert the lease (regular: only while the item
+    has room, counted after its lock)."""
+
+    resume: Any
+    pick_skip: Any
+    pick_wait: Any
+    pick_gold: Any
+    lease_regular: Any
+    lease_gold: Any
+    #: PostgreSQL only: the renewal and a pool's first pick in one round trip (a data-modifying
+    #: common table expression), by pool; rows ``(item_id, leased_at, needed)``, ``needed``
+    #: null for a renewed lease.
+    first: dict[str, Any] | None
+    #: A submission's statements: lock the item (returning what the submission needs), take
+    #: the reviewer's lease off (returning when it began), and insert the review.
+    lock_item: Any
+    take_lease: Any
+    insert_review: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    when = ReviewLease.expires_at.type
+    open_items = select(ReviewItem.id).where(
+        or_(ReviewItem.status == "open", ReviewItem.gold_id.is_not(None))
+    )
+    resume = (
+        update(ReviewLease)
+        .where(
+            ReviewLease.actor_id == bindparam("actor"),
+            ReviewLease.expires_at > bindparam("now", type_=when),
+            ReviewLease.item_id.in_(open_items),
+        )
+        .values(expires_at=bindparam("expires", type_=when))
+        .returning(ReviewLease.item_id, ReviewLease.created_at)
+    )
+    regular = (
+        select(ReviewItem.id, ReviewItem.reviews_needed)
+        .where(
+            ReviewItem.status == "open",
+            ReviewItem.gold_id.is_(None),
+            _places_taken(ReviewItem.id) < ReviewItem.reviews_needed,
+            _eligible(),
+        )
+        .order_by(ReviewItem.id)
+        .limit(1)
+    )
+    gold = (
+        select(ReviewItem.id, ReviewItem.reviews_needed)
+        .where(
+            ReviewItem.gold_id.is_not(None),
+            ~exists().where(
+                GoldItem.id == ReviewItem.gold_id, GoldItem.created_by == bindparam("actor")
+            ),
+            _eligible(),
+        )
+        .order_by(ReviewItem.id)
+        .limit(1)
+    )
+
+    def lease(room: ColumnElement[bool]) -> Any:
+        insert = _insert_for(dialect)(ReviewLease)
+        source = select(
+            bindparam("item", type_=Integer),
+            bindparam("actor", type_=String),
+            bindparam("expires", type_=when),
+            bindparam("now", type_=when),
+        ).where(room)
+        statement = insert.from_select(["item_id", "actor_id", "expires_at", "created_at"], source)
+        return statement.on_conflict_do_update(
+            index_elements=["item_id", "actor_id"],
+            set_={
+                "expires_at": statement.excluded.expires_at,
+                "created_at": statement.excluded.created_at,
+            },
+        ).returning(ReviewLease.item_id)
+
+    pick_skip = regular.with_for_update(of=ReviewItem, skip_locked=True)
+    first = None
+    if dialect == "postgresql":
+        renewed = resume.cte("renewed")
+
+        def after_renewal(pick: Any) -> Any:
+            picked = pick.where(~exists().where(renewed.c.item_id.is_not(None))).cte("picked")
+            return select(
+                renewed.c.item_id, renewed.c.created_at.label("leased_at"), null().label("needed")
+            ).union_all(
+                select(picked.c.id, null(), picked.c.reviews_needed),
+            )
+
+        first = {"regular": after_renewal(pick_skip), "gold": after_renewal(gold)}
+    item = bindparam("item", type_=Integer)
+    persona = (
+        select(Conversation.persona)
+        .where(Conversation.id == ReviewItem.conversation_id)
+        .scalar_subquery()
+    )
+    return _Statements(
+        resume=resume,
+        pick_skip=pick_skip,
+        pick_wait=regular.with_for_update(of=ReviewItem),
+        pick_gold=gold,
+        lease_regular=lease(_places_taken(item) < bindparam("needed", type_=Integer)),
+        lease_gold=lease(true()),
+        first=first,
+        lock_item=update(ReviewItem)
+        .where(ReviewItem.id == item)
+        .values(status=ReviewItem.status)
+        .returning(
+            ReviewItem.live_actor_id,
+            ReviewItem.reviews_needed,
+            ReviewItem.status,
+            ReviewItem.gold_id,
+            persona.label("persona"),
+        ),
+        take_lease=delete(ReviewLease)
+        .where(ReviewLease.item_id == item, ReviewLease.actor_id == bindparam("actor"))
+        .returning(ReviewLease.created_at),
+        insert_review=insert(Review).returning(Review.id),
+    )
+
+
 @dataclass
 class ReviewQueue:
     """The review queue over the database: enqueue, pull, show and submit.
@@ -398,6 +599,7 @@ class ReviewQueue:
 
     def __post_init__(self) -> None:
         self._autocommit = autocommit_engine(self.sessions)
+        self._engine: AsyncEngine = self.sessions.kw["bind"]
 
     # -- entering the queue ----------------------------------------------------------------
 
@@ -439,34 +641,6 @@ class ReviewQueue:
 
     # -- pulling ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _eligible(actor_id: str) -> ColumnElement[bool]:
-        """Items ``actor_id`` may be given: not decided or acted on by them, not reviewed by
-        them."""
-        return and_(
-            or_(ReviewItem.live_actor_id.is_(None), ReviewItem.live_actor_id != actor_id),
-            ~exists().where(Review.item_id == ReviewItem.id, Review.actor_id == actor_id),
-            ~exists().where(
-                FeedbackEvent.candidate_id == ReviewItem.candidate_id,
-                FeedbackEvent.actor_id == actor_id,
-            ),
-        )
-
-    @staticmethod
-    def _places_taken(item_id: Any, actor_id: str, now: datetime) -> Any:
-        """Reviews and other actors' live leases of an item (a scalar subquery)."""
-        reviews = select(func.count()).where(Review.item_id == item_id).scalar_subquery()
-        leases = (
-            select(func.count())
-            .where(
-                ReviewLease.item_id == item_id,
-                ReviewLease.actor_id != actor_id,
-                ReviewLease.expires_at > now,
-            )
-            .scalar_subquery()
-        )
-        return reviews + leases
-
     async def next_item(self, actor_id: str) -> ReviewItemView | None:
         """Lease the next item to ``actor_id`` and show it; ``None`` when none is left for them.
 
@@ -487,119 +661,77 @@ class ReviewQueue:
         expires = now + self.policy.lease
         gold_first = self.draw() < self.policy.gold_rate
         pools: tuple[_Pool, ...] = ("gold", "regular") if gold_first else ("regular", "gold")
-        async with self.sessions() as session:
-            async with session.begin():
-                # The first statement writes: on SQLite the pull holds the write lock from here.
-                open_items = select(ReviewItem.id).where(
-                    or_(ReviewItem.status == "open", ReviewItem.gold_id.is_not(None))
+        engine = self._engine
+        sql = _statements(engine.dialect.name)
+        params = {"actor": actor_id, "now": now, "expires": expires, "passed": []}
+        async with engine.begin() as connection:
+            # The first statement writes: on SQLite the pull holds the write lock from here.
+            picked: Any = _PICK
+            if sql.first is not None:
+                rows = (await connection.execute(sql.first[pools[0]], params)).all()
+                resumed = [(row.item_id, row.leased_at) for row in rows if row.needed is None]
+                picked = next(((r.item_id, r.needed) for r in rows if r.needed is not None), None)
+            else:
+                resumed = [tuple(row) for row in await connection.execute(sql.resume, params)]
+            if resumed:
+                item_id, leased_at = min(resumed)
+                return item_id, leased_at, expires
+            for index, pool in enumerate(pools):
+                taken = await self._take(
+                    connection, sql, pool, params, wait=False, first=picked if index == 0 else _PICK
                 )
-                resumed = (
-                    await session.execute(
-                        update(ReviewLease)
-                        .where(
-                            ReviewLease.actor_id == actor_id,
-                            ReviewLease.expires_at > now,
-                            ReviewLease.item_id.in_(open_items),
-                        )
-                        .values(expires_at=expires)
-                        .returning(ReviewLease.item_id, ReviewLease.created_at)
-                        .execution_options(synchronize_session=False)
-                    )
-                ).all()
-                if resumed:
-                    item_id, leased_at = min(resumed)
-                    return item_id, leased_at, expires
-                for pool in pools:
-                    taken = await self._take(session, pool, actor_id, now, expires, wait=False)
-                    if taken is not None:
-                        return taken, now, expires
-            if session.bind.dialect.name != "postgresql":
-                return None  # under SQLite's write lock no item was skipped
-            # Items that concurrent pulls held locked were skipped: wait for them now, one
-            # transaction (and one lock) at a time, so two waiting pulls cannot deadlock.
-            passed: list[int] = []
-            for _attempt in range(_PULL_ATTEMPTS):
-                before = len(passed)
-                async with session.begin():
-                    taken = await self._take(
-                        session, "regular", actor_id, now, expires, wait=True, passed=passed
-                    )
                 if taken is not None:
                     return taken, now, expires
-                if len(passed) == before:
-                    break  # nothing is left for this actor, locked or not
+        if engine.dialect.name != "postgresql":
+            return None  # under SQLite's write lock no item was skipped
+        # Items that concurrent pulls held locked were skipped: wait for them now, one
+        # transaction (and one lock) at a time, so two waiting pulls cannot deadlock.
+        passed: list[int] = []
+        for _attempt in range(_PULL_ATTEMPTS):
+            before = len(passed)
+            async with engine.begin() as connection:
+                taken = await self._take(
+                    connection, sql, "regular", {**params, "passed": passed}, wait=True
+                )
+            if taken is not None:
+                return taken, now, expires
+            if len(passed) == before:
+                break  # nothing is left for this actor, locked or not
         return None
 
+    @staticmethod
     async def _take(
-        self,
-        session: AsyncSession,
+        connection: AsyncConnection,
+        sql: _Statements,
         pool: _Pool,
-        actor_id: str,
-        now: datetime,
-        expires: datetime,
+        params: dict[str, Any],
         *,
         wait: bool,
-        passed: list[int] | None = None,
+        first: Any = _PICK,
     ) -> int | None:
         """Lease the oldest item of ``pool`` the actor may have; its id, or ``None``.
 
         Regular items are locked before their places are counted: without ``wait`` the pull
         skips items other pulls hold locked and tries up to :data:`_PULL_ATTEMPTS` items; with
-        ``wait`` it waits for the oldest one and tries that one only, adding it to ``passed``
-        when it turns out full. Gold items take every actor, so they need no lock.
+        ``wait`` it waits for the oldest one and tries that one only, adding it to
+        ``params["passed"]`` when it turns out full. Gold items take every actor: no lock.
+        ``first`` is the row a combined statement picked already (``None``: none), if any.
         """
-        passed = [] if passed is None else passed
-        eligible = self._eligible(actor_id)
-        if pool == "gold":
-            condition = and_(
-                ReviewItem.gold_id.is_not(None),
-                ~exists().where(GoldItem.id == ReviewItem.gold_id, GoldItem.created_by == actor_id),
-            )
-        else:
-            condition = and_(
-                ReviewItem.status == "open",
-                ReviewItem.gold_id.is_(None),
-                self._places_taken(ReviewItem.id, actor_id, now) < ReviewItem.reviews_needed,
-            )
-        for _attempt in range(1 if wait else _PULL_ATTEMPTS):
-            query = (
-                select(ReviewItem.id, ReviewItem.reviews_needed)
-                .where(condition, eligible, ReviewItem.id.not_in(passed))
-                .order_by(ReviewItem.id)
-                .limit(1)
-            )
-            if pool == "regular":
-                query = query.with_for_update(of=ReviewItem, skip_locked=not wait)
-            row = (await session.execute(query)).first()
+        pick = sql.pick_gold if pool == "gold" else sql.pick_wait if wait else sql.pick_skip
+        passed: list[int] = params["passed"]
+        for attempt in range(1 if wait else _PULL_ATTEMPTS):
+            if attempt == 0 and first is not _PICK:
+                row = first
+            else:
+                row = (await connection.execute(pick, params)).first()
             if row is None:
                 return None
             item_id, needed = row
-            # Counted again after the lock: a pull that took a place since this statement's
-            # snapshot has committed by now (it held the lock).
-            room = (
-                literal(True)
-                if pool == "gold"
-                else self._places_taken(item_id, actor_id, now) < needed
-            )
-            kind = ReviewLease.expires_at.type
-            statement = (
-                _insert_for(session.bind.dialect.name)(ReviewLease)
-                .from_select(
-                    ["item_id", "actor_id", "expires_at", "created_at"],
-                    select(
-                        literal(item_id),
-                        literal(actor_id),
-                        literal(expires, kind),
-                        literal(now, kind),
-                    ).where(room),
-                )
-                .on_conflict_do_update(
-                    index_elements=["item_id", "actor_id"],
-                    set_={"expires_at": expires, "created_at": now},
-                )
-                .returning(ReviewLease.item_id)
-            )
-            if (await session.execute(statement)).first() is not None:
+            # Counted again after the lock: a pull that took a place since the pick's snapshot
+            # has committed by now (it held the lock).
+            insert = sql.lease_gold if pool == "gold" else sql.lease_regular
+            leased = await connection.execute(insert, {**params, "item": item_id, "needed": needed})
+            if leased.first() is not None:
                 return int(item_id)
             passed.append(item_id)
         return None
@@ -687,80 +819,63 @@ class ReviewQueue:
             raise InvalidVerdict("give the overall score, overall=1 to overall=5")
         if any(not 1 <= int(score) <= 5 for score in verdict.scores.values()):
             raise InvalidVerdict("a score is a whole number from 1 to 5")
-        async with self.sessions() as session, session.begin():
-            # Submissions of one item take turns, so each decides on every review before it:
-            # this first statement writes, which takes the item's row lock on PostgreSQL and the
-            # database's write lock on SQLite until the commit.
-            item = (
-                await session.execute(
-                    update(ReviewItem)
-                    .where(ReviewItem.id == item_id)
-                    .values(status=ReviewItem.status)
-                    .returning(
-                        ReviewItem.conversation_id,
-                        ReviewItem.live_actor_id,
-                        ReviewItem.reviews_needed,
-                        ReviewItem.status,
-                        ReviewItem.gold_id,
+        sql = _statements(self._engine.dialect.name)
+        keys = {"item": item_id, "actor": actor_id}
+        try:
+            async with self._engine.begin() as connection:
+                # Submissions of one item take turns, so each decides on every review before it:
+                # this first statement writes, which takes the item's row lock on PostgreSQL and
+                # the database's write lock on SQLite until the commit.
+                item = (await connection.execute(sql.lock_item, keys)).first()
+                if item is None:
+                    raise _Refused("This item no longer exists (it was erased).")
+                leased_at = (await connection.execute(sql.take_lease, keys)).scalar()
+                if leased_at is None:
+                    reviewed = await connection.scalar(
+                        select(Review.id).where(
+                            Review.item_id == item_id, Review.actor_id == actor_id
+                        )
                     )
-                    .execution_options(synchronize_session=False)
-                )
-            ).first()
-            if item is None:
-                return ReviewOutcome("refused", "This item no longer exists (it was erased).")
-            if await session.scalar(
-                select(Review.id).where(Review.item_id == item_id, Review.actor_id == actor_id)
-            ):
-                return ReviewOutcome("duplicate", "You have reviewed this item already.")
-            leased_at = await session.scalar(
-                delete(ReviewLease)
-                .where(ReviewLease.item_id == item_id, ReviewLease.actor_id == actor_id)
-                .returning(ReviewLease.created_at)
-            )
-            if leased_at is None:
-                return ReviewOutcome(
-                    "refused", "This item was not given to you; run /review to get one."
-                )
-            if item.live_actor_id == actor_id:
-                await session.rollback()
-                return ReviewOutcome("refused", "You decided this reply live; it is not yours.")
-            persona = await session.scalar(
-                select(Conversation.persona).where(Conversation.id == item.conversation_id)
-            )
-            if verdict.rubric_version != self._rubric_version(persona or ""):
-                await session.rollback()  # the lease stays: the reviewer gets a new form
-                return ReviewOutcome(
-                    "refused",
-                    "The rubric changed while you were reviewing; run /review for the new form.",
-                )
-            review = Review(
-                item_id=item_id,
-                actor_id=actor_id,
-                rating=verdict.rating,
-                scores=dict(verdict.scores),
-                unsafe=verdict.unsafe,
-                acceptable=verdict.acceptable,
-                rubric_version=verdict.rubric_version,
-                leased_at=leased_at,
-                created_at=_now(),
-            )
-            session.add(review)
-            await session.flush()
-            if item.gold_id is None:
-                acceptables = (
-                    await session.scalars(
-                        select(Review.acceptable).where(Review.item_id == item_id)
+                    if reviewed is not None:
+                        return ReviewOutcome("duplicate", "You have reviewed this item already.")
+                    raise _Refused("This item was not given to you; run /review to get one.")
+                if item.live_actor_id == actor_id:
+                    raise _Refused("You decided this reply live; it is not yours.")
+                if verdict.rubric_version != self._rubric_version(item.persona or ""):
+                    raise _Refused(  # rolled back: the lease stays, the reviewer gets a new form
+                        "The rubric changed while you were reviewing; run /review for the new form."
                     )
-                ).all()
-                status = item_status(acceptables, item.reviews_needed, self.policy.acceptance)
-                if status != item.status:
-                    await session.execute(
-                        update(ReviewItem)
-                        .where(ReviewItem.id == item_id)
-                        .values(status=status, decided_at=_now() if status != "open" else None)
-                        .execution_options(synchronize_session=False)
+                review_id = (
+                    await connection.execute(
+                        sql.insert_review,
+                        {
+                            "item_id": item_id,
+                            "actor_id": actor_id,
+                            "rating": verdict.rating,
+                            "scores": dict(verdict.scores),
+                            "unsafe": verdict.unsafe,
+                            "acceptable": verdict.acceptable,
+                            "rubric_version": verdict.rubric_version,
+                            "leased_at": leased_at,
+                            "created_at": _now(),
+                        },
                     )
-            review_id = review.id
+                ).scalar_one()
+                if item.gold_id is None:
+                    acceptables = (
+                        await connection.scalars(
+                            select(Review.acceptable).where(Review.item_id == item_id)
+                        )
+                    ).all()
+                    status = item_status(acceptables, item.reviews_needed, self.policy.acceptance)
+                    if status != item.status:
+                        await connection.execute(
+                            update(ReviewItem)
+                            .where(ReviewItem.id == item_id)
+                            .values(status=status, decided_at=_now() if status != "open" else None)
+                        )
+        except _Refused as refused:
+            return ReviewOutcome("refused", str(refused))
         return ReviewOutcome("done", "Recorded. Run /review for the next item.", review_id)
 
     def _rubric_version(self, persona: str) -> str | None:

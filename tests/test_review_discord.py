@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from feedback.models import GoldItem, Review, ReviewItem
-from tests.bot_world import World, running_bot
+from tests.bot_world import World, restarted, running_bot
 from tests.discord_server.fixtures import discord_server
 
 if TYPE_CHECKING:
@@ -241,3 +241,53 @@ async def test_leads_mark_gold_and_it_is_served_like_any_item(world: World) -> N
     # Lena made it: it is never hers to review.
     lenas = await _run_review(world, lena)
     assert "Nothing to review" in lenas.response_data["content"]
+
+
+async def test_a_form_shown_before_a_restart_still_works_after_it(
+    world: World, db_engine: AsyncEngine
+) -> None:
+    alice = world.extras["alice"]
+    await _ask(world, "still raining?")
+    shown = await _run_review(world, alice)
+    form_id = shown.original_message_id
+    await _answer(world, alice, form_id, {"q0": "2", "q1": "2"})  # type: ignore[arg-type]
+    async with restarted(world, db_engine) as again:  # no view was stored anywhere
+        await _answer(again, alice, form_id, {"q2": "3", "q3": "3", "q4": "2", "q5": "y"})  # type: ignore[arg-type]
+        done = await _verdict(again, alice, form_id, "no")  # type: ignore[arg-type]
+        assert done.response_data["content"].startswith("Recorded."), done.response_data
+        async with again.bot.sessions() as session:
+            [review] = (await session.scalars(select(Review))).all()
+    assert review.scores == {"fidelity": 2, "voice": 2, "resonance": 3, "memory": 3}
+    assert (review.rating, review.unsafe, review.acceptable) == (2, True, False)
+
+
+def test_the_form_fits_discords_limits_whatever_was_said() -> None:
+    from datetime import UTC, datetime
+
+    from bot.discord_transport.console.verdict import PER_PAGE, review_form
+    from feedback.reviews import ReviewItemView
+    from feedback.rubric import DEFAULT_DIMENSIONS, MAX_DIMENSIONS, Rubric
+
+    said = "word " * 800  # 4,000 characters a message, with a 128-character name
+    item = ReviewItemView(
+        item_id=9_999_999_999_999_999_999,
+        persona="Marlowe",
+        context=tuple(("user", "n" * 128, said) for _ in range(6)),
+        reply="r" * 2000,
+        leased_at=datetime.now(UTC),
+        expires_at=datetime.now(UTC),
+    )
+    extra = [
+        {"name": f"extra_{n}", "label": "L" * 45, "anchors": {k: "a" * 100 for k in range(1, 6)}}
+        for n in range(MAX_DIMENSIONS - len(DEFAULT_DIMENSIONS))
+    ]
+    rubric = Rubric.of(DEFAULT_DIMENSIONS).extended(extra)
+    embed, view = review_form(item, rubric)
+    data = embed.to_dict()
+    assert len(data["description"]) <= 4096 and data["description"].endswith("r" * 2000)
+    assert len(embed) <= 6000
+    controls = [child.item for child in view.children]  # type: ignore[attr-defined]
+    assert len(controls) <= PER_PAGE + 2 and {c.row for c in controls} <= set(range(5))
+    assert all(len(control.custom_id) <= 100 for control in controls)
+    for menu in controls[:PER_PAGE]:
+        assert all(len(option.description or "") <= 100 for option in menu.options)

@@ -199,6 +199,18 @@ async def test_pulls_are_blind_oldest_first_and_never_the_actors_own(
     assert third.candidate_id
 
 
+async def test_nobody_reviews_replies_to_their_own_messages(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    queue = queue_for(sessions)
+    conversations, _ = stores(sessions)
+    own = await add_turn(conversations, user_id=ANN, text="my own chat", state="sent")
+    await queue.enqueue(FinishedReply(own.candidate_id, own.conversation_id, "model"))
+    assert await queue.next_item(ANN) is None  # Ann was the user: not hers to judge
+    ben = await queue.next_item(BEN)
+    assert ben is not None and ben.context == (("user", "ann", "my own chat"),)
+
+
 async def test_pulling_again_gives_the_same_item_with_a_renewed_lease(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -495,10 +507,26 @@ async def test_a_gold_import_stores_every_line_or_none(
 
 async def test_a_gold_import_is_bounded(sessions: async_sessionmaker[AsyncSession]) -> None:
     gold_store = GoldStore(sessions, ReviewPolicy(), lambda persona: RUBRIC)
-    with pytest.raises(GoldImportError, match="line 1: 10,001 characters"):
+    with pytest.raises(GoldImportError, match="line 1: longer than 10,000 characters"):
         await gold_store.import_lines(["x" * 10_001], by=ANN)
     lines = [f'{{"reply_id": {n}, "acceptable": true, "unsafe": false}}' for n in range(1, 10_002)]
     with pytest.raises(GoldImportError) as raised:
         await gold_store.import_lines(lines, by=ANN)
     assert raised.value.problems[-1] == "line 10001: an import holds at most 10,000 gold items"
     assert "... and" in str(raised.value)  # 10,000 unknown replies: only the first few shown
+
+
+def test_review_settings_are_bounded() -> None:
+    from bot.runtime import review_policy
+    from bot.settings import ConfigError, load_settings
+
+    policy = review_policy(load_settings(reviews={"share": 0.25, "lease_minutes": 5}))
+    assert (policy.share, policy.per_item, policy.lease) == (0.25, 3, timedelta(minutes=5))
+    for wrong, named in (
+        ({"share": 1.5}, "reviews.share"),
+        ({"per_item": 0}, "reviews.per_item"),
+        ({"acceptance": 0.4}, "reviews.acceptance"),
+        ({"gold_rate": -0.1}, "reviews.gold_rate"),
+    ):
+        with pytest.raises(ConfigError, match=named):
+            load_settings(reviews=wrong)

@@ -7,7 +7,7 @@ unsafe/invalid flag), four a page (a message holds 5 rows; the fifth carries the
 **Acceptable** and **Not acceptable**, which submit. Choosing redraws the form; what was chosen
 travels in every control's ``custom_id``
 (``gr:rv:<control>:<r item id | g reply id>:<rubric version>:<answers>``, one character a
-question; 100 characters at most, 75 with :data:`~feedback.rubric.MAX_DIMENSIONS` dimensions), so
+question; 100 characters at most, 62 with :data:`~feedback.rubric.MAX_DIMENSIONS` dimensions), so
 the form keeps working after a restart and nothing is stored until a verdict button is pressed.
 A review needs every question answered; a gold verdict needs the flag only. A form drawn under
 an earlier rubric version is refused when submitted (the reviewer opens a new one).
@@ -37,6 +37,7 @@ from bot.discord_transport.console.items import (
 )
 from feedback.corrections import InvalidAction
 from feedback.reviews import InvalidVerdict, check_verdict
+from feedback.rubric import MAX_DIMENSIONS
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -68,12 +69,15 @@ OVERALL_ANCHORS = {
     4: "Good: the persona at its usual best.",
     5: "Excellent: exactly the right reply.",
 }
-_TARGET = r"(?P<kind>[rg])(?P<id>[0-9]{1,19}):(?P<version>[0-9a-f]{12}):(?P<answers>[-1-5yn]{1,40})"
+#: One answer a question: the dimensions, the overall score and the unsafe flag.
+_ANSWERS = rf"(?P<answers>[-1-5yn]{{1,{MAX_DIMENSIONS + 2}}})"
+_TARGET = r"(?P<kind>[rg])(?P<id>[0-9]{1,19}):(?P<version>[0-9a-f]{12}):" + _ANSWERS
 _SELECT_TEMPLATE = r"gr:rv:q(?P<index>[0-9]{1,2}):" + _TARGET
 _BUTTON_TEMPLATE = r"gr:rv:(?P<action>p[0-9]{1,2}|ok|no):" + _TARGET
-#: Longest text of one earlier message in the embed, and of the reply.
+#: Longest text of one earlier message in the embed, and of the reply; an embed's description.
 _LINE_LIMIT = 300
 _REPLY_LIMIT = 2000
+_DESCRIPTION_LIMIT = 4096
 _STALE = {
     "r": "The rubric changed since this form was opened; nothing was stored. Run /review again.",
     "g": "The rubric changed since this form was opened; nothing was stored. Press Gold again.",
@@ -160,16 +164,23 @@ def _embed(
     *,
     until: datetime | None,
 ) -> discord.Embed:
-    """The conversation and the reply, and how to give the verdict (4,096 characters at most:
-    6 earlier lines of 300 and a reply of 2,000 fit)."""
-    lines = [
-        f"> **{discord.utils.escape_markdown(name)}:** {_clip(text, _LINE_LIMIT)}"
-        for _role, name, text in context
-    ]
-    described = "\n".join(
-        [*lines, "", f"**{persona}'s reply:**", _clip(reply, _REPLY_LIMIT)]
-    ).strip()
-    embed = discord.Embed(title=title, description=described, colour=discord.Colour.blurple())
+    """The conversation and the reply, and how to give the verdict. The description holds
+    4,096 characters: the reply is kept (up to 2,000), then as many of the latest earlier lines
+    as fit (each on one line, up to 300 characters and a name of up to 64)."""
+    told = f"**{discord.utils.escape_markdown(persona)}'s reply:**\n{_clip(reply, _REPLY_LIMIT)}"
+    room = _DESCRIPTION_LIMIT - len(told) - 2
+    lines: list[str] = []
+    for _role, name, text in reversed(context):
+        said = " ".join(text.split())
+        line = f"> **{discord.utils.escape_markdown(_clip(name, 64))}:** {_clip(said, _LINE_LIMIT)}"
+        if len(line) + 1 > room:
+            break
+        lines.insert(0, line)
+        room -= len(line) + 1
+    described = "\n".join([*lines, "", told]) if lines else told
+    embed = discord.Embed(
+        title=_clip(title, 256), description=described, colour=discord.Colour.blurple()
+    )
     embed.add_field(
         name="Your verdict",
         value=(
