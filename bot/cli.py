@@ -23,6 +23,7 @@ from rich.table import Table
 from bot.cli_api import api_command, tokens_app
 from bot.cli_common import err_console as _err
 from bot.cli_common import fail, quiet_collector, settings_or_exit
+from bot.cli_eval import eval_app
 from bot.cli_reviews import gold_app
 from bot.cli_status import status_command
 from bot.cli_trainer import actors_app, export_command, report_command
@@ -55,6 +56,7 @@ app.command("status")(status_command)
 app.add_typer(tokens_app, name="tokens", help="Trainers' API tokens.")
 app.add_typer(actors_app, name="actors", help="Actors' reliability: agreement, gold, trust.")
 app.add_typer(gold_app, name="gold")
+app.add_typer(eval_app, name="eval")
 
 
 @app.callback()
