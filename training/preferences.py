@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from training.adapters import load_with_adapter
 from training.base import model_context
-from training.data import prepare
+from training.data import check_file, prepare
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -102,6 +102,7 @@ def evaluate_preferences(
     Raises :class:`~training.adapters.AdapterError` or
     :class:`~training.data.TrainingDataError` (one line each) before any scoring.
     """
+    check_file(data_path, "preferences")  # before the model loads: a wrong file fails at once
     model, tokenizer = load_with_adapter(adapter, base)
     data = prepare(data_path, "preferences", tokenizer, context_tokens=model_context(model.config))
     base_margins: list[float] = []

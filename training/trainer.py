@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.base import load_base, model_context
-from training.data import METHODS, prepare
+from training.data import METHODS, check_file, prepare
 
 if TYPE_CHECKING:
     from training.base import BaseModel
@@ -113,7 +113,7 @@ def _trl_config(options: TrainOptions, out: Path, data: PreparedData) -> Any:
         "report_to": "none",
         "bf16": False,
         "fp16": False,
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,
         "seed": options.seed,
         "data_seed": options.seed,
         "dataloader_num_workers": 0,
@@ -142,6 +142,7 @@ def _lora(options: TrainOptions) -> Any:
 def prepare_for(base: BaseModel, data_path: Path, method: str) -> tuple[Any, Any, PreparedData]:
     """The base model, its tokenizer, and the export read for ``method`` at the model's
     context."""
+    check_file(data_path, method)  # before the model loads: a wrong file fails at once
     model, tokenizer = load_base(base.folder)
     data = prepare(data_path, method, tokenizer, context_tokens=model_context(model.config))
     return model, tokenizer, data
