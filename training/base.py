@@ -63,7 +63,10 @@ class BaseModel:
 def resolve_base(path: Path | None, *, bundled: Path | None, cache_dir: Path) -> BaseModel:
     """The base at ``path`` (a model folder or a GGUF file), or the ``bundled`` GGUF when
     ``path`` is ``None`` (``bundled`` is ``None`` when it is not installed); a GGUF file is
-    rebuilt into ``cache_dir`` on first use."""
+    rebuilt into ``cache_dir`` on first use. Paths are made absolute: the training summary
+    records them, to find the base again from anywhere."""
+    cache_dir = cache_dir.resolve()
+    path = path.resolve() if path is not None else None
     if path is None:
         if bundled is None:
             raise BaseModelError(
