@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from bot.cli import app
-from tests.train_world import export_scenario, tiny_model_folder
+from tests.train_world import export_scenario_once, tiny_model_folder
 from training.base import BaseModel
 from training.data import TrainingDataError, prepare
 from training.preferences import evaluate_preferences, reply_log_likelihood
@@ -25,15 +25,7 @@ from training.trainer import SUMMARY_FILE, TrainingOptionError, TrainOptions, tr
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from feedback.store import ConversationStore
-
 FORMATS = {"sft": "trl-sft", "dpo": "trl-dpo", "kto": "trl-kto"}
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    """Training reads files: one database backend is enough to make them."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'greenroom.sqlite3'}"
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +34,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> BaseModel:
     return BaseModel("folder", folder, folder)
 
 
-@pytest.fixture
-async def exports(store: ConversationStore, tmp_path: Path) -> dict[str, Path]:
-    paths = await export_scenario(store, tmp_path, *FORMATS.values())
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The scenario exported once per format (training reads files: one backend is enough)."""
+    paths = export_scenario_once(tmp_path_factory.mktemp("exports"), *FORMATS.values())
     return dict(zip(FORMATS, paths, strict=True))
 
 

@@ -8,6 +8,7 @@ eval preferences, chat --model-adapter) is in ``test_training_model.py``.
 from __future__ import annotations
 
 import json
+import shutil
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 
 from bot.llm import LocalLlamaChatModel, ModelUnavailableError, build_chat_model
 from bot.settings import ConfigError, ModelSettings, load_settings
-from tests.train_world import export_scenario, tiny_model_folder
+from tests.train_world import export_scenario_once, tiny_model_folder
 from training.base import BaseModel
 from training.serving import merged_gguf, plain_gguf
 from training.trainer import TrainOptions, train
@@ -23,23 +24,18 @@ from training.trainer import TrainOptions, train
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from feedback.store import ConversationStore
-
 #: A tensor llama.cpp's converter writes as it is (q and k are permuted for rotary embeddings).
 _TENSOR = ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight")
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'greenroom.sqlite3'}"
-
-
-@pytest.fixture
-async def adapter(store: ConversationStore, tmp_path: Path) -> tuple[BaseModel, Path]:
-    (dpo,) = await export_scenario(store, tmp_path, "trl-dpo")
-    folder = tiny_model_folder(tmp_path / "tiny")
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[BaseModel, Path]:
+    """A tiny model and a DPO adapter trained on it (shared: tests only read them)."""
+    root = tmp_path_factory.mktemp("serving")
+    (dpo,) = export_scenario_once(root, "trl-dpo")
+    folder = tiny_model_folder(root / "tiny")
     base = BaseModel("folder", folder, folder)
-    out = tmp_path / "adapter"
+    out = root / "adapter"
     train(base, dpo, out, TrainOptions(method="dpo", epochs=4, learning_rate=5e-2))
     return base, out
 
@@ -117,12 +113,16 @@ def test_adapter_settings_and_missing_adapters_are_one_line_errors(
         build_chat_model(ModelSettings(adapter_path=tmp_path / "empty"))
 
 
-def test_an_adapter_whose_base_is_gone_says_so(adapter: tuple[BaseModel, Path]) -> None:
-    import shutil
-
-    base, out = adapter
+def test_an_adapter_whose_base_is_gone_says_so(
+    adapter: tuple[BaseModel, Path], tmp_path: Path
+) -> None:
+    _, trained = adapter
+    out = tmp_path / "moved"
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("merged-*"))
     summary = json.loads((out / "training_summary.json").read_text())
-    shutil.rmtree(base.folder)
-    with pytest.raises(ModelUnavailableError, match=r"its base model .* is not here any more"):
-        build_chat_model(ModelSettings(adapter_path=out))
     assert summary["base"]["kind"] == "folder"
+    gone = str(tmp_path / "gone")
+    summary["base"] = {"kind": "folder", "source": gone, "folder": gone}
+    (out / "training_summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ModelUnavailableError, match=r"its base model .*gone is not here any more"):
+        build_chat_model(ModelSettings(adapter_path=out))

@@ -8,21 +8,22 @@ well under a second a step. The exports come from a database seeded through the 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from typing import TYPE_CHECKING
 
 import pytest
 
 from feedback.corrections import CorrectionStore
+from feedback.database import create_engine, migrate, session_factory
 from feedback.exports import ExportFilter, export_to_file
+from feedback.store import ConversationStore
 from tests.test_exports import SECRET, build_scenario
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from feedback.store import ConversationStore
-
-__all__ = ["bundled_gguf", "export_scenario", "tiny_model_folder"]
+__all__ = ["bundled_gguf", "export_scenario", "export_scenario_once", "tiny_model_folder"]
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -84,3 +85,20 @@ async def export_scenario(store: ConversationStore, folder: Path, *formats: str)
         assert counts["all"] > 0
         paths.append(out)
     return paths
+
+
+def export_scenario_once(folder: Path, *formats: str) -> list[Path]:
+    """:func:`export_scenario` on a SQLite database of its own in ``folder`` (for fixtures
+    shared by a module's tests)."""
+
+    async def run() -> list[Path]:
+        engine = create_engine(f"sqlite+aiosqlite:///{folder / 'greenroom.sqlite3'}")
+        try:
+            await migrate(engine)
+            return await export_scenario(
+                ConversationStore(session_factory(engine)), folder, *formats
+            )
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
