@@ -108,6 +108,7 @@ class PreparedData:
             "dropped_longer_than_context": self.dropped_too_long,
             "context_tokens": self.context_tokens,
             "max_length": self.max_length,
+            "mean_length": round(sum(self.lengths) / len(self.lengths), 1),
             "persona_versions": self.persona_versions,
         }
 
