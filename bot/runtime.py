@@ -20,6 +20,7 @@ from bot.llm import build_chat_model
 from bot.settings import ConfigError
 from feedback.corrections import CorrectionStore
 from feedback.database import create_engine, migrate, session_factory
+from feedback.rubric import RubricError
 from feedback.store import ConversationStore
 from personas import PersonaRegistry
 
@@ -108,13 +109,20 @@ def decision_service(
 ) -> DecisionService:
     """The decision service every console shares, with the console's hold settings."""
     console = settings.console
-    return DecisionService(
+    decisions = DecisionService(
         engine=engine,
         corrections=CorrectionStore(sessions, claim_ttl=timedelta(minutes=console.claim_minutes)),
         hold_seconds=console.hold_seconds,
         on_timeout=console.on_timeout,
         help_resources=settings.safety.help_resources,
+        rubric=settings.rubric.rubric(),
     )
+    for name in engine.personas.names():
+        try:
+            decisions.rubric_for(name)
+        except RubricError as error:  # its replies cannot be scored until the card is fixed
+            _log.warning("%s", error)
+    return decisions
 
 
 def open_memory(settings: Settings) -> MemoryPort | None:

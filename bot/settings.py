@@ -26,6 +26,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from feedback.rubric import DEFAULT_DIMENSIONS, Dimension, Rubric, RubricError
+
 __all__ = [
     "ChatLimits",
     "ConfigError",
@@ -35,6 +37,7 @@ __all__ = [
     "MemorySettings",
     "ModelSettings",
     "PrivacySettings",
+    "RubricSettings",
     "Settings",
     "get_settings",
     "load_settings",
@@ -193,6 +196,29 @@ class PrivacySettings(BaseModel):
     pseudonym_secret: SecretStr | None = None
 
 
+class RubricSettings(BaseModel):
+    """The deployment's scoring rubric: dimensions scored 1 to 5, each score anchored.
+
+    Persona cards may add dimensions under ``data.extensions.greenroom.rubric``. Every score
+    also carries the unsafe/invalid flag (always required; not a dimension). Changing the list
+    makes a new rubric version; scores given earlier keep theirs (:mod:`feedback.rubric`).
+    """
+
+    dimensions: list[Dimension] = Field(default_factory=lambda: list(DEFAULT_DIMENSIONS))
+
+    @model_validator(mode="after")
+    def _check_rubric(self) -> RubricSettings:
+        try:
+            self.rubric()
+        except RubricError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    def rubric(self) -> Rubric:
+        """The deployment's rubric (before any card adds to it)."""
+        return Rubric.of(self.dimensions)
+
+
 class Settings(BaseSettings):
     """All of Greenroom's settings, read once per process by :func:`get_settings`."""
 
@@ -218,6 +244,7 @@ class Settings(BaseSettings):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    rubric: RubricSettings = Field(default_factory=RubricSettings)
 
     @model_validator(mode="after")
     def _check_database_url(self) -> Settings:

@@ -2,8 +2,9 @@
 
 It speaks to the same :class:`~bot.engine.ConversationEngine` and
 :class:`~bot.decisions.DecisionService` as Discord does, with ``transport="terminal"`` and one
-conversation per user and persona. The user is their own actor: ``/rate``, ``/rewrite`` and
-``/regen`` act on the reply they last received, and it is also the outlet that shows replies.
+conversation per user and persona. The user is their own actor: ``/rate``, ``/score``,
+``/rewrite`` and ``/regen`` act on the reply they last received, and it is also the outlet that
+shows replies.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bot.engine import IncomingMessage, Refusal, TakenOver
 from bot.flags import describe_flags
 from bot.llm import GenerationError
 from feedback.corrections import TAGS, Actor, InvalidAction, check_tags
+from feedback.rubric import RubricError, ScoreError
 from personas import UnknownPersonaError
 
 if TYPE_CHECKING:
@@ -36,7 +38,8 @@ __all__ = ["TerminalChat"]
 _log = logging.getLogger(__name__)
 
 _HELP = (
-    "Commands: /persona NAME, /personas, /rate N [TAGS...], /rewrite TEXT, /regen, "
+    "Commands: /persona NAME, /personas, /rate N [TAGS...], "
+    "/score DIMENSION=1-5 ... unsafe=yes|no [overall=1-5], /rubric, /rewrite TEXT, /regen, "
     "/consent on|off, /help, /quit. Tags: " + ", ".join(TAGS) + "."
 )
 
@@ -113,12 +116,42 @@ class TerminalChat:
         argument = argument.strip()
         if name in {"quit", "exit"}:
             return None
-        if name in {"rate", "rewrite", "regen", "consent"}:
+        if name in {"rate", "score", "rewrite", "regen", "consent"}:
             try:
                 return await self._correction(name, argument)
             except InvalidAction as error:
                 return str(error)
         return self._setting(name, argument)
+
+    async def _score(self, reply_id: int, argument: str) -> str:
+        """``/score fidelity=4 resonance=5 unsafe=no [overall=4]`` on the last reply."""
+        rubric = await self.decisions.rubric_of_reply(reply_id)
+        if not argument:
+            return (
+                "Usage: /score DIMENSION=1-5 ... unsafe=yes|no [overall=1-5]; dimensions: "
+                + ", ".join(f"{d.name} ({d.label})" for d in rubric.dimensions)
+                + ". /rubric shows what each score means."
+            )
+        try:
+            parsed = rubric.parse_scores(argument)
+        except ScoreError as error:
+            return f"Not scored: {error}."
+        outcome = await self.decisions.score(
+            reply_id,
+            actor=self.actor,
+            scores=parsed.scores,
+            unsafe=parsed.unsafe,
+            rating=parsed.rating,
+            key=None,
+            rubric_version=parsed.rubric_version,
+        )
+        if outcome.status == "refused":
+            return outcome.message
+        given = [f"{name} {value}/5" for name, value in parsed.scores.items()]
+        if parsed.rating is not None:
+            given.append(f"overall {parsed.rating}/5")
+        given.append("unsafe" if parsed.unsafe else "not unsafe")
+        return f"Scored {', '.join(given)} (rubric {parsed.rubric_version})."
 
     async def _correction(self, name: str, argument: str) -> str:
         if name == "consent":
@@ -141,6 +174,8 @@ class TerminalChat:
             recorded = check_tags(tags)
             tagged = f", tagged {', '.join(recorded)}" if recorded else ""
             return f"Rated {rating_text}/5{tagged}."
+        if name == "score":
+            return await self._score(self.last_reply_id, argument)
         if name == "rewrite":
             outcome = await self.decisions.rewrite(
                 self.last_reply_id, actor=self.actor, text=argument, key=None
@@ -168,6 +203,11 @@ class TerminalChat:
             return f"Now talking with {self.persona}."
         if name == "personas":
             return "Personas: " + ", ".join(self.engine.personas.names())
+        if name == "rubric":
+            try:
+                return self.decisions.rubric_for(self.persona).describe()
+            except RubricError as error:
+                return str(error)
         if name == "help":
             return _HELP
         return f"Unknown command /{name}. {_HELP}"

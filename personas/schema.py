@@ -65,6 +65,10 @@ class GreenroomExtension(BaseModel):
     mode: Literal["auto", "review"] = "auto"
     #: An image URL transports may show as the persona's avatar (Discord webhooks).
     avatar_url: str | None = None
+    #: Rubric dimensions this persona adds to the deployment's, each
+    #: ``{"name": ..., "label": ..., "anchors": {"1": ..., ..., "5": ...}}``; checked by
+    #: :class:`feedback.rubric.Rubric` when a reply of this persona is scored (and at start-up).
+    rubric: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class CardExtensions(BaseModel):

@@ -1,20 +1,23 @@
-"""Migration 0007 from a database made by the previous head (0006), on SQLite and PostgreSQL:
-every row of every kept table survives, the build-ahead wing is gone, and the bot and exports
-work on the result."""
+"""Migrations from a database made by an earlier head, on SQLite and PostgreSQL: 0007 from 0006
+(every row of every kept table survives, the build-ahead wing is gone, and the bot and exports
+work on the result), 0008 and 0009 from their predecessors with data, and the downgrades."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from alembic import command
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from feedback.corrections import CorrectionStore
 from feedback.database import alembic_config, create_engine, migrate, session_factory
 from feedback.exports import FORMATS, ExportFilter, iter_records
-from feedback.models import Base, UserPrivacy
+from feedback.models import Base, GoldItem, Review, ReviewItem, ReviewLease, UserPrivacy
 from feedback.store import ConversationStore
 from tests.conftest import POSTGRES_ADMIN_DSN, _admin
 from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
@@ -23,12 +26,19 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
+    from sqlalchemy import Column
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 SECRET = b"migration-test-secret-0123456789"
 PREVIOUS_HEAD = "0006"
 DROPPED_TABLES = {"turn_records", "turn_build_queue", "record_builds"}
+#: What 0009 adds: tables, and columns of existing tables.
+TABLES_0009 = {"review_items", "review_leases", "reviews", "gold_items"}
+COLUMNS_0009 = {
+    "feedback_events": {"scores", "rubric_version", "unsafe"},
+    "guild_settings": {"lead_role_id"},
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -44,6 +54,44 @@ async def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         yield f"{base}/{name}"
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.asynccontextmanager
+async def todays_columns(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Today's stores write every column today's models have; an older database gets the ones
+    it lacks (nullable, on the tables it has) for the block, and loses them after it, so the
+    migration under test starts from the older schema exactly."""
+
+    def missing(connection: Connection) -> dict[str, list[Column[Any]]]:
+        inspector = inspect(connection)
+        present = {
+            name: {column["name"] for column in inspector.get_columns(name)}
+            for name in inspector.get_table_names()
+        }
+        return {
+            table.name: [
+                column for column in table.columns if column.name not in present[table.name]
+            ]
+            for table in Base.metadata.sorted_tables
+            if table.name in present
+        }
+
+    async with engine.connect() as connection:
+        added = await connection.run_sync(missing)
+    async with engine.begin() as connection:
+        for name, columns in added.items():
+            for column in columns:
+                kind = column.type.compile(dialect=engine.dialect)
+                await connection.execute(
+                    text(f"ALTER TABLE {name} ADD COLUMN {column.name} {kind}")
+                )
+    try:
+        yield
+    finally:
+        async with engine.begin() as connection:
+            for name, columns in added.items():
+                for column in columns:
+                    await connection.execute(text(f"ALTER TABLE {name} DROP COLUMN {column.name}"))
 
 
 async def upgrade_to(engine: AsyncEngine, revision: str) -> None:
@@ -109,8 +157,20 @@ async def kept_data(engine: AsyncEngine) -> dict[str, list[Any]]:
             result = await connection.execute(
                 text(f"SELECT {columns} FROM {table.name} ORDER BY {order}")
             )
-            data[table.name] = [tuple(row) for row in result]
+            data[table.name] = [dict(row._mapping) for row in result]
     return data
+
+
+def without_0009(data: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """``data`` as a database before 0009 holds it: without 0009's tables and columns."""
+    return {
+        name: [
+            {key: value for key, value in row.items() if key not in COLUMNS_0009.get(name, ())}
+            for row in rows
+        ]
+        for name, rows in data.items()
+        if name not in TABLES_0009
+    }
 
 
 async def records(engine: AsyncEngine) -> dict[str, list[Any]]:
@@ -161,7 +221,8 @@ async def test_upgrade_from_the_previous_head_keeps_data_and_drops_the_wing(
     engine = create_engine(fresh_url)
     try:
         await upgrade_to(engine, PREVIOUS_HEAD)
-        await fill(engine)
+        async with todays_columns(engine):
+            await fill(engine)
         async with engine.connect() as connection:
             before_wing = await connection.run_sync(wing)
         # the database really is the old one: its wing is there and the triggers ran
@@ -192,7 +253,8 @@ async def test_upgrade_from_the_previous_head_keeps_data_and_drops_the_wing(
         store = ConversationStore(session_factory(engine))
         corrections = CorrectionStore(session_factory(engine))
         turn = await add_turn(store, user_id="discord:0", text="after", state="held")
-        await corrections.rewrite(turn.candidate_id, actor=BOB_ACTOR, text="new", key="after")
+        async with todays_columns(engine):
+            await corrections.rewrite(turn.candidate_id, actor=BOB_ACTOR, text="new", key="after")
         assert len((await records(engine))["trl-sft"]) == len(exported["trl-sft"]) + 1
     finally:
         await engine.dispose()
@@ -203,7 +265,7 @@ async def test_downgrade_brings_the_previous_schema_back(fresh_url: str) -> None
     try:
         await migrate(engine)
         await fill_new(engine)
-        data = await kept_data(engine)
+        data = without_0009(await kept_data(engine))
         assert data.pop("erasure_tombstones") == []  # 0008's, gone with the downgrade
 
         def down(connection: Connection) -> None:
@@ -235,14 +297,15 @@ async def test_0008_adds_tombstones_and_lease_revocation_keeping_data(fresh_url:
     engine = create_engine(fresh_url)
     try:
         await upgrade_to(engine, "0007")
-        await fill_new(engine)
+        async with todays_columns(engine):
+            await fill_new(engine)
         async with engine.connect() as connection:
             tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
         assert "erasure_tombstones" not in tables
         before = await kept_data(engine)
         assert before["messages"] and before["feedback_events"]
 
-        await migrate(engine)
+        await upgrade_to(engine, "0008")
 
         after = await kept_data(engine)
         assert after.pop("erasure_tombstones") == []
@@ -269,5 +332,115 @@ async def test_0008_adds_tombstones_and_lease_revocation_keeping_data(fresh_url:
                 lambda sync: [c["name"] for c in inspect(sync).get_columns("leases")]
             )
         assert "erasure_tombstones" not in tables and "revoked_at" not in columns
+    finally:
+        await engine.dispose()
+
+
+async def test_0009_adds_rubric_scores_leads_reviews_and_gold_keeping_data(
+    fresh_url: str,
+) -> None:
+    """From 0008 with data: the start-up migration adds the rubric columns (null on old rows),
+    ``lead_role_id`` and the four review tables with their constraints; the downgrade takes
+    exactly those away and keeps every other row."""
+    engine = create_engine(fresh_url)
+    try:
+        await upgrade_to(engine, "0008")
+        async with todays_columns(engine):
+            await fill_new(engine)
+        before = await kept_data(engine)
+        assert before["feedback_events"] and not TABLES_0009 & before.keys()
+
+        await migrate(engine)
+
+        after = await kept_data(engine)
+        assert {name: after[name] for name in TABLES_0009} == {name: [] for name in TABLES_0009}
+        assert without_0009(after) == before
+        assert all(
+            row["scores"] is None and row["rubric_version"] is None and row["unsafe"] is None
+            for row in after["feedback_events"]
+        )
+        candidate = after["feedback_events"][0]["candidate_id"]
+        conversation = after["feedback_events"][0]["conversation_id"]
+        sessions = session_factory(engine)
+        async with sessions() as session:
+            gold = GoldItem(
+                candidate_id=candidate,
+                scores={"fidelity": 4},
+                unsafe=False,
+                acceptable=True,
+                rubric_version="0123456789ab",
+                created_by="discord:9001",
+            )
+            session.add(gold)
+            await session.flush()
+            item = ReviewItem(
+                candidate_id=candidate,
+                conversation_id=conversation,
+                reason="gold",
+                reviews_needed=3,
+                gold_id=gold.id,
+            )
+            session.add(item)
+            await session.flush()
+            now = datetime.now(UTC)
+            session.add(ReviewLease(item_id=item.id, actor_id="discord:9002", expires_at=now))
+            session.add(
+                Review(
+                    item_id=item.id,
+                    actor_id="discord:9002",
+                    rating=4,
+                    scores={"fidelity": 5},
+                    unsafe=False,
+                    acceptable=True,
+                    rubric_version="0123456789ab",
+                    leased_at=now,
+                )
+            )
+            await session.commit()
+        # one review per actor per item, one item per reply
+        for row in (
+            Review(
+                item_id=item.id,
+                actor_id="discord:9002",
+                rating=2,
+                scores={},
+                unsafe=True,
+                acceptable=False,
+                rubric_version="0123456789ab",
+                leased_at=now,
+            ),
+            ReviewItem(
+                candidate_id=candidate,
+                conversation_id=conversation,
+                reason="sample",
+                reviews_needed=3,
+            ),
+        ):
+            async with sessions() as session:
+                session.add(row)
+                with pytest.raises(IntegrityError):
+                    await session.commit()
+        # deleting the gold item keeps its review item, which stops pointing at it
+        async with sessions() as session:
+            await session.delete(await session.get(GoldItem, gold.id))
+            await session.commit()
+            assert (await session.get(ReviewItem, item.id)).gold_id is None  # type: ignore[union-attr]
+
+        def down(connection: Connection) -> None:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0008")
+
+        async with engine.begin() as connection:
+            await connection.run_sync(down)
+        assert await kept_data(engine) == before
+        async with engine.connect() as connection:
+            columns = await connection.run_sync(
+                lambda sync: {
+                    name: {column["name"] for column in inspect(sync).get_columns(name)}
+                    for name in COLUMNS_0009
+                }
+            )
+        assert all(not columns[name] & added for name, added in COLUMNS_0009.items())
     finally:
         await engine.dispose()

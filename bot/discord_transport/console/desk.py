@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.discord_transport.console.items import console_view
 from bot.discord_transport.console.render import console_embed
+from bot.discord_transport.console.view import console_view
 from bot.locks import KeyedLocks
 from feedback.corrections import Actor, InvalidAction
 

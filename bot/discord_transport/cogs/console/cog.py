@@ -1,8 +1,8 @@
 """The actor console's commands and listeners.
 
 ``/console setup #channel @role`` (server managers) names the console channel and the actors'
-role; ``/console mode`` sets this channel's moderation mode. Rewrite modals are handled here
-from the raw interaction, so a modal opened before a restart still lands after it.
+role; ``/console mode`` sets this channel's moderation mode. Rewrite and score modals are handled
+here from the raw interaction, so a modal opened before a restart still lands after it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_transport.console.items import (
-    DYNAMIC_ITEMS,
     REWRITE_MODAL_ID,
     handle_rewrite_submit,
     tell_when_database_down,
 )
+from bot.discord_transport.console.scoring import SCORE_MODAL_ID, handle_score_submit
+from bot.discord_transport.console.view import DYNAMIC_ITEMS
 from bot.discord_transport.errors import UserFacingError, reply_error
 
 if TYPE_CHECKING:
@@ -99,13 +100,18 @@ class Console(commands.GroupCog, group_name="console"):
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        """Rewrite submissions, and logging of console ids that match no control."""
+        """Rewrite and score submissions, and logging of console ids that match no control."""
         custom_id = str((interaction.data or {}).get("custom_id", ""))
         if not custom_id.startswith("gr:"):
             return
         if interaction.type is discord.InteractionType.modal_submit:
-            match = REWRITE_MODAL_ID.fullmatch(custom_id)
-            if match is None:
+            if match := REWRITE_MODAL_ID.fullmatch(custom_id):
+                action = handle_rewrite_submit(interaction, int(match["id"]))
+            elif match := SCORE_MODAL_ID.fullmatch(custom_id):
+                action = handle_score_submit(
+                    interaction, int(match["id"]), match["version"], match["chosen"]
+                )
+            else:
                 _log.warning(
                     "ignored modal with malformed id %r from %s",
                     custom_id[:100],
@@ -113,9 +119,7 @@ class Console(commands.GroupCog, group_name="console"):
                 )
                 return
             with self.bot.tracking():
-                await tell_when_database_down(
-                    interaction, handle_rewrite_submit(interaction, int(match["id"]))
-                )
+                await tell_when_database_down(interaction, action)
             return
         templates = [item.__discord_ui_compiled_template__ for item in DYNAMIC_ITEMS]  # type: ignore[attr-defined]
         if interaction.type is discord.InteractionType.component and not any(
