@@ -182,12 +182,12 @@ async def _build(folder: Path, conversations: int, turns: int, seed: int) -> dic
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a greenroom command at low priority; its progress bars go to standard error."""
     done = subprocess.run(
-        ["nice", GREENROOM, *args], capture_output=True, text=True, env=env, check=False
+        ["nice", GREENROOM, *args], stdout=subprocess.PIPE, text=True, env=env, check=False
     )
     if done.returncode != 0:
-        print(done.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"greenroom {args[0]} failed")
+        raise SystemExit(f"greenroom {args[0]} failed (exit {done.returncode})")
     return done
 
 
