@@ -243,6 +243,7 @@ def main() -> None:
         f"<= {TARGET_STEP_S:g} s",
         summary["seconds_per_step"] <= TARGET_STEP_S,
     )
+    print(f"CPU seconds a step (all threads): {summary['cpu_seconds_per_step']:.2f}")
     verdicts.target(
         "peak RSS of the training process",
         f"{summary['peak_rss_mib']:.0f} MiB",
