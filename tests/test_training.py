@@ -121,6 +121,7 @@ def test_trl_trainers_train_an_adapter_on_an_export(
     assert summary["data"]["records_read"] == summary["data"]["records_used"] == records
     assert summary["base"] == tiny.summary()
     assert summary["peak_rss_mib"] > 0 and summary["seconds_per_step"] > 0
+    assert summary["cpu_seconds_per_step"] > 0
     # LoRA's B matrices start at zero: any non-zero one means the optimizer stepped
     weights = load_file(out / "adapter_model.safetensors")
     lora_b = [tensor for name, tensor in weights.items() if "lora_B" in name]
