@@ -27,7 +27,8 @@ __all__ = ["eval_preferences_command", "installed_bundled_gguf", "train_command"
 _log = logging.getLogger(__name__)
 
 _BASE_HELP = (
-    "Base model: a Hugging Face model folder or a GGUF file [the bundled SmolLM2-135M-Instruct]."
+    "Base model: a Hugging Face model folder or a GGUF file "
+    "(default: the bundled SmolLM2-135M-Instruct)."
 )
 
 
@@ -74,7 +75,7 @@ def train_command(
     batch_size: Annotated[int, typer.Option(help="Records per step (kto: at least 2).")] = 2,
     lr: Annotated[
         float | None,
-        typer.Option(help="Learning rate [sft 2e-4, dpo and kto 5e-5].", show_default=False),
+        typer.Option(help="Learning rate (default: sft 2e-4, dpo and kto 5e-5).", show_default=False),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the adapter's initialisation and order.")] = 0,
 ) -> None:
