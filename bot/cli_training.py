@@ -75,7 +75,9 @@ def train_command(
     batch_size: Annotated[int, typer.Option(help="Records per step (kto: at least 2).")] = 2,
     lr: Annotated[
         float | None,
-        typer.Option(help="Learning rate (default: sft 2e-4, dpo and kto 5e-5).", show_default=False),
+        typer.Option(
+            help="Learning rate (default: sft 2e-4, dpo and kto 5e-5).", show_default=False
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the adapter's initialisation and order.")] = 0,
 ) -> None:
