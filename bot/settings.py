@@ -61,6 +61,9 @@ class ModelSettings(BaseModel):
     api_key_env: str = "OPENAI_API_KEY"
     #: For ``local``: a GGUF file; empty means the bundled SmolLM2-135M-Instruct.
     gguf_path: Path | None = None
+    #: For ``local``: a LoRA adapter folder (``greenroom train --out``), served merged into the
+    #: base it was trained on (converted to GGUF once, inside the folder). Not with gguf_path.
+    adapter_path: Path | None = None
     context_tokens: int = Field(default=2048, ge=256, le=131072)
     max_tokens: int = Field(default=96, ge=1, le=4096)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
@@ -70,6 +73,18 @@ class ModelSettings(BaseModel):
     threads: int = Field(default=2, ge=1, le=64)
     #: Seconds one generation may take before it is abandoned for an in-persona fallback.
     timeout_s: float = Field(default=60.0, gt=0.0, le=600.0)
+
+    @model_validator(mode="after")
+    def _check_adapter(self) -> ModelSettings:
+        if self.adapter_path is not None:
+            if self.provider != "local":
+                raise ValueError("an adapter (model.adapter_path) needs model.provider = local")
+            if self.gguf_path is not None:
+                raise ValueError(
+                    "set model.adapter_path or model.gguf_path, not both: "
+                    "an adapter is served on the base it was trained on"
+                )
+        return self
 
 
 class MemorySettings(BaseModel):
