@@ -345,14 +345,13 @@ class ConversationEngine:
             conversation_id=conversation_id,
         )
         memories = await self._recall(persona, incoming, text, window, flags)
-        messages = self.build_prompt(
+        messages, context = self._layout(
             persona,
             user_name=incoming.user_name,
             history=history,
             text=text,
             memories=memories,
             group=group,
-            conversation_id=conversation_id,
             window=window,
         )
         fallback = False
@@ -389,6 +388,7 @@ class ConversationEngine:
             model_name=self._model_name,
             params={**self._model_params, EXAMPLES_NAMED_PARAM: True},
             memories=memories,
+            context=None if context is None else str(context.content),
         )
         crash_point("turn.before_commit")
         candidate_id = await self.store.add_candidate(
@@ -522,6 +522,7 @@ class ConversationEngine:
                 EXAMPLES_NAMED_PARAM: examples_named(snapshot.messages, snapshot.params),
             },
             memories=list(snapshot.memories),
+            context=snapshot.context,
         )
         return text, fresh, flags
 
@@ -589,21 +590,21 @@ class ConversationEngine:
     ) -> list[BaseMessage]:
         """The messages for the model, fitted to its context window.
 
-        Laid out so that consecutive turns share the longest byte-identical prefix, which the
-        model servers' prompt caches reuse (llama.cpp, vLLM): the card's system prompt, its
+        Laid out so that each turn's prompt starts with the whole of the previous one, which
+        the model servers' prompt caches reuse (llama.cpp, vLLM): the card's system prompt, its
         example dialogue (named ``example_user``/``example_assistant``, as SillyTavern marks
         examples), the history window, the new message. What changes every turn, triggered
-        lore and recalled memories, is one system message named ``context`` placed
-        ``limits.context_depth`` messages from the end (1: just before the new message).
+        lore and recalled ``memories``, is one system message named ``context`` placed
+        ``limits.context_depth`` messages from the end (1: just before the new message). The
+        context messages of earlier turns stay where they were (``HistoryTurn.context``, read
+        with the history), and a lore or memory line one of them still shows is not repeated,
+        so a follow-up only adds its reply, its context message and its message.
 
         With a ``conversation_id`` the history window keeps its first turn while it fits, and
         restarts at half the budget when it no longer does, so its prefix changes once in many
         turns rather than every turn. In a group channel each user line carries the speaker's
         name. ``window``: the turns :meth:`history_window` chose, when the caller has them.
         """
-        user_name = display_name(user_name)
-        context = _context_message(self._lore(persona, user_name, history, text), memories)
-        head = self._head(persona, user_name)
         if window is None:
             window = self.history_window(
                 persona,
@@ -613,11 +614,53 @@ class ConversationEngine:
                 group=group,
                 conversation_id=conversation_id,
             )
-        chat = [_history_message(t.role, t.author_name, t.content, group)[0] for t in window]
-        chat.append(HumanMessage(content=_user_line(user_name, text, group)))
+        messages, _ = self._layout(
+            persona,
+            user_name=user_name,
+            history=history,
+            text=text,
+            memories=memories,
+            group=group,
+            window=window,
+        )
+        return messages
+
+    def _layout(
+        self,
+        persona: Persona,
+        *,
+        user_name: str,
+        history: Sequence[HistoryTurn],
+        text: str,
+        memories: Sequence[str],
+        group: bool,
+        window: Sequence[HistoryTurn],
+    ) -> tuple[list[BaseMessage], SystemMessage | None]:
+        """:meth:`build_prompt` of a chosen ``window``, and the turn's own context message."""
+        user_name = display_name(user_name)
+        kept = _kept_contexts(window)
+        shown = "\n" + "\n".join(str(message.content) for _, message in kept) + "\n"
+        lore = [
+            line
+            for line in self._lore(persona, user_name, history, text)
+            if f"\n- {line}\n" not in shown
+        ]
+        recalled = [line for line in memories if f"\n{line}\n" not in shown]
+        context = _context_message(lore, recalled)
+        real = [_history_message(t.role, t.author_name, t.content, group)[0] for t in window]
+        real.append(HumanMessage(content=_user_line(user_name, text, group)))
+        depth = self.limits.context_depth
+        placed: dict[int, list[BaseMessage]] = {}
+        for anchor, message in kept:
+            placed.setdefault(max(0, anchor + 1 - depth), []).append(message)
         if context is not None:
-            chat.insert(len(chat) - min(self.limits.context_depth, len(chat)), context)
-        return head + chat
+            placed.setdefault(max(0, len(real) - depth), []).append(context)
+        chat: list[BaseMessage] = []
+        for index, message in enumerate(real):
+            chat += placed.get(index, ())
+            chat.append(message)
+        chat += placed.get(len(real), ())
+        return self._head(persona, user_name) + chat, context
 
     def history_window(
         self,
@@ -629,9 +672,10 @@ class ConversationEngine:
         group: bool = False,
         conversation_id: int | None = None,
     ) -> list[HistoryTurn]:
-        """The history turns the prompt carries: what fits beside the card, the new message
-        and the context message at its largest (triggered lore and the whole recall budget),
-        so the window does not move with what memory recalls."""
+        """The history turns the prompt carries, with the context messages kept beside them:
+        what fits beside the card, the new message and the context message at its largest
+        (triggered lore and the whole recall budget), so the window does not move with what
+        memory recalls."""
         user_name = display_name(user_name)
         lore = self._lore(persona, user_name, history, text)
         reserved = (self.limits.recall_token_budget if self.memory is not None else 0) + sum(
@@ -669,10 +713,16 @@ class ConversationEngine:
         budget: int,
         group: bool,
     ) -> list[HistoryTurn]:
-        """The history turns that fit ``budget`` tokens, starting with a user turn."""
+        """The history turns that fit ``budget`` tokens (with the context messages they keep),
+        starting with a user turn."""
         messages = [
             _history_message(turn.role, turn.author_name, turn.content, group) for turn in history
         ]
+        if any(turn.context for turn in history):
+            messages = [
+                (message, tokens + (_kept_message(turn.context)[1] if turn.context else 0))
+                for (message, tokens), turn in zip(messages, history, strict=True)
+            ]
         kept_start = self._window_starts.get(conversation_id) if conversation_id else None
         start = next((i for i, turn in enumerate(history) if turn.id == kept_start), None)
         if start is None or sum(tokens for _, tokens in messages[start:]) > budget:
@@ -765,6 +815,29 @@ def _example_messages(persona: Persona, user_name: str) -> list[BaseMessage]:
         else AIMessage(content=line, name=EXAMPLE_NAMES["assistant"])
         for role, line in persona.example_dialogue(user_name)
     ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _kept_message(content: str) -> tuple[SystemMessage, int]:
+    """An earlier turn's context message, with its token estimate (memoised like
+    :func:`_history_message`: the messages are shared, so nothing may change them)."""
+    return SystemMessage(content=content, name=CONTEXT_NAME), approx_tokens(content) + 2
+
+
+def _kept_contexts(window: Sequence[HistoryTurn]) -> list[tuple[int, SystemMessage]]:
+    """The context messages the replies in ``window`` were generated with, each with the
+    index in ``window`` of the user turn it was built for (one per user turn; none for a
+    turn the window does not show)."""
+    index = {turn.id: i for i, turn in enumerate(window) if turn.role == "user"}
+    kept: list[tuple[int, SystemMessage]] = []
+    anchors: set[int] = set()
+    for turn in window:
+        anchor = index.get(turn.parent_id) if turn.parent_id is not None else None
+        if turn.role != "assistant" or not turn.context or anchor is None or anchor in anchors:
+            continue
+        anchors.add(anchor)
+        kept.append((anchor, _kept_message(turn.context)[0]))
+    return kept
 
 
 def _context_message(lore: Sequence[str], memories: Sequence[str]) -> SystemMessage | None:

@@ -98,7 +98,15 @@ _INSERT_NODE = (
     .values({name: bindparam(name) for name in _NODE_COLUMNS})
     .returning(_MESSAGES.c.id)
 )
-_SNAPSHOT_COLUMNS = ("messages", "persona", "persona_version", "memories", "model_name", "params")
+_SNAPSHOT_COLUMNS = (
+    "messages",
+    "persona",
+    "persona_version",
+    "memories",
+    "model_name",
+    "params",
+    "context",
+)
 
 
 def _insert_snapshot(bind_prefix: str = "") -> Insert:
@@ -165,6 +173,11 @@ _HISTORY = (
         _MESSAGES.c.author_name,
         _MESSAGES.c.content,
         _MESSAGES.c.external_id,
+        _MESSAGES.c.parent_id,
+        _SNAPSHOTS.c.context,
+    )
+    .select_from(
+        _MESSAGES.outerjoin(_SNAPSHOTS, _SNAPSHOTS.c.id == _MESSAGES.c.prompt_snapshot_id)
     )
     .where(
         _MESSAGES.c.conversation_id == bindparam("conversation_id"),
@@ -188,7 +201,8 @@ def _open_turn_in_one_statement() -> CompoundSelect:
     conversation over) as one statement: one round trip instead of three on every turn.
 
     Binds ``conversation_id``, ``limit``, ``now``, ``external_id`` and ``turn_<column>``. Rows
-    are ``(part, id, role, author_id, author_name, content, external_id)`` with ``part`` one
+    are ``(part, id, role, author_id, author_name, content, external_id, parent_id, context)``
+    with ``part`` one
     of ``history`` (the turns before this one, in no particular order), ``turn`` (the new
     turn's id) and ``takeover``. The history CTE reads the snapshot before the insert, so it
     never holds the new turn.
@@ -240,6 +254,11 @@ class HistoryTurn:
     content: str
     #: For a user turn, the transport's id of the message (how a redelivery is recognised).
     external_id: str | None = None
+    #: The turn this one follows in the tree (for a reply, the user turn it answers).
+    parent_id: int | None = None
+    #: For a reply, the ``context`` message its prompt carried for its own turn (see
+    #: :attr:`SnapshotData.context`).
+    context: str | None = None
 
 
 def said_in(history: Sequence[HistoryTurn], external_id: str | None) -> HistoryTurn | None:
@@ -301,6 +320,10 @@ class SnapshotData:
     model_name: str
     params: dict[str, Any] = field(default_factory=dict)
     memories: list[str] = field(default_factory=list)
+    #: The content of the ``context`` message built for this turn (``None``: it had none). It
+    #: is also among ``messages``, beside the context messages of earlier turns, which the
+    #: prompt keeps in place; the history read returns it with the reply.
+    context: str | None = None
 
     def row_values(self) -> dict[str, Any]:
         """The ``prompt_snapshots`` columns holding this snapshot."""
@@ -311,6 +334,7 @@ class SnapshotData:
             "memories": list(self.memories),
             "model_name": self.model_name,
             "params": self.params,
+            "context": self.context,
         }
 
     def to_row(self) -> PromptSnapshot:

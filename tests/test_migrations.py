@@ -1,9 +1,14 @@
-"""Migration 0007 from a database made by the previous head (0006), on SQLite and PostgreSQL:
-every row of every kept table survives, the build-ahead wing is gone, and the bot and exports
-work on the result."""
+"""Migrations from databases made by earlier revisions, on SQLite and PostgreSQL: every row of
+every kept table survives (0007 drops the build-ahead wing, 0008 adds the erasure feed, 0009
+the snapshots' own context message), and the bot and exports work on the result.
+
+The stores of today write columns a later revision adds: an older database is filled through
+them with those columns added for the fill and dropped again (:func:`todays_columns`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +25,7 @@ from tests.conftest import POSTGRES_ADMIN_DSN, _admin
 from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Collection
     from pathlib import Path
 
     from sqlalchemy.engine import Connection
@@ -29,6 +34,8 @@ if TYPE_CHECKING:
 SECRET = b"migration-test-secret-0123456789"
 PREVIOUS_HEAD = "0006"
 DROPPED_TABLES = {"turn_records", "turn_build_queue", "record_builds"}
+#: Columns the stores write that later revisions add, as ``(table, column, SQL type)``.
+LATER_COLUMNS = (("prompt_snapshots", "context", "TEXT"),)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -89,9 +96,37 @@ async def fill(engine: AsyncEngine) -> None:
         )
 
 
-async def kept_data(engine: AsyncEngine) -> dict[str, list[Any]]:
+@contextlib.asynccontextmanager
+async def todays_columns(engine: AsyncEngine) -> AsyncIterator[None]:
+    """An older database with the columns of :data:`LATER_COLUMNS` it lacks, while the stores
+    of today fill it; they are dropped again (with what was written to them) on the way out."""
+
+    def missing(sync: Connection) -> list[tuple[str, str, str]]:
+        inspector = inspect(sync)
+        return [
+            (table, column, kind)
+            for table, column, kind in LATER_COLUMNS
+            if column not in {c["name"] for c in inspector.get_columns(table)}
+        ]
+
+    async with engine.begin() as connection:
+        added = await connection.run_sync(missing)
+        for table, column, kind in added:
+            await connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+    try:
+        yield
+    finally:
+        async with engine.begin() as connection:
+            for table, column, _ in added:
+                await connection.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+
+
+async def kept_data(
+    engine: AsyncEngine, *, without: Collection[str] = ()
+) -> dict[str, list[Any]]:
     """Every row of every table the models keep, in id order, without ``messages.revision``
-    (only the tables and columns the database has: an older revision lacks later ones)."""
+    (only the tables and columns the database has: an older revision lacks later ones) and
+    the ``table.column`` names in ``without``."""
     data: dict[str, list[Any]] = {}
     async with engine.connect() as connection:
         present = await connection.run_sync(
@@ -103,7 +138,11 @@ async def kept_data(engine: AsyncEngine) -> dict[str, list[Any]]:
         for table in Base.metadata.sorted_tables:
             if table.name not in present:
                 continue
-            names = [column.name for column in table.columns if column.name in present[table.name]]
+            names = [
+                column.name
+                for column in table.columns
+                if column.name in present[table.name] and str(column) not in without
+            ]
             columns = ", ".join(names)
             order = ", ".join(column.name for column in table.primary_key.columns)
             result = await connection.execute(
@@ -161,7 +200,8 @@ async def test_upgrade_from_the_previous_head_keeps_data_and_drops_the_wing(
     engine = create_engine(fresh_url)
     try:
         await upgrade_to(engine, PREVIOUS_HEAD)
-        await fill(engine)
+        async with todays_columns(engine):
+            await fill(engine)
         async with engine.connect() as connection:
             before_wing = await connection.run_sync(wing)
         # the database really is the old one: its wing is there and the triggers ran
@@ -191,9 +231,10 @@ async def test_upgrade_from_the_previous_head_keeps_data_and_drops_the_wing(
         # writes that fired the dropped triggers work, and are exported
         store = ConversationStore(session_factory(engine))
         corrections = CorrectionStore(session_factory(engine))
-        turn = await add_turn(store, user_id="discord:0", text="after", state="held")
-        await corrections.rewrite(turn.candidate_id, actor=BOB_ACTOR, text="new", key="after")
-        assert len((await records(engine))["trl-sft"]) == len(exported["trl-sft"]) + 1
+        async with todays_columns(engine):
+            turn = await add_turn(store, user_id="discord:0", text="after", state="held")
+            await corrections.rewrite(turn.candidate_id, actor=BOB_ACTOR, text="new", key="after")
+            assert len((await records(engine))["trl-sft"]) == len(exported["trl-sft"]) + 1
     finally:
         await engine.dispose()
 
@@ -203,7 +244,7 @@ async def test_downgrade_brings_the_previous_schema_back(fresh_url: str) -> None
     try:
         await migrate(engine)
         await fill_new(engine)
-        data = await kept_data(engine)
+        data = await kept_data(engine, without={"prompt_snapshots.context"})  # 0009's
         assert data.pop("erasure_tombstones") == []  # 0008's, gone with the downgrade
 
         def down(connection: Connection) -> None:
@@ -235,7 +276,8 @@ async def test_0008_adds_tombstones_and_lease_revocation_keeping_data(fresh_url:
     engine = create_engine(fresh_url)
     try:
         await upgrade_to(engine, "0007")
-        await fill_new(engine)
+        async with todays_columns(engine):
+            await fill_new(engine)
         async with engine.connect() as connection:
             tables = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
         assert "erasure_tombstones" not in tables
@@ -244,7 +286,7 @@ async def test_0008_adds_tombstones_and_lease_revocation_keeping_data(fresh_url:
 
         await migrate(engine)
 
-        after = await kept_data(engine)
+        after = await kept_data(engine, without={"prompt_snapshots.context"})
         assert after.pop("erasure_tombstones") == []
         assert {name: rows for name, rows in after.items() if name != "leases"} == {
             name: rows for name, rows in before.items() if name != "leases"
@@ -269,5 +311,46 @@ async def test_0008_adds_tombstones_and_lease_revocation_keeping_data(fresh_url:
                 lambda sync: [c["name"] for c in inspect(sync).get_columns("leases")]
             )
         assert "erasure_tombstones" not in tables and "revoked_at" not in columns
+    finally:
+        await engine.dispose()
+
+
+async def test_0009_adds_the_snapshots_own_context_keeping_data(fresh_url: str) -> None:
+    """From 0008 with data: ``prompt_snapshots.context`` arrives empty for the old snapshots
+    (their turns keep no context message), every row stays, history reads and new turns work;
+    the downgrade drops the column and keeps the rest."""
+    engine = create_engine(fresh_url)
+    try:
+        await upgrade_to(engine, "0008")
+        async with todays_columns(engine):
+            await fill_new(engine)
+        before = await kept_data(engine)
+
+        await migrate(engine)
+
+        assert await kept_data(engine, without={"prompt_snapshots.context"}) == before
+        async with engine.connect() as connection:
+            contexts = (await connection.execute(text("SELECT context FROM prompt_snapshots")))
+            assert set(contexts.scalars()) == {None}
+        store = ConversationStore(session_factory(engine))
+        turn = await add_turn(store, user_id="discord:1", text="again", state="sent")
+        history = await store.history(turn.conversation_id, 10)
+        assert [t.content for t in history] == ["hi", "again", "Evening."]
+        assert [t.context for t in history] == [None, None, None]
+
+        expected = await kept_data(engine, without={"prompt_snapshots.context"})
+
+        def down(connection: Connection) -> None:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0008")
+
+        async with engine.begin() as connection:
+            await connection.run_sync(down)
+            columns = await connection.run_sync(
+                lambda sync: [c["name"] for c in inspect(sync).get_columns("prompt_snapshots")]
+            )
+        assert "context" not in columns
+        assert await kept_data(engine) == expected
     finally:
         await engine.dispose()
