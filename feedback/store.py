@@ -176,9 +176,7 @@ _HISTORY = (
         _MESSAGES.c.parent_id,
         _SNAPSHOTS.c.context,
     )
-    .select_from(
-        _MESSAGES.outerjoin(_SNAPSHOTS, _SNAPSHOTS.c.id == _MESSAGES.c.prompt_snapshot_id)
-    )
+    .select_from(_MESSAGES.outerjoin(_SNAPSHOTS, _SNAPSHOTS.c.id == _MESSAGES.c.prompt_snapshot_id))
     .where(
         _MESSAGES.c.conversation_id == bindparam("conversation_id"),
         or_(_MESSAGES.c.role == "user", _MESSAGES.c.state == "sent"),

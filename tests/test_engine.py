@@ -22,8 +22,8 @@ from bot.engine import (
 from bot.llm import FakeChatModel
 from bot.terminal import TerminalChat
 from feedback.corrections import CorrectionStore
-from feedback.privacy import PrivacyStore
 from feedback.models import PromptSnapshot
+from feedback.privacy import PrivacyStore
 from feedback.store import ConversationStore, HistoryTurn
 from memory import MemoryStoreError
 from personas import PersonaRegistry, UnknownPersonaError
@@ -457,7 +457,7 @@ async def test_a_restarted_engine_reads_the_kept_context_messages_from_the_store
         {"role": "assistant", "content": turns[-1][0].text},
         {"role": "user", "content": "How is your sister Roz? Day 3."},
     ]
-    text, fresh, _ = await after.regenerate(
+    _, fresh, _ = await after.regenerate(
         turns[-1][0].candidate_id, user_id="terminal:ann", user_name="ann"
     )
     assert fresh.messages == last and fresh.context == turns[-1][1].context is not None

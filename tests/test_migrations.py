@@ -121,9 +121,7 @@ async def todays_columns(engine: AsyncEngine) -> AsyncIterator[None]:
                 await connection.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
 
 
-async def kept_data(
-    engine: AsyncEngine, *, without: Collection[str] = ()
-) -> dict[str, list[Any]]:
+async def kept_data(engine: AsyncEngine, *, without: Collection[str] = ()) -> dict[str, list[Any]]:
     """Every row of every table the models keep, in id order, without ``messages.revision``
     (only the tables and columns the database has: an older revision lacks later ones) and
     the ``table.column`` names in ``without``."""
@@ -330,7 +328,7 @@ async def test_0009_adds_the_snapshots_own_context_keeping_data(fresh_url: str) 
 
         assert await kept_data(engine, without={"prompt_snapshots.context"}) == before
         async with engine.connect() as connection:
-            contexts = (await connection.execute(text("SELECT context FROM prompt_snapshots")))
+            contexts = await connection.execute(text("SELECT context FROM prompt_snapshots"))
             assert set(contexts.scalars()) == {None}
         store = ConversationStore(session_factory(engine))
         turn = await add_turn(store, user_id="discord:1", text="again", state="sent")
