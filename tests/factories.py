@@ -77,10 +77,12 @@ class RecordingOutlet:
 
 @dataclass
 class RecallingMemory:
-    """A memory port that recalls ``always`` on every turn, and a new line of its own on
-    each (memories that change every turn); it remembers nothing and flags nothing."""
+    """A memory port that recalls the same facts on every turn (``facts_of`` the user, else
+    ``always``), and a new line of its own on each (memories that change every turn); it
+    remembers nothing and flags nothing."""
 
     always: tuple[str, ...] = ("Sister: Maya",)
+    facts_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
     recalls: int = 0
     #: The ``shown_turns`` of each recall.
     shown: list[list[str]] = field(default_factory=list)
@@ -97,12 +99,13 @@ class RecallingMemory:
     ) -> list[MemoryHit]:
         self.recalls += 1
         self.shown.append(list(shown_turns))
-        texts = [*self.always, f"Something told on day {self.recalls}"]
+        facts = self.facts_of.get(user_id, self.always)
+        texts = [*facts, f"Something told on day {self.recalls}"]
         return [
             MemoryHit(
-                id=f"fact:{index}" if index < len(self.always) else f"turn:{self.recalls}",
+                id=f"fact:{index}" if index < len(facts) else f"turn:{self.recalls}",
                 text=text,
-                kind="user_fact" if index < len(self.always) else "turn",
+                kind="user_fact" if index < len(facts) else "turn",
                 source="user",
                 created_at=datetime.now(UTC),
                 score=0.9,
