@@ -73,6 +73,12 @@ WARM_AGAIN_SECONDS = 300.0
 _WARMED_KEPT = 4096
 #: Conversations whose history window start is kept (the oldest are forgotten first).
 _WINDOWS_KEPT = 4096
+#: Tokens a chat template adds around each message, counted in every prompt budget: ChatML
+#: wraps a message in ``<|im_start|>role\n`` and ``<|im_end|>\n`` (five), rounded up for
+#: templates that add more. Kept context messages make a prompt's messages many.
+_MESSAGE_TOKENS = 6
+_LORE_HEADER = "What you know about this:\n"
+_MEMORY_HEADER = "What you remember:\n"
 
 
 class UserDataOwner(Protocol):
@@ -224,7 +230,7 @@ def _history_message(
         message: BaseMessage = HumanMessage(content=_user_line(author_name, content, group))
     else:
         message = AIMessage(content=content)
-    return message, approx_tokens(str(message.content))
+    return message, approx_tokens(str(message.content)) + _MESSAGE_TOKENS
 
 
 class ConversationEngine:
@@ -678,8 +684,11 @@ class ConversationEngine:
         memory recalls."""
         user_name = display_name(user_name)
         lore = self._lore(persona, user_name, history, text)
-        reserved = (self.limits.recall_token_budget if self.memory is not None else 0) + sum(
-            approx_tokens(line) + 2 for line in lore
+        reserved = (
+            (self.limits.recall_token_budget if self.memory is not None else 0)
+            + sum(approx_tokens(line) + 2 for line in lore)
+            + approx_tokens(_LORE_HEADER + _MEMORY_HEADER)
+            + _MESSAGE_TOKENS
         )
         fixed = [
             *self._head(persona, user_name),
@@ -688,8 +697,9 @@ class ConversationEngine:
         budget = (
             self.limits.context_tokens
             - self.limits.max_new_tokens
+            - _MESSAGE_TOKENS  # the reply's own header
             - reserved
-            - sum(approx_tokens(str(message.content)) for message in fixed)
+            - sum(approx_tokens(str(message.content)) + _MESSAGE_TOKENS for message in fixed)
         )
         return self._history_window(conversation_id, history, budget, group)
 
@@ -821,7 +831,9 @@ def _example_messages(persona: Persona, user_name: str) -> list[BaseMessage]:
 def _kept_message(content: str) -> tuple[SystemMessage, int]:
     """An earlier turn's context message, with its token estimate (memoised like
     :func:`_history_message`: the messages are shared, so nothing may change them)."""
-    return SystemMessage(content=content, name=CONTEXT_NAME), approx_tokens(content) + 2
+    return SystemMessage(content=content, name=CONTEXT_NAME), approx_tokens(
+        content
+    ) + _MESSAGE_TOKENS
 
 
 def _kept_contexts(window: Sequence[HistoryTurn]) -> list[tuple[int, SystemMessage]]:
@@ -844,9 +856,9 @@ def _context_message(lore: Sequence[str], memories: Sequence[str]) -> SystemMess
     """Triggered lore and recalled memories as one system message, if there are any."""
     parts = []
     if lore:
-        parts.append("What you know about this:\n" + "\n".join(f"- {line}" for line in lore))
+        parts.append(_LORE_HEADER + "\n".join(f"- {line}" for line in lore))
     if memories:
-        parts.append("What you remember:\n" + "\n".join(memories))
+        parts.append(_MEMORY_HEADER + "\n".join(memories))
     return SystemMessage(content="\n\n".join(parts), name=CONTEXT_NAME) if parts else None
 
 
