@@ -1,19 +1,22 @@
 """Prompt-cache reuse over a long conversation whose recalled memories change every turn.
 
-Run: ``.venv/bin/python bench/bench_prompt_cache.py [--turns 32] [--max-tokens 32]``
+Run: ``.venv/bin/python bench/bench_prompt_cache.py [--turns 32] [--max-tokens 32]
+[--layouts late,early]``
 
 The real engine, the bundled local model (llama.cpp) and real vector memory play one scripted
 conversation: each user message tells something new, so recall brings different memories every
-turn, and a fact planted in the first turn is asked for in the last. Two layouts run side by
-side, each on a fresh model server: ``late`` (the default: lore and memories one message from
-the end, ``chat.context_depth = 1``) and ``early`` (the same message placed before the whole
-history, as memories in the system prompt used to be). For each it prints llama.cpp's prompt
-processing time of the first turn and the median of the follow-ups, their ratio against the
-target (at most 0.2 for ``late``), and whether the last turn's prompt and reply carry the
+turn, and a fact planted in the first turn is asked for in the last. Two layouts run one after
+the other, each on a fresh model server: ``late`` (the default: each turn's lore and memories
+one message from the end, ``chat.context_depth = 1``, kept in place in later prompts) and
+``early`` (every context message placed before the whole history, as memories in the system
+prompt used to be). For each it prints llama.cpp's prompt processing time and tokens of the
+first turn and the median of the follow-ups, their ratio (target at most 0.2 for ``late``), the
+mean follow-up (window restarts included), how many turns' prompts did not start with the whole
+previous prompt (window restarts), and whether the last turn's prompt and reply carry the
 planted fact.
 
-Exit code 1 when a correctness check fails: the planted fact not recalled into the last prompt,
-or a turn that produced no reply.
+Exit code 1 when a correctness check fails: the planted fact not in the last prompt's context
+messages, or a turn that produced no reply.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pydantic import PrivateAttr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import scratch_database
+from bench.common import Verdicts, scratch_database
 from bot.decisions import DecisionService
 from bot.engine import ConversationEngine, EngineLimits, IncomingMessage, Reply
 from bot.llm.local import LlamaRuntime, LocalLlamaChatModel, RuntimeConfig, bundled_gguf_path
@@ -105,9 +108,22 @@ class Run:
     layout: str
     prompt_ms: list[float]
     prompt_n: list[int]
-    last_prompt: list[dict[str, Any]]
+    #: Each replied turn's prompt, as stored.
+    prompts: list[list[dict[str, Any]]]
     last_reply: str
     replies: int
+
+    @property
+    def last_prompt(self) -> list[dict[str, Any]]:
+        return self.prompts[-1] if self.prompts else []
+
+    @property
+    def restarts(self) -> int:
+        """Turns whose prompt does not start with the whole previous prompt."""
+        return sum(
+            after[: len(before)] != before
+            for before, after in zip(self.prompts, self.prompts[1:], strict=False)
+        )
 
 
 def _script(turns: int) -> list[str]:
@@ -143,7 +159,7 @@ async def play(layout: str, turns: int, max_tokens: int, folder: Path) -> Run:
         )
         decisions.add_outlet("bench", _Silent())
         await asyncio.to_thread(runtime.server)  # load outside the timed turns
-        replies, last = 0, None
+        replies, last, prompts = 0, None, []
         try:
             for text in _script(turns):
                 reply = await engine.respond(
@@ -160,12 +176,13 @@ async def play(layout: str, turns: int, max_tokens: int, folder: Path) -> Run:
                     replies += 1
                     await decisions.present(reply, hold=False)
                     last = reply
-            node = await engine.store.get_node(last.candidate_id) if last else None
-            snapshot = (
-                await engine.store.get_snapshot(node.prompt_snapshot_id)
-                if node and node.prompt_snapshot_id
-                else None
-            )
+                    node = await engine.store.get_node(reply.candidate_id)
+                    snapshot = (
+                        await engine.store.get_snapshot(node.prompt_snapshot_id)
+                        if node and node.prompt_snapshot_id
+                        else None
+                    )
+                    prompts.append(list(snapshot.messages) if snapshot else [])
         finally:
             await decisions.close()
             memory.close()
@@ -175,55 +192,67 @@ async def play(layout: str, turns: int, max_tokens: int, folder: Path) -> Run:
         layout=layout,
         prompt_ms=[float(t["prompt_ms"]) for t in model._timings],
         prompt_n=[int(t["prompt_n"]) for t in model._timings],
-        last_prompt=list(snapshot.messages) if snapshot else [],
+        prompts=prompts,
         last_reply=last.text if last else "",
         replies=replies,
     )
 
 
-def report(run: Run, turns: int) -> list[str]:
-    """Print one layout's figures; returns the failed correctness checks."""
+def report(run: Run, turns: int, verdicts: Verdicts) -> None:
+    """Print one layout's figures and check its correctness."""
     first, follow = run.prompt_ms[0], statistics.median(run.prompt_ms[1:])
     ratio = follow / first
-    target = f"target <= {TARGET_RATIO}: {'PASS' if ratio <= TARGET_RATIO else 'MISS'}"
+    figure = (
+        f"first {first:.1f} ms ({run.prompt_n[0]} tok), follow-ups median {follow:.1f} ms "
+        f"({statistics.median(run.prompt_n[1:]):.0f} tok), ratio {ratio:.3f}"
+    )
+    if run.layout == "late":
+        verdicts.target(
+            "late follow-up/first prompt time", figure, f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO
+        )
+    else:
+        print(f"{run.layout} (for comparison): {figure}", flush=True)
     print(
-        f"{run.layout:>5}: first {first:7.1f} ms ({run.prompt_n[0]} tok), follow-ups median "
-        f"{follow:6.1f} ms ({statistics.median(run.prompt_n[1:]):.0f} tok), ratio {ratio:.3f}"
-        + (f"  {target}" if run.layout == "late" else "  (for comparison)")
+        f"  follow-ups mean {statistics.fmean(run.prompt_ms[1:]):.1f} ms "
+        f"({statistics.fmean(run.prompt_n[1:]):.0f} tok); prompts not starting with the "
+        f"previous one: {run.restarts} of {len(run.prompts) - 1}",
+        flush=True,
     )
     context = " ".join(
         str(m.get("content", "")) for m in run.last_prompt if m.get("name") == "context"
     )
     recalled = "Maya" in context
     print(
-        f"       last turn: planted fact in the prompt's memories: {'yes' if recalled else 'NO'}; "
-        f"in the reply: {'yes' if 'Maya' in run.last_reply else 'no'} ({run.last_reply[:80]!r})"
+        f"  last turn: planted fact in the prompt's context messages: "
+        f"{'yes' if recalled else 'NO'}; in the reply: "
+        f"{'yes' if 'Maya' in run.last_reply else 'no'} ({run.last_reply[:80]!r})",
+        flush=True,
     )
-    failures = []
-    if not recalled:
-        failures.append(f"{run.layout}: the planted fact was not recalled into the last prompt")
-    if run.replies != turns:
-        failures.append(f"{run.layout}: {turns - run.replies} turns got no model reply")
-    return failures
+    verdicts.check(recalled, f"{run.layout}: the planted fact is not in the last prompt's memories")
+    verdicts.check(
+        run.replies == turns, f"{run.layout}: {turns - run.replies} turns got no model reply"
+    )
 
 
-async def main() -> int:
+async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--layouts", default="late,early", help="comma-separated: late, early")
     args = parser.parse_args()
     if args.turns < 3:
         parser.error("--turns must be at least 3")
+    layouts = [layout.strip() for layout in args.layouts.split(",") if layout.strip()]
+    if not layouts or set(layouts) - {"late", "early"}:
+        parser.error("--layouts takes late, early or both")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    failures = []
+    verdicts = Verdicts()
     with tempfile.TemporaryDirectory() as folder:
-        for layout in ("late", "early"):
+        for layout in layouts:
             run = await play(layout, args.turns, args.max_tokens, Path(folder))
-            failures += report(run, args.turns)
-    for failure in failures:
-        print(f"FAIL {failure}")
-    return 1 if failures else 0
+            report(run, args.turns, verdicts)
+    verdicts.exit()
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    asyncio.run(main())

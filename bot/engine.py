@@ -74,6 +74,12 @@ WARM_AGAIN_SECONDS = 300.0
 _WARMED_KEPT = 4096
 #: Conversations whose history window start is kept (the oldest are forgotten first).
 _WINDOWS_KEPT = 4096
+#: Tokens a chat template adds around each message, counted in every prompt budget: ChatML
+#: wraps a message in ``<|im_start|>role\n`` and ``<|im_end|>\n`` (five), rounded up for
+#: templates that add more. Kept context messages make a prompt's messages many.
+_MESSAGE_TOKENS = 6
+_LORE_HEADER = "What you know about this:\n"
+_MEMORY_HEADER = "What you remember:\n"
 
 
 class UserDataOwner(Protocol):
@@ -212,6 +218,9 @@ class _Answer:
     fallback: bool
     flags: list[dict[str, Any]]
     risk: Risk
+    #: The late ``context`` message's text (lore and memories), kept with the snapshot so later
+    #: prompts show it in place; ``None`` when the turn had none.
+    context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +263,7 @@ def _history_message(
         message: BaseMessage = HumanMessage(content=_user_line(author_name, content, group))
     else:
         message = AIMessage(content=content)
-    return message, approx_tokens(str(message.content))
+    return message, approx_tokens(str(message.content)) + _MESSAGE_TOKENS
 
 
 class ConversationEngine:
@@ -376,6 +385,7 @@ class ConversationEngine:
             model_name=self._model_name,
             params={**self._model_params, EXAMPLES_NAMED_PARAM: True},
             memories=answer.memories,
+            context=answer.context,
         )
         crash_point("turn.before_commit")
         candidate_id = await self.store.add_candidate(
@@ -468,14 +478,13 @@ class ConversationEngine:
             conversation_id=conversation_id,
         )
         memories = await self._recall(persona, incoming, text, window, flags)
-        messages = self.build_prompt(
+        messages, context = self._layout(
             persona,
             user_name=incoming.user_name,
             history=history,
             text=text,
             memories=memories,
             group=group,
-            conversation_id=conversation_id,
             window=window,
         )
         fallback = False
@@ -503,7 +512,15 @@ class ConversationEngine:
         )
         if risk.hold:
             flags.append(risk.as_flag())
-        return _Answer(messages, memories, reply_text, fallback, flags, risk)
+        return _Answer(
+            messages,
+            memories,
+            reply_text,
+            fallback,
+            flags,
+            risk,
+            context=None if context is None else str(context.content),
+        )
 
     async def _seen_turn(
         self, conversation_id: int, incoming: IncomingMessage, history: Sequence[HistoryTurn]
@@ -612,6 +629,7 @@ class ConversationEngine:
                 EXAMPLES_NAMED_PARAM: examples_named(snapshot.messages, snapshot.params),
             },
             memories=list(snapshot.memories),
+            context=snapshot.context,
         )
         return text, fresh, flags
 
@@ -679,21 +697,21 @@ class ConversationEngine:
     ) -> list[BaseMessage]:
         """The messages for the model, fitted to its context window.
 
-        Laid out so that consecutive turns share the longest byte-identical prefix, which the
-        model servers' prompt caches reuse (llama.cpp, vLLM): the card's system prompt, its
+        Laid out so that each turn's prompt starts with the whole of the previous one, which
+        the model servers' prompt caches reuse (llama.cpp, vLLM): the card's system prompt, its
         example dialogue (named ``example_user``/``example_assistant``, as SillyTavern marks
         examples), the history window, the new message. What changes every turn, triggered
-        lore and recalled memories, is one system message named ``context`` placed
-        ``limits.context_depth`` messages from the end (1: just before the new message).
+        lore and recalled ``memories``, is one system message named ``context`` placed
+        ``limits.context_depth`` messages from the end (1: just before the new message). The
+        context messages of earlier turns stay where they were (``HistoryTurn.context``, read
+        with the history), and a lore or memory line one of them still shows is not repeated,
+        so a follow-up only adds its reply, its context message and its message.
 
         With a ``conversation_id`` the history window keeps its first turn while it fits, and
         restarts at half the budget when it no longer does, so its prefix changes once in many
         turns rather than every turn. In a group channel each user line carries the speaker's
         name. ``window``: the turns :meth:`history_window` chose, when the caller has them.
         """
-        user_name = display_name(user_name)
-        context = _context_message(self._lore(persona, user_name, history, text), memories)
-        head = self._head(persona, user_name)
         if window is None:
             window = self.history_window(
                 persona,
@@ -703,11 +721,53 @@ class ConversationEngine:
                 group=group,
                 conversation_id=conversation_id,
             )
-        chat = [_history_message(t.role, t.author_name, t.content, group)[0] for t in window]
-        chat.append(HumanMessage(content=_user_line(user_name, text, group)))
+        messages, _ = self._layout(
+            persona,
+            user_name=user_name,
+            history=history,
+            text=text,
+            memories=memories,
+            group=group,
+            window=window,
+        )
+        return messages
+
+    def _layout(
+        self,
+        persona: Persona,
+        *,
+        user_name: str,
+        history: Sequence[HistoryTurn],
+        text: str,
+        memories: Sequence[str],
+        group: bool,
+        window: Sequence[HistoryTurn],
+    ) -> tuple[list[BaseMessage], SystemMessage | None]:
+        """:meth:`build_prompt` of a chosen ``window``, and the turn's own context message."""
+        user_name = display_name(user_name)
+        kept = _kept_contexts(window)
+        shown = "\n" + "\n".join(str(message.content) for _, message in kept) + "\n"
+        lore = [
+            line
+            for line in self._lore(persona, user_name, history, text)
+            if f"\n- {line}\n" not in shown
+        ]
+        recalled = [line for line in memories if f"\n{line}\n" not in shown]
+        context = _context_message(lore, recalled)
+        real = [_history_message(t.role, t.author_name, t.content, group)[0] for t in window]
+        real.append(HumanMessage(content=_user_line(user_name, text, group)))
+        depth = self.limits.context_depth
+        placed: dict[int, list[BaseMessage]] = {}
+        for anchor, message in kept:
+            placed.setdefault(max(0, anchor + 1 - depth), []).append(message)
         if context is not None:
-            chat.insert(len(chat) - min(self.limits.context_depth, len(chat)), context)
-        return head + chat
+            placed.setdefault(max(0, len(real) - depth), []).append(context)
+        chat: list[BaseMessage] = []
+        for index, message in enumerate(real):
+            chat += placed.get(index, ())
+            chat.append(message)
+        chat += placed.get(len(real), ())
+        return self._head(persona, user_name) + chat, context
 
     def history_window(
         self,
@@ -719,13 +779,17 @@ class ConversationEngine:
         group: bool = False,
         conversation_id: int | None = None,
     ) -> list[HistoryTurn]:
-        """The history turns the prompt carries: what fits beside the card, the new message
-        and the context message at its largest (triggered lore and the whole recall budget),
-        so the window does not move with what memory recalls."""
+        """The history turns the prompt carries, with the context messages kept beside them:
+        what fits beside the card, the new message and the context message at its largest
+        (triggered lore and the whole recall budget), so the window does not move with what
+        memory recalls."""
         user_name = display_name(user_name)
         lore = self._lore(persona, user_name, history, text)
-        reserved = (self.limits.recall_token_budget if self.memory is not None else 0) + sum(
-            approx_tokens(line) + 2 for line in lore
+        reserved = (
+            (self.limits.recall_token_budget if self.memory is not None else 0)
+            + sum(approx_tokens(line) + 2 for line in lore)
+            + approx_tokens(_LORE_HEADER + _MEMORY_HEADER)
+            + _MESSAGE_TOKENS
         )
         fixed = [
             *self._head(persona, user_name),
@@ -734,8 +798,9 @@ class ConversationEngine:
         budget = (
             self.limits.context_tokens
             - self.limits.max_new_tokens
+            - _MESSAGE_TOKENS  # the reply's own header
             - reserved
-            - sum(approx_tokens(str(message.content)) for message in fixed)
+            - sum(approx_tokens(str(message.content)) + _MESSAGE_TOKENS for message in fixed)
         )
         return self._history_window(conversation_id, history, budget, group)
 
@@ -759,10 +824,16 @@ class ConversationEngine:
         budget: int,
         group: bool,
     ) -> list[HistoryTurn]:
-        """The history turns that fit ``budget`` tokens, starting with a user turn."""
+        """The history turns that fit ``budget`` tokens (with the context messages they keep),
+        starting with a user turn."""
         messages = [
             _history_message(turn.role, turn.author_name, turn.content, group) for turn in history
         ]
+        if any(turn.context for turn in history):
+            messages = [
+                (message, tokens + (_kept_message(turn.context)[1] if turn.context else 0))
+                for (message, tokens), turn in zip(messages, history, strict=True)
+            ]
         kept_start = self._window_starts.get(conversation_id) if conversation_id else None
         start = next((i for i, turn in enumerate(history) if turn.id == kept_start), None)
         if start is None or sum(tokens for _, tokens in messages[start:]) > budget:
@@ -857,13 +928,38 @@ def _example_messages(persona: Persona, user_name: str) -> list[BaseMessage]:
     ]
 
 
+@functools.lru_cache(maxsize=4096)
+def _kept_message(content: str) -> tuple[SystemMessage, int]:
+    """An earlier turn's context message, with its token estimate (memoised like
+    :func:`_history_message`: the messages are shared, so nothing may change them)."""
+    return SystemMessage(content=content, name=CONTEXT_NAME), approx_tokens(
+        content
+    ) + _MESSAGE_TOKENS
+
+
+def _kept_contexts(window: Sequence[HistoryTurn]) -> list[tuple[int, SystemMessage]]:
+    """The context messages the replies in ``window`` were generated with, each with the
+    index in ``window`` of the user turn it was built for (one per user turn; none for a
+    turn the window does not show)."""
+    index = {turn.id: i for i, turn in enumerate(window) if turn.role == "user"}
+    kept: list[tuple[int, SystemMessage]] = []
+    anchors: set[int] = set()
+    for turn in window:
+        anchor = index.get(turn.parent_id) if turn.parent_id is not None else None
+        if turn.role != "assistant" or not turn.context or anchor is None or anchor in anchors:
+            continue
+        anchors.add(anchor)
+        kept.append((anchor, _kept_message(turn.context)[0]))
+    return kept
+
+
 def _context_message(lore: Sequence[str], memories: Sequence[str]) -> SystemMessage | None:
     """Triggered lore and recalled memories as one system message, if there are any."""
     parts = []
     if lore:
-        parts.append("What you know about this:\n" + "\n".join(f"- {line}" for line in lore))
+        parts.append(_LORE_HEADER + "\n".join(f"- {line}" for line in lore))
     if memories:
-        parts.append("What you remember:\n" + "\n".join(memories))
+        parts.append(_MEMORY_HEADER + "\n".join(memories))
     return SystemMessage(content="\n\n".join(parts), name=CONTEXT_NAME) if parts else None
 
 

@@ -112,8 +112,9 @@ class ChatLimits(BaseModel):
     max_message_chars: int = Field(default=4000, ge=1, le=100_000)
     history_turns: int = Field(default=40, ge=1, le=1000)
     #: Where recalled memories and triggered lore go in the prompt, in messages from its end
-    #: (1: just before the user's new message; 0: after it). Everything before them stays the
-    #: same from turn to turn, which is what model servers' prompt caches reuse.
+    #: (1: just before the user's new message; 0: after it); later prompts keep them there.
+    #: At 0 or 1 each prompt starts with the whole previous one, which is what model servers'
+    #: prompt caches reuse; deeper, everything after the new context message is read again.
     context_depth: int = Field(default=1, ge=0, le=100)
 
 

@@ -115,6 +115,10 @@ class PromptSnapshot(Base):
     memories: Mapped[list[Any]] = mapped_column(JSON, default=list)
     model_name: Mapped[str] = mapped_column(String(200))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The content of the ``context`` message (lore and memories) built for this turn, also
+    #: found in ``messages``; the next turns' prompts keep it in place. ``None``: it had none,
+    #: or the snapshot predates migration 0009.
+    context: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 

@@ -98,7 +98,15 @@ _INSERT_NODE = (
     .values({name: bindparam(name) for name in _NODE_COLUMNS})
     .returning(_MESSAGES.c.id)
 )
-_SNAPSHOT_COLUMNS = ("messages", "persona", "persona_version", "memories", "model_name", "params")
+_SNAPSHOT_COLUMNS = (
+    "messages",
+    "persona",
+    "persona_version",
+    "memories",
+    "model_name",
+    "params",
+    "context",
+)
 
 
 def _insert_snapshot(bind_prefix: str = "") -> Insert:
@@ -165,7 +173,10 @@ _HISTORY = (
         _MESSAGES.c.author_name,
         _MESSAGES.c.content,
         _MESSAGES.c.external_id,
+        _MESSAGES.c.parent_id,
+        _SNAPSHOTS.c.context,
     )
+    .select_from(_MESSAGES.outerjoin(_SNAPSHOTS, _SNAPSHOTS.c.id == _MESSAGES.c.prompt_snapshot_id))
     .where(
         _MESSAGES.c.conversation_id == bindparam("conversation_id"),
         or_(_MESSAGES.c.role == "user", _MESSAGES.c.state == "sent"),
@@ -188,7 +199,8 @@ def _open_turn_in_one_statement() -> CompoundSelect:
     conversation over) as one statement: one round trip instead of three on every turn.
 
     Binds ``conversation_id``, ``limit``, ``now``, ``external_id`` and ``turn_<column>``. Rows
-    are ``(part, id, role, author_id, author_name, content, external_id)`` with ``part`` one
+    are ``(part, id, role, author_id, author_name, content, external_id, parent_id, context)``
+    with ``part`` one
     of ``history`` (the turns before this one, in no particular order), ``turn`` (the new
     turn's id) and ``takeover``. The history CTE reads the snapshot before the insert, so it
     never holds the new turn.
@@ -240,6 +252,11 @@ class HistoryTurn:
     content: str
     #: For a user turn, the transport's id of the message (how a redelivery is recognised).
     external_id: str | None = None
+    #: The turn this one follows in the tree (for a reply, the user turn it answers).
+    parent_id: int | None = None
+    #: For a reply, the ``context`` message its prompt carried for its own turn (see
+    #: :attr:`SnapshotData.context`).
+    context: str | None = None
 
 
 def said_in(history: Sequence[HistoryTurn], external_id: str | None) -> HistoryTurn | None:
@@ -301,6 +318,10 @@ class SnapshotData:
     model_name: str
     params: dict[str, Any] = field(default_factory=dict)
     memories: list[str] = field(default_factory=list)
+    #: The content of the ``context`` message built for this turn (``None``: it had none). It
+    #: is also among ``messages``, beside the context messages of earlier turns, which the
+    #: prompt keeps in place; the history read returns it with the reply.
+    context: str | None = None
 
     def row_values(self) -> dict[str, Any]:
         """The ``prompt_snapshots`` columns holding this snapshot."""
@@ -311,6 +332,7 @@ class SnapshotData:
             "memories": list(self.memories),
             "model_name": self.model_name,
             "params": self.params,
+            "context": self.context,
         }
 
     def to_row(self) -> PromptSnapshot:
@@ -723,8 +745,17 @@ class ConversationStore:
                 snapshot for replies in turns.values() for _, snapshot in replies if snapshot
             ]
             erased_events = await _events_on(session, reply_ids, snapshot_ids)
+            contexts: set[str] = set()
+            for part in chunks(set(snapshot_ids)):
+                contexts.update(
+                    await session.scalars(
+                        select(PromptSnapshot.context).where(
+                            PromptSnapshot.id.in_(part), PromptSnapshot.context.is_not(None)
+                        )
+                    )
+                )
             scrubbed = await self._scrub_snapshots(
-                session, conversations, own_texts, exclude=set(snapshot_ids)
+                session, conversations, own_texts, contexts, exclude=set(snapshot_ids)
             )
             stale = await _turns_using(session, scrubbed, exclude=set(own_ids))
             stale_events = await _events_on(
@@ -766,10 +797,18 @@ class ConversationStore:
         return removed
 
     async def _scrub_snapshots(
-        self, session: AsyncSession, conversations: set[int], texts: set[str], *, exclude: set[int]
+        self,
+        session: AsyncSession,
+        conversations: set[int],
+        texts: set[str],
+        contexts: set[str],
+        *,
+        exclude: set[int],
     ) -> set[int]:
         """Replace the user's words inside the snapshots of their conversations (but
-        ``exclude``, about to be deleted); the ids of the snapshots changed."""
+        ``exclude``, about to be deleted): their messages, and the context messages of their
+        turns (``contexts``: what memory recalled of them) that later prompts kept; the ids of
+        the snapshots changed."""
         snapshots = (
             await session.scalars(
                 select(PromptSnapshot).where(
@@ -787,12 +826,19 @@ class ConversationStore:
                 continue
             messages = [
                 {**message, "content": ERASED_TEXT}
-                if message.get("role") == "user" and _mentions_any(message["content"], texts)
+                if _holds_erased(message, texts, contexts)
                 else message
                 for message in snapshot.messages
             ]
             if messages != snapshot.messages:
                 snapshot.messages = messages
+                scrubbed.add(snapshot.id)
+            if snapshot.context is not None and _holds_erased(
+                {"role": "system", "name": CONTEXT_NAME, "content": snapshot.context},
+                texts,
+                contexts,
+            ):
+                snapshot.context = ERASED_TEXT
                 scrubbed.add(snapshot.id)
         await session.flush()
         return scrubbed
@@ -858,3 +904,12 @@ async def _events_on(
 
 def _mentions_any(content: str, texts: set[str]) -> bool:
     return any(text and text in content for text in texts)
+
+
+def _holds_erased(message: dict[str, Any], texts: set[str], contexts: set[str]) -> bool:
+    """Whether a prompt message holds an erased user's data: a user message quoting what they
+    said, or a context message built for one of their turns or quoting them."""
+    content = message.get("content", "")
+    if message.get("name") == CONTEXT_NAME:
+        return content in contexts or _mentions_any(content, texts)
+    return message.get("role") == "user" and _mentions_any(content, texts)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bot.decisions import DecisionService
 from feedback.corrections import Actor, CorrectionStore
 from feedback.store import EXAMPLES_NAMED_PARAM, ConversationStore, SnapshotData
+from memory import MemoryHit
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALICE_ACTOR",
     "BOB_ACTOR",
+    "RecallingMemory",
     "RecordingOutlet",
     "Turn",
     "add_turn",
@@ -70,6 +73,63 @@ class RecordingOutlet:
     @contextlib.asynccontextmanager
     async def waiting(self, conversation: ConversationRef) -> AsyncIterator[None]:
         yield
+
+
+@dataclass
+class RecallingMemory:
+    """A memory port that recalls the same facts on every turn (``facts_of`` the user, else
+    ``always``), and a new line of its own on each (memories that change every turn); it
+    remembers nothing and flags nothing."""
+
+    always: tuple[str, ...] = ("Sister: Maya",)
+    facts_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    recalls: int = 0
+    #: The ``shown_turns`` of each recall.
+    shown: list[list[str]] = field(default_factory=list)
+
+    async def recall(
+        self,
+        *,
+        persona: str,
+        user_id: str,
+        query_texts: Sequence[str],
+        k: int,
+        token_budget: int,
+        shown_turns: Collection[str] = (),
+    ) -> list[MemoryHit]:
+        self.recalls += 1
+        self.shown.append(list(shown_turns))
+        facts = self.facts_of.get(user_id, self.always)
+        texts = [*facts, f"Something told on day {self.recalls}"]
+        return [
+            MemoryHit(
+                id=f"fact:{index}" if index < len(facts) else f"turn:{self.recalls}",
+                text=text,
+                kind="user_fact" if index < len(facts) else "turn",
+                source="user",
+                created_at=datetime.now(UTC),
+                score=0.9,
+            )
+            for index, text in enumerate(texts)
+        ]
+
+    async def remember_turn(self, **_: Any) -> None:
+        return None
+
+    async def replace_turn(self, **_: Any) -> None:
+        return None
+
+    async def check_reply(self, **_: Any) -> list[Any]:
+        return []
+
+    async def sync_persona(self, persona: str, **_: Any) -> None:
+        return None
+
+    async def preload(self, scopes: Iterable[tuple[str, str]], *, limit: int = 0) -> int:
+        return 0
+
+    async def delete_data_for_user(self, *, requester: str, user_id: str) -> int:
+        return 0
 
 
 def decisions_for(

@@ -23,11 +23,12 @@ from bot.engine import (
 from bot.llm import FakeChatModel
 from bot.terminal import TerminalChat
 from feedback.corrections import CorrectionStore
+from feedback.models import PromptSnapshot
 from feedback.privacy import PrivacyStore
 from feedback.store import ConversationStore, HistoryTurn
 from memory import MemoryStoreError
 from personas import PersonaRegistry, UnknownPersonaError
-from tests.factories import ALICE_ACTOR, decisions_for
+from tests.factories import ALICE_ACTOR, RecallingMemory, decisions_for
 
 
 @pytest.fixture(scope="module")
@@ -399,6 +400,148 @@ def test_the_prompt_prefix_stays_the_same_while_memories_change(
     assert 0 < restarts <= 6, restarts
     budget = 1400 - engine.limits.max_new_tokens
     assert all(sum(len(str(m.content)) / 4 for m in p) <= budget + len(p) for p in prompts)
+
+
+async def _snapshot(store: ConversationStore, reply: Reply) -> PromptSnapshot:
+    node = await store.get_node(reply.candidate_id)
+    assert node is not None and node.prompt_snapshot_id is not None
+    snapshot = await store.get_snapshot(node.prompt_snapshot_id)
+    assert snapshot is not None
+    return snapshot
+
+
+async def _juniper_turns(
+    engine: ConversationEngine, days: range
+) -> list[tuple[Reply, PromptSnapshot]]:
+    """One sent turn a day, each asking about Roz (Juniper's lore) while memory recalls the
+    same fact and a new line every turn."""
+    decisions, _ = decisions_for(engine)
+    turns = []
+    for day in days:
+        reply = await engine.respond(
+            _incoming(f"How is your sister Roz? Day {day}.", persona="Juniper")
+        )
+        assert isinstance(reply, Reply)
+        await decisions.present(reply, hold=False)
+        turns.append((reply, await _snapshot(engine.store, reply)))
+    return turns
+
+
+def _contexts(messages: list[dict[str, str]]) -> list[str]:
+    return [m["content"] for m in messages if m.get("name") == "context"]
+
+
+@pytest.mark.parametrize("depth", [1, 0])
+async def test_each_prompt_starts_with_the_whole_previous_one_while_memories_change(
+    store: ConversationStore, personas: PersonaRegistry, depth: int
+) -> None:
+    """What a prompt cache needs: a follow-up adds only the reply that went out, its own
+    context message (what is new in memory and lore) and the new message."""
+    memory = RecallingMemory()
+    engine = ConversationEngine(
+        personas=personas,
+        store=store,
+        model=FakeChatModel(),
+        memory=memory,  # type: ignore[arg-type]
+        limits=EngineLimits(context_depth=depth),
+    )
+    turns = await _juniper_turns(engine, range(8))
+    lore = personas.get("Juniper").triggered_lore(["How is your sister Roz?"], "ann")
+    first = turns[0][1]
+    assert first.context == (
+        "What you know about this:\n"
+        + "\n".join(f"- {line}" for line in lore)
+        + "\n\nWhat you remember:\n- (user fact) Sister: Maya\n"
+        "- (user said) Something told on day 1"
+    )
+    for day, ((reply, before), (_, after)) in enumerate(itertools.pairwise(turns), start=2):
+        assert after.messages[: len(before.messages)] == before.messages
+        context = {"role": "system", "content": after.context, "name": "context"}
+        said = {"role": "user", "content": f"How is your sister Roz? Day {day - 1}."}
+        assert after.messages[len(before.messages) :] == [
+            {"role": "assistant", "content": reply.text},
+            *([context, said] if depth else [said, context]),
+        ]
+        # what an earlier context message still shows is not repeated
+        assert after.context == f"What you remember:\n- (user said) Something told on day {day}"
+        assert "- (user fact) Sister: Maya" in after.memories  # memory still recalled it
+    last = turns[-1][1].messages
+    assert len(_contexts(last)) == 8
+    shown = "\n".join(_contexts(last))
+    assert shown.count("Sister: Maya") == 1 and all(shown.count(line) == 1 for line in lore)
+    # each turn's context message sits where it was: just before (or after) its user turn
+    for index, message in enumerate(last):
+        if message.get("name") == "context":
+            assert last[index + (1 if depth else -1)]["role"] == "user"
+
+
+async def test_a_restarted_engine_reads_the_kept_context_messages_from_the_store(
+    store: ConversationStore, personas: PersonaRegistry
+) -> None:
+    """The context messages come from the stored snapshots, not from the process: a new
+    engine's prompt still starts with the whole last prompt; a regeneration keeps it."""
+    limits = EngineLimits()
+    before = ConversationEngine(
+        personas=personas,
+        store=store,
+        model=FakeChatModel(),
+        memory=RecallingMemory(),  # type: ignore[arg-type]
+        limits=limits,
+    )
+    turns = await _juniper_turns(before, range(3))
+    after = ConversationEngine(
+        personas=personas,
+        store=store,
+        model=FakeChatModel(),
+        memory=RecallingMemory(),  # type: ignore[arg-type]
+        limits=limits,
+    )
+    [(reply, snapshot)] = await _juniper_turns(after, range(3, 4))
+    last = turns[-1][1].messages
+    assert snapshot.messages[: len(last)] == last
+    # the new engine's memory recalls its day 1 again: every line is shown already
+    assert "- (user said) Something told on day 1" in reply.memories
+    assert snapshot.context is None and len(_contexts(snapshot.messages)) == 3
+    assert snapshot.messages[len(last) :] == [
+        {"role": "assistant", "content": turns[-1][0].text},
+        {"role": "user", "content": "How is your sister Roz? Day 3."},
+    ]
+    _, fresh, _ = await after.regenerate(
+        turns[-1][0].candidate_id, user_id="terminal:ann", user_name="ann"
+    )
+    assert fresh.messages == last and fresh.context == turns[-1][1].context is not None
+
+
+async def test_the_window_with_its_context_messages_fits_and_shows_each_memory_once(
+    store: ConversationStore, personas: PersonaRegistry
+) -> None:
+    """The kept context messages count against the window's budget; when the window starts
+    again, the context messages of turns it no longer shows go with them, and what they
+    showed comes back in a new one."""
+    limits = EngineLimits(context_tokens=1100)
+    engine = ConversationEngine(
+        personas=personas,
+        store=store,
+        model=FakeChatModel(),
+        memory=RecallingMemory(),  # type: ignore[arg-type]
+        limits=limits,
+    )
+    turns = await _juniper_turns(engine, range(16))
+    restarts = 0
+    for (_, before), (_, after) in itertools.pairwise(turns):
+        if after.messages[: len(before.messages)] != before.messages:
+            restarts += 1
+    assert 0 < restarts <= 4, restarts  # otherwise each prompt starts with the previous one
+    budget = limits.context_tokens - limits.max_new_tokens
+    for _, snapshot in turns:
+        messages = snapshot.messages
+        assert sum(len(m["content"]) / 4 for m in messages) <= budget + len(messages)
+        shown = "\n".join(_contexts(messages))
+        assert shown.count("Sister: Maya") == 1, shown
+        # a kept context message always stands beside its user turn
+        for index, message in enumerate(messages):
+            if message.get("name") == "context":
+                assert messages[index + 1]["role"] == "user"
 
 
 def test_group_channels_name_each_speaker(personas: PersonaRegistry) -> None:

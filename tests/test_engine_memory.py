@@ -81,8 +81,9 @@ async def test_a_fact_told_many_turns_ago_is_recalled_and_private(
     node = await store.get_node(asked.candidate_id)
     snapshot = await store.get_snapshot(node.prompt_snapshot_id)  # type: ignore[union-attr,arg-type]
     messages = snapshot.messages  # type: ignore[union-attr]
-    context = [m for m in messages if m.get("name") == "context"]
-    assert len(context) == 1 and "Maya" in context[0]["content"]
+    # in this turn's context message, or an earlier turn's the window still shows
+    context = " ".join(m["content"] for m in messages if m.get("name") == "context")
+    assert "Maya" in context
     others = " ".join(m["content"] for m in messages if m.get("name") != "context")
     assert "Maya" not in others  # it came from memory, not from the history window
     other = await engine.respond(_said("Do you remember my sister's name?", user="bo"))

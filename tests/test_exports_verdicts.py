@@ -23,7 +23,14 @@ from feedback.models import FeedbackEvent, PromptSnapshot
 from feedback.privacy import PrivacyStore
 from feedback.store import SnapshotData
 from personas import PersonaRegistry
-from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn, decisions_for, snapshot_for
+from tests.factories import (
+    ALICE_ACTOR,
+    BOB_ACTOR,
+    RecallingMemory,
+    add_turn,
+    decisions_for,
+    snapshot_for,
+)
 from tests.test_api import Api, api  # noqa: F401 - the trainer API fixture
 from tests.test_exports_cli import _invoke, app, env  # noqa: F401 - the CLI fixtures
 
@@ -51,12 +58,14 @@ def _said(text: str) -> IncomingMessage:
     )
 
 
-def _engine(store: ConversationStore, replies: list[str]) -> ConversationEngine:
+def _engine(
+    store: ConversationStore, replies: list[str], memory: RecallingMemory | None = None
+) -> ConversationEngine:
     return ConversationEngine(
         personas=PersonaRegistry.load(),
         store=store,
         model=FakeChatModel(replies=replies),
-        memory=None,
+        memory=memory,  # type: ignore[arg-type]
         limits=EngineLimits(),
     )
 
@@ -348,6 +357,52 @@ async def test_exported_prompts_mark_the_examples_and_oasst_holds_only_real_turn
     example_texts = {line for _, line in examples}
     nodes = str(trees)
     assert not any(line in nodes for line in example_texts)
+
+
+async def test_exported_prompts_keep_each_turns_context_message_named_and_out_of_oasst(
+    store: ConversationStore,
+) -> None:
+    """Later prompts keep every earlier turn's context message (lore and memories) in place:
+    records hold them exactly as the model saw them, each named ``context``, and oasst trees
+    none of them."""
+    engine = _engine(store, ["The rain never stops."], memory=RecallingMemory())
+    decisions, _ = decisions_for(engine)
+    await PrivacyStore(store._sessions).set_consent(ANN.id, True)
+    said = (("Who are you?", "A detective."), ("Any news?", "None yet."), ("Now?", "Still none."))
+    for text, rewrite in said:
+        reply = await _reply(decisions, text, hold=False)
+        outcome = await decisions.rewrite(reply.candidate_id, actor=ANN, text=rewrite, key=None)
+        assert outcome.result_id is not None
+        await decisions.rate(outcome.result_id, actor=ANN, rating=5, key=None)
+    async with store._sessions() as session:
+        stored = (await session.scalars(select(PromptSnapshot).order_by(PromptSnapshot.id))).all()
+    last_prompt = stored[-1].messages
+    contexts = [m["content"] for m in last_prompt if m.get("name") == "context"]
+    assert contexts == [snapshot.context for snapshot in stored] and len(contexts) == 3
+
+    *_, last = await _records(store, "trl-sft")
+    prompt = last["messages"][:-1]
+    assert [(m["role"], m.get("name")) for m in prompt] == [
+        (m["role"], m.get("name")) for m in last_prompt
+    ]
+    assert [m["content"] for m in prompt if m.get("name") == "context"] == contexts
+    assert last["messages"][-1]["content"] == "Still none."
+
+    *_, tree = await _records(store, "oasst")
+    chain: list[dict[str, Any]] = []
+    message = tree["prompt"]
+    while message["message_id"] != tree["message_tree_id"]:
+        chain.append(message)
+        [message] = message["replies"]
+    chain.append(message)
+    assert [(m["role"], m["text"]) for m in chain] == [
+        ("prompter", "Who are you?"),
+        ("assistant", "A detective."),
+        ("prompter", "Any news?"),
+        ("assistant", "None yet."),
+        ("prompter", "Now?"),
+    ]
+    assert "Sister: Maya" not in str(tree) and "Something told" not in str(tree)
 
 
 async def test_every_record_names_its_card_version(store: ConversationStore) -> None:

@@ -14,9 +14,13 @@ from typing import TYPE_CHECKING
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
+from bot.engine import ConversationEngine, EngineLimits
 from bot.llm import GenerationError, LocalLlamaChatModel, ModelUnavailableError, generate
 from bot.llm.local import BUNDLED_MODEL_PACKAGE, CHATML_STOPS, bundled_gguf_path
 from bot.settings import ModelSettings
+from feedback.store import HistoryTurn
+from personas import PersonaRegistry
+from tests.factories import RecallingMemory
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,6 +40,18 @@ PERSONA_LINES = (
     "dry sentences full of rain, cigarettes and bad coffee. You never admit to being an AI. "
     "You care about the little guy and distrust the rich. You answer questions about your "
     "cases with vivid but brief detail, and you always stay in character. "
+)
+
+
+#: What users tell: ordinary sentences, for budgets measured against the model's tokenizer.
+FACTS = (
+    "My dog is called Biscuit and he is afraid of thunder.",
+    "I work as a night nurse at the county hospital.",
+    "My favourite food is my grandmother's lentil soup.",
+    "I grew up in a small town called Harlow Creek.",
+    "I have been learning the cello for two years.",
+    "My best friend Theo moved to Denver last spring.",
+    "I drive an old green Volvo that keeps breaking down.",
 )
 
 
@@ -185,6 +201,45 @@ async def test_follow_up_reuses_the_cached_prefix(model: LocalLlamaChatModel) ->
     assert second_timings["cache_n"] >= first.usage_metadata["input_tokens"]
     assert second_timings["prompt_n"] < first_timings["prompt_n"] / 4
     assert second.usage_metadata["input_token_details"]["cache_read"] == second_timings["cache_n"]
+
+
+@pytest.mark.model
+def test_the_engines_fullest_prompt_fits_the_context_as_the_model_counts_it(
+    model: LocalLlamaChatModel,
+) -> None:
+    """The engine's budgets estimate tokens (characters / 4) and count what the chat template
+    adds around each message; many kept context messages must not push a prompt past the
+    model's context (llama.cpp refuses it, and the user gets the fallback line)."""
+    engine = ConversationEngine(
+        personas=PersonaRegistry.load(),
+        store=None,  # type: ignore[arg-type]
+        model=model,
+        memory=RecallingMemory(),  # type: ignore[arg-type]
+        limits=EngineLimits(context_tokens=model.context_tokens, max_new_tokens=model.max_tokens),
+    )
+    history: list[HistoryTurn] = []
+    for day in range(60):
+        history += [
+            HistoryTurn(2 * day, "user", "u", "ann", FACTS[day % len(FACTS)]),
+            HistoryTurn(
+                2 * day + 1,
+                "assistant",
+                "Marlowe",
+                "Marlowe",
+                "Noted. The rain keeps falling and the coffee keeps getting worse.",
+                parent_id=2 * day,
+                context=f"What you remember:\n- (user said) {FACTS[(day + 5) % len(FACTS)]}",
+            ),
+        ]
+    messages = engine.build_prompt(
+        engine.personas.get("Marlowe"),
+        user_name="ann",
+        history=history,
+        text="Do you remember my dog?",
+        memories=["- (user fact) Dog: Biscuit"],
+    )
+    assert sum(message.name == "context" for message in messages) > 10
+    assert model.get_num_tokens_from_messages(messages) <= model.context_tokens - model.max_tokens
 
 
 @pytest.mark.model

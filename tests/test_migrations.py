@@ -1,6 +1,6 @@
 """Migrations from a database made by an earlier head, on SQLite and PostgreSQL: 0007 from 0006
 (every row of every kept table survives, the build-ahead wing is gone, and the bot and exports
-work on the result), 0008 and 0009 from their predecessors with data, and the downgrades."""
+work on the result), 0008, 0009 and 0010 from their predecessors with data, and the downgrades."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ COLUMNS_0009 = {
     "feedback_events": {"scores", "rubric_version", "unsafe"},
     "guild_settings": {"lead_role_id"},
 }
+#: What 0010 adds.
+COLUMNS_0010 = {"prompt_snapshots": {"context"}}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -166,16 +168,28 @@ async def kept_data(engine: AsyncEngine) -> dict[str, list[Any]]:
     return data
 
 
-def without_0009(data: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    """``data`` as a database before 0009 holds it: without 0009's tables and columns."""
+def without_later(
+    data: dict[str, list[Any]], tables: set[str], columns: dict[str, set[str]]
+) -> dict[str, list[Any]]:
+    """``data`` without the named tables, and without the named columns of the others."""
     return {
         name: [
-            {key: value for key, value in row.items() if key not in COLUMNS_0009.get(name, ())}
+            {key: value for key, value in row.items() if key not in columns.get(name, ())}
             for row in rows
         ]
         for name, rows in data.items()
-        if name not in TABLES_0009
+        if name not in tables
     }
+
+
+def without_0009(data: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """``data`` as a database before 0009 holds it: without 0009's and 0010's additions."""
+    return without_0010(without_later(data, TABLES_0009, COLUMNS_0009))
+
+
+def without_0010(data: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """``data`` as a database before 0010 holds it: without the snapshots' own context."""
+    return without_later(data, set(), COLUMNS_0010)
 
 
 async def records(engine: AsyncEngine) -> dict[str, list[Any]]:
@@ -260,8 +274,8 @@ async def test_upgrade_from_the_previous_head_keeps_data_and_drops_the_wing(
         # writes that fired the dropped triggers work, and are exported
         store = ConversationStore(session_factory(engine))
         corrections = CorrectionStore(session_factory(engine))
-        turn = await add_turn(store, user_id="discord:0", text="after", state="held")
         async with todays_columns(engine):
+            turn = await add_turn(store, user_id="discord:0", text="after", state="held")
             await corrections.rewrite(turn.candidate_id, actor=BOB_ACTOR, text="new", key="after")
             assert len((await records(engine))["trl-sft"]) == len(exported["trl-sft"]) + 1
     finally:
@@ -321,7 +335,8 @@ async def test_0008_adds_tombstones_and_lease_revocation_keeping_data(fresh_url:
             name: rows for name, rows in before.items() if name != "leases"
         }
         store = ConversationStore(session_factory(engine))
-        assert await store.delete_data_for_user(requester="user", user_id="discord:1") > 0
+        async with todays_columns(engine):
+            assert await store.delete_data_for_user(requester="user", user_id="discord:1") > 0
         async with engine.connect() as connection:
             keys = (
                 await connection.execute(text("SELECT record_key FROM erasure_tombstones"))
@@ -450,5 +465,46 @@ async def test_0009_adds_rubric_scores_leads_reviews_and_gold_keeping_data(
                 }
             )
         assert all(not columns[name] & added for name, added in COLUMNS_0009.items())
+    finally:
+        await engine.dispose()
+
+
+async def test_0010_adds_the_snapshots_own_context_keeping_data(fresh_url: str) -> None:
+    """From 0009 with data: ``prompt_snapshots.context`` arrives empty for the old snapshots
+    (their turns keep no context message), every row stays, history reads and new turns work;
+    the downgrade drops the column and keeps the rest."""
+    engine = create_engine(fresh_url)
+    try:
+        await upgrade_to(engine, "0009")
+        async with todays_columns(engine):
+            await fill_new(engine)
+        before = await kept_data(engine)
+
+        await migrate(engine)
+
+        assert without_0010(await kept_data(engine)) == before
+        async with engine.connect() as connection:
+            contexts = await connection.execute(text("SELECT context FROM prompt_snapshots"))
+            assert set(contexts.scalars()) == {None}
+        store = ConversationStore(session_factory(engine))
+        turn = await add_turn(store, user_id="discord:1", text="again", state="sent")
+        history = await store.history(turn.conversation_id, 10)
+        assert [t.content for t in history] == ["hi", "again", "Evening."]
+        assert [t.context for t in history] == [None, None, None]
+
+        expected = without_0010(await kept_data(engine))
+
+        def down(connection: Connection) -> None:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0009")
+
+        async with engine.begin() as connection:
+            await connection.run_sync(down)
+            columns = await connection.run_sync(
+                lambda sync: [c["name"] for c in inspect(sync).get_columns("prompt_snapshots")]
+            )
+        assert "context" not in columns
+        assert await kept_data(engine) == expected
     finally:
         await engine.dispose()
