@@ -23,8 +23,10 @@ from rich.table import Table
 from bot.cli_api import api_command, tokens_app
 from bot.cli_common import err_console as _err
 from bot.cli_common import fail, quiet_collector, settings_or_exit
+from bot.cli_eval import eval_app
+from bot.cli_reviews import gold_app
 from bot.cli_status import status_command
-from bot.cli_trainer import export_command, report_command
+from bot.cli_trainer import actors_app, export_command, report_command
 from bot.cli_training import eval_preferences_command, train_command
 from bot.llm import ModelUnavailableError
 from bot.settings import ConfigError, Settings
@@ -54,9 +56,10 @@ app.command("api")(api_command)
 app.command("status")(status_command)
 app.command("train")(train_command)
 app.add_typer(tokens_app, name="tokens", help="Trainers' API tokens.")
-eval_app = typer.Typer(no_args_is_help=True, help="Measure personas and trained adapters.")
-app.add_typer(eval_app, name="eval")
+app.add_typer(actors_app, name="actors", help="Actors' reliability: agreement, gold, trust.")
+app.add_typer(gold_app, name="gold")
 eval_app.command("preferences")(eval_preferences_command)
+app.add_typer(eval_app, name="eval")
 
 
 @app.callback()

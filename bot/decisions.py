@@ -27,15 +27,20 @@ from bot.faults import crash_point
 from bot.llm import GenerationError
 from bot.moderation import Risk
 from feedback.corrections import ActionOutcome, Actor, InvalidAction
+from feedback.gold import GoldStore
+from feedback.reviews import FinishedReply, ReviewQueue
 from feedback.rubric import DEFAULT_DIMENSIONS, Rubric, RubricError, ScoreError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from contextlib import AbstractAsyncContextManager
 
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
     from bot.engine import ConversationEngine, Reply
     from feedback.corrections import CorrectionStore, HeldCandidate
     from feedback.models import Conversation, MessageNode
+    from feedback.reviews import ReviewPolicy, Verdict
 
 __all__ = [
     "Acknowledge",
@@ -171,8 +176,18 @@ class DecisionService:
         #: Candidates this process holds, each with the event its decision sets.
         self._held_here: dict[int, asyncio.Event] = {}
         self._holds: set[asyncio.Task[None]] = set()
+        #: The review queue finished replies enter, and the gold verdicts (see
+        #: :meth:`add_reviews`; ``None`` until then: no reply is queued).
+        self.reviews: ReviewQueue | None = None
+        self.gold: GoldStore | None = None
 
     # -- wiring ----------------------------------------------------------------------------
+
+    def add_reviews(self, sessions: async_sessionmaker[AsyncSession], policy: ReviewPolicy) -> None:
+        """Queue finished replies for overlapping reviews under ``policy``, and keep gold
+        verdicts; both judge a reply under its persona's rubric (:meth:`rubric_for`)."""
+        self.reviews = ReviewQueue(sessions, policy, self.rubric_for)
+        self.gold = GoldStore(sessions, policy, self.rubric_for)
 
     def add_outlet(self, transport: str, outlet: Outlet) -> None:
         """Deliver the replies of ``transport``'s conversations through ``outlet``."""
@@ -227,6 +242,14 @@ class DecisionService:
         outlet = self._outlet(conversation)
         if outlet is None:
             return
+        await self._queue_for_review(
+            FinishedReply(
+                reply.candidate_id,
+                reply.conversation_id,
+                "fallback" if reply.fallback else "model",
+                reply.flags,
+            )
+        )
         sent_as = await outlet.deliver(
             Delivery(
                 node_id=reply.candidate_id,
@@ -465,6 +488,8 @@ class DecisionService:
             return outcome
         self._stop_hold(candidate_id)
         if outcome.status == "done":
+            if self.reviews is not None:  # a reply queued when it went out is now decided
+                await self.reviews.note_decision(candidate_id, actor.id)
             await self._deliver_outcome(outcome)
             node = await self.store.get_node(candidate_id)
             if node is not None:
@@ -589,6 +614,25 @@ class DecisionService:
             )
         )
 
+    # -- reviews after the fact -------------------------------------------------------------
+
+    async def _queue_for_review(self, reply: FinishedReply) -> None:
+        """Queue a reply on its way out for overlapping reviews, if it needs them (flagged,
+        rewritten, or sampled). Before it is sent: a crash after the send cannot lose it, and a
+        reply delivered again after a restart is queued once."""
+        if self.reviews is not None:
+            await self.reviews.enqueue(reply)
+
+    async def mark_gold(
+        self, candidate_id: int, *, lead: Actor, verdict: Verdict, note: str | None = None
+    ) -> str:
+        """Store a lead's verdict on a reply as gold (replacing an earlier gold verdict on it);
+        returns what was done, in words. The caller checked that ``lead`` is a lead. Raises
+        :class:`~feedback.reviews.InvalidVerdict` naming what is wrong (nothing stored)."""
+        if self.gold is None:
+            raise RuntimeError("reviews are not set up: call add_reviews first")
+        return await self.gold.mark(candidate_id, by=lead.id, verdict=verdict, note=note)
+
     # -- delivery ----------------------------------------------------------------------------
 
     async def _deliver_outcome(self, outcome: ActionOutcome) -> None:
@@ -608,6 +652,12 @@ class DecisionService:
             return
         parent = await self.store.get_node(node.parent_id) if node.parent_id else None
         after = parent.external_id.split()[-1] if parent and parent.external_id else None
+        if parent is not None and parent.role == "user":
+            await self._queue_for_review(
+                FinishedReply(
+                    node.id, node.conversation_id, node.origin, node.flags, node.decided_by
+                )
+            )
         crash_point("deliver.before_send")
         sent_as = await outlet.deliver(
             Delivery(

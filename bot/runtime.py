@@ -20,6 +20,7 @@ from bot.llm import build_chat_model
 from bot.settings import ConfigError
 from feedback.corrections import CorrectionStore
 from feedback.database import create_engine, migrate, session_factory
+from feedback.reviews import ReviewPolicy
 from feedback.rubric import RubricError
 from feedback.store import ConversationStore
 from personas import PersonaRegistry
@@ -40,6 +41,7 @@ __all__ = [
     "open_memory",
     "open_runtime",
     "pseudonym_secret",
+    "review_policy",
 ]
 
 _PSEUDONYM_KEY_FILE = "pseudonym.key"
@@ -104,10 +106,23 @@ def engine_limits(settings: Settings) -> EngineLimits:
     )
 
 
+def review_policy(settings: Settings) -> ReviewPolicy:
+    """The review queue's policy from the ``reviews`` settings."""
+    reviews = settings.reviews
+    return ReviewPolicy(
+        share=reviews.share,
+        per_item=reviews.per_item,
+        acceptance=reviews.acceptance,
+        lease=timedelta(minutes=reviews.lease_minutes),
+        gold_rate=reviews.gold_rate,
+    )
+
+
 def decision_service(
     settings: Settings, engine: ConversationEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> DecisionService:
-    """The decision service every console shares, with the console's hold settings."""
+    """The decision service every console shares, with the console's hold settings and the
+    review queue."""
     console = settings.console
     decisions = DecisionService(
         engine=engine,
@@ -122,6 +137,7 @@ def decision_service(
             decisions.rubric_for(name)
         except RubricError as error:  # its replies cannot be scored until the card is fixed
             _log.warning("%s", error)
+    decisions.add_reviews(sessions, review_policy(settings))
     return decisions
 
 

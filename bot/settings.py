@@ -37,6 +37,7 @@ __all__ = [
     "MemorySettings",
     "ModelSettings",
     "PrivacySettings",
+    "ReviewSettings",
     "RubricSettings",
     "Settings",
     "get_settings",
@@ -219,6 +220,22 @@ class RubricSettings(BaseModel):
         return Rubric.of(self.dimensions)
 
 
+class ReviewSettings(BaseModel):
+    """Overlapping reviews of finished turns, after the fact (:mod:`feedback.reviews`)."""
+
+    #: Share of finished turns sampled for review; every flagged or rewritten reply always is.
+    share: float = Field(default=0.1, ge=0.0, le=1.0)
+    #: Independent reviews each queued reply waits for.
+    per_item: int = Field(default=3, ge=1, le=20)
+    #: Majority share on "acceptable" that accepts an item (below it: disputed). A majority is
+    #: at least half, so 0.5 accepts every item that is not a tie.
+    acceptance: float = Field(default=0.6, ge=0.5, le=1.0)
+    #: Minutes a pulled item stays the reviewer's before its place goes back to the queue.
+    lease_minutes: float = Field(default=15.0, gt=0.0, le=1440.0)
+    #: Share of pulls that serve a gold item (while the reviewer has one left to review).
+    gold_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
 class Settings(BaseSettings):
     """All of Greenroom's settings, read once per process by :func:`get_settings`."""
 
@@ -245,6 +262,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     rubric: RubricSettings = Field(default_factory=RubricSettings)
+    reviews: ReviewSettings = Field(default_factory=ReviewSettings)
 
     @model_validator(mode="after")
     def _check_database_url(self) -> Settings:

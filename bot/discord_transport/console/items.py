@@ -118,7 +118,7 @@ async def _check_actor(interaction: discord.Interaction, candidate_id: int | Non
     if candidate_id is not None:
         node = await desk.store.get_node(candidate_id)
         where = f"{interaction.channel_id}/{interaction.message.id}" if interaction.message else ""
-        if node is None:
+        if node is None or node.role != "assistant":  # erased, or a forged id of a user turn
             await _ephemeral(
                 interaction, "This reply no longer exists (the conversation was erased)."
             )

@@ -2,7 +2,8 @@
 form of :mod:`.scoring`.
 
 A console message holds at most 5 rows: row 0 the five buttons (a row's limit), rows 1 and 2
-the rating and tag selects, row 3 the Score button.
+the rating and tag selects, row 3 the Score and Gold buttons (Gold: leads only, see
+:mod:`.verdict`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from bot.discord_transport.console.items import (
     TakeOverButton,
 )
 from bot.discord_transport.console.scoring import ScoreButton, ScoreMoreButton
+from bot.discord_transport.console.verdict import GoldButton
 
 __all__ = ["DYNAMIC_ITEMS", "console_view"]
 
@@ -35,6 +37,7 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     TagsSelect,
     ScoreButton,
     ScoreMoreButton,
+    GoldButton,
 )
 
 
@@ -50,6 +53,7 @@ def console_view(candidate_id: int, conversation_id: int) -> discord.ui.View:
         RatingSelect(candidate_id),
         TagsSelect(candidate_id),
         ScoreButton(candidate_id),
+        GoldButton(candidate_id),
     ):
         view.add_item(item)
     return view
