@@ -4,15 +4,17 @@ whether a consistently chosen persona trait moves held-out preference accuracy.
 The synthetic but honest case: Marlowe's card says "Short sentences, mostly under ten words.
 Dry understatement. No exclamation marks." Conversations of ``--turns`` user messages each are
 run through the real engine (the bundled card, its example dialogue and the history window in
-every stored prompt, as the bot stores them), the model's reply being an out-of-voice line
-(one long gushing sentence with exclamation marks), and an actor rewrites each reply into an
-in-voice line saying the same two things (short, dry, no exclamation mark). The replies are
-built from 15 x 15 short sentences drawn without replacement, so held-out pairs say other
-things than the training pairs; only the voice is consistent. The real export writes
-``trl-dpo`` records split by conversation (``--split``); ``greenroom train`` (a subprocess, as
-a trainer runs it; the base is rebuilt first, outside the timed process) trains a DPO adapter
-on the training split, and ``eval preferences`` scores the held-out split, base against
-adapter.
+every stored prompt, as the bot stores them), the model's reply being an out-of-voice line (a
+cheer, then two sentences exclaimed), and an actor rewrites each reply into an in-voice line
+saying the same two things at about the same length (the two sentences, flat, and a dry
+closer). The replies are built from 15 x 15 short sentences drawn without replacement, so
+held-out pairs say other things than the training pairs; only the voice is consistent. The
+lengths match on purpose: a margin of summed log-likelihoods favours the shorter reply, so a
+long out-of-voice reply loses to a short one before any training (``bench/RESULTS.md``).
+The real export writes ``trl-dpo`` records split by conversation (``--split``); ``greenroom
+train`` (a subprocess, as a trainer runs it; the base is rebuilt first, outside the timed
+process) trains a DPO adapter on the training split, and ``eval preferences`` scores the
+held-out split, base against adapter.
 
 Targets: at most 10 s a DPO step (batch 2) at the data's length on 2 threads (so 200 pairs
 times 3 epochs train in under an hour here), peak RSS of the training process under 4 GiB.
@@ -89,15 +91,8 @@ _PREDICATES = [
     "had nothing worth mentioning",
     "buzzed until dawn",
 ]
-_CLOSERS = ["Nothing new.", "Same as always.", "Could be worse.", "That's the night.", ""]
-_GUSH = [
-    "Oh my goodness, {a} and {b}, can you believe it, honestly it is the most exciting thing "
-    "that has happened to me all week!",
-    "Wow!! So {a}, and guess what, {b}, isn't that just the most wonderful news you have ever "
-    "heard, my dear friend!",
-    "Listen to this, it's amazing: {a} and then {b}, and I could hardly stop smiling about it "
-    "the whole entire night!!",
-]
+_CLOSERS = ["Nothing new.", "Same as always.", "Could be worse.", "That's the night.", "Figures."]
+_CHEERS = ["Oh wow!", "Guess what!", "Big news!", "Hooray!", "Oh my!"]
 _USER_LINES = [
     "How was your night?",
     "Any news on the case?",
@@ -113,7 +108,9 @@ _USER_LINES = [
 
 
 def _replies(rng: random.Random, count: int) -> list[tuple[str, str]]:
-    """``(out of voice, in voice)`` pairs saying the same two things, no sentence reused."""
+    """``(out of voice, in voice)`` pairs saying the same two things at about the same length
+    (summed log-likelihoods favour shorter replies), no sentence reused: in voice, the two
+    sentences and a dry closer; out of voice, a cheer and the two sentences exclaimed."""
     sentences = [f"{s} {p}." for s in _SUBJECTS for p in _PREDICATES]
     rng.shuffle(sentences)
     if 2 * count > len(sentences):
@@ -121,9 +118,9 @@ def _replies(rng: random.Random, count: int) -> list[tuple[str, str]]:
     pairs = []
     for index in range(count):
         first, second = sentences[2 * index], sentences[2 * index + 1]
-        in_voice = " ".join(filter(None, [first, second, rng.choice(_CLOSERS)]))
-        gush = rng.choice(_GUSH).format(a=first[:-1].lower(), b=second[:-1].lower())
-        pairs.append((gush, in_voice))
+        in_voice = f"{first} {second} {rng.choice(_CLOSERS)}"
+        cheer = f"{rng.choice(_CHEERS)} {first[:-1]}! {second[:-1]}!"
+        pairs.append((cheer, in_voice))
     return pairs
 
 
@@ -263,6 +260,10 @@ def main() -> None:
             f"{score['mean_margin']:+.2f}, median {score['median_margin']:+.2f}"
         )
     print(f"pairs changed: {result['pairs_changed']}")
+    held_out = [json.loads(line) for line in Path(built["paths"]["test"]).read_text().splitlines()]
+    chosen = sum(len(r["chosen"][0]["content"]) for r in held_out) / len(held_out)
+    rejected = sum(len(r["rejected"][0]["content"]) for r in held_out) / len(held_out)
+    print(f"held-out reply length, characters: chosen {chosen:.0f}, rejected {rejected:.0f}")
     print(f"files: {folder}")
     verdicts.exit()
 

@@ -9,8 +9,10 @@ folder, an option out of bounds) ends the command with one line on standard erro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -108,7 +110,9 @@ def train_command(
         model = resolve_base(
             base, bundled=installed_bundled_gguf(), cache_dir=settings.data_dir / "models"
         )
-        summary = train(model, data, out, options)
+        # The trainer writes its per-step logs to standard output; results go there, not logs.
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = train(model, data, out, options)
     except _errors() as error:
         fail(str(error))
     _print_training(summary, out)

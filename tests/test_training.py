@@ -215,6 +215,26 @@ def test_cli_bad_input_is_one_line_exit_2(
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_trains_and_evaluates_with_results_on_stdout(
+    exports: dict[str, Path], tiny: BaseModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GREENROOM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GREENROOM_CONFIG", str(tmp_path / "absent.toml"))
+    out = tmp_path / "adapter"
+    dpo = str(exports["dpo"])
+    args = ["--data", dpo, "--out", str(out), "--base", str(tiny.folder), "--max-steps", "1"]
+    code, stdout, stderr = _cli("train", "--method", "dpo", *args)
+    assert code == 0, stderr
+    assert "trained a dpo LoRA adapter: 1 steps" in stdout and f"wrote {out}" in stdout
+    assert "'loss'" not in stdout and "'loss'" in stderr  # the trainer's logs: standard error
+    code, stdout, stderr = _cli("eval", "preferences", "--data", dpo, "--adapter", str(out))
+    assert code == 0, stderr
+    assert "with adapter" in stdout and "pairs the adapter now prefers" in stdout
+    code, stdout, _ = _cli("eval", "preferences", "--data", dpo, "--adapter", str(out), "--json")
+    result = json.loads(stdout)
+    assert result["with_adapter"]["pairs"] == len(_lines(exports["dpo"]))
+
+
 # -- preferences ----------------------------------------------------------------------------
 
 

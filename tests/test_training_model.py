@@ -63,6 +63,7 @@ async def test_train_evaluate_and_serve_on_smollm2(
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert f"wrote {out}" in trained.stdout
+    assert "'loss'" not in trained.stdout and "'loss'" in trained.stderr  # logs on stderr
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["base"]["kind"] == "bundled" and summary["steps"] == 2
     assert summary["data"]["records_used"] == pairs
