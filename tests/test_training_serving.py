@@ -18,6 +18,7 @@ from bot.llm import LocalLlamaChatModel, ModelUnavailableError, build_chat_model
 from bot.settings import ConfigError, ModelSettings, load_settings
 from tests.train_world import export_scenario_once, tiny_model_folder
 from training.base import BaseModel
+from training.serving import main as serving_main
 from training.serving import merged_gguf, plain_gguf
 from training.trainer import TrainOptions, train
 
@@ -76,6 +77,11 @@ def test_merged_gguf_carries_the_adapters_weights(
     # the base converted the same way is the like-for-like baseline
     baseline = plain_gguf(base, tmp_path / "base.gguf")
     assert np.abs(_gguf_tensor(baseline, _TENSOR[0]) - original).max() <= step
+    # and the command that writes it, from the adapter's own record of its base
+    serving_main(["--baseline-of", str(out), "--out", str(tmp_path / "cli.gguf")])
+    assert np.array_equal(
+        _gguf_tensor(tmp_path / "cli.gguf", _TENSOR[0]), _gguf_tensor(baseline, _TENSOR[0])
+    )
 
 
 def test_the_local_provider_serves_an_adapter(adapter: tuple[BaseModel, Path]) -> None:

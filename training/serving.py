@@ -13,6 +13,8 @@ The merged file is 8-bit (``q8_0``, the smallest type the converter writes by it
 bundled base is 4-bit ``Q4_1``, which needs llama.cpp's separate quantize tool). To compare
 like with like, serve the base at the same precision: :func:`plain_gguf`.
 
+``python -m training.serving --baseline-of ADAPTER --out FILE.gguf`` writes that baseline.
+
 The file is written once into the adapter folder (``merged-q8_0.gguf``) with a stamp naming
 the adapter's weights (SHA-256) and :data:`SERVING_VERSION`; a retrained adapter gets a new
 file. Writing goes through a temporary file, so a crash never leaves a half-written model.
@@ -150,3 +152,23 @@ def _write_gguf(
         os.replace(partial, target)
     target.with_suffix(".json").write_text(json.dumps(stamp) + "\n", encoding="utf-8")
     _log.info("wrote %s", target)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m training.serving --baseline-of ADAPTER --out FILE.gguf``: the adapter's base,
+    converted as the merged model is (8 bits), for a like-for-like comparison."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.serving", description=main.__doc__)
+    parser.add_argument("--baseline-of", type=Path, required=True, metavar="ADAPTER")
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE.gguf")
+    args = parser.parse_args(argv)
+    try:
+        base = adapter_base(args.baseline_of, bundled=None)
+        print(plain_gguf(base, args.out))
+    except AdapterError as error:
+        parser.exit(2, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()
