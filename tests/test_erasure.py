@@ -17,19 +17,16 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from bot.cli_trainer import export_command
-from bot.engine import ConversationEngine, EngineLimits, IncomingMessage, Reply
-from bot.llm import FakeChatModel
 from feedback.api import create_app
 from feedback.corrections import CorrectionStore
 from feedback.database import create_engine, session_factory
 from feedback.erasure import decode_feed_cursor, feed_position, read_feed
 from feedback.exports import FORMATS, ExportFilter, iter_records
-from feedback.models import ErasureTombstone, GuildSetting, MessageNode, PromptSnapshot
+from feedback.models import ErasureTombstone, GuildSetting, MessageNode
 from feedback.redact import pseudonym
 from feedback.store import ERASED_TEXT, ConversationStore
 from feedback.tokens import create_token
-from personas import PersonaRegistry
-from tests.factories import ALICE_ACTOR, BOB_ACTOR, RecallingMemory, add_turn, decisions_for
+from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
 from tests.test_api import SECRET, Api, assert_error, bearer
 from tests.test_exports import _regenerate, build_scenario, set_consent
 
@@ -214,74 +211,6 @@ async def test_records_of_others_whose_prompt_held_the_words_are_tombstoned(
     (kept_id, kept) = next(iter(after.items()))
     assert kept_id in before and "secret" not in json.dumps(kept)
     assert ERASED_TEXT in json.dumps(kept)
-
-
-async def test_context_messages_of_the_erased_users_turns_leave_others_prompts(
-    db_engine: AsyncEngine,
-) -> None:
-    """Later prompts keep each turn's context message (what memory recalled of its speaker):
-    in a server channel the next speaker's prompt holds the erased user's. It is scrubbed with
-    their words, and the next prompts no longer show it."""
-    sessions = session_factory(db_engine)
-    store = ConversationStore(sessions)
-    async with sessions() as session:
-        session.add(GuildSetting(guild_key="discord:g", consent_default=True, updated_by="t"))
-        await session.commit()
-    memory = RecallingMemory(facts_of={ERASED: ("Door code: 4242",), KEPT: ("Likes tea",)})
-    engine = ConversationEngine(
-        personas=PersonaRegistry.load(),
-        store=store,
-        model=FakeChatModel(),
-        memory=memory,  # type: ignore[arg-type]
-        limits=EngineLimits(),
-    )
-    decisions, _ = decisions_for(engine, transport="discord")
-
-    async def say(user_id: str, name: str, text: str) -> Reply:
-        reply = await engine.respond(
-            IncomingMessage(
-                transport="discord",
-                scope="channel:7",
-                user_id=user_id,
-                user_name=name,
-                text=text,
-                persona="Marlowe",
-                guild_key="discord:g",
-            )
-        )
-        assert isinstance(reply, Reply)
-        await decisions.present(reply, hold=False)
-        return reply
-
-    async def prompt(reply: Reply) -> str:
-        async with sessions() as session:
-            node = await session.get(MessageNode, reply.candidate_id)
-            assert node is not None
-            snapshot = await session.get(PromptSnapshot, node.prompt_snapshot_id)
-            assert snapshot is not None
-            return json.dumps([snapshot.messages, snapshot.context])
-
-    await say(ERASED, "ann", "Evening.")
-    kept = await say(KEPT, "bo", "Hi all.")
-    await CorrectionStore(sessions).rate(kept.candidate_id, actor=ALICE_ACTOR, rating=5, key="r")
-    assert "Door code: 4242" in await prompt(kept)
-    [record] = [
-        r
-        async for _, r in iter_records(sessions, "trl-sft", ExportFilter(), pseudonym_secret=SECRET)
-    ]
-    assert "4242" in json.dumps(record)
-
-    await engine.delete_data_for_user(requester="user", user_id=ERASED)
-
-    assert "4242" not in await prompt(kept) and "Likes tea" in await prompt(kept)
-    [record] = [
-        r
-        async for _, r in iter_records(sessions, "trl-sft", ExportFilter(), pseudonym_secret=SECRET)
-    ]
-    assert "4242" not in json.dumps(record)
-    assert {"role": "system", "content": ERASED_TEXT, "name": "context"} in record["messages"]
-    later = await say(KEPT, "bo", "Still here.")
-    assert "4242" not in await prompt(later) and ERASED_TEXT not in await prompt(later)
 
 
 # -- the CLI: manifests and the reasons of an empty export ----------------------------------
