@@ -23,8 +23,11 @@ from rich.table import Table
 from bot.cli_api import api_command, tokens_app
 from bot.cli_common import err_console as _err
 from bot.cli_common import fail, quiet_collector, settings_or_exit
+from bot.cli_eval import eval_app
+from bot.cli_reviews import gold_app
 from bot.cli_status import status_command
-from bot.cli_trainer import export_command, report_command
+from bot.cli_trainer import actors_app, export_command, report_command
+from bot.cli_training import eval_preferences_command, train_command
 from bot.llm import ModelUnavailableError
 from bot.settings import ConfigError, Settings
 from feedback.database import DatabaseError
@@ -51,7 +54,12 @@ app.command("export")(export_command)
 app.command("report")(report_command)
 app.command("api")(api_command)
 app.command("status")(status_command)
+app.command("train")(train_command)
 app.add_typer(tokens_app, name="tokens", help="Trainers' API tokens.")
+app.add_typer(actors_app, name="actors", help="Actors' reliability: agreement, gold, trust.")
+app.add_typer(gold_app, name="gold")
+eval_app.command("preferences")(eval_preferences_command)
+app.add_typer(eval_app, name="eval")
 
 
 @app.callback()
@@ -85,14 +93,21 @@ def _configure_logging(settings: Settings, *, quiet: bool) -> None:
 def chat(
     persona: Annotated[str | None, typer.Option(help="Persona to talk with.")] = None,
     user: Annotated[str | None, typer.Option(help="Your name (default: your login).")] = None,
+    model_adapter: Annotated[
+        Path | None,
+        typer.Option(help="Serve this LoRA adapter (greenroom train --out) on the local model."),
+    ] = None,
 ) -> None:
     """Chat with a persona in the terminal, on the configured model.
 
     When standard input is not a terminal, reads one message a line and prints each reply on
-    its own line as ``NAME: reply``.
+    its own line as ``NAME: reply``. With ``--model-adapter`` the local provider serves the
+    adapter merged into its base (model.adapter_path), converted to GGUF once.
     """
     settings = settings_or_exit()
     _configure_logging(settings, quiet=True)
+    if model_adapter is not None:
+        settings = _with_adapter(settings, model_adapter)
     run_async(_chat(settings, persona or settings.default_persona, user or _login_name()))
 
 
@@ -111,6 +126,26 @@ def run() -> None:
         run_async(run_bot(settings, token))
     except discord.LoginFailure:
         fail("Discord refused the token (401): check DISCORD_TOKEN")
+
+
+def _with_adapter(settings: Settings, adapter: Path) -> Settings:
+    """The settings with ``model.adapter_path`` set, its merged GGUF written (once) first."""
+    from pydantic import ValidationError
+
+    from bot.llm.factory import adapter_gguf
+    from bot.settings import ModelSettings
+
+    values = {**settings.model.model_dump(), "adapter_path": adapter}
+    try:
+        model = ModelSettings.model_validate(values)
+    except ValidationError as error:
+        fail(f"--model-adapter: {error.errors()[0]['msg'].removeprefix('Value error, ')}")
+    try:
+        with _err.status("merging the adapter into its base, as GGUF (once per adapter)"):
+            adapter_gguf(adapter)
+    except ModelUnavailableError as error:
+        fail(str(error))
+    return settings.model_copy(update={"model": model})
 
 
 def _login_name() -> str:

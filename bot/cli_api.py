@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bot.cli_common import err_console, fail, settings_or_exit, with_database
+from bot.cli_trainer import rubric_dimensions
 from bot.runtime import pseudonym_secret
 from bot.settings import ConfigError
 from feedback.api import create_app
@@ -67,7 +68,7 @@ def api_command(
     )
 
     async def serve(sessions: async_sessionmaker[AsyncSession]) -> None:
-        app = create_app(sessions, pseudonym_secret=secret)
+        app = create_app(sessions, pseudonym_secret=secret, dimensions=rubric_dimensions(settings))
         config = uvicorn.Config(
             app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None
         )

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
@@ -26,15 +26,21 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 from bot.faults import crash_point
 from bot.llm import GenerationError
 from bot.moderation import Risk
-from feedback.corrections import ActionOutcome, Actor
+from feedback.corrections import ActionOutcome, Actor, InvalidAction
+from feedback.gold import GoldStore
+from feedback.reviews import FinishedReply, ReviewQueue
+from feedback.rubric import DEFAULT_DIMENSIONS, Rubric, RubricError, ScoreError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from contextlib import AbstractAsyncContextManager
 
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
     from bot.engine import ConversationEngine, Reply
     from feedback.corrections import CorrectionStore, HeldCandidate
     from feedback.models import Conversation, MessageNode
+    from feedback.reviews import ReviewPolicy, Verdict
 
 __all__ = [
     "Acknowledge",
@@ -113,15 +119,15 @@ class Outlet(Protocol):
 
 
 NewsKind = Literal[
-    "held", "sent", "decided", "withheld", "regenerated", "rated", "claimed", "released"
+    "held", "sent", "decided", "withheld", "regenerated", "rated", "scored", "claimed", "released"
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class DecisionNews:
     """Something consoles may want to redraw: a reply held, sent, decided or withheld (an
-    urgent reply no actor reviewed), a new candidate, a rating, a conversation claimed or
-    released."""
+    urgent reply no actor reviewed), a new candidate, a rating or rubric scores, a conversation
+    claimed or released."""
 
     kind: NewsKind
     conversation_id: int
@@ -153,6 +159,7 @@ class DecisionService:
         hold_seconds: float = 45.0,
         on_timeout: Literal["send", "drop"] = "send",
         help_resources: Sequence[str] = (),
+        rubric: Rubric | None = None,
     ) -> None:
         self.engine = engine
         self.store = engine.store
@@ -161,13 +168,26 @@ class DecisionService:
         self.on_timeout = on_timeout
         #: Sent after the persona's safety line in place of an urgent reply no actor reviewed.
         self.help_resources = tuple(help_resources)
+        #: The deployment's rubric; a persona's card may add dimensions (:meth:`rubric_for`).
+        self.rubric = rubric if rubric is not None else Rubric.of(DEFAULT_DIMENSIONS)
+        self._rubrics: dict[tuple[str, str], Rubric] = {}
         self._outlets: dict[str, Outlet] = {}
         self._listeners: list[Listener] = []
         #: Candidates this process holds, each with the event its decision sets.
         self._held_here: dict[int, asyncio.Event] = {}
         self._holds: set[asyncio.Task[None]] = set()
+        #: The review queue finished replies enter, and the gold verdicts (see
+        #: :meth:`add_reviews`; ``None`` until then: no reply is queued).
+        self.reviews: ReviewQueue | None = None
+        self.gold: GoldStore | None = None
 
     # -- wiring ----------------------------------------------------------------------------
+
+    def add_reviews(self, sessions: async_sessionmaker[AsyncSession], policy: ReviewPolicy) -> None:
+        """Queue finished replies for overlapping reviews under ``policy``, and keep gold
+        verdicts; both judge a reply under its persona's rubric (:meth:`rubric_for`)."""
+        self.reviews = ReviewQueue(sessions, policy, self.rubric_for)
+        self.gold = GoldStore(sessions, policy, self.rubric_for)
 
     def add_outlet(self, transport: str, outlet: Outlet) -> None:
         """Deliver the replies of ``transport``'s conversations through ``outlet``."""
@@ -222,6 +242,14 @@ class DecisionService:
         outlet = self._outlet(conversation)
         if outlet is None:
             return
+        await self._queue_for_review(
+            FinishedReply(
+                reply.candidate_id,
+                reply.conversation_id,
+                "fallback" if reply.fallback else "model",
+                reply.flags,
+            )
+        )
         sent_as = await outlet.deliver(
             Delivery(
                 node_id=reply.candidate_id,
@@ -298,6 +326,74 @@ class DecisionService:
         if outcome.status == "done" and node is not None:
             await self._publish(
                 DecisionNews("rated", node.conversation_id, candidate_id, actor_id=actor.id)
+            )
+        return outcome
+
+    def rubric_for(self, persona: str) -> Rubric:
+        """The rubric replies of ``persona`` are scored under: the deployment's dimensions,
+        then the card's (``data.extensions.greenroom.rubric``). Raises
+        :class:`~feedback.rubric.RubricError` naming the card when its dimensions are wrong,
+        and :class:`~personas.UnknownPersonaError` for an unknown persona."""
+        found = self.engine.personas.get(persona)
+        cache_key = (found.name, found.version_hash)
+        rubric = self._rubrics.get(cache_key)
+        if rubric is None:
+            try:
+                rubric = self.rubric.extended(found.greenroom.rubric)
+            except RubricError as error:
+                raise RubricError(f"persona {found.name}'s card rubric: {error}") from None
+            self._rubrics[cache_key] = rubric
+        return rubric
+
+    async def rubric_of_reply(self, candidate_id: int) -> Rubric:
+        """The rubric a reply is scored under (its conversation's persona's). Raises
+        :class:`~feedback.corrections.InvalidAction` when the reply is gone or the persona's
+        rubric is wrong."""
+        node = await self.store.get_node(candidate_id)
+        conversation = (
+            await self.store.get_conversation(node.conversation_id) if node is not None else None
+        )
+        if node is None or node.role != "assistant" or conversation is None:
+            raise InvalidAction("This reply no longer exists (the conversation was deleted).")
+        try:
+            return self.rubric_for(conversation.persona)
+        except (RubricError, KeyError) as error:
+            raise InvalidAction(f"This reply cannot be scored: {error}") from None
+
+    async def score(
+        self,
+        candidate_id: int,
+        *,
+        actor: Actor,
+        scores: Mapping[str, object],
+        unsafe: object,
+        rating: object = None,
+        key: str | None,
+        rubric_version: str | None = None,
+    ) -> ActionOutcome:
+        """An actor's rubric scores on a reply, stored as one ``score`` event (the overall
+        score, if given, in its ``rating``).
+
+        ``rubric_version``: the version the actor was shown (a console form opened earlier);
+        when the rubric has changed since, the scores are refused and the actor scores again.
+        Raises :class:`~feedback.corrections.InvalidAction` naming what is wrong (an unknown
+        dimension, a score outside 1 to 5, no unsafe flag); nothing is stored then.
+        """
+        rubric = await self.rubric_of_reply(candidate_id)
+        if rubric_version is not None and rubric_version != rubric.version:
+            raise InvalidAction(
+                "The rubric changed since this form was opened; nothing was stored. "
+                "Open the scores again."
+            )
+        try:
+            checked = rubric.check(scores, unsafe=unsafe, rating=rating)
+        except ScoreError as error:
+            raise InvalidAction(f"Not scored: {error}.") from None
+        outcome = await self.corrections.score(candidate_id, actor=actor, scores=checked, key=key)
+        node = await self.store.get_node(candidate_id)
+        if outcome.status == "done" and node is not None:
+            await self._publish(
+                DecisionNews("scored", node.conversation_id, candidate_id, actor_id=actor.id)
             )
         return outcome
 
@@ -392,6 +488,8 @@ class DecisionService:
             return outcome
         self._stop_hold(candidate_id)
         if outcome.status == "done":
+            if self.reviews is not None:  # a reply queued when it went out is now decided
+                await self.reviews.note_decision(candidate_id, actor.id)
             await self._deliver_outcome(outcome)
             node = await self.store.get_node(candidate_id)
             if node is not None:
@@ -516,6 +614,25 @@ class DecisionService:
             )
         )
 
+    # -- reviews after the fact -------------------------------------------------------------
+
+    async def _queue_for_review(self, reply: FinishedReply) -> None:
+        """Queue a reply on its way out for overlapping reviews, if it needs them (flagged,
+        rewritten, or sampled). Before it is sent: a crash after the send cannot lose it, and a
+        reply delivered again after a restart is queued once."""
+        if self.reviews is not None:
+            await self.reviews.enqueue(reply)
+
+    async def mark_gold(
+        self, candidate_id: int, *, lead: Actor, verdict: Verdict, note: str | None = None
+    ) -> str:
+        """Store a lead's verdict on a reply as gold (replacing an earlier gold verdict on it);
+        returns what was done, in words. The caller checked that ``lead`` is a lead. Raises
+        :class:`~feedback.reviews.InvalidVerdict` naming what is wrong (nothing stored)."""
+        if self.gold is None:
+            raise RuntimeError("reviews are not set up: call add_reviews first")
+        return await self.gold.mark(candidate_id, by=lead.id, verdict=verdict, note=note)
+
     # -- delivery ----------------------------------------------------------------------------
 
     async def _deliver_outcome(self, outcome: ActionOutcome) -> None:
@@ -535,6 +652,12 @@ class DecisionService:
             return
         parent = await self.store.get_node(node.parent_id) if node.parent_id else None
         after = parent.external_id.split()[-1] if parent and parent.external_id else None
+        if parent is not None and parent.role == "user":
+            await self._queue_for_review(
+                FinishedReply(
+                    node.id, node.conversation_id, node.origin, node.flags, node.decided_by
+                )
+            )
         crash_point("deliver.before_send")
         sent_as = await outlet.deliver(
             Delivery(

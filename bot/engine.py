@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlreadyHandled",
+    "Aside",
     "ConversationEngine",
     "EngineLimits",
     "IncomingMessage",
@@ -188,6 +189,38 @@ class Reply:
     risk: Risk = field(default_factory=lambda: Risk(hold=False, urgent=False, reasons=()))
     #: Stored before a restart and maybe already sent: deliver it idempotently.
     redelivered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Aside:
+    """A reply given in a side branch of a conversation (:meth:`ConversationEngine.answer_aside`):
+    checked like a turn's reply, with the prompt that produced it, and stored nowhere."""
+
+    persona: str
+    text: str
+    incoming: IncomingMessage
+    conversation_id: int
+    fallback: bool = False
+    flags: list[dict[str, Any]] = field(default_factory=list)
+    memories: list[str] = field(default_factory=list)
+    risk: Risk = field(default_factory=lambda: Risk(hold=False, urgent=False, reasons=()))
+    #: The prompt messages as a snapshot stores them (role, content, name).
+    prompt: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What :meth:`ConversationEngine._answer` produced, before anything is stored."""
+
+    messages: list[BaseMessage]
+    memories: list[str]
+    text: str
+    fallback: bool
+    flags: list[dict[str, Any]]
+    risk: Risk
+    #: The late ``context`` message's text (lore and memories), kept with the snapshot so later
+    #: prompts show it in place; ``None`` when the turn had none.
+    context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +373,100 @@ class ConversationEngine:
         else:
             user_turn_id = await self._add_turn(conversation_id, history, incoming, text)
         crash_point("turn.before_generate")
+        answer = await self._answer(
+            incoming, persona, text, history, conversation_id, seed=user_turn_id, on_token=on_token
+        )
+        parts = split_message(answer.text, self.limits.max_reply_chars)
+        reply_text = "\n".join(parts) if len(parts) > 1 else answer.text
+        snapshot = SnapshotData(
+            messages=[_message_dict(message) for message in answer.messages],
+            persona=persona.name,
+            persona_version=persona.version_hash,
+            model_name=self._model_name,
+            params={**self._model_params, EXAMPLES_NAMED_PARAM: True},
+            memories=answer.memories,
+            context=answer.context,
+        )
+        crash_point("turn.before_commit")
+        candidate_id = await self.store.add_candidate(
+            conversation_id=conversation_id,
+            user_turn_id=user_turn_id,
+            persona=persona.name,
+            text=reply_text,
+            origin="fallback" if answer.fallback else "model",
+            snapshot=snapshot,
+            flags=answer.flags,
+        )
+        crash_point("turn.after_commit")
+        return Reply(
+            persona=persona.name,
+            text=reply_text,
+            parts=parts,
+            incoming=replace(incoming, text=text),
+            conversation_id=conversation_id,
+            user_turn_id=user_turn_id,
+            candidate_id=candidate_id,
+            fallback=answer.fallback,
+            flags=answer.flags,
+            memories=answer.memories,
+            risk=answer.risk,
+        )
+
+    async def answer_aside(self, incoming: IncomingMessage) -> Aside | Refusal | TakenOver:
+        """Answer ``incoming`` in a side branch of its conversation: nothing is stored.
+
+        The prompt is built as for a turn (history window, lore, recalled memories) and the
+        reply is checked the same way (consistency flags, risk), but neither the message nor
+        the reply is stored, sent or remembered, and the conversation's history window does
+        not move: the next turn sees the conversation as if the aside never happened. Meant
+        for evaluation (the stability harness asks its probes this way, as Li et al. 2024 ask
+        theirs); the conversation row itself is created if it did not exist yet.
+        """
+        checked = self.check(incoming.text)
+        if isinstance(checked, Refusal):
+            return checked
+        persona = self.personas.get(incoming.persona)
+        key = (incoming.transport, incoming.scope, persona.name)
+        async with self._locks[key]:
+            conversation_id = await self.store.conversation_id(*key, guild_key=incoming.guild_key)
+            opened = await self.store.open_turn(conversation_id, self.limits.history_turns, None)
+            if opened.taken_over:
+                return TakenOver(conversation_id)
+            kept_start = self._window_starts.get(conversation_id)
+            try:
+                answer = await self._answer(
+                    incoming, persona, checked, opened.history, conversation_id, seed=0
+                )
+            finally:  # the aside must not move the window the conversation's turns share
+                if kept_start is None:
+                    self._window_starts.pop(conversation_id, None)
+                else:
+                    self._window_starts[conversation_id] = kept_start
+        return Aside(
+            persona=persona.name,
+            text=answer.text,
+            incoming=replace(incoming, text=checked),
+            conversation_id=conversation_id,
+            fallback=answer.fallback,
+            flags=answer.flags,
+            memories=answer.memories,
+            risk=answer.risk,
+            prompt=[_message_dict(message) for message in answer.messages],
+        )
+
+    async def _answer(
+        self,
+        incoming: IncomingMessage,
+        persona: Persona,
+        text: str,
+        history: Sequence[HistoryTurn],
+        conversation_id: int,
+        *,
+        seed: int,
+        on_token: Callable[[str], Awaitable[None]] | None = None,
+    ) -> _Answer:
+        """Recall, build the prompt, generate, clean up and check one reply to ``text`` after
+        ``history``; a model failure becomes the persona's fallback line (picked by ``seed``)."""
         flags: list[dict[str, Any]] = []
         group = incoming.scope.startswith("channel:")
         window = self.history_window(
@@ -377,7 +504,7 @@ class ConversationEngine:
                 raise GenerationError("the reply was empty after clean-up", reason="empty")
         except GenerationError as error:
             _log.warning("generation failed for %s (%s): %s", persona.name, error.reason, error)
-            reply_text = persona.fallback_line(seed=user_turn_id)
+            reply_text = persona.fallback_line(seed=seed)
             fallback = True
             flags.append({"kind": "generation_failed", "reason": error.reason})
         if not fallback:
@@ -387,40 +514,14 @@ class ConversationEngine:
         )
         if risk.hold:
             flags.append(risk.as_flag())
-        parts = split_message(reply_text, self.limits.max_reply_chars)
-        reply_text = "\n".join(parts) if len(parts) > 1 else reply_text
-        snapshot = SnapshotData(
-            messages=[_message_dict(message) for message in messages],
-            persona=persona.name,
-            persona_version=persona.version_hash,
-            model_name=self._model_name,
-            params={**self._model_params, EXAMPLES_NAMED_PARAM: True},
-            memories=memories,
+        return _Answer(
+            messages,
+            memories,
+            reply_text,
+            fallback,
+            flags,
+            risk,
             context=None if context is None else str(context.content),
-        )
-        crash_point("turn.before_commit")
-        candidate_id = await self.store.add_candidate(
-            conversation_id=conversation_id,
-            user_turn_id=user_turn_id,
-            persona=persona.name,
-            text=reply_text,
-            origin="fallback" if fallback else "model",
-            snapshot=snapshot,
-            flags=flags,
-        )
-        crash_point("turn.after_commit")
-        return Reply(
-            persona=persona.name,
-            text=reply_text,
-            parts=parts,
-            incoming=replace(incoming, text=text),
-            conversation_id=conversation_id,
-            user_turn_id=user_turn_id,
-            candidate_id=candidate_id,
-            fallback=fallback,
-            flags=flags,
-            memories=memories,
-            risk=risk,
         )
 
     async def _seen_turn(

@@ -20,6 +20,8 @@ from bot.llm import build_chat_model
 from bot.settings import ConfigError
 from feedback.corrections import CorrectionStore
 from feedback.database import create_engine, migrate, session_factory
+from feedback.reviews import ReviewPolicy
+from feedback.rubric import RubricError
 from feedback.store import ConversationStore
 from personas import PersonaRegistry
 
@@ -39,6 +41,7 @@ __all__ = [
     "open_memory",
     "open_runtime",
     "pseudonym_secret",
+    "review_policy",
 ]
 
 _PSEUDONYM_KEY_FILE = "pseudonym.key"
@@ -103,18 +106,39 @@ def engine_limits(settings: Settings) -> EngineLimits:
     )
 
 
+def review_policy(settings: Settings) -> ReviewPolicy:
+    """The review queue's policy from the ``reviews`` settings."""
+    reviews = settings.reviews
+    return ReviewPolicy(
+        share=reviews.share,
+        per_item=reviews.per_item,
+        acceptance=reviews.acceptance,
+        lease=timedelta(minutes=reviews.lease_minutes),
+        gold_rate=reviews.gold_rate,
+    )
+
+
 def decision_service(
     settings: Settings, engine: ConversationEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> DecisionService:
-    """The decision service every console shares, with the console's hold settings."""
+    """The decision service every console shares, with the console's hold settings and the
+    review queue."""
     console = settings.console
-    return DecisionService(
+    decisions = DecisionService(
         engine=engine,
         corrections=CorrectionStore(sessions, claim_ttl=timedelta(minutes=console.claim_minutes)),
         hold_seconds=console.hold_seconds,
         on_timeout=console.on_timeout,
         help_resources=settings.safety.help_resources,
+        rubric=settings.rubric.rubric(),
     )
+    for name in engine.personas.names():
+        try:
+            decisions.rubric_for(name)
+        except RubricError as error:  # its replies cannot be scored until the card is fixed
+            _log.warning("%s", error)
+    decisions.add_reviews(sessions, review_policy(settings))
+    return decisions
 
 
 def open_memory(settings: Settings) -> MemoryPort | None:

@@ -26,6 +26,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from feedback.rubric import DEFAULT_DIMENSIONS, Dimension, Rubric, RubricError
+
 __all__ = [
     "ChatLimits",
     "ConfigError",
@@ -35,6 +37,8 @@ __all__ = [
     "MemorySettings",
     "ModelSettings",
     "PrivacySettings",
+    "ReviewSettings",
+    "RubricSettings",
     "Settings",
     "get_settings",
     "load_settings",
@@ -57,6 +61,9 @@ class ModelSettings(BaseModel):
     api_key_env: str = "OPENAI_API_KEY"
     #: For ``local``: a GGUF file; empty means the bundled SmolLM2-135M-Instruct.
     gguf_path: Path | None = None
+    #: For ``local``: a LoRA adapter folder (``greenroom train --out``), served merged into the
+    #: base it was trained on (converted to GGUF once, inside the folder). Not with gguf_path.
+    adapter_path: Path | None = None
     context_tokens: int = Field(default=2048, ge=256, le=131072)
     max_tokens: int = Field(default=96, ge=1, le=4096)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
@@ -66,6 +73,18 @@ class ModelSettings(BaseModel):
     threads: int = Field(default=2, ge=1, le=64)
     #: Seconds one generation may take before it is abandoned for an in-persona fallback.
     timeout_s: float = Field(default=60.0, gt=0.0, le=600.0)
+
+    @model_validator(mode="after")
+    def _check_adapter(self) -> ModelSettings:
+        if self.adapter_path is not None:
+            if self.provider != "local":
+                raise ValueError("an adapter (model.adapter_path) needs model.provider = local")
+            if self.gguf_path is not None:
+                raise ValueError(
+                    "set model.adapter_path or model.gguf_path, not both: "
+                    "an adapter is served on the base it was trained on"
+                )
+        return self
 
 
 class MemorySettings(BaseModel):
@@ -179,6 +198,45 @@ class PrivacySettings(BaseModel):
     pseudonym_secret: SecretStr | None = None
 
 
+class RubricSettings(BaseModel):
+    """The deployment's scoring rubric: dimensions scored 1 to 5, each score anchored.
+
+    Persona cards may add dimensions under ``data.extensions.greenroom.rubric``. Every score
+    also carries the unsafe/invalid flag (always required; not a dimension). Changing the list
+    makes a new rubric version; scores given earlier keep theirs (:mod:`feedback.rubric`).
+    """
+
+    dimensions: list[Dimension] = Field(default_factory=lambda: list(DEFAULT_DIMENSIONS))
+
+    @model_validator(mode="after")
+    def _check_rubric(self) -> RubricSettings:
+        try:
+            self.rubric()
+        except RubricError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    def rubric(self) -> Rubric:
+        """The deployment's rubric (before any card adds to it)."""
+        return Rubric.of(self.dimensions)
+
+
+class ReviewSettings(BaseModel):
+    """Overlapping reviews of finished turns, after the fact (:mod:`feedback.reviews`)."""
+
+    #: Share of finished turns sampled for review; every flagged or rewritten reply always is.
+    share: float = Field(default=0.1, ge=0.0, le=1.0)
+    #: Independent reviews each queued reply waits for.
+    per_item: int = Field(default=3, ge=1, le=20)
+    #: Majority share on "acceptable" that accepts an item (below it: disputed). A majority is
+    #: at least half, so 0.5 accepts every item that is not a tie.
+    acceptance: float = Field(default=0.6, ge=0.5, le=1.0)
+    #: Minutes a pulled item stays the reviewer's before its place goes back to the queue.
+    lease_minutes: float = Field(default=15.0, gt=0.0, le=1440.0)
+    #: Share of pulls that serve a gold item (while the reviewer has one left to review).
+    gold_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
 class Settings(BaseSettings):
     """All of Greenroom's settings, read once per process by :func:`get_settings`."""
 
@@ -204,6 +262,8 @@ class Settings(BaseSettings):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    rubric: RubricSettings = Field(default_factory=RubricSettings)
+    reviews: ReviewSettings = Field(default_factory=ReviewSettings)
 
     @model_validator(mode="after")
     def _check_database_url(self) -> Settings:

@@ -2,8 +2,11 @@
 
 It speaks to the same :class:`~bot.engine.ConversationEngine` and
 :class:`~bot.decisions.DecisionService` as Discord does, with ``transport="terminal"`` and one
-conversation per user and persona. The user is their own actor: ``/rate``, ``/rewrite`` and
-``/regen`` act on the reply they last received, and it is also the outlet that shows replies.
+conversation per user and persona. The user is their own actor: ``/rate``, ``/score``,
+``/rewrite`` and ``/regen`` act on the reply they last received, and it is also the outlet that
+shows replies. The operator is also an actor and a lead of the review queue: ``/review`` pulls
+the next finished turn to review (as in the Discord console), and ``/gold`` gives a reply's gold
+verdict.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.live import Live
@@ -20,6 +24,8 @@ from bot.engine import IncomingMessage, Refusal, TakenOver
 from bot.flags import describe_flags
 from bot.llm import GenerationError
 from feedback.corrections import TAGS, Actor, InvalidAction, check_tags
+from feedback.reviews import InvalidVerdict, parse_verdict
+from feedback.rubric import RubricError, ScoreError
 from personas import UnknownPersonaError
 
 if TYPE_CHECKING:
@@ -36,9 +42,20 @@ __all__ = ["TerminalChat"]
 _log = logging.getLogger(__name__)
 
 _HELP = (
-    "Commands: /persona NAME, /personas, /rate N [TAGS...], /rewrite TEXT, /regen, "
-    "/consent on|off, /help, /quit. Tags: " + ", ".join(TAGS) + "."
+    "Commands: /persona NAME, /personas, /rate N [TAGS...], "
+    "/score DIMENSION=1-5 ... unsafe=yes|no [overall=1-5], /rubric, /rewrite TEXT, /regen, "
+    "/review [VERDICT], /gold [#REPLY] VERDICT [-- NOTE], /consent on|off, /help, /quit. "
+    "A verdict: acceptable=yes|no unsafe=yes|no overall=1-5 DIMENSION=1-5 ... "
+    "Tags: " + ", ".join(TAGS) + "."
 )
+_VERDICT_USAGE = (
+    "acceptable=yes|no unsafe=yes|no overall=1-5 {dimensions} (/rubric: what each means)"
+)
+_REPLY_REF = re.compile(r"#(?P<id>[0-9]{1,19})")
+
+
+def _usage(dimensions: tuple[str, ...]) -> str:
+    return _VERDICT_USAGE.format(dimensions=" ".join(f"{name}=1-5" for name in dimensions))
 
 
 class TerminalChat:
@@ -60,6 +77,8 @@ class TerminalChat:
         self.privacy = privacy
         #: The reply the user last received: what /rate, /rewrite and /regen act on.
         self.last_reply_id: int | None = None
+        #: The review item shown by /review, with its persona, until its verdict is in.
+        self.review_item: tuple[int, str] | None = None
         #: Where delivered replies are shown (set by the running loop).
         self._show: Callable[[str, str], None] = lambda persona, text: None
         decisions.add_outlet("terminal", self)
@@ -113,12 +132,97 @@ class TerminalChat:
         argument = argument.strip()
         if name in {"quit", "exit"}:
             return None
-        if name in {"rate", "rewrite", "regen", "consent"}:
+        if name in {"rate", "score", "rewrite", "regen", "consent"}:
             try:
                 return await self._correction(name, argument)
             except InvalidAction as error:
                 return str(error)
+        if name in {"review", "gold"}:
+            if self.decisions.reviews is None:
+                return "Reviews are not set up."
+            try:
+                return await (self._review(argument) if name == "review" else self._gold(argument))
+            except (InvalidAction, InvalidVerdict) as error:
+                return f"Not recorded: {error}."
         return self._setting(name, argument)
+
+    # -- reviews after the fact (the terminal's operator is an actor and a lead) -------------
+
+    async def _review(self, argument: str) -> str:
+        """``/review``: the next item to review; ``/review VERDICT``: the verdict on it."""
+        reviews = self.decisions.reviews
+        assert reviews is not None
+        if not argument:
+            item = await reviews.next_item(self.user_id)
+            if item is None:
+                self.review_item = None
+                return (
+                    "Nothing to review right now: every queued reply has its reviews, or is "
+                    "one you decided or reviewed already."
+                )
+            self.review_item = (item.item_id, item.persona)
+            rubric = self.decisions.rubric_for(item.persona)
+            lines = [f"To review (yours until {item.expires_at:%H:%M} UTC):"]
+            lines += [f"  {name}: {' '.join(text.split())}" for _role, name, text in item.context]
+            lines.append(f"  >> {item.persona}'s reply: {' '.join(item.reply.split())}")
+            lines.append("Your verdict: /review " + _usage(rubric.names))
+            return "\n".join(lines)
+        if self.review_item is None:
+            return "Run /review first to get an item to review."
+        item_id, persona = self.review_item
+        verdict = parse_verdict(self.decisions.rubric_for(persona), argument)
+        outcome = await reviews.submit(item_id, self.user_id, verdict)
+        if outcome.status != "refused":
+            self.review_item = None
+        return outcome.message
+
+    async def _gold(self, argument: str) -> str:
+        """``/gold [#REPLY] VERDICT [-- NOTE]``: the gold verdict on a reply (the last one
+        received unless ``#REPLY`` names another)."""
+        verdict_text, _, note = argument.partition(" -- ")
+        target = self.last_reply_id
+        first, _, rest = verdict_text.strip().partition(" ")
+        if match := _REPLY_REF.fullmatch(first):
+            target, verdict_text = int(match["id"]), rest
+        if target is None:
+            return f"Nothing to mark gold yet: talk to {self.persona} first, or name #REPLY."
+        rubric = await self.decisions.rubric_of_reply(target)
+        if not verdict_text.strip():
+            return "Usage: /gold [#REPLY] " + _usage(rubric.names) + " [-- NOTE]"
+        verdict = parse_verdict(rubric, verdict_text, complete=False)
+        return await self.decisions.mark_gold(
+            target, lead=self.actor, verdict=verdict, note=note.strip() or None
+        )
+
+    async def _score(self, reply_id: int, argument: str) -> str:
+        """``/score fidelity=4 resonance=5 unsafe=no [overall=4]`` on the last reply."""
+        rubric = await self.decisions.rubric_of_reply(reply_id)
+        if not argument:
+            return (
+                "Usage: /score DIMENSION=1-5 ... unsafe=yes|no [overall=1-5]; dimensions: "
+                + ", ".join(f"{d.name} ({d.label})" for d in rubric.dimensions)
+                + ". /rubric shows what each score means."
+            )
+        try:
+            parsed = rubric.parse_scores(argument)
+        except ScoreError as error:
+            return f"Not scored: {error}."
+        outcome = await self.decisions.score(
+            reply_id,
+            actor=self.actor,
+            scores=parsed.scores,
+            unsafe=parsed.unsafe,
+            rating=parsed.rating,
+            key=None,
+            rubric_version=parsed.rubric_version,
+        )
+        if outcome.status == "refused":
+            return outcome.message
+        given = [f"{name} {value}/5" for name, value in parsed.scores.items()]
+        if parsed.rating is not None:
+            given.append(f"overall {parsed.rating}/5")
+        given.append("unsafe" if parsed.unsafe else "not unsafe")
+        return f"Scored {', '.join(given)} (rubric {parsed.rubric_version})."
 
     async def _correction(self, name: str, argument: str) -> str:
         if name == "consent":
@@ -141,6 +245,8 @@ class TerminalChat:
             recorded = check_tags(tags)
             tagged = f", tagged {', '.join(recorded)}" if recorded else ""
             return f"Rated {rating_text}/5{tagged}."
+        if name == "score":
+            return await self._score(self.last_reply_id, argument)
         if name == "rewrite":
             outcome = await self.decisions.rewrite(
                 self.last_reply_id, actor=self.actor, text=argument, key=None
@@ -168,6 +274,11 @@ class TerminalChat:
             return f"Now talking with {self.persona}."
         if name == "personas":
             return "Personas: " + ", ".join(self.engine.personas.names())
+        if name == "rubric":
+            try:
+                return self.decisions.rubric_for(self.persona).describe()
+            except RubricError as error:
+                return str(error)
         if name == "help":
             return _HELP
         return f"Unknown command /{name}. {_HELP}"

@@ -97,7 +97,7 @@ class ChannelSettingsStore:
 
 
 class GuildSettingsStore:
-    """A server's actor console (channel and actor role) and consent default."""
+    """A server's actor console (channel, actor role and lead role) and consent default."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -113,9 +113,16 @@ class GuildSettingsStore:
         return row
 
     async def set_console(
-        self, guild_key: str, *, channel_id: str, actor_role_id: str, by: str
+        self,
+        guild_key: str,
+        *,
+        channel_id: str,
+        actor_role_id: str,
+        lead_role_id: str | None = None,
+        by: str,
     ) -> GuildSetting:
-        """Point the server's console at a channel and name the actors' role."""
+        """Point the server's console at a channel and name the actors' role and the leads'
+        (``None``: no leads; leads are actors who also hold the lead role)."""
         async with self._sessions() as session:
             row = await session.get(GuildSetting, guild_key)
             if row is None:
@@ -123,14 +130,16 @@ class GuildSettingsStore:
                 session.add(row)
             row.console_channel_id = channel_id
             row.actor_role_id = actor_role_id
+            row.lead_role_id = lead_role_id
             row.updated_by = by
             await session.commit()
         self._cache[guild_key] = row
         _log.info(
-            "console of %s set to channel %s, role %s by %s",
+            "console of %s set to channel %s, actor role %s, lead role %s by %s",
             guild_key,
             channel_id,
             actor_role_id,
+            lead_role_id,
             by,
         )
         return row

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+    from feedback.rubric import Scores
     from feedback.store import SnapshotData
 
 __all__ = [
@@ -553,6 +554,34 @@ class CorrectionStore:
                 key=key,
                 rating=rating,
                 tags=checked,
+            )
+
+    async def score(
+        self,
+        candidate_id: int,
+        *,
+        actor: Actor,
+        scores: Scores,
+        key: str | None,
+    ) -> ActionOutcome:
+        """An actor's rubric scores on a reply (checked by :meth:`Rubric.check
+        <feedback.rubric.Rubric.check>`), stored as one ``score`` event with the rubric version
+        and the unsafe flag, and the overall score in ``rating`` when given. Several actors may
+        score the same reply, and one actor again (each score is kept)."""
+        async with self._sessions() as session:
+            if duplicate := await self._duplicate(session, key):
+                return duplicate
+            node = await self._load(session, candidate_id)
+            return await self._record(
+                session,
+                kind="score",
+                actor=actor,
+                node=node,
+                key=key,
+                rating=scores.rating,
+                scores=dict(scores.scores),
+                unsafe=scores.unsafe,
+                rubric_version=scores.rubric_version,
             )
 
     async def expire_hold(self, candidate_id: int, *, send: bool) -> ActionOutcome:

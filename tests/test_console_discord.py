@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+import discord
 import pytest
 from sqlalchemy import select
 
+from bot.discord_transport.console.scoring import ScoreMoreButton, score_modal
 from bot.llm import FakeChatModel
 from feedback.models import FeedbackEvent, MessageNode
+from feedback.rubric import Rubric
 from tests.bot_world import World, running_bot
 from tests.discord_server.fixtures import discord_server
 
@@ -473,3 +476,207 @@ async def test_a_missing_console_falls_back_to_auto_and_tells_the_owner(world: W
     assert "unusable" in warnings[0]["content"]
     # Each message looks for its console before its reply goes out: "two" looked already.
     assert len(world.bot_replies(owner_dm)) == 1
+
+
+# -- rubric scores ------------------------------------------------------------------------------
+
+
+def _modal_selects(opened: Any) -> dict[str, dict[str, Any]]:
+    """The selects of an opened modal, by custom_id (each inside a label)."""
+    labels = opened.response_data["components"]
+    assert all(label["type"] == 18 for label in labels)
+    return {label["component"]["custom_id"]: label for label in labels}
+
+
+def _score_events(events: list[FeedbackEvent]) -> list[FeedbackEvent]:
+    return [event for event in events if event.kind == "score"]
+
+
+async def test_an_actor_scores_a_reply_in_a_modal_of_anchored_selects(world: World) -> None:
+    server, alice = world.server, world.extras["alice"]
+    console_message = await _ask(world, "rough night")
+    candidate = _candidate_id(console_message)
+    rows = {
+        c["custom_id"]: index
+        for index, row in enumerate(console_message["components"])
+        for c in row["components"]
+    }
+    assert rows[f"gr:score:{candidate}"] == 3
+    opened = server.click_button(console_message, alice, f"gr:score:{candidate}")
+    opened = await server.wait_for_interaction_response(opened)
+    assert opened.response_type == 9
+    version = world.bot.decisions.rubric.version
+    modal_id = f"gr:score-modal:{candidate}:{version}:"
+    assert opened.response_data["custom_id"] == modal_id
+    assert opened.response_data["title"] == "Score Marlowe's reply"
+    selects = _modal_selects(opened)
+    assert list(selects) == ["unsafe", "fidelity", "voice", "resonance", "memory"]
+    assert selects["unsafe"]["component"]["required"] is True
+    assert selects["fidelity"]["label"] == "Persona fidelity"
+    fidelity = selects["fidelity"]["component"]
+    assert fidelity["required"] is False and fidelity["min_values"] == 0
+    anchors = world.bot.decisions.rubric["fidelity"].anchors
+    assert [(o["value"], o["description"]) for o in fidelity["options"]] == [
+        (str(score), text) for score, text in anchors.items()
+    ]
+    submitted = server.submit_modal(
+        alice, modal_id, {"unsafe": ["no"], "fidelity": ["4"], "resonance": ["5"]}
+    )
+    answered = await server.wait_for_interaction_response(submitted)
+    assert answered.ephemeral
+    assert answered.response_data["content"] == ("Scored: fidelity 4/5, resonance 5/5; not unsafe.")
+    [event] = _score_events(await _events(world))
+    assert (event.actor_id, event.candidate_id) == (f"discord:{alice.id}", candidate)
+    assert event.scores == {"fidelity": 4, "resonance": 5}
+    assert (event.unsafe, event.rubric_version, event.rating) == (False, version, None)
+    # The same submission delivered twice is stored once.
+    server.gateway.dispatch("INTERACTION_CREATE", submitted.payload)
+    await world.settle()
+    assert len(_score_events(await _events(world))) == 1
+
+
+async def test_scores_are_refused_naming_what_is_wrong_and_nothing_is_stored(
+    world: World,
+) -> None:
+    server, alice = world.server, world.extras["alice"]
+    console_message = await _ask(world, "hi")
+    candidate = _candidate_id(console_message)
+    refused = server.click_button(console_message, world.member, f"gr:score:{candidate}")
+    refused = await server.wait_for_interaction_response(refused)
+    assert refused.ephemeral and refused.response_data["content"] == "Only actors can do this."
+    opened = server.click_button(console_message, alice, f"gr:score:{candidate}")
+    await server.wait_for_interaction_response(opened)
+    version = world.bot.decisions.rubric.version
+
+    def submission(user: Any, custom_id: str, picked: dict[str, list[str]]) -> dict[str, Any]:
+        # What a modified client could send: any values, for any custom_id.
+        return {
+            "custom_id": custom_id,
+            "components": [
+                {"type": 18, "id": n, "component": {"type": 3, "custom_id": k, "values": v}}
+                for n, (k, v) in enumerate(picked.items())
+            ],
+        }
+
+    cases = [
+        (
+            alice,
+            f"gr:score-modal:{candidate}:{version}:",
+            {"fidelity": ["4"]},
+            "unsafe flag is missing",
+        ),
+        (
+            alice,
+            f"gr:score-modal:{candidate}:{version}:",
+            {"unsafe": ["maybe"]},
+            "unsafe flag is missing",
+        ),
+        (
+            alice,
+            f"gr:score-modal:{candidate}:{version}:",
+            {"unsafe": ["no"], "fidelity": ["9"]},
+            "Not scored: fidelity=9: a score is a whole number from 1 to 5.",
+        ),
+        (
+            alice,
+            f"gr:score-modal:{candidate}:{version}:",
+            {"unsafe": ["no"]},
+            "Not scored: score at least one dimension",
+        ),
+        (
+            alice,
+            f"gr:score-modal:{candidate}:000000000000:",
+            {"unsafe": ["no"], "fidelity": ["4"]},
+            "The rubric changed since this form was opened",
+        ),
+        (
+            alice,
+            f"gr:score-modal:{candidate + 999}:{version}:",
+            {"unsafe": ["no"], "fidelity": ["4"]},
+            "This reply no longer exists",
+        ),
+        (
+            world.member,
+            f"gr:score-modal:{candidate}:{version}:",
+            {"unsafe": ["no"], "fidelity": ["4"]},
+            "Only actors can do this.",
+        ),
+    ]
+    for user, custom_id, picked, message in cases:
+        sent = server.send_interaction(
+            5, submission(user, custom_id, picked), user, world.extras["console"]
+        )
+        answer = await server.wait_for_interaction_response(sent)
+        assert answer.ephemeral and message in answer.response_data["content"], (picked, answer)
+    assert _score_events(await _events(world)) == []
+
+
+async def test_a_rubric_too_big_for_one_modal_continues_and_stores_once_at_the_end(
+    discord_server: DiscordTestServer, db_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    anchors = {1: "awful", 2: "poor", 3: "fine", 4: "good", 5: "superb"}
+    dimensions = [
+        {"name": f"d{n}", "label": f"Dimension {n}", "anchors": anchors} for n in range(6)
+    ]
+    async with console_world(
+        discord_server, db_engine, tmp_path, rubric={"dimensions": dimensions}
+    ) as world:
+        server, alice = world.server, world.extras["alice"]
+        console_message = await _ask(world, "long rubric")
+        candidate = _candidate_id(console_message)
+        version = world.bot.decisions.rubric.version
+        opened = server.click_button(console_message, alice, f"gr:score:{candidate}")
+        opened = await server.wait_for_interaction_response(opened)
+        assert opened.response_data["title"] == "Score Marlowe's reply (1/2)"
+        assert list(_modal_selects(opened)) == ["unsafe", "d0", "d1", "d2", "d3"]
+        first = server.submit_modal(
+            alice,
+            f"gr:score-modal:{candidate}:{version}:",
+            {"unsafe": ["yes"], "d0": ["2"], "d2": ["5"]},
+        )
+        first = await server.wait_for_interaction_response(first)
+        assert first.ephemeral and "4 of 6 dimensions seen" in first.response_data["content"]
+        assert _score_events(await _events(world)) == []  # nothing half-stored
+        more_id = f"gr:score-more:{candidate}:{version}:y2-5-"
+        [row] = first.response_data["components"]
+        assert row["components"][0]["custom_id"] == more_id
+        assert row["components"][0]["label"] == "Score the other 2 dimensions"
+        answer = server.messages[first.original_message_id]
+        refused = server.click_button(answer, world.member, more_id)
+        refused = await server.wait_for_interaction_response(refused)
+        assert refused.response_data["content"] == "Only actors can do this."
+        second = server.click_button(answer, alice, more_id)
+        second = await server.wait_for_interaction_response(second)
+        assert second.response_data["title"] == "Score Marlowe's reply (2/2)"
+        assert list(_modal_selects(second)) == ["d4", "d5"]
+        last = server.submit_modal(
+            alice, f"gr:score-modal:{candidate}:{version}:y2-5-", {"d5": ["1"]}
+        )
+        last = await server.wait_for_interaction_response(last)
+        assert last.response_data["content"] == "Scored: d0 2/5, d2 5/5, d5 1/5; marked unsafe."
+        [event] = _score_events(await _events(world))
+        assert event.scores == {"d0": 2, "d2": 5, "d5": 1}
+        assert event.unsafe is True and event.rubric_version == version
+
+
+def test_every_score_modal_fits_discords_limits() -> None:
+    """The largest rubric splits into modals of at most 5 components, and every custom_id
+    fits in 100 characters; discord.py itself refuses a sixth component."""
+    anchors = {n: "x" * 100 for n in range(1, 6)}
+    rubric = Rubric.of(
+        [{"name": f"{'d' * 22}{n:02d}", "label": "L" * 45, "anchors": anchors} for n in range(16)]
+    )
+    chosen, modals = "", []
+    while True:
+        modal = score_modal(10**18, "P" * 64, rubric, chosen)
+        modals.append(modal)
+        assert len(modal.children) <= 5 and len(modal.title) <= 45
+        assert len(modal.custom_id) <= 100
+        picked = [c for c in modal.children if c.component.custom_id != "unsafe"]  # type: ignore[attr-defined]
+        chosen = (chosen or "n") + "3" * len(picked)
+        if len(chosen) - 1 == len(rubric.dimensions):
+            break
+    assert [len(m.children) for m in modals] == [5, 5, 5, 2]
+    assert len(ScoreMoreButton(10**18, rubric.version, chosen, "x").item.custom_id) <= 100
+    with pytest.raises(ValueError, match="maximum number of children"):
+        modals[0].add_item(discord.ui.TextInput(label="sixth"))

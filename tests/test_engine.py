@@ -12,6 +12,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from bot.engine import (
+    Aside,
     ConversationEngine,
     EngineLimits,
     IncomingMessage,
@@ -101,6 +102,54 @@ async def test_history_flows_into_the_next_prompt(
         {"role": "assistant", "content": "First answer."},
         {"role": "user", "content": "two"},
     ]
+
+
+async def test_an_aside_is_answered_from_the_conversation_and_stores_nothing(
+    store: ConversationStore, personas: PersonaRegistry
+) -> None:
+    """A side branch: the prompt the next turn would get, nothing stored, the window unmoved."""
+    lines = [f"Answer {i}." for i in range(4)] + ["Aside answer.", "Next answer."]
+    engine = _engine(store, personas, GenericFakeChatModel(messages=iter(lines)))
+    decisions, _ = decisions_for(engine)
+    said = [f"turn {i}" + " word" * 120 for i in range(4)]
+    for text in said:
+        reply = await engine.respond(_incoming(text))
+        assert isinstance(reply, Reply)
+        await decisions.present(reply, hold=False)
+    conversation = reply.conversation_id
+    window_start = engine._window_starts[conversation]
+    stored = await store.history(conversation, 100)
+
+    # Long enough that its prompt must restart the history window.
+    aside = await engine.answer_aside(_incoming("probe " + "x" * 3900))
+
+    assert isinstance(aside, Aside) and aside.text == "Aside answer."
+    assert not aside.fallback and aside.conversation_id == conversation
+    assert aside.prompt[-1]["content"].startswith("probe ")
+    assert not any(m["content"] == said[0] for m in aside.prompt)  # the window restarted...
+    assert engine._window_starts[conversation] == window_start  # ...for the aside alone
+    assert await store.history(conversation, 100) == stored
+    following = await engine.respond(_incoming("next"))
+    assert isinstance(following, Reply) and following.text == "Next answer."
+    node = await store.get_node(following.candidate_id)
+    assert node is not None and node.prompt_snapshot_id is not None
+    snapshot = await store.get_snapshot(node.prompt_snapshot_id)
+    assert snapshot is not None
+    turns = [m["content"] for m in snapshot.messages if m["role"] != "system" and "name" not in m]
+    assert turns == [*itertools.chain(*zip(said, lines[:4], strict=True)), "next"]
+
+
+async def test_an_aside_in_a_taken_over_conversation_is_not_answered(
+    store: ConversationStore, personas: PersonaRegistry
+) -> None:
+    engine = _engine(store, personas, FakeChatModel())
+    decisions, _ = decisions_for(engine)
+    reply = await engine.respond(_incoming("hello"))
+    assert isinstance(reply, Reply)
+    await decisions.take_over(reply.conversation_id, actor=ALICE_ACTOR, key=None)
+
+    assert isinstance(await engine.answer_aside(_incoming("probe?")), TakenOver)
+    assert isinstance(await engine.answer_aside(_incoming("   ")), Refusal)
 
 
 async def test_conversations_are_separate_per_persona(

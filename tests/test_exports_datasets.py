@@ -71,11 +71,12 @@ async def test_every_format_loads_with_datasets(
     expected = {
         "openai-sft": {"messages"},
         "trl-sft": {"messages"},
-        "openai-dpo": {"input", "preferred_output", "non_preferred_output"},
-        "trl-dpo": {"prompt", "chosen", "rejected"},
+        "openai-dpo": {"input", "preferred_output", "non_preferred_output", "rejected_quality"},
+        "trl-dpo": {"prompt", "chosen", "rejected", "rejected_quality"},
         "trl-kto": {"prompt", "completion", "label"},
         "oasst": {"message_tree_id", "tree_state", "persona", "system", "prompt"},
-    }[fmt] | {"persona_version", "record_id"}  # issue 24: card version and erasure id
+    }[fmt] | {"persona_version", "record_id", "quality"}  # issue 24: card version and erasure
+    # id; issue 25: what actors said of the reply
     assert set(dataset.column_names) == expected
     # every record has its own stable id (what the erasure feed names)
     assert len(set(dataset["record_id"])) == len(dataset)

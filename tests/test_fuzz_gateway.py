@@ -83,7 +83,7 @@ KNOWN_NOTICES = [
         r"\*\*.+\*\* (now answers every message in this channel|will remember that)\.",
         r"No persona is bound to this channel\.",
         r"Unbound\. .*",
-        r"Pick a channel and a role from this server\.",
+        r"Pick a channel and roles from this server\.",
         r"Console: .*",
         r"This channel is now in (auto|review|persona) mode\.",
         r"Memory is switched off on this bot; nothing is remembered\.",
@@ -98,6 +98,15 @@ KNOWN_NOTICES = [
         r"a pinned memory (cannot be empty|can be at most \d+ characters, got \d+)",
         r"already pinned: .+",
         r"The database is unavailable right now, so nothing was recorded\. .+",
+        r"Use /review in this server's actor console channel\.",
+        r"Nothing to review right now: .+",
+        r"Only leads can mark gold verdicts\.",
+        r"Not recorded: .+",
+        r"That choice is not one of this question's\.",
+        r"The rubric changed since this form was opened; nothing was stored\. .+",
+        r"This item no longer exists \(it was erased\)\.",
+        r"This item was not given to you; run /review to get one\.",
+        r"You have reviewed this item already\.",
     )
 ]
 #: The generic apology of an unexpected error: a fuzz case must never reach it.
@@ -137,7 +146,7 @@ LONG_TEXT = st.builds(
 )
 WHERE = st.sampled_from(["dm", "mention", "unaddressed"])
 
-_ACTIONS = ["approve", "rewrite", "regen", "takeover", "release", "rate", "tags"]
+_ACTIONS = ["approve", "rewrite", "regen", "takeover", "release", "rate", "tags", "score", "gold"]
 _IDS = st.one_of(
     st.integers(min_value=0, max_value=10**25).map(str),
     st.sampled_from(["", "-1", "0x10", "1e5", "١٢٣", "9" * 19, "9" * 20, "{candidate}"]),
@@ -151,6 +160,30 @@ CUSTOM_ID = st.one_of(
     ),
     st.text(max_size=120),
     st.integers(min_value=101, max_value=400).map(lambda n: ("gr:approve:" + "1" * n)[:n]),
+    st.builds(
+        lambda ident, version, chosen: f"gr:score-more:{ident}:{version}:{chosen}",
+        _IDS,
+        st.sampled_from(["{version}", "000000000000", "", "xyz"]),
+        st.sampled_from(["", "n", "y3", "n12345", "y-", "n" + "5" * 17, "q1", "n9"]),
+    ),
+    # The verdict form's controls (reviews and gold): forged items, stale rubrics, odd answers.
+    st.builds(
+        lambda control, kind, ident, version, answers: (
+            f"gr:rv:{control}:{kind}{ident}:{version}:{answers}"
+        ),
+        st.sampled_from(["q0", "q5", "q17", "q99", "p0", "p1", "p9", "ok", "no", "x"]),
+        st.sampled_from(["r", "g", "z"]),
+        st.one_of(st.just("{candidate}"), _IDS),
+        st.sampled_from(["{version}", "000000000000", "nothex"]),
+        st.sampled_from(["------", "43544n", "4354yy", "-", "5" * 40, "43544n9"]),
+    ),
+)
+#: Score modals' custom ids: the current rubric's, a stale one, earlier pages' choices.
+SCORE_MODAL_ID = st.builds(
+    lambda ident, version, chosen: f"gr:score-modal:{ident}:{version}:{chosen}",
+    st.one_of(st.just("{candidate}"), _IDS),
+    st.sampled_from(["{version}", "{version}", "000000000000", "nothex"]),
+    st.sampled_from(["", "", "n", "y1234", "n----", "n12345", "y" + "1" * 16, "x1"]),
 )
 VALUES = st.one_of(
     st.none(),
@@ -180,6 +213,18 @@ MODAL_COMPONENTS = st.one_of(
     ),
     st.sampled_from(["bad", 5, [1, 2], [{"type": 1, "components": "nope"}], [{"type": 1}], []]),
     st.lists(st.dictionaries(st.sampled_from(["type", "custom_id", "value", "components"]), JUNK)),
+    # a score modal's labelled selects, with any values
+    st.builds(
+        lambda picked: [
+            {"type": 18, "id": n, "component": {"type": 3, "custom_id": k, "values": v}}
+            for n, (k, v) in enumerate(picked.items())
+        ],
+        st.dictionaries(
+            st.sampled_from(["unsafe", "fidelity", "voice", "resonance", "memory", "text", "x"]),
+            st.one_of(VALUES, st.sampled_from([["no"], ["yes"], ["4"], ["1", "2"]])),
+            max_size=6,
+        ),
+    ),
 )
 _COMMANDS: dict[str, list[str]] = {
     "console": ["setup", "mode"],
@@ -189,6 +234,7 @@ _COMMANDS: dict[str, list[str]] = {
     "consent": [],
     "consent-default": [],
     "help": [],
+    "review": [],
 }
 OPTION_VALUE = st.one_of(
     JUNK,
@@ -272,6 +318,7 @@ class Harness:
             "{role}": world.extras["role"].id,
             "{everyone_role}": world.guild.id,
             "{candidate}": self.candidate_id,
+            "{version}": world.bot.decisions.rubric.version,
         }
         for key, value in ids.items():
             text = text.replace(key, str(value))
@@ -596,6 +643,7 @@ def hostile_interactions(harness: Harness, config: settings) -> Callable[[], Non
                 st.one_of(
                     st.just("gr:rewrite-modal:{candidate}"),
                     CUSTOM_ID.map(lambda c: c.replace("gr:approve:", "gr:rewrite-modal:")),
+                    SCORE_MODAL_ID,
                 ),
                 MODAL_COMPONENTS,
             ),

@@ -1,41 +1,46 @@
-"""Migrations from databases made by earlier revisions, on SQLite and PostgreSQL: every row of
-every kept table survives (0007 drops the build-ahead wing, 0008 adds the erasure feed, 0009
-the snapshots' own context message), and the bot and exports work on the result.
-
-The stores of today write columns a later revision adds: an older database is filled through
-them with those columns added for the fill and dropped again (:func:`todays_columns`).
-"""
+"""Migrations from a database made by an earlier head, on SQLite and PostgreSQL: 0007 from 0006
+(every row of every kept table survives, the build-ahead wing is gone, and the bot and exports
+work on the result), 0008, 0009 and 0010 from their predecessors with data, and the downgrades."""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from alembic import command
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from feedback.corrections import CorrectionStore
 from feedback.database import alembic_config, create_engine, migrate, session_factory
 from feedback.exports import FORMATS, ExportFilter, iter_records
-from feedback.models import Base, UserPrivacy
+from feedback.models import Base, GoldItem, Review, ReviewItem, ReviewLease, UserPrivacy
 from feedback.store import ConversationStore
 from tests.conftest import POSTGRES_ADMIN_DSN, _admin
 from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Collection
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
+    from sqlalchemy import Column, Table
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 SECRET = b"migration-test-secret-0123456789"
 PREVIOUS_HEAD = "0006"
 DROPPED_TABLES = {"turn_records", "turn_build_queue", "record_builds"}
-#: Columns the stores write that later revisions add, as ``(table, column, SQL type)``.
-LATER_COLUMNS = (("prompt_snapshots", "context", "TEXT"),)
+#: What 0009 adds: tables, and columns of existing tables.
+TABLES_0009 = {"review_items", "review_leases", "reviews", "gold_items"}
+COLUMNS_0009 = {
+    "feedback_events": {"scores", "rubric_version", "unsafe"},
+    "guild_settings": {"lead_role_id"},
+}
+#: What 0010 adds.
+COLUMNS_0010 = {"prompt_snapshots": {"context"}}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -51,6 +56,49 @@ async def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         yield f"{base}/{name}"
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.asynccontextmanager
+async def todays_columns(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Today's stores write, and today's exports read, every column and table today's models
+    have; an older database gets the ones it lacks (columns nullable, tables empty) for the
+    block, and loses them after it, so the migration under test starts from the older schema
+    exactly."""
+
+    def missing(connection: Connection) -> tuple[dict[str, list[Column[Any]]], list[Table]]:
+        inspector = inspect(connection)
+        present = {
+            name: {column["name"] for column in inspector.get_columns(name)}
+            for name in inspector.get_table_names()
+        }
+        columns = {
+            table.name: [
+                column for column in table.columns if column.name not in present[table.name]
+            ]
+            for table in Base.metadata.sorted_tables
+            if table.name in present
+        }
+        tables = [table for table in Base.metadata.sorted_tables if table.name not in present]
+        return columns, tables
+
+    async with engine.connect() as connection:
+        added, tables = await connection.run_sync(missing)
+    async with engine.begin() as connection:
+        for name, columns in added.items():
+            for column in columns:
+                kind = column.type.compile(dialect=engine.dialect)
+                await connection.execute(
+                    text(f"ALTER TABLE {name} ADD COLUMN {column.name} {kind}")
+                )
+        await connection.run_sync(Base.metadata.create_all, tables=tables)
+    try:
+        yield
+    finally:
+        async with engine.begin() as connection:
+            await connection.run_sync(Base.metadata.drop_all, tables=tables)
+            for name, columns in added.items():
+                for column in columns:
+                    await connection.execute(text(f"ALTER TABLE {name} DROP COLUMN {column.name}"))
 
 
 async def upgrade_to(engine: AsyncEngine, revision: str) -> None:
@@ -96,35 +144,9 @@ async def fill(engine: AsyncEngine) -> None:
         )
 
 
-@contextlib.asynccontextmanager
-async def todays_columns(engine: AsyncEngine) -> AsyncIterator[None]:
-    """An older database with the columns of :data:`LATER_COLUMNS` it lacks, while the stores
-    of today fill it; they are dropped again (with what was written to them) on the way out."""
-
-    def missing(sync: Connection) -> list[tuple[str, str, str]]:
-        inspector = inspect(sync)
-        return [
-            (table, column, kind)
-            for table, column, kind in LATER_COLUMNS
-            if column not in {c["name"] for c in inspector.get_columns(table)}
-        ]
-
-    async with engine.begin() as connection:
-        added = await connection.run_sync(missing)
-        for table, column, kind in added:
-            await connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
-    try:
-        yield
-    finally:
-        async with engine.begin() as connection:
-            for table, column, _ in added:
-                await connection.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
-
-
-async def kept_data(engine: AsyncEngine, *, without: Collection[str] = ()) -> dict[str, list[Any]]:
+async def kept_data(engine: AsyncEngine) -> dict[str, list[Any]]:
     """Every row of every table the models keep, in id order, without ``messages.revision``
-    (only the tables and columns the database has: an older revision lacks later ones) and
-    the ``table.column`` names in ``without``."""
+    (only the tables and columns the database has: an older revision lacks later ones)."""
     data: dict[str, list[Any]] = {}
     async with engine.connect() as connection:
         present = await connection.run_sync(
@@ -136,18 +158,38 @@ async def kept_data(engine: AsyncEngine, *, without: Collection[str] = ()) -> di
         for table in Base.metadata.sorted_tables:
             if table.name not in present:
                 continue
-            names = [
-                column.name
-                for column in table.columns
-                if column.name in present[table.name] and str(column) not in without
-            ]
+            names = [column.name for column in table.columns if column.name in present[table.name]]
             columns = ", ".join(names)
             order = ", ".join(column.name for column in table.primary_key.columns)
             result = await connection.execute(
                 text(f"SELECT {columns} FROM {table.name} ORDER BY {order}")
             )
-            data[table.name] = [tuple(row) for row in result]
+            data[table.name] = [dict(row._mapping) for row in result]
     return data
+
+
+def without_later(
+    data: dict[str, list[Any]], tables: set[str], columns: dict[str, set[str]]
+) -> dict[str, list[Any]]:
+    """``data`` without the named tables, and without the named columns of the others."""
+    return {
+        name: [
+            {key: value for key, value in row.items() if key not in columns.get(name, ())}
+            for row in rows
+        ]
+        for name, rows in data.items()
+        if name not in tables
+    }
+
+
+def without_0009(data: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """``data`` as a database before 0009 holds it: without 0009's and 0010's additions."""
+    return without_0010(without_later(data, TABLES_0009, COLUMNS_0009))
+
+
+def without_0010(data: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """``data`` as a database before 0010 holds it: without the snapshots' own context."""
+    return without_later(data, set(), COLUMNS_0010)
 
 
 async def records(engine: AsyncEngine) -> dict[str, list[Any]]:
@@ -208,7 +250,9 @@ async def test_upgrade_from_the_previous_head_keeps_data_and_drops_the_wing(
         async with engine.connect() as connection:
             queued = await connection.scalar(text("SELECT count(*) FROM turn_build_queue"))
         assert queued == 6
-        data, exported = await kept_data(engine), await records(engine)
+        data = await kept_data(engine)
+        async with todays_columns(engine):
+            exported = await records(engine)
         assert len(data["messages"]) == 14 and len(data["feedback_events"]) == 6
         assert all(exported[fmt] for fmt in ("trl-sft", "trl-kto", "oasst", "trl-dpo"))
 
@@ -225,7 +269,8 @@ async def test_upgrade_from_the_previous_head_keeps_data_and_drops_the_wing(
             version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
         assert version == "0007"
         assert await kept_data(engine) == data
-        assert await records(engine) == exported
+        async with todays_columns(engine):
+            assert await records(engine) == exported
         # writes that fired the dropped triggers work, and are exported
         store = ConversationStore(session_factory(engine))
         corrections = CorrectionStore(session_factory(engine))
@@ -242,7 +287,7 @@ async def test_downgrade_brings_the_previous_schema_back(fresh_url: str) -> None
     try:
         await migrate(engine)
         await fill_new(engine)
-        data = await kept_data(engine, without={"prompt_snapshots.context"})  # 0009's
+        data = without_0009(await kept_data(engine))
         assert data.pop("erasure_tombstones") == []  # 0008's, gone with the downgrade
 
         def down(connection: Connection) -> None:
@@ -282,15 +327,16 @@ async def test_0008_adds_tombstones_and_lease_revocation_keeping_data(fresh_url:
         before = await kept_data(engine)
         assert before["messages"] and before["feedback_events"]
 
-        await migrate(engine)
+        await upgrade_to(engine, "0008")
 
-        after = await kept_data(engine, without={"prompt_snapshots.context"})
+        after = await kept_data(engine)
         assert after.pop("erasure_tombstones") == []
         assert {name: rows for name, rows in after.items() if name != "leases"} == {
             name: rows for name, rows in before.items() if name != "leases"
         }
         store = ConversationStore(session_factory(engine))
-        assert await store.delete_data_for_user(requester="user", user_id="discord:1") > 0
+        async with todays_columns(engine):
+            assert await store.delete_data_for_user(requester="user", user_id="discord:1") > 0
         async with engine.connect() as connection:
             keys = (
                 await connection.execute(text("SELECT record_key FROM erasure_tombstones"))
@@ -313,20 +359,130 @@ async def test_0008_adds_tombstones_and_lease_revocation_keeping_data(fresh_url:
         await engine.dispose()
 
 
-async def test_0009_adds_the_snapshots_own_context_keeping_data(fresh_url: str) -> None:
-    """From 0008 with data: ``prompt_snapshots.context`` arrives empty for the old snapshots
-    (their turns keep no context message), every row stays, history reads and new turns work;
-    the downgrade drops the column and keeps the rest."""
+async def test_0009_adds_rubric_scores_leads_reviews_and_gold_keeping_data(
+    fresh_url: str,
+) -> None:
+    """From 0008 with data: the start-up migration adds the rubric columns (null on old rows),
+    ``lead_role_id`` and the four review tables with their constraints; the downgrade takes
+    exactly those away and keeps every other row."""
     engine = create_engine(fresh_url)
     try:
         await upgrade_to(engine, "0008")
         async with todays_columns(engine):
             await fill_new(engine)
         before = await kept_data(engine)
+        assert before["feedback_events"] and not TABLES_0009 & before.keys()
 
         await migrate(engine)
 
-        assert await kept_data(engine, without={"prompt_snapshots.context"}) == before
+        after = await kept_data(engine)
+        assert {name: after[name] for name in TABLES_0009} == {name: [] for name in TABLES_0009}
+        assert without_0009(after) == before
+        assert all(
+            row["scores"] is None and row["rubric_version"] is None and row["unsafe"] is None
+            for row in after["feedback_events"]
+        )
+        candidate = after["feedback_events"][0]["candidate_id"]
+        conversation = after["feedback_events"][0]["conversation_id"]
+        sessions = session_factory(engine)
+        async with sessions() as session:
+            gold = GoldItem(
+                candidate_id=candidate,
+                scores={"fidelity": 4},
+                unsafe=False,
+                acceptable=True,
+                rubric_version="0123456789ab",
+                created_by="discord:9001",
+            )
+            session.add(gold)
+            await session.flush()
+            item = ReviewItem(
+                candidate_id=candidate,
+                conversation_id=conversation,
+                reason="gold",
+                reviews_needed=3,
+                gold_id=gold.id,
+            )
+            session.add(item)
+            await session.flush()
+            now = datetime.now(UTC)
+            session.add(ReviewLease(item_id=item.id, actor_id="discord:9002", expires_at=now))
+            session.add(
+                Review(
+                    item_id=item.id,
+                    actor_id="discord:9002",
+                    rating=4,
+                    scores={"fidelity": 5},
+                    unsafe=False,
+                    acceptable=True,
+                    rubric_version="0123456789ab",
+                    leased_at=now,
+                )
+            )
+            await session.commit()
+        # one review per actor per item, one item per reply
+        for row in (
+            Review(
+                item_id=item.id,
+                actor_id="discord:9002",
+                rating=2,
+                scores={},
+                unsafe=True,
+                acceptable=False,
+                rubric_version="0123456789ab",
+                leased_at=now,
+            ),
+            ReviewItem(
+                candidate_id=candidate,
+                conversation_id=conversation,
+                reason="sample",
+                reviews_needed=3,
+            ),
+        ):
+            async with sessions() as session:
+                session.add(row)
+                with pytest.raises(IntegrityError):
+                    await session.commit()
+        # deleting the gold item keeps its review item, which stops pointing at it
+        async with sessions() as session:
+            await session.delete(await session.get(GoldItem, gold.id))
+            await session.commit()
+            assert (await session.get(ReviewItem, item.id)).gold_id is None  # type: ignore[union-attr]
+
+        def down(connection: Connection) -> None:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0008")
+
+        async with engine.begin() as connection:
+            await connection.run_sync(down)
+        assert await kept_data(engine) == before
+        async with engine.connect() as connection:
+            columns = await connection.run_sync(
+                lambda sync: {
+                    name: {column["name"] for column in inspect(sync).get_columns(name)}
+                    for name in COLUMNS_0009
+                }
+            )
+        assert all(not columns[name] & added for name, added in COLUMNS_0009.items())
+    finally:
+        await engine.dispose()
+
+
+async def test_0010_adds_the_snapshots_own_context_keeping_data(fresh_url: str) -> None:
+    """From 0009 with data: ``prompt_snapshots.context`` arrives empty for the old snapshots
+    (their turns keep no context message), every row stays, history reads and new turns work;
+    the downgrade drops the column and keeps the rest."""
+    engine = create_engine(fresh_url)
+    try:
+        await upgrade_to(engine, "0009")
+        async with todays_columns(engine):
+            await fill_new(engine)
+        before = await kept_data(engine)
+
+        await migrate(engine)
+
+        assert without_0010(await kept_data(engine)) == before
         async with engine.connect() as connection:
             contexts = await connection.execute(text("SELECT context FROM prompt_snapshots"))
             assert set(contexts.scalars()) == {None}
@@ -336,12 +492,12 @@ async def test_0009_adds_the_snapshots_own_context_keeping_data(fresh_url: str) 
         assert [t.content for t in history] == ["hi", "again", "Evening."]
         assert [t.context for t in history] == [None, None, None]
 
-        expected = await kept_data(engine, without={"prompt_snapshots.context"})
+        expected = without_0010(await kept_data(engine))
 
         def down(connection: Connection) -> None:
             config = alembic_config()
             config.attributes["connection"] = connection
-            command.downgrade(config, "0008")
+            command.downgrade(config, "0009")
 
         async with engine.begin() as connection:
             await connection.run_sync(down)

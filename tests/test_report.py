@@ -1,4 +1,4 @@
-"""The quality report: aggregates on both databases, Krippendorff's alpha, PNGs and the page."""
+"""The quality report: aggregates on both databases, agreement, actors, PNGs and the page."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from sqlalchemy import update
 from feedback.corrections import CorrectionStore
 from feedback.models import MessageNode
 from feedback.redact import pseudonym
-from feedback.report import ReportError, collect_report_data, krippendorff_alpha, write_report
+from feedback.report import ReportData, ReportError, collect_report_data, write_report
 from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
+from tests.review_factories import Verdict, add_reviewed_turn
 from tests.test_exports import build_scenario
 
 if TYPE_CHECKING:
@@ -33,18 +34,15 @@ _OBSERVERS = [
 _UNITS = [[v for v in column if v is not None] for column in zip(*_OBSERVERS, strict=True)]
 
 
-@pytest.mark.parametrize(
-    ("level", "published"), [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849)]
-)
-def test_krippendorff_alpha_matches_the_published_example(level: str, published: float) -> None:
-    assert krippendorff_alpha(_UNITS, level=level) == pytest.approx(published, abs=5e-4)  # type: ignore[arg-type]
-
-
-def test_krippendorff_alpha_limits() -> None:
-    assert krippendorff_alpha([[3, 3], [4, 4], [1, 1]]) == 1.0
-    assert krippendorff_alpha([[4]]) is None  # nothing pairable
-    assert krippendorff_alpha([[3, 3], [3, 3]]) is None  # no variation: undefined
-    assert krippendorff_alpha([[1, 5], [5, 1]]) < 0  # systematic disagreement
+def test_live_rating_agreement_comes_from_the_libraries() -> None:
+    """The report's figures on live ratings are the libraries' (ordinal alpha .815, Gwet's
+    AC1 .7754 on the published example)."""
+    live = ReportData(rating_units=[unit for unit in _UNITS if unit]).live_agreement
+    assert live.alpha == pytest.approx(0.815, abs=5e-4)
+    assert live.ac1 == pytest.approx(0.7754, abs=5e-5)
+    assert ReportData(rating_units=[[3, 3], [4, 4], [1, 1]]).live_agreement.alpha == 1.0
+    assert ReportData().live_agreement.alpha is None  # nothing pairable
+    assert ReportData(rating_units=[[1, 5], [5, 1]]).live_agreement.alpha < 0
 
 
 async def _flagged_scene(store: ConversationStore) -> None:
@@ -66,6 +64,12 @@ async def _flagged_scene(store: ConversationStore) -> None:
     await corrections.rewrite(flagged.candidate_id, actor=BOB_ACTOR, text="Of course.", key="f")
     await corrections.rate(flagged.candidate_id, actor=ALICE_ACTOR, rating=1, key="fa")
     await corrections.rate(flagged.candidate_id, actor=BOB_ACTOR, rating=2, key="fb")
+    for index, scores in enumerate(([4, 4, 5], [2, 3, 2])):
+        verdicts = [
+            Verdict(f"discord:r{n}", {"fidelity": value, "voice": 3}, acceptable=value > 2)
+            for n, value in enumerate(scores)
+        ]
+        await add_reviewed_turn(store._sessions, store, verdicts, user_id=f"discord:u{index}")
 
 
 async def test_collects_the_aggregates(store: ConversationStore) -> None:
@@ -86,6 +90,15 @@ async def test_collects_the_aggregates(store: ConversationStore) -> None:
     assert data.flag_verdicts["none"]["rewrite"] == 1
     only = await collect_report_data(store._sessions, persona="Vesper", pseudonym_secret=SECRET)
     assert only.ratings_by_day == {} and only.rating_units == []
+    assert only.actor_stats == [] and only.agreement_series[1] == []
+    figures = {figure.name: figure for figure in data.review_agreement}
+    assert figures["fidelity"].units == 2 and figures["voice"].ac1 == 1.0
+    freq, series = data.agreement_series
+    assert freq == "D" and len(series) == 1
+    names = {name for name, stats in data.actor_stats if stats.reviews}
+    assert names == {pseudonym(f"discord:r{n}", SECRET, prefix="actor") for n in range(3)}
+    r0 = dict(data.actor_stats)[pseudonym("discord:r0", SECRET, prefix="actor")]
+    assert (r0.reviews, r0.compared, r0.agreeing) == (2, 2, 2)
 
 
 async def test_writes_valid_pngs_and_the_page(store: ConversationStore, tmp_path: Path) -> None:
@@ -95,7 +108,9 @@ async def test_writes_valid_pngs_and_the_page(store: ConversationStore, tmp_path
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == [
         "actor_activity.png",
+        "actor_reliability.png",
         "agreement.png",
+        "agreement_over_time.png",
         "flags_vs_verdicts.png",
         "ratings_over_time.png",
         "rewrite_rate_by_depth.png",
@@ -108,12 +123,15 @@ async def test_writes_valid_pngs_and_the_page(store: ConversationStore, tmp_path
     text = page.read_text(encoding="utf-8")
     assert all(f'src="{png.name}"' in text for png in pngs)
     assert "flagged contradiction: rewritten" in text and "discord:" not in text
+    assert "<h2>Agreement per day (AC1 / alpha, items), latest 12</h2>" in text
+    assert "<h2>Actors</h2>" in text and "<h2>Reviewers&#x27; agreement per dimension</h2>" in text
+    assert pseudonym("discord:r1", SECRET, prefix="actor") in text
     assert not list(out.glob(".*"))  # no temporary files left
 
 
 async def test_empty_database_still_renders(store: ConversationStore, tmp_path: Path) -> None:
     page = await write_report(store._sessions, tmp_path / "r", pseudonym_secret=SECRET)
-    assert page.is_file() and len(list((tmp_path / "r").glob("*.png"))) == 6
+    assert page.is_file() and len(list((tmp_path / "r").glob("*.png"))) == 8
 
 
 async def test_unwritable_folder(store: ConversationStore, tmp_path: Path) -> None:

@@ -81,3 +81,27 @@ def test_unknown_key_in_toml_is_refused(tmp_path: Path) -> None:
     (tmp_path / "greenroom.toml").write_text('colour = "green"\n')
     with pytest.raises(ConfigError, match="colour"):
         load_settings()
+
+
+def test_the_rubric_from_toml_and_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The README's example: a ``[[rubric.dimensions]]`` table replaces the default list."""
+    (tmp_path / "greenroom.toml").write_text(
+        "[[rubric.dimensions]]\n"
+        'name = "fidelity"\n'
+        'label = "Persona fidelity"\n'
+        'anchors = { 1 = "Breaks character.", 2 = "Clear slip.", 3 = "Generic.", '
+        '4 = "In character.", 5 = "Unmistakably them." }\n'
+    )
+    rubric = load_settings().rubric.rubric()
+    assert rubric.names == ("fidelity",) and rubric["fidelity"].anchors[5] == "Unmistakably them."
+    monkeypatch.setenv(
+        "GREENROOM_RUBRIC__DIMENSIONS",
+        '[{"name": "warmth", "label": "Warmth", "anchors": '
+        '{"1": "a", "2": "b", "3": "c", "4": "d", "5": "e"}}]',
+    )
+    assert load_settings().rubric.rubric().names == ("warmth",)
+    monkeypatch.setenv("GREENROOM_RUBRIC__DIMENSIONS", '[{"name": "warmth"}]')
+    with pytest.raises(ConfigError, match=r"rubric\.dimensions\.0\.label"):
+        load_settings()

@@ -37,6 +37,7 @@ _log = logging.getLogger(__name__)
 EXTENSIONS = (
     "bot.discord_transport.cogs.conversation",
     "bot.discord_transport.cogs.console",
+    "bot.discord_transport.cogs.review",
     "bot.discord_transport.cogs.persona_commands",
     "bot.discord_transport.cogs.memory_commands",
     "bot.discord_transport.cogs.help",

@@ -21,6 +21,7 @@ from .local import LocalLlamaChatModel
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from pathlib import Path
 
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import BaseMessage
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GenerationResult",
+    "adapter_gguf",
     "build_chat_model",
     "describe_model",
     "generate",
@@ -71,9 +73,14 @@ def build_chat_model(settings: ModelSettings) -> BaseChatModel:
     """The chat model the settings name.
 
     Raises :class:`ModelUnavailableError` when it cannot be built: the local GGUF file is
-    missing, or the API key's environment variable is unset.
+    missing, an adapter cannot be served, or the API key's environment variable is unset.
+    A local adapter's merged GGUF is written on first use (see :func:`adapter_gguf`).
     """
     if settings.provider == "local":
+        if settings.adapter_path is not None:
+            settings = settings.model_copy(
+                update={"gguf_path": adapter_gguf(settings.adapter_path), "adapter_path": None}
+            )
         return LocalLlamaChatModel.from_settings(settings)
     if settings.provider == "fake":
         return FakeChatModel(
@@ -84,6 +91,27 @@ def build_chat_model(settings: ModelSettings) -> BaseChatModel:
     if settings.provider == "openai":
         return _build_openai(settings)
     raise ValueError(f"unknown model provider {settings.provider!r}; use local, openai or fake")
+
+
+def adapter_gguf(adapter: Path) -> Path:
+    """The GGUF file of a trained LoRA adapter merged into its base (written once into the
+    adapter folder: loading the base and converting take tens of seconds on a CPU; see
+    :mod:`training.serving`). Raises :class:`ModelUnavailableError` with the one-line reason
+    it cannot be served."""
+    from training.adapters import AdapterError  # imported here: torch is slow to import
+    from training.base import BaseModelError
+    from training.serving import merged_gguf
+
+    from .local import bundled_gguf_path
+
+    try:
+        bundled: Path | None = bundled_gguf_path()
+    except ModelUnavailableError:
+        bundled = None
+    try:
+        return merged_gguf(adapter, bundled=bundled)
+    except (AdapterError, BaseModelError) as error:
+        raise ModelUnavailableError(str(error)) from None
 
 
 #: Sent as the key to a self-hosted endpoint when none is set (vLLM's documented placeholder).

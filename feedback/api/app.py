@@ -3,7 +3,9 @@
 Routes (all but ``/healthz`` and the docs need a bearer token):
 
 - ``GET /v1/corrections?format=F&cursor=C&limit=L`` (scope ``read``): export records in a
-  stable order, ``limit`` 1 to 10,000.
+  stable order, ``limit`` 1 to 10,000, each with its ``quality`` (rubric scores, reviews,
+  agreement, the deciding actors' trust); filters ``min_reviews``, ``min_agreement``,
+  ``min_trust`` and ``dimension=fidelity>=4`` (repeatable) as ``greenroom export``'s.
 - ``POST /v1/leases`` (scope ``lease``): claim a batch of queue records for a job.
 - ``POST /v1/leases/{id}/ack`` (scope ``lease``): mark a live lease's records consumed
   (409 once it has expired, or was revoked because a user erased some of its records). Any
@@ -32,7 +34,13 @@ from sqlalchemy import text
 
 from feedback.api.auth import require_scope
 from feedback.api.errors import ApiError, install_error_handlers
-from feedback.api.records import CursorError, decode_cursor, lease_record, page
+from feedback.api.records import (
+    CursorError,
+    ReviewFactsMemo,
+    decode_cursor,
+    lease_record,
+    page,
+)
 from feedback.api.schemas import (
     AckResponse,
     ErasureFeedResponse,
@@ -50,6 +58,7 @@ from feedback.erasure import (
     read_feed,
 )
 from feedback.exports import ExportError, ExportFilter
+from feedback.exports.filters import MAX_DIMENSION_RULES, MAX_MIN_REVIEWS, check_dimensions
 from feedback.exports.manifest import build_manifest
 from feedback.queue import MAX_BATCH as MAX_PAGE
 from feedback.queue import (
@@ -63,6 +72,8 @@ from feedback.queue import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from feedback.models import ApiToken
@@ -85,9 +96,17 @@ def _json(data: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
-def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: bytes) -> FastAPI:
+def create_app(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    pseudonym_secret: bytes,
+    dimensions: Iterable[str] = (),
+) -> FastAPI:
     """The API over ``sessions``; ``pseudonym_secret`` keys the actor and conversation
-    pseudonyms (keep it stable, or pseudonyms change between runs)."""
+    pseudonyms (keep it stable, or pseudonyms change between runs). ``dimensions`` are the
+    rubric's and the cards' dimension names, which ``dimension`` filters may name (with those
+    stored reviews scored, and ``overall``)."""
+    rubric_dimensions = frozenset(dimensions) | {"overall"}
     if len(pseudonym_secret) < 16:
         raise ValueError("the pseudonym secret must be at least 16 bytes")
     app = FastAPI(
@@ -98,6 +117,7 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
     )
     app.state.sessions = sessions
     app.state.pseudonym_secret = pseudonym_secret
+    app.state.review_facts = ReviewFactsMemo(sessions)
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"], responses={503: {"model": ErrorResponse}})
@@ -135,6 +155,26 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
             list[str] | None,
             Query(description="Only records whose target reply carries one of these tags."),
         ] = None,
+        min_reviews: Annotated[
+            int | None,
+            Query(ge=1, le=MAX_MIN_REVIEWS, description="Only replies with this many reviews."),
+        ] = None,
+        min_agreement: Annotated[
+            float | None,
+            Query(ge=0, le=1, description="Only replies whose reviews agree this much (0-1)."),
+        ] = None,
+        min_trust: Annotated[
+            float | None,
+            Query(ge=0, le=1, description="Only replies whose deciders' mean trust reaches this."),
+        ] = None,
+        dimension: Annotated[
+            list[str] | None,
+            Query(
+                max_length=MAX_DIMENSION_RULES,
+                description="Consensus score rules such as `fidelity>=4` (>=, <=, >, <, =); "
+                "`overall` is the reviews' rating.",
+            ),
+        ] = None,
     ) -> Response:
         """A page of correction records in ``format``, in a stable order (by user turn).
 
@@ -154,9 +194,18 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
                 persona=persona,
                 min_rating=min_rating,
                 tags=tuple(tag or ()),
+                min_reviews=min_reviews,
+                min_agreement=min_agreement,
+                min_trust=min_trust,
+                dimensions=tuple(dimension or ()),
             )
+            facts = await request.app.state.review_facts.get()
+            check_dimensions(flt, rubric_dimensions | facts.dimensions)
         except ExportError as error:
-            message = str(error).replace("--min-rating", "min_rating").replace("--", "")
+            message = str(error)
+            for option in ("min-rating", "min-reviews", "min-agreement", "min-trust"):
+                message = message.replace(f"--{option}", option.replace("-", "_"))
+            message = message.replace("--", "")
             raise ApiError(422, f"query parameters: {message}") from None
         exported_at = datetime.now(UTC)
         erasure_cursor = encode_feed_cursor(await feed_position(request.app.state.sessions))
@@ -167,6 +216,7 @@ def create_app(sessions: async_sessionmaker[AsyncSession], *, pseudonym_secret: 
             pseudonym_secret=request.app.state.pseudonym_secret,
             after=after,
             limit=limit,
+            trust=facts.trust,
         )
         return _json(
             {

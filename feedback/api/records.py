@@ -24,8 +24,18 @@ if TYPE_CHECKING:
 
     from feedback.exports import ExportFilter
     from feedback.queue import QueueRecord
+    from feedback.trust import TrustTable
 
-__all__ = ["CursorError", "Page", "decode_cursor", "encode_cursor", "lease_record", "page"]
+__all__ = [
+    "CursorError",
+    "Page",
+    "ReviewFacts",
+    "ReviewFactsMemo",
+    "decode_cursor",
+    "encode_cursor",
+    "lease_record",
+    "page",
+]
 
 #: Longest cursor accepted; the ones we issue are far shorter.
 MAX_CURSOR_CHARS = 200
@@ -114,6 +124,7 @@ async def page(
     pseudonym_secret: bytes,
     after: int | None,
     limit: int,
+    trust: TrustTable | None = None,
 ) -> Page:
     """Up to ``limit`` records of ``fmt`` after the key ``after``, in a stable order, read by
     the exports' one read path (:func:`feedback.exports.iter_turn_record_batches`).
@@ -135,6 +146,7 @@ async def page(
         # each gives a record (no batch is read to be thrown away).
         read_ahead_until=limit + 1,
         cleaner=_cleaner(pseudonym_secret),
+        trust=trust,
     )
     async with contextlib.aclosing(source) as batches:
         async for batch in batches:
@@ -165,6 +177,36 @@ def _cleaner(secret: bytes) -> TextCleaner:
     if _shared is None or _shared[1] != secret or now - _shared[0] > _MEMO_SECONDS:
         _shared = (now, secret, TextCleaner(secret))
     return _shared[2]
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewFacts:
+    """The actors' trust weights and the dimension names stored reviews scored."""
+
+    trust: TrustTable
+    dimensions: frozenset[str]
+
+
+class ReviewFactsMemo:
+    """The :class:`ReviewFacts` an app's pages share, read from every review at most once a
+    :data:`_MEMO_SECONDS`: a page must not read every review, and trust moves slowly (a page's
+    ``quality`` may be that much behind the reviews). One per app (its database)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._read: tuple[float, ReviewFacts] | None = None
+
+    async def get(self) -> ReviewFacts:
+        """The facts, read again when older than :data:`_MEMO_SECONDS`."""
+        now = time.monotonic()
+        if self._read is None or now - self._read[0] > _MEMO_SECONDS:
+            from feedback.review_data import load_reviews
+            from feedback.trust import TrustTable, compute_actor_stats
+
+            table = await load_reviews(self._sessions)
+            trust = TrustTable({a.actor_id: a.trust for a in compute_actor_stats(table)})
+            self._read = (time.monotonic(), ReviewFacts(trust, frozenset(table.dimensions)))
+        return self._read[1]
 
 
 def _batch_size(turns: int) -> int:

@@ -7,19 +7,30 @@ prints it and exits with code 2, the HTTP API answers 400 with it.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from feedback.corrections import TAGS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 __all__ = [
     "DEFAULT_GOOD_RATING",
     "FORMATS",
     "LOW_RATING",
+    "MAX_DIMENSION_RULES",
+    "MAX_MIN_REVIEWS",
+    "DimensionRule",
     "ExportError",
     "ExportFilter",
+    "check_dimensions",
     "check_format",
+    "parse_dimension",
+    "parse_fraction",
     "parse_split",
     "parse_tags",
     "parse_time",
@@ -32,6 +43,77 @@ DEFAULT_GOOD_RATING = 4
 #: A reply whose mean actor rating is at most this is "bad" (KTO label ``false``).
 LOW_RATING = 2
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+#: ``--min-reviews`` above this is surely a typo (an item takes a handful of reviews).
+MAX_MIN_REVIEWS = 100
+#: ``--dimension`` rules one export takes (a rubric has at most 16 dimensions).
+MAX_DIMENSION_RULES = 16
+_RULE = re.compile(r"\s*([A-Za-z0-9_]+)\s*(>=|<=|==|=|>|<)\s*(\S+)\s*")
+_DIMENSION_NAME = re.compile(r"[a-z0-9_]{1,24}")
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "=": operator.eq,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DimensionRule:
+    """``--dimension fidelity>=4``: the consensus score of a dimension compared with a value."""
+
+    name: str
+    op: str
+    value: int
+
+    def passes(self, score: float | None) -> bool:
+        """Whether a consensus ``score`` satisfies the rule (no score never does)."""
+        return score is not None and _COMPARE[self.op](score, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.op}{self.value}"
+
+
+def parse_dimension(text: str) -> DimensionRule:
+    """``fidelity>=4`` (also ``<=``, ``>``, ``<``, ``=``): a rubric dimension (or ``overall``),
+    an operator and a whole score 1 to 5."""
+    found = _RULE.fullmatch(text) if len(text) <= 64 else None
+    if found is None:
+        raise ExportError(
+            f"--dimension {text[:64]!r} is not NAME OP SCORE; write e.g. fidelity>=4 "
+            "(operators >=, <=, >, <, =)"
+        )
+    name, op, raw = found.groups()
+    if not _DIMENSION_NAME.fullmatch(name):
+        raise ExportError(
+            f"--dimension {text!r}: {name!r} is not a dimension name (a-z, 0-9, _; at most 24)"
+        )
+    if not (raw.isdigit() and 1 <= int(raw) <= 5):
+        raise ExportError(f"--dimension {text!r}: the score is a whole number 1 to 5, not {raw!r}")
+    return DimensionRule(name, "=" if op == "==" else op, int(raw))
+
+
+def parse_fraction(value: str | float, *, option: str) -> float:
+    """A number from 0 to 1 (``0.6``), for ``--min-agreement`` and ``--min-trust``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ExportError(f"{option} is a number from 0 to 1, not {value!r}") from None
+    if not (math.isfinite(number) and 0 <= number <= 1):
+        raise ExportError(f"{option} is a number from 0 to 1, not {value}")
+    return number
+
+
+def check_dimensions(flt: ExportFilter, known: Iterable[str]) -> None:
+    """:class:`ExportError` when a ``--dimension`` rule names a dimension not in ``known`` (the
+    rubric's dimensions, the cards', and ``overall``)."""
+    names = sorted(set(known))
+    for rule in flt.dimensions:
+        if rule.name not in names:
+            raise ExportError(
+                f"--dimension {rule}: unknown dimension {rule.name!r}; use one of: "
+                f"{', '.join(names)}"
+            )
 
 
 class ExportError(ValueError):
@@ -47,6 +129,12 @@ class ExportFilter:
     :data:`DEFAULT_GOOD_RATING` as the mean rating that makes a rated reply good. ``tags`` keeps
     records whose target reply (SFT reply, DPO chosen, KTO completion, any reply of an oasst
     tree) carries at least one of them.
+
+    The review filters apply to the same target reply as ``min_rating`` (see
+    :mod:`feedback.exports.records`, ``quality``): ``min_reviews`` reviews at least,
+    ``min_agreement`` (0-1) the share of its reviews agreeing on ``acceptable``,
+    ``min_trust`` (0-1) the mean trust weight of the actors who decided it, and each of
+    ``dimensions`` on its consensus scores. A reply without the figure does not pass.
     """
 
     since: datetime | None = None
@@ -54,6 +142,10 @@ class ExportFilter:
     persona: str | None = None
     min_rating: int | None = None
     tags: tuple[str, ...] = ()
+    min_reviews: int | None = None
+    min_agreement: float | None = None
+    min_trust: float | None = None
+    dimensions: tuple[DimensionRule, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("since", "until"):
@@ -68,6 +160,30 @@ class ExportFilter:
         if self.min_rating is not None and not 1 <= self.min_rating <= 5:
             raise ExportError(f"--min-rating is 1 to 5, not {self.min_rating}")
         object.__setattr__(self, "tags", parse_tags(self.tags))
+        if self.min_reviews is not None and not 1 <= self.min_reviews <= MAX_MIN_REVIEWS:
+            raise ExportError(f"--min-reviews is 1 to {MAX_MIN_REVIEWS}, not {self.min_reviews}")
+        for name in ("min_agreement", "min_trust"):
+            value = getattr(self, name)
+            if value is not None:
+                option = "--" + name.replace("_", "-")
+                object.__setattr__(self, name, parse_fraction(value, option=option))
+        rules = tuple(
+            rule if isinstance(rule, DimensionRule) else parse_dimension(rule)
+            for rule in self.dimensions
+        )
+        if len(rules) > MAX_DIMENSION_RULES:
+            raise ExportError(f"at most {MAX_DIMENSION_RULES} --dimension rules, not {len(rules)}")
+        object.__setattr__(self, "dimensions", rules)
+
+    @property
+    def filters_quality(self) -> bool:
+        """Whether any review filter (reviews, agreement, trust, dimensions) is set."""
+        return bool(
+            self.min_reviews is not None
+            or self.min_agreement is not None
+            or self.min_trust is not None
+            or self.dimensions
+        )
 
     @property
     def good_rating(self) -> int:

@@ -49,6 +49,10 @@ def filters_of(flt: ExportFilter) -> dict[str, Any]:
         "persona": flt.persona,
         "min_rating": flt.min_rating,
         "tags": list(flt.tags),
+        "min_reviews": flt.min_reviews,
+        "min_agreement": flt.min_agreement,
+        "min_trust": flt.min_trust,
+        "dimensions": [str(rule) for rule in flt.dimensions],
     }
 
 

@@ -29,6 +29,25 @@ that produced its prompt):
   persona's system prompt is the tree's ``system``. With ``--min-rating`` the first-ranked
   reply's mean must reach it.
 
+Every record also carries ``quality``, what the actors said of its target reply (the SFT reply,
+the DPO ``chosen``, the KTO completion, the oasst tree's first-ranked reply; DPO records add
+``rejected_quality``, and each oasst reply carries its own):
+
+- ``scores``: the consensus of each rubric dimension (the median of every actor's latest
+  scores, live ``score`` events and reviews, rounded half up), or ``null`` when unscored;
+  ``scored_by``: how many actors scored it; ``unsafe``: the scorers' majority (``null`` on a
+  tie or none);
+- ``reviews``: how many reviews it has, ``review_status`` (``open``, ``accepted``,
+  ``disputed``, or ``null`` when never queued), ``rating`` (the reviews' overall rating,
+  median rounded half up), ``acceptable`` (the reviews' majority, ``null`` on a tie) and
+  ``agreement`` (the share of reviews agreeing with that majority; ``null`` under two);
+- ``actors``: the actors who decided it (wrote, approved, turned down, rated, scored or
+  reviewed it), pseudonymised, each with their trust weight (:mod:`feedback.trust`), and
+  ``trust``: the mean of those weights (``null`` when no actor decided it).
+
+``--min-reviews``, ``--min-agreement``, ``--min-trust`` and ``--dimension NAME>=N`` keep only
+records whose target reply's ``quality`` reaches them (``overall`` is the reviews' ``rating``).
+
 A turn gives no record of any format, and is counted in :attr:`RecordBuilder.skipped`, when
 its actors' decisions and ratings disagree (a rewrite rated below its original), or when its
 prompt was stored before example dialogue was named (its examples cannot be told from real
@@ -48,7 +67,9 @@ feed names it when the user the record came from is forgotten.
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -56,10 +77,12 @@ from feedback.exports.cleaning import TextCleaner
 from feedback.exports.filters import LOW_RATING, check_format
 from feedback.record_ids import dpo_key, kto_key, oasst_key, record_id, sft_key
 from feedback.redact import pseudonym
+from feedback.reviews import live_actor, majority
 
 if TYPE_CHECKING:
     from feedback.exports.filters import ExportFilter
     from feedback.exports.tree import ReplyNode, Snapshot, TurnTree
+    from feedback.trust import TrustTable
 
 __all__ = [
     "CONFLICTING_VERDICTS",
@@ -85,6 +108,37 @@ PROMPT_BEFORE_MARKERS = "prompt stored before example markers"
 SKIP_REASONS = (CONFLICTING_VERDICTS, PROMPT_BEFORE_MARKERS)
 #: States a reply is in when it was set aside without an actor's verdict.
 _SET_ASIDE = ("dropped", "withheld")
+#: The trust weight of an actor never measured (:data:`feedback.trust.UNMEASURED_TRUST`; not
+#: imported from there, which would load the statistics libraries into every export).
+_UNMEASURED_TRUST = 0.5
+#: The ``--dimension`` name of the reviews' overall rating.
+OVERALL = "overall"
+_NOT_ACTORS = ("timeout", "safety", None, "")
+
+
+def _median_half_up(values: list[int]) -> int:
+    """The consensus of scores (the rule of :func:`feedback.reviews.consensus`, over live scores
+    and reviews together): the median, rounded half up (2.5 -> 3)."""
+    return math.floor(statistics.median(values) + 0.5)
+
+
+def _deciders(node: ReplyNode) -> tuple[str, ...]:
+    """The actors who decided on ``node``, each once, in a stable order."""
+    actors = [node.author_id] if node.origin in ("rewrite", "takeover") else []
+    decided = live_actor(node.decided_by)
+    if decided is not None:
+        actors.append(decided)
+    actors += node.approved_by
+    if node.rejected_by is not None:
+        actors.append(node.rejected_by)
+    actors += [actor for actor, _, _ in node.ratings]
+    if node.scored:
+        actors += node.scored
+    if node.review is not None:
+        actors += [review[0] for review in node.review.reviews]
+    if len(actors) == 1:
+        return () if actors[0] in _NOT_ACTORS else (actors[0],)
+    return tuple(dict.fromkeys(actor for actor in actors if actor not in _NOT_ACTORS))
 
 
 class ConflictingVerdicts(Exception):
@@ -147,10 +201,15 @@ class RecordBuilder:
         pseudonym_secret: bytes,
         skipped: dict[str, int] | None = None,
         cleaner: TextCleaner | None = None,
+        trust: TrustTable | None = None,
     ) -> None:
         if not pseudonym_secret:
             raise ValueError("the pseudonym secret is empty")
         self.filter = flt
+        self._trust = trust.weights if trust is not None else {}
+        #: The quality of replies nobody scored or reviewed, by their deciders (most replies:
+        #: shared, never changed).
+        self._plain_quality: dict[tuple[str, ...], dict[str, Any]] = {}
         self._secret = pseudonym_secret
         self._cleaner = cleaner if cleaner is not None else TextCleaner(pseudonym_secret)
         self._clean = self._cleaner.clean
@@ -258,6 +317,83 @@ class RecordBuilder:
                 return True
         return node.rejected_by is not None
 
+    def quality(self, node: ReplyNode) -> dict[str, Any]:
+        """What the actors said of ``node`` (see the module docstring, ``quality``). Do not
+        change what it returns: records share it."""
+        deciders = _deciders(node)
+        if node.scored is None and node.review is None:
+            plain = self._plain_quality.get(deciders)
+            if plain is None:
+                if len(self._plain_quality) >= _TEXT_CACHE_SIZE:
+                    self._plain_quality.clear()
+                plain = self._plain_quality[deciders] = self._quality(node, deciders)
+            return plain
+        return self._quality(node, deciders)
+
+    def _quality(self, node: ReplyNode, deciders: tuple[str, ...]) -> dict[str, Any]:
+        scorers: dict[str, tuple[dict[str, int], bool | None]] = dict(node.scored or {})
+        review = node.review
+        reviews = review.reviews if review is not None else []
+        for actor, _, scores, unsafe, _ in reviews:
+            scorers[actor] = (scores, unsafe)
+        by_dimension: dict[str, list[int]] = {}
+        for scores, _ in scorers.values():
+            for name, value in scores.items():
+                by_dimension.setdefault(name, []).append(value)
+        acceptable, share = majority([verdict[4] for verdict in reviews])
+        agreement = round(share, 4) if len(reviews) >= 2 else None
+        weights = self._trust
+        actors = [
+            {
+                "actor": self._pseudonym(actor, "actor"),
+                "trust": round(weights.get(actor, _UNMEASURED_TRUST), 4),
+            }
+            for actor in deciders
+        ]
+        trust = None
+        if actors:
+            trust = round(sum(actor["trust"] for actor in actors) / len(actors), 4)  # type: ignore[misc]
+        return {
+            "scores": {name: _median_half_up(values) for name, values in by_dimension.items()}
+            or None,
+            "scored_by": len(scorers),
+            "unsafe": majority([unsafe for _, unsafe in scorers.values() if unsafe is not None])[0],
+            "reviews": len(reviews),
+            "review_status": review.status if review is not None else None,
+            "rating": _median_half_up([verdict[1] for verdict in reviews]) if reviews else None,
+            "acceptable": acceptable,
+            "agreement": agreement,
+            "trust": trust,
+            "actors": actors,
+        }
+
+    def passes(self, quality: dict[str, Any]) -> bool:
+        """Whether a reply's :meth:`quality` reaches the review filters."""
+        flt = self.filter
+        if flt.min_reviews is not None and quality["reviews"] < flt.min_reviews:
+            return False
+        if flt.min_agreement is not None and (
+            quality["agreement"] is None or quality["agreement"] < flt.min_agreement
+        ):
+            return False
+        if flt.min_trust is not None and (
+            quality["trust"] is None or quality["trust"] < flt.min_trust
+        ):
+            return False
+        scores = quality["scores"] or {}
+        for rule in flt.dimensions:
+            value = quality["rating"] if rule.name == OVERALL else scores.get(rule.name)
+            if not rule.passes(value):
+                return False
+        return True
+
+    def _quality_if_passes(self, node: ReplyNode) -> dict[str, Any] | None:
+        """:meth:`quality`, or ``None`` when it does not pass the review filters."""
+        quality = self.quality(node)
+        if self.filter.filters_quality and not self.passes(quality):
+            return None
+        return quality
+
     def pairs(self, tree: TurnTree) -> list[Pair]:
         """``(chosen, rejected, source)`` preference pairs among the turn's replies.
 
@@ -324,26 +460,35 @@ class RecordBuilder:
 
     def sft_messages(self, tree: TurnTree) -> list[dict[str, str]] | None:
         """The context plus the sent reply, if it makes an SFT record."""
+        made = self._sft(tree)
+        return None if made is None else made[0]
+
+    def _sft(self, tree: TurnTree) -> tuple[list[dict[str, str]], dict[str, Any]] | None:
+        """The SFT messages and the sent reply's quality, if it makes an SFT record."""
         final = tree.final
         if final is None or not final.trainable or not self.is_good(final):
             return None
         if not final.carries_any(self.filter.tags):
+            return None
+        quality = self._quality_if_passes(final)
+        if quality is None:
             return None
         prompt = self._context_and_reply(tree, final)
         if prompt is None:
             return None
         context, reply = prompt
         context.append(reply)
-        return context
+        return context, quality
 
-    def dpo_triples(
-        self, tree: TurnTree
-    ) -> list[tuple[list[dict[str, str]], dict[str, str], dict[str, str], str, str]]:
-        """``(prompt, chosen, rejected, persona version, record id)`` for each pair whose
-        chosen side passes the tags."""
+    def dpo_triples(self, tree: TurnTree) -> list[tuple[Any, ...]]:
+        """``(prompt, chosen, rejected, persona version, record id, chosen quality, rejected
+        quality)`` for each pair whose chosen side passes the tags and the review filters."""
         triples = []
         for chosen, rejected, _source in self.pairs(tree):
             if not chosen.carries_any(self.filter.tags):
+                continue
+            quality = self._quality_if_passes(chosen)
+            if quality is None:
                 continue
             prompted = chosen if tree.snapshot_for(chosen) is not None else rejected
             context = self._context(tree, prompted)
@@ -359,6 +504,8 @@ class RecordBuilder:
                     self._reply(tree, rejected),
                     snapshot.persona_version,
                     record_id(key, self._secret),
+                    quality,
+                    self.quality(rejected),
                 )
             )
         return triples
@@ -375,6 +522,9 @@ class RecordBuilder:
                 label = False
             else:
                 continue
+            quality = self._quality_if_passes(node)
+            if quality is None:
+                continue
             prompt = self._context_and_reply(tree, node)
             if prompt is None:
                 continue
@@ -385,6 +535,7 @@ class RecordBuilder:
                     "completion": [prompt[1]],
                     "label": label,
                     "persona_version": self._persona_version(tree, node),
+                    "quality": quality,
                 }
             )
         return records
@@ -403,6 +554,9 @@ class RecordBuilder:
             best = ranked[0].mean_rating
             if best is None or best < minimum:
                 return None
+        quality = self._quality_if_passes(ranked[0])
+        if quality is None:
+            return None
         snapshot = tree.snapshot_for(tree.replies[0])
         context = self._context(tree, tree.replies[0])
         names = self._names(tree, snapshot)
@@ -444,6 +598,7 @@ class RecordBuilder:
             "persona": tree.persona,
             "persona_version": snapshot.persona_version if snapshot is not None else None,
             "system": system,
+            "quality": quality,
             "prompt": current,
         }
 
@@ -480,6 +635,7 @@ class RecordBuilder:
             origin=node.origin,
             state=node.state,
             sent=node.is_final,
+            quality=self.quality(node),
             replies=[],
         )
 
@@ -494,17 +650,18 @@ class RecordBuilder:
             return []
         version = self._persona_version
         if fmt in ("openai-sft", "trl-sft"):
-            messages = self.sft_messages(tree)
-            if messages is None:
+            made = self._sft(tree)
+            if made is None:
                 return []
             final = tree.final
-            assert final is not None  # sft_messages found it
+            assert final is not None  # _sft found it
             key = sft_key(tree.user_turn_id, final.id)
             return [
                 {
                     "record_id": record_id(key, self._secret),
-                    "messages": messages,
+                    "messages": made[0],
                     "persona_version": version(tree, final),
+                    "quality": made[1],
                 }
             ]
         if fmt == "openai-dpo":
@@ -515,8 +672,18 @@ class RecordBuilder:
                     "preferred_output": [chosen],
                     "non_preferred_output": [rejected],
                     "persona_version": persona_version,
+                    "quality": quality,
+                    "rejected_quality": rejected_quality,
                 }
-                for prompt, chosen, rejected, persona_version, rid in self.dpo_triples(tree)
+                for (
+                    prompt,
+                    chosen,
+                    rejected,
+                    persona_version,
+                    rid,
+                    quality,
+                    rejected_quality,
+                ) in self.dpo_triples(tree)
             ]
         if fmt == "trl-dpo":
             return [
@@ -526,8 +693,18 @@ class RecordBuilder:
                     "chosen": [chosen],
                     "rejected": [rejected],
                     "persona_version": persona_version,
+                    "quality": quality,
+                    "rejected_quality": rejected_quality,
                 }
-                for prompt, chosen, rejected, persona_version, rid in self.dpo_triples(tree)
+                for (
+                    prompt,
+                    chosen,
+                    rejected,
+                    persona_version,
+                    rid,
+                    quality,
+                    rejected_quality,
+                ) in self.dpo_triples(tree)
             ]
         if fmt == "trl-kto":
             return self.kto_records(tree)
@@ -559,6 +736,7 @@ def _oasst_message(
     origin: str | None = None,
     state: str | None = None,
     sent: bool | None = None,
+    quality: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One message of an oasst tree; every message has the same keys (one Arrow schema)."""
     return {
@@ -577,5 +755,6 @@ def _oasst_message(
         "origin": origin,
         "state": state,
         "sent": sent,
+        "quality": quality,
         "replies": replies,
     }

@@ -62,6 +62,10 @@ REASONS: dict[str, tuple[str, str]] = {
         "no reply was judged good or bad (middling or no ratings)",
         "rate replies, or approve, rewrite or regenerate them",
     ),
+    "quality": (
+        "the reply does not reach --min-reviews, --min-agreement, --min-trust or --dimension",
+        "relax those filters, or have more actors review the replies (/review)",
+    ),
     "not_trainable": (
         "the sent reply was a fallback line, a greeting or an unreviewed timeout",
         "nothing to fix (such lines are never trained on)",
@@ -95,6 +99,10 @@ def classify(builder: RecordBuilder, tree: TurnTree, fmt: str) -> str:
         return "tags"
     if not tree.replies or tree.snapshot_for(tree.replies[0]) is None:
         return "no_prompt"
+    if builder.filter.filters_quality and not any(
+        builder.passes(builder.quality(node)) for node in tree.replies
+    ):
+        return "quality"
     if fmt in ("openai-sft", "trl-sft"):
         final = tree.final
         if final is None or not final.trainable:

@@ -7,8 +7,9 @@ snapshots they link to. The sent reply is the node in state ``sent`` (or ``appro
 and waiting for delivery).
 
 :func:`iter_turn_trees` is the one read path of exports and API pages: it pages through user
-turns by id (keyset pagination, ``batch_size`` turns a page) with four indexed queries a page:
-turns, their replies, the events on those replies, and the snapshots they use. Each id list
+turns by id (keyset pagination, ``batch_size`` turns a page) with five indexed queries a page:
+turns, their replies, the events on those replies, the reviews of those replies (review items
+and their reviews, see :class:`ReviewSummary`), and the snapshots they use. Each id list
 travels as one bound value (a PostgreSQL array, a JSON array on SQLite), and the next page is
 read while the caller works on this one. Memory stays flat however large the table is (two
 pages at most).
@@ -51,6 +52,8 @@ from feedback.models import (
     GuildSetting,
     MessageNode,
     PromptSnapshot,
+    Review,
+    ReviewItem,
     UserPrivacy,
 )
 from feedback.store import examples_named
@@ -69,6 +72,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "ReplyNode",
+    "ReviewSummary",
     "Snapshot",
     "TurnTree",
     "count_turns",
@@ -117,6 +121,16 @@ class Snapshot:
 
 
 @dataclass(slots=True)
+class ReviewSummary:
+    """A reply's review item: its status, and each reviewer's verdict in review order."""
+
+    #: ``open``, ``accepted`` or ``disputed``.
+    status: str
+    #: ``(actor id, overall rating, {dimension: score}, unsafe, acceptable)`` of each review.
+    reviews: list[tuple[str, int, dict[str, int], bool, bool]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class ReplyNode:
     """An assistant node with the verdicts actors gave it."""
 
@@ -138,6 +152,11 @@ class ReplyNode:
     replaced_by: int | None = None
     #: For a rewrite: the node it rewrote.
     rewrite_of: int | None = None
+    #: Live rubric scores (``score`` events), the latest per actor: actor id ->
+    #: ``({dimension: score}, unsafe)``; ``None`` when nobody scored it live.
+    scored: dict[str, tuple[dict[str, int], bool | None]] | None = None
+    #: Its review item, if it was queued for review.
+    review: ReviewSummary | None = None
 
     @property
     def is_final(self) -> bool:
@@ -339,6 +358,17 @@ _EVENT_COLUMNS = (
     FeedbackEvent.rating,
     cast(FeedbackEvent.tags, Text),
     FeedbackEvent.result_id,
+    cast(FeedbackEvent.scores, Text),
+    FeedbackEvent.unsafe,
+)
+_REVIEW_COLUMNS = (
+    ReviewItem.candidate_id,
+    ReviewItem.status,
+    Review.actor_id,
+    Review.rating,
+    cast(Review.scores, Text),
+    Review.unsafe,
+    Review.acceptable,
 )
 _SNAPSHOT_COLUMNS = (
     PromptSnapshot.id,
@@ -417,10 +447,11 @@ class _DriverQuery:
 
 @dataclass(frozen=True, slots=True)
 class _PageQueries:
-    """The three follow-up queries of a page, for one dialect, with or without times."""
+    """The four follow-up queries of a page, for one dialect, with or without times."""
 
     replies: _DriverQuery
     events: _DriverQuery
+    reviews: _DriverQuery
     snapshots: _DriverQuery
 
 
@@ -446,6 +477,14 @@ def _page_queries(dialect: Dialect, times: bool) -> _PageQueries:
             .order_by(FeedbackEvent.id),
             dialect,
         ),
+        reviews=_DriverQuery.compile(
+            select(*_REVIEW_COLUMNS)
+            .select_from(ReviewItem)
+            .outerjoin(Review, Review.item_id == ReviewItem.id)
+            .where(_in_ids(ReviewItem.candidate_id, "node_ids", name))
+            .order_by(ReviewItem.id, Review.id),
+            dialect,
+        ),
         snapshots=_DriverQuery.compile(
             select(*_SNAPSHOT_COLUMNS).where(_in_ids(PromptSnapshot.id, "snapshot_ids", name)),
             dialect,
@@ -459,10 +498,17 @@ def _tags(raw: str | None) -> tuple[str, ...]:
     return tuple(orjson.loads(raw))
 
 
+def _scores(raw: str | None) -> dict[str, int]:
+    if not raw or raw in ("null", "{}"):
+        return {}
+    return {str(name): value for name, value in orjson.loads(raw).items() if type(value) is int}
+
+
 async def _read_page(
     connection: AsyncConnection, turn_rows: list[Any], *, times: bool = True
 ) -> list[TurnTree]:
-    """The trees of ``turn_rows``: three more queries (replies, their events, snapshots)."""
+    """The trees of ``turn_rows``: four more queries (replies, their events, their reviews,
+    snapshots)."""
     queries = _page_queries(connection.dialect, times)
     driver = (await connection.get_raw_connection()).driver_connection
     trees: dict[int, TurnTree] = {
@@ -490,9 +536,17 @@ async def _read_page(
             snapshot_ids.add(node.snapshot_id)
     if not nodes:
         return list(trees.values())
-    for candidate_id, kind, actor_id, rating, tags, result_id in await queries.events.rows(
-        driver, list(nodes)
-    ):
+    node_ids = list(nodes)
+    for (
+        candidate_id,
+        kind,
+        actor_id,
+        rating,
+        tags,
+        result_id,
+        scores,
+        unsafe,
+    ) in await queries.events.rows(driver, node_ids):
         node = nodes.get(candidate_id)
         if node is None:
             continue
@@ -505,6 +559,28 @@ async def _read_page(
             node.replaced_by = result_id
             if kind == "rewrite" and result_id in nodes:
                 nodes[result_id].rewrite_of = node.id
+        elif kind == "score":
+            if node.scored is None:
+                node.scored = {}
+            node.scored[actor_id] = (_scores(scores), None if unsafe is None else bool(unsafe))
+    for (
+        candidate_id,
+        status,
+        actor_id,
+        rating,
+        scores,
+        unsafe,
+        acceptable,
+    ) in await queries.reviews.rows(driver, node_ids):
+        node = nodes.get(candidate_id)
+        if node is None:
+            continue
+        if node.review is None:
+            node.review = ReviewSummary(status)
+        if actor_id is not None:
+            node.review.reviews.append(
+                (actor_id, rating, _scores(scores), bool(unsafe), bool(acceptable))
+            )
     if snapshot_ids:
         rows = await queries.snapshots.rows(driver, sorted(snapshot_ids))
         by_id = {row[0]: Snapshot(row[0], row[1], row[2], row[3], row[4]) for row in rows}

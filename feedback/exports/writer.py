@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from feedback.exports.cleaning import TextCleaner
     from feedback.exports.filters import ExportFilter
     from feedback.exports.tree import TurnTree
+    from feedback.trust import TrustTable
 
 __all__ = [
     "dry_run_counts",
@@ -112,6 +113,7 @@ async def iter_turn_record_batches(
     prefetch: bool = True,
     read_ahead_until: int | None = None,
     cleaner: TextCleaner | None = None,
+    trust: TrustTable | None = None,
 ) -> AsyncIterator[list[tuple[int, list[Any]]]]:
     """``(user turn id, its records)`` of format ``fmt`` for each user turn after ``after_id``
     that gives at least one, in a stable order, a list for each chunk of turns read (a loop
@@ -121,6 +123,7 @@ async def iter_turn_record_batches(
     this one (two pages in memory; wasted if the caller stops early), until
     ``read_ahead_until`` turns were read (see :func:`~feedback.exports.tree.iter_turn_trees`).
     A ``cleaner`` made with the same secret may be shared between calls (its memo is reused).
+    ``trust`` gives the actors' trust weights records carry (unmeasured actors' without it).
     """
     pages = _turn_record_pages(
         sessions,
@@ -132,6 +135,7 @@ async def iter_turn_record_batches(
         prefetch=prefetch,
         read_ahead_until=read_ahead_until,
         cleaner=cleaner,
+        trust=trust,
     )
     async with contextlib.aclosing(pages):
         async for _read, page in pages:
@@ -153,6 +157,7 @@ async def _turn_record_pages(
     skipped: dict[str, int] | None = None,
     on_empty: Callable[[RecordBuilder, TurnTree], None] | None = None,
     cleaner: TextCleaner | None = None,
+    trust: TrustTable | None = None,
 ) -> AsyncIterator[tuple[int, list[tuple[TurnTree, list[dict[str, Any]]]]]]:
     """The one read path of exports and API pages: user turns read by
     :func:`~feedback.exports.tree.iter_turn_trees` with the query ``fmt`` needs (times only
@@ -165,7 +170,7 @@ async def _turn_record_pages(
     each tree read that gives none."""
     check_format(fmt)
     builder = RecordBuilder(
-        flt, pseudonym_secret=pseudonym_secret, skipped=skipped, cleaner=cleaner
+        flt, pseudonym_secret=pseudonym_secret, skipped=skipped, cleaner=cleaner, trust=trust
     )
     pages = iter_turn_trees(
         sessions,
@@ -272,13 +277,14 @@ async def export_to_file(
     batch_size: int = DEFAULT_BATCH_SIZE,
     skipped: dict[str, int] | None = None,
     on_empty: Callable[[RecordBuilder, TurnTree], None] | None = None,
+    trust: TrustTable | None = None,
 ) -> dict[str, int]:
     """Write the export as JSONL; returns the record count per split (``all`` without split).
 
     ``progress`` is called with the number of user turns read, page by page; ``skipped``, if
     given, receives the number of turns left out by reason (conflicting verdicts, prompts
     stored before example markers); ``on_empty`` is called with each turn read that gave no
-    record (see :mod:`feedback.exports.skips`). Raises
+    record (see :mod:`feedback.exports.skips`); ``trust`` gives the actors' trust weights. Raises
     :class:`ExportError` for a bad format or an output that cannot be written; on any error
     (or cancellation) the temporary files are removed and nothing is renamed into place.
     """
@@ -300,6 +306,7 @@ async def export_to_file(
             batch_size=batch_size,
             skipped=skipped,
             on_empty=on_empty,
+            trust=trust,
         )
         for handle, _ in files.values():
             handle.flush()
@@ -332,6 +339,7 @@ async def _write(
     batch_size: int,
     skipped: dict[str, int] | None = None,
     on_empty: Callable[[RecordBuilder, TurnTree], None] | None = None,
+    trust: TrustTable | None = None,
 ) -> dict[str, int]:
     """Every record of ``fmt`` as a JSON line into the handle of its split; the count per
     split."""
@@ -346,6 +354,7 @@ async def _write(
         batch_size=batch_size,
         skipped=skipped,
         on_empty=on_empty,
+        trust=trust,
     )
     async with contextlib.aclosing(pages):
         async for read, page in pages:
@@ -373,12 +382,13 @@ async def dry_run_counts(
     progress: Callable[[int], None] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     skipped: dict[str, int] | None = None,
+    trust: TrustTable | None = None,
 ) -> dict[str, dict[str, int]]:
     """How many records each format would have, per persona (format -> persona -> count);
-    ``skipped`` as in :func:`export_to_file`."""
+    ``skipped`` and ``trust`` as in :func:`export_to_file`."""
     for fmt in formats:
         check_format(fmt)
-    builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret, skipped=skipped)
+    builder = RecordBuilder(flt, pseudonym_secret=pseudonym_secret, skipped=skipped, trust=trust)
     counts: dict[str, dict[str, int]] = {fmt: {} for fmt in formats}
     times = any(builder.needs_times(fmt) for fmt in formats)
     min_replies = _min_replies(formats)

@@ -1162,6 +1162,48 @@ def _validate_modal(data: dict[str, Any]) -> None:
             "data.components", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length."
         )
     _validate_custom_ids(components, "data.components")
+    for index, component in enumerate(components):
+        if isinstance(component, dict) and component.get("type") == 18:
+            _validate_label(component, f"data.components.{index}")
+
+
+def _check_length(value: Any, low: int, high: int, where: str) -> None:
+    if not isinstance(value, str) or not low <= len(value) <= high:
+        raise _invalid_form(
+            where, "BASE_TYPE_BAD_LENGTH", f"Must be between {low} and {high} in length."
+        )
+
+
+def _validate_label(label: dict[str, Any], where: str) -> None:
+    """A modal's label (type 18): its text, description and the string select it holds."""
+    _check_length(label.get("label"), 1, 45, f"{where}.label")
+    if label.get("description") is not None:
+        _check_length(label["description"], 1, 100, f"{where}.description")
+    inner = label.get("component")
+    if not isinstance(inner, dict) or inner.get("type") not in (3, 4, 5, 6, 7, 8):
+        raise _invalid_form(f"{where}.component", "BASE_TYPE_REQUIRED", "This field is required")
+    if inner.get("type") != 3:
+        return
+    options = inner.get("options") or []
+    if not 1 <= len(options) <= 25:
+        raise _invalid_form(
+            f"{where}.component.options",
+            "BASE_TYPE_BAD_LENGTH",
+            "Must be between 1 and 25 in length.",
+        )
+    for number, option in enumerate(options):
+        at = f"{where}.component.options.{number}"
+        _check_length(option.get("label"), 1, 100, f"{at}.label")
+        _check_length(option.get("value"), 1, 100, f"{at}.value")
+        if option.get("description") is not None:
+            _check_length(option["description"], 1, 100, f"{at}.description")
+    low, high = inner.get("min_values", 1), inner.get("max_values", 1)
+    if not 0 <= low <= high <= len(options):
+        raise _invalid_form(
+            f"{where}.component.max_values",
+            "BASE_TYPE_MAX",
+            f"min_values and max_values must be within 0 and {len(options)}.",
+        )
 
 
 def _rate_limit_headers(

@@ -551,14 +551,16 @@ class DiscordTestServer:
         self,
         user: User,
         custom_id: str,
-        values: Mapping[str, str],
+        values: Mapping[str, str | Sequence[str]],
         *,
         channel: Channel | None = None,
     ) -> InteractionRecord:
         """A user submits the modal `custom_id` that the bot opened for them.
 
         The submitted components mirror the modal the bot sent (action rows or labels);
-        `values` maps each text input's custom_id to what the user typed.
+        `values` maps each text input's custom_id to what the user typed, and each string
+        select's (in a label) to the option values picked (a list; only the modal's options,
+        as many as its min/max values allow; a select left out submits none).
         """
         opened = self._opened_modal(user, custom_id)
         if opened is None and channel is None:
@@ -570,7 +572,7 @@ class DiscordTestServer:
             assert opened is not None
             channel = self.channels[opened.channel_id]
         for value in values.values():
-            if len(value) > 4000:
+            if isinstance(value, str) and len(value) > 4000:
                 raise ValueError(f"a text input holds at most 4000 characters, got {len(value)}")
         modal_components = (opened.response_data or {}).get("components") if opened else None
         components = self._modal_submit_components(modal_components, values)
@@ -1168,7 +1170,7 @@ class DiscordTestServer:
 
     @staticmethod
     def _modal_submit_components(
-        modal_components: list[dict[str, Any]] | None, values: Mapping[str, str]
+        modal_components: list[dict[str, Any]] | None, values: Mapping[str, str | Sequence[str]]
     ) -> list[dict[str, Any]]:
         if modal_components is None:
             return [
@@ -1178,16 +1180,39 @@ class DiscordTestServer:
         seen: set[str] = set()
 
         def submitted(component: dict[str, Any]) -> dict[str, Any] | None:
-            if component.get("type") == 4:
-                custom_id = component["custom_id"]
-                seen.add(custom_id)
+            kind = component.get("type")
+            if kind not in (3, 4):
+                return None
+            custom_id = component["custom_id"]
+            seen.add(custom_id)
+            entry: dict[str, Any] = {"type": kind, "custom_id": custom_id}
+            if kind == 4:
                 if custom_id not in values and component.get("required", True):
                     raise ValueError(f"the modal's text input {custom_id!r} is required")
-                entry = {"type": 4, "custom_id": custom_id, "value": values.get(custom_id, "")}
-                if "id" in component:
-                    entry["id"] = component["id"]
-                return entry
-            return None
+                value = values.get(custom_id, "")
+                if not isinstance(value, str):
+                    raise ValueError(f"the modal's text input {custom_id!r} takes text")
+                entry["value"] = value
+            else:
+                picked = values.get(custom_id, [])
+                if isinstance(picked, str):
+                    raise ValueError(f"the modal's select {custom_id!r} takes a list of values")
+                options = {option["value"] for option in component.get("options") or []}
+                if not set(picked) <= options:
+                    missing = sorted(set(picked) - options)
+                    raise ValueError(f"the modal's select {custom_id!r} has no option {missing}")
+                required = component.get("required", True)
+                low = component.get("min_values", 1) if required or picked else 0
+                high = component.get("max_values", 1)
+                if not low <= len(picked) <= high:
+                    raise ValueError(
+                        f"the modal's select {custom_id!r} takes {low} to {high} values, "
+                        f"got {len(picked)}"
+                    )
+                entry["values"] = list(picked)
+            if "id" in component:
+                entry["id"] = component["id"]
+            return entry
 
         result = []
         for row in modal_components:
@@ -1202,9 +1227,7 @@ class DiscordTestServer:
                     )
         unknown = set(values) - seen
         if unknown:
-            raise ValueError(
-                f"the modal has no text inputs {sorted(unknown)}; it has {sorted(seen)}"
-            )
+            raise ValueError(f"the modal has no inputs {sorted(unknown)}; it has {sorted(seen)}")
         return result
 
     def _send_interaction(

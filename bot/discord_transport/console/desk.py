@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.discord_transport.console.items import console_view
 from bot.discord_transport.console.render import console_embed
+from bot.discord_transport.console.view import console_view
 from bot.locks import KeyedLocks
 from feedback.corrections import Actor, InvalidAction
 
@@ -91,6 +91,24 @@ class ConsoleDesk:
         if setting is None or setting.actor_role_id is None:
             return False
         return any(str(role.id) == setting.actor_role_id for role in member.roles)
+
+    async def is_lead(self, interaction: discord.Interaction) -> bool:
+        """Whether the user is a lead right now: an actor who also holds the lead role."""
+        member = interaction.user
+        if interaction.guild_id is None or not isinstance(member, discord.Member):
+            return False
+        setting = await self.guilds.get(f"discord:{member.guild.id}")
+        if setting is None or setting.lead_role_id is None:
+            return False
+        roles = {str(role.id) for role in member.roles}
+        return setting.actor_role_id in roles and setting.lead_role_id in roles
+
+    async def is_console_channel(self, interaction: discord.Interaction) -> bool:
+        """Whether the interaction happens in its server's console channel."""
+        if interaction.guild_id is None:
+            return False
+        setting = await self.guilds.get(f"discord:{interaction.guild_id}")
+        return setting is not None and setting.console_channel_id == str(interaction.channel_id)
 
     async def _warn_managers(self, guild_id: int, problem: str) -> None:
         """Tell the server's owner once that the console is down and replies go out directly."""

@@ -5,7 +5,8 @@ The id each control acts on lives in its ``custom_id`` (``gr:<action>:<id>``, un
 Every click checks, at that moment, that the clicker holds the server's actor role and that the
 control sits on the console message of that candidate; anyone else is told so and nothing is
 recorded. Each action goes to the decision service (:mod:`bot.decisions`), which commits it
-before the interaction is acknowledged. :func:`console_view` puts them on a console message.
+before the interaction is acknowledged. The Score form lives in :mod:`.scoring`, and
+:func:`~bot.discord_transport.console.view.console_view` puts all of them on a console message.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from feedback.corrections import ActionOutcome
 
 __all__ = [
-    "DYNAMIC_ITEMS",
+    "ONLY_ACTORS",
     "REWRITE_MODAL_ID",
     "ApproveButton",
     "RatingSelect",
@@ -43,7 +44,6 @@ __all__ = [
     "TagsSelect",
     "TakeOverButton",
     "actor_of",
-    "console_view",
     "handle_rewrite_submit",
     "tell_when_database_down",
 ]
@@ -118,7 +118,7 @@ async def _check_actor(interaction: discord.Interaction, candidate_id: int | Non
     if candidate_id is not None:
         node = await desk.store.get_node(candidate_id)
         where = f"{interaction.channel_id}/{interaction.message.id}" if interaction.message else ""
-        if node is None:
+        if node is None or node.role != "assistant":  # erased, or a forged id of a user turn
             await _ephemeral(
                 interaction, "This reply no longer exists (the conversation was erased)."
             )
@@ -183,6 +183,8 @@ class _IdButton(
     action = ""
     label = ""
     style = discord.ButtonStyle.secondary
+    #: The row of the console message it sits on (a row holds 5 buttons).
+    button_row = 0
 
     def __init__(self, target_id: int) -> None:
         super().__init__(
@@ -190,7 +192,7 @@ class _IdButton(
                 label=self.label,
                 style=self.style,
                 custom_id=f"gr:{self.action}:{target_id}",
-                row=0,
+                row=self.button_row,
             )
         )
         self.target_id = target_id
@@ -508,31 +510,3 @@ class TagsSelect(_CandidateSelect, template=r"gr:tags:(?P<id>[0-9]{1,19})"):
             interaction,
             "Tagged: " + ", ".join(tags) if outcome.status != "refused" else outcome.message,
         )
-
-
-#: Registered with ``bot.add_dynamic_items`` so they work after a restart.
-DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
-    ApproveButton,
-    RewriteButton,
-    RegenerateButton,
-    TakeOverButton,
-    ReleaseButton,
-    RatingSelect,
-    TagsSelect,
-)
-
-
-def console_view(candidate_id: int, conversation_id: int) -> discord.ui.View:
-    """A console message's persistent controls: the ids live in each ``custom_id``."""
-    view = discord.ui.View(timeout=None)
-    for item in (
-        ApproveButton(candidate_id),
-        RewriteButton(candidate_id),
-        RegenerateButton(candidate_id),
-        TakeOverButton(conversation_id),
-        ReleaseButton(conversation_id),
-        RatingSelect(candidate_id),
-        TagsSelect(candidate_id),
-    ):
-        view.add_item(item)
-    return view

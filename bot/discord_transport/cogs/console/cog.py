@@ -1,8 +1,9 @@
 """The actor console's commands and listeners.
 
-``/console setup #channel @role`` (server managers) names the console channel and the actors'
-role; ``/console mode`` sets this channel's moderation mode. Rewrite modals are handled here
-from the raw interaction, so a modal opened before a restart still lands after it.
+``/console setup #channel @role [lead:@role]`` (server managers) names the console channel, the
+actors' role and the leads' role; ``/console mode`` sets this channel's moderation mode. Rewrite
+and score modals are handled here from the raw interaction, so a modal opened before a restart
+still lands after it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_transport.console.items import (
-    DYNAMIC_ITEMS,
     REWRITE_MODAL_ID,
     handle_rewrite_submit,
     tell_when_database_down,
 )
+from bot.discord_transport.console.scoring import SCORE_MODAL_ID, handle_score_submit
+from bot.discord_transport.console.verdict import VERDICT_ITEMS
+from bot.discord_transport.console.view import DYNAMIC_ITEMS
 from bot.discord_transport.errors import UserFacingError, reply_error
 
 if TYPE_CHECKING:
@@ -46,19 +49,36 @@ class Console(commands.GroupCog, group_name="console"):
         self.bot.add_dynamic_items(*DYNAMIC_ITEMS)
 
     @app_commands.command(name="setup", description="Choose the actor console channel and role.")
-    @app_commands.describe(channel="Where candidates are shown", role="Who may act on them")
+    @app_commands.describe(
+        channel="Where candidates are shown",
+        role="Who may act on them",
+        lead="Actors with this role too are leads: they mark gold verdicts (none if left out)",
+    )
     async def setup_(
-        self, interaction: discord.Interaction, channel: discord.TextChannel, role: discord.Role
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel,
+        role: discord.Role,
+        lead: discord.Role | None = None,
     ) -> None:
         if not _is_manager(interaction):
             raise UserFacingError("Only server managers (Manage Server) can set up the console.")
-        if channel.guild.id != interaction.guild_id or role.guild.id != interaction.guild_id:
-            raise UserFacingError("Pick a channel and a role from this server.")
+        roles = (role, lead) if lead is not None else (role,)
+        if channel.guild.id != interaction.guild_id or any(
+            r.guild.id != interaction.guild_id for r in roles
+        ):
+            raise UserFacingError("Pick a channel and roles from this server.")
         await self.bot.desk.guilds.set_console(
             f"discord:{interaction.guild_id}",
             channel_id=str(channel.id),
             actor_role_id=str(role.id),
+            lead_role_id=str(lead.id) if lead is not None else None,
             by=f"discord:{interaction.user.id}",
+        )
+        leads = (
+            f"Leads (gold verdicts): actors who also have {lead.mention}."
+            if lead is not None
+            else "No leads: add `lead:` to let some actors mark gold verdicts."
         )
         if self.bot.desk.settings.staff_guild_id == interaction.guild_id:
             dms = "Direct messages show here too (this server is `console.staff_guild_id`)."
@@ -70,7 +90,7 @@ class Console(commands.GroupCog, group_name="console"):
                 "an urgent DM reply is replaced by the persona's safety line and help resources."
             )
         await interaction.response.send_message(
-            f"Console: {channel.mention}. Actors: members with {role.mention}.\n{dms}",
+            f"Console: {channel.mention}. Actors: members with {role.mention}. {leads}\n{dms}",
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
         )
@@ -99,13 +119,18 @@ class Console(commands.GroupCog, group_name="console"):
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        """Rewrite submissions, and logging of console ids that match no control."""
+        """Rewrite and score submissions, and logging of console ids that match no control."""
         custom_id = str((interaction.data or {}).get("custom_id", ""))
         if not custom_id.startswith("gr:"):
             return
         if interaction.type is discord.InteractionType.modal_submit:
-            match = REWRITE_MODAL_ID.fullmatch(custom_id)
-            if match is None:
+            if match := REWRITE_MODAL_ID.fullmatch(custom_id):
+                action = handle_rewrite_submit(interaction, int(match["id"]))
+            elif match := SCORE_MODAL_ID.fullmatch(custom_id):
+                action = handle_score_submit(
+                    interaction, int(match["id"]), match["version"], match["chosen"]
+                )
+            else:
                 _log.warning(
                     "ignored modal with malformed id %r from %s",
                     custom_id[:100],
@@ -113,11 +138,12 @@ class Console(commands.GroupCog, group_name="console"):
                 )
                 return
             with self.bot.tracking():
-                await tell_when_database_down(
-                    interaction, handle_rewrite_submit(interaction, int(match["id"]))
-                )
+                await tell_when_database_down(interaction, action)
             return
-        templates = [item.__discord_ui_compiled_template__ for item in DYNAMIC_ITEMS]  # type: ignore[attr-defined]
+        templates = [
+            item.__discord_ui_compiled_template__  # type: ignore[attr-defined]
+            for item in (*DYNAMIC_ITEMS, *VERDICT_ITEMS)
+        ]
         if interaction.type is discord.InteractionType.component and not any(
             template.fullmatch(custom_id) for template in templates
         ):
