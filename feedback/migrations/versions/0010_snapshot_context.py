@@ -1,7 +1,7 @@
 """the context message of each prompt snapshot's own turn, read with the history
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-08 12:00:00
 
 ``prompt_snapshots.context`` holds the content of the ``context`` message (triggered lore and
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
