@@ -791,7 +791,8 @@ class ConversationStore:
         self, session: AsyncSession, conversations: set[int], texts: set[str], *, exclude: set[int]
     ) -> set[int]:
         """Replace the user's words inside the snapshots of their conversations (but
-        ``exclude``, about to be deleted); the ids of the snapshots changed."""
+        ``exclude``, about to be deleted): user messages and context messages (memories of
+        another speaker that quote them) that hold them; the ids of the snapshots changed."""
         snapshots = (
             await session.scalars(
                 select(PromptSnapshot).where(
@@ -808,13 +809,14 @@ class ConversationStore:
             if snapshot.id in exclude:
                 continue
             messages = [
-                {**message, "content": ERASED_TEXT}
-                if message.get("role") == "user" and _mentions_any(message["content"], texts)
-                else message
+                {**message, "content": ERASED_TEXT} if _holds_erased(message, texts) else message
                 for message in snapshot.messages
             ]
             if messages != snapshot.messages:
                 snapshot.messages = messages
+                scrubbed.add(snapshot.id)
+            if snapshot.context is not None and _mentions_any(snapshot.context, texts):
+                snapshot.context = ERASED_TEXT
                 scrubbed.add(snapshot.id)
         await session.flush()
         return scrubbed
@@ -880,3 +882,11 @@ async def _events_on(
 
 def _mentions_any(content: str, texts: set[str]) -> bool:
     return any(text and text in content for text in texts)
+
+
+def _holds_erased(message: dict[str, Any], texts: set[str]) -> bool:
+    """Whether a prompt message quotes an erased user: a user message, or a context message
+    (what memory recalled; the column :attr:`PromptSnapshot.context` holds the same text)."""
+    if message.get("role") != "user" and message.get("name") != CONTEXT_NAME:
+        return False
+    return _mentions_any(message.get("content", ""), texts)

@@ -17,16 +17,19 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from bot.cli_trainer import export_command
+from bot.engine import ConversationEngine, EngineLimits, IncomingMessage, Reply
+from bot.llm import FakeChatModel
 from feedback.api import create_app
 from feedback.corrections import CorrectionStore
 from feedback.database import create_engine, session_factory
 from feedback.erasure import decode_feed_cursor, feed_position, read_feed
 from feedback.exports import FORMATS, ExportFilter, iter_records
-from feedback.models import ErasureTombstone, GuildSetting, MessageNode
+from feedback.models import ErasureTombstone, GuildSetting, MessageNode, PromptSnapshot
 from feedback.redact import pseudonym
 from feedback.store import ERASED_TEXT, ConversationStore
 from feedback.tokens import create_token
-from tests.factories import ALICE_ACTOR, BOB_ACTOR, add_turn
+from personas import PersonaRegistry
+from tests.factories import ALICE_ACTOR, BOB_ACTOR, RecallingMemory, add_turn, decisions_for
 from tests.test_api import SECRET, Api, assert_error, bearer
 from tests.test_exports import _regenerate, build_scenario, set_consent
 
@@ -211,6 +214,79 @@ async def test_records_of_others_whose_prompt_held_the_words_are_tombstoned(
     (kept_id, kept) = next(iter(after.items()))
     assert kept_id in before and "secret" not in json.dumps(kept)
     assert ERASED_TEXT in json.dumps(kept)
+
+
+async def test_context_messages_quoting_the_erased_user_are_scrubbed(
+    db_engine: AsyncEngine,
+) -> None:
+    """What memory recalled for another speaker can quote the erased user (a server channel:
+    bo's memory of what ann said). That context message is scrubbed like a user message, in the
+    prompt and in the copy later prompts keep, so exports and the next prompts lose the words."""
+    sessions = session_factory(db_engine)
+    store = ConversationStore(sessions)
+    async with sessions() as session:
+        session.add(GuildSetting(guild_key="discord:g", consent_default=True, updated_by="t"))
+        await session.commit()
+    told = "My door code is 4242."
+    memory = RecallingMemory(facts_of={KEPT: (f"Ann told the room: {told}",)})
+    engine = ConversationEngine(
+        personas=PersonaRegistry.load(),
+        store=store,
+        model=FakeChatModel(replies=["Noted."]),
+        memory=memory,  # type: ignore[arg-type]
+        limits=EngineLimits(),
+    )
+    decisions, _ = decisions_for(engine, transport="discord")
+
+    async def say(user_id: str, name: str, text: str) -> Reply:
+        reply = await engine.respond(
+            IncomingMessage(
+                transport="discord",
+                scope="channel:7",
+                user_id=user_id,
+                user_name=name,
+                text=text,
+                persona="Marlowe",
+                guild_key="discord:g",
+            )
+        )
+        assert isinstance(reply, Reply)
+        await decisions.present(reply, hold=False)
+        return reply
+
+    async def snapshot_of(reply: Reply) -> PromptSnapshot:
+        async with sessions() as session:
+            node = await session.get(MessageNode, reply.candidate_id)
+            assert node is not None
+            snapshot = await session.get(PromptSnapshot, node.prompt_snapshot_id)
+            assert snapshot is not None
+            return snapshot
+
+    async def record() -> dict[str, Any]:
+        [only] = [
+            r
+            async for _, r in iter_records(
+                sessions, "trl-sft", ExportFilter(), pseudonym_secret=SECRET
+            )
+        ]
+        return only
+
+    await say(ERASED, "ann", told)
+    kept = await say(KEPT, "bo", "Hi all.")
+    await CorrectionStore(sessions).rate(kept.candidate_id, actor=ALICE_ACTOR, rating=5, key="r")
+    assert told in (await snapshot_of(kept)).context  # type: ignore[operator]
+    assert "4242" in json.dumps(await record())
+
+    await engine.delete_data_for_user(requester="user", user_id=ERASED)
+
+    snapshot = await snapshot_of(kept)
+    assert "4242" not in json.dumps(snapshot.messages) and snapshot.context == ERASED_TEXT
+    exported = await record()
+    assert "4242" not in json.dumps(exported)
+    assert {"role": "system", "content": ERASED_TEXT, "name": "context"} in exported["messages"]
+    later = await snapshot_of(await say(KEPT, "bo", "Still here."))
+    contexts = [m["content"] for m in later.messages if m.get("name") == "context"]
+    assert contexts[0] == ERASED_TEXT  # bo's first turn's, as kept
 
 
 # -- the CLI: manifests and the reasons of an empty export ----------------------------------
