@@ -476,11 +476,13 @@ class ConversationEngine:
             text=text,
             group=group,
             conversation_id=conversation_id,
+            user_id=incoming.user_id,
         )
         memories = await self._recall(persona, incoming, text, window, flags)
         messages, context = self._layout(
             persona,
             user_name=incoming.user_name,
+            user_id=incoming.user_id,
             history=history,
             text=text,
             memories=memories,
@@ -694,6 +696,7 @@ class ConversationEngine:
         group: bool = False,
         conversation_id: int | None = None,
         window: Sequence[HistoryTurn] | None = None,
+        user_id: str | None = None,
     ) -> list[BaseMessage]:
         """The messages for the model, fitted to its context window.
 
@@ -703,9 +706,11 @@ class ConversationEngine:
         examples), the history window, the new message. What changes every turn, triggered
         lore and recalled ``memories``, is one system message named ``context`` placed
         ``limits.context_depth`` messages from the end (1: just before the new message). The
-        context messages of earlier turns stay where they were (``HistoryTurn.context``, read
-        with the history), and a lore or memory line one of them still shows is not repeated,
-        so a follow-up only adds its reply, its context message and its message.
+        context messages of the speaker's earlier turns (``user_id``'s; none without it) stay
+        where they were (``HistoryTurn.context``, read with the history), and a lore or memory
+        line one of them still shows is not repeated, so a follow-up only adds its reply, its
+        context message and its message. Other speakers' context messages are left out: their
+        memories are theirs (in a group channel, a prompt of each speaker's own).
 
         With a ``conversation_id`` the history window keeps its first turn while it fits, and
         restarts at half the budget when it no longer does, so its prefix changes once in many
@@ -720,10 +725,12 @@ class ConversationEngine:
                 text=text,
                 group=group,
                 conversation_id=conversation_id,
+                user_id=user_id,
             )
         messages, _ = self._layout(
             persona,
             user_name=user_name,
+            user_id=user_id,
             history=history,
             text=text,
             memories=memories,
@@ -737,6 +744,7 @@ class ConversationEngine:
         persona: Persona,
         *,
         user_name: str,
+        user_id: str | None,
         history: Sequence[HistoryTurn],
         text: str,
         memories: Sequence[str],
@@ -745,7 +753,7 @@ class ConversationEngine:
     ) -> tuple[list[BaseMessage], SystemMessage | None]:
         """:meth:`build_prompt` of a chosen ``window``, and the turn's own context message."""
         user_name = display_name(user_name)
-        kept = _kept_contexts(window)
+        kept = _kept_contexts(window, user_id)
         shown = "\n" + "\n".join(str(message.content) for _, message in kept) + "\n"
         lore = [
             line
@@ -778,11 +786,12 @@ class ConversationEngine:
         text: str,
         group: bool = False,
         conversation_id: int | None = None,
+        user_id: str | None = None,
     ) -> list[HistoryTurn]:
-        """The history turns the prompt carries, with the context messages kept beside them:
-        what fits beside the card, the new message and the context message at its largest
-        (triggered lore and the whole recall budget), so the window does not move with what
-        memory recalls."""
+        """The history turns the prompt carries, with the context messages of ``user_id``'s
+        turns kept beside them: what fits beside the card, the new message and the context
+        message at its largest (triggered lore and the whole recall budget), so the window
+        does not move with what memory recalls."""
         user_name = display_name(user_name)
         lore = self._lore(persona, user_name, history, text)
         reserved = (
@@ -802,7 +811,7 @@ class ConversationEngine:
             - reserved
             - sum(approx_tokens(str(message.content)) + _MESSAGE_TOKENS for message in fixed)
         )
-        return self._history_window(conversation_id, history, budget, group)
+        return self._history_window(conversation_id, history, budget, group, user_id)
 
     @staticmethod
     def _lore(
@@ -823,15 +832,19 @@ class ConversationEngine:
         history: Sequence[HistoryTurn],
         budget: int,
         group: bool,
+        user_id: str | None,
     ) -> list[HistoryTurn]:
-        """The history turns that fit ``budget`` tokens (with the context messages they keep),
-        starting with a user turn."""
+        """The history turns that fit ``budget`` tokens (with the context messages of
+        ``user_id``'s turns), starting with a user turn."""
         messages = [
             _history_message(turn.role, turn.author_name, turn.content, group) for turn in history
         ]
-        if any(turn.context for turn in history):
+        if user_id is not None and any(turn.context for turn in history):
+            speakers = {turn.id: turn.author_id for turn in history if turn.role == "user"}
             messages = [
-                (message, tokens + (_kept_message(turn.context)[1] if turn.context else 0))
+                (message, tokens + _kept_message(turn.context)[1])
+                if turn.context and speakers.get(turn.parent_id or 0) == user_id
+                else (message, tokens)
                 for (message, tokens), turn in zip(messages, history, strict=True)
             ]
         kept_start = self._window_starts.get(conversation_id) if conversation_id else None
@@ -937,11 +950,17 @@ def _kept_message(content: str) -> tuple[SystemMessage, int]:
     ) + _MESSAGE_TOKENS
 
 
-def _kept_contexts(window: Sequence[HistoryTurn]) -> list[tuple[int, SystemMessage]]:
-    """The context messages the replies in ``window`` were generated with, each with the
-    index in ``window`` of the user turn it was built for (one per user turn; none for a
-    turn the window does not show)."""
-    index = {turn.id: i for i, turn in enumerate(window) if turn.role == "user"}
+def _kept_contexts(
+    window: Sequence[HistoryTurn], user_id: str | None
+) -> list[tuple[int, SystemMessage]]:
+    """The context messages the replies in ``window`` to ``user_id``'s turns were generated
+    with, each with the index in ``window`` of the user turn it was built for (one per user
+    turn; none for a turn the window does not show, nor without ``user_id``)."""
+    index = {
+        turn.id: i
+        for i, turn in enumerate(window)
+        if turn.role == "user" and user_id is not None and turn.author_id == user_id
+    }
     kept: list[tuple[int, SystemMessage]] = []
     anchors: set[int] = set()
     for turn in window:

@@ -745,17 +745,8 @@ class ConversationStore:
                 snapshot for replies in turns.values() for _, snapshot in replies if snapshot
             ]
             erased_events = await _events_on(session, reply_ids, snapshot_ids)
-            contexts: set[str] = set()
-            for part in chunks(set(snapshot_ids)):
-                contexts.update(
-                    await session.scalars(
-                        select(PromptSnapshot.context).where(
-                            PromptSnapshot.id.in_(part), PromptSnapshot.context.is_not(None)
-                        )
-                    )
-                )
             scrubbed = await self._scrub_snapshots(
-                session, conversations, own_texts, contexts, exclude=set(snapshot_ids)
+                session, conversations, own_texts, exclude=set(snapshot_ids)
             )
             stale = await _turns_using(session, scrubbed, exclude=set(own_ids))
             stale_events = await _events_on(
@@ -797,18 +788,11 @@ class ConversationStore:
         return removed
 
     async def _scrub_snapshots(
-        self,
-        session: AsyncSession,
-        conversations: set[int],
-        texts: set[str],
-        contexts: set[str],
-        *,
-        exclude: set[int],
+        self, session: AsyncSession, conversations: set[int], texts: set[str], *, exclude: set[int]
     ) -> set[int]:
         """Replace the user's words inside the snapshots of their conversations (but
-        ``exclude``, about to be deleted): their messages, and the context messages of their
-        turns (``contexts``: what memory recalled of them) that later prompts kept; the ids of
-        the snapshots changed."""
+        ``exclude``, about to be deleted): user messages and context messages (memories of
+        another speaker that quote them) that hold them; the ids of the snapshots changed."""
         snapshots = (
             await session.scalars(
                 select(PromptSnapshot).where(
@@ -825,19 +809,13 @@ class ConversationStore:
             if snapshot.id in exclude:
                 continue
             messages = [
-                {**message, "content": ERASED_TEXT}
-                if _holds_erased(message, texts, contexts)
-                else message
+                {**message, "content": ERASED_TEXT} if _holds_erased(message, texts) else message
                 for message in snapshot.messages
             ]
             if messages != snapshot.messages:
                 snapshot.messages = messages
                 scrubbed.add(snapshot.id)
-            if snapshot.context is not None and _holds_erased(
-                {"role": "system", "name": CONTEXT_NAME, "content": snapshot.context},
-                texts,
-                contexts,
-            ):
+            if snapshot.context is not None and _mentions_any(snapshot.context, texts):
                 snapshot.context = ERASED_TEXT
                 scrubbed.add(snapshot.id)
         await session.flush()
@@ -906,10 +884,9 @@ def _mentions_any(content: str, texts: set[str]) -> bool:
     return any(text and text in content for text in texts)
 
 
-def _holds_erased(message: dict[str, Any], texts: set[str], contexts: set[str]) -> bool:
-    """Whether a prompt message holds an erased user's data: a user message quoting what they
-    said, or a context message built for one of their turns or quoting them."""
-    content = message.get("content", "")
-    if message.get("name") == CONTEXT_NAME:
-        return content in contexts or _mentions_any(content, texts)
-    return message.get("role") == "user" and _mentions_any(content, texts)
+def _holds_erased(message: dict[str, Any], texts: set[str]) -> bool:
+    """Whether a prompt message quotes an erased user: a user message, or a context message
+    (what memory recalled; the column :attr:`PromptSnapshot.context` holds the same text)."""
+    if message.get("role") != "user" and message.get("name") != CONTEXT_NAME:
+        return False
+    return _mentions_any(message.get("content", ""), texts)

@@ -512,6 +512,43 @@ async def test_a_restarted_engine_reads_the_kept_context_messages_from_the_store
     assert fresh.messages == last and fresh.context == turns[-1][1].context is not None
 
 
+async def test_a_server_channel_keeps_each_speakers_context_messages_to_their_own_prompts(
+    store: ConversationStore, personas: PersonaRegistry
+) -> None:
+    """Memories are the speaker's own: in a server channel a prompt keeps the context messages
+    of its speaker's earlier turns, never another speaker's (what memory recalled of them)."""
+    memory = RecallingMemory(facts_of={"discord:1": ("Door code: 4242",), "discord:2": ("Tea",)})
+    engine = ConversationEngine(
+        personas=personas,
+        store=store,
+        model=FakeChatModel(),
+        memory=memory,  # type: ignore[arg-type]
+    )
+    decisions, _ = decisions_for(engine, transport="discord")
+    prompts = []
+    for user, name, text in (("1", "ann", "Evening."), ("2", "bo", "Hi all."), ("1", "ann", "So?")):
+        reply = await engine.respond(
+            IncomingMessage(
+                transport="discord",
+                scope="channel:7",
+                user_id=f"discord:{user}",
+                user_name=name,
+                text=text,
+                persona="Marlowe",
+                guild_key="discord:g",
+            )
+        )
+        assert isinstance(reply, Reply)
+        await decisions.present(reply, hold=False)
+        prompts.append((await _snapshot(store, reply)).messages)
+    ann, bo, ann_again = prompts
+    assert "4242" in str(ann) and "4242" not in str(bo) and "Tea" in str(bo)
+    assert "(user fact) Tea" not in str(ann_again)
+    # ann's next prompt still starts with her last one: bo's turn joins without its context
+    assert ann_again[: len(ann)] == ann
+    assert [m.get("name") for m in ann_again[len(ann) :]] == [None, None, None, "context", None]
+
+
 async def test_the_window_with_its_context_messages_fits_and_shows_each_memory_once(
     store: ConversationStore, personas: PersonaRegistry
 ) -> None:

@@ -216,22 +216,23 @@ async def test_records_of_others_whose_prompt_held_the_words_are_tombstoned(
     assert ERASED_TEXT in json.dumps(kept)
 
 
-async def test_context_messages_of_the_erased_users_turns_leave_others_prompts(
+async def test_context_messages_quoting_the_erased_user_are_scrubbed(
     db_engine: AsyncEngine,
 ) -> None:
-    """Later prompts keep each turn's context message (what memory recalled of its speaker):
-    in a server channel the next speaker's prompt holds the erased user's. It is scrubbed with
-    their words, and the next prompts no longer show it."""
+    """What memory recalled for another speaker can quote the erased user (a server channel:
+    bo's memory of what ann said). That context message is scrubbed like a user message, in the
+    prompt and in the copy later prompts keep, so exports and the next prompts lose the words."""
     sessions = session_factory(db_engine)
     store = ConversationStore(sessions)
     async with sessions() as session:
         session.add(GuildSetting(guild_key="discord:g", consent_default=True, updated_by="t"))
         await session.commit()
-    memory = RecallingMemory(facts_of={ERASED: ("Door code: 4242",), KEPT: ("Likes tea",)})
+    told = "My door code is 4242."
+    memory = RecallingMemory(facts_of={KEPT: (f"Ann told the room: {told}",)})
     engine = ConversationEngine(
         personas=PersonaRegistry.load(),
         store=store,
-        model=FakeChatModel(),
+        model=FakeChatModel(replies=["Noted."]),
         memory=memory,  # type: ignore[arg-type]
         limits=EngineLimits(),
     )
@@ -253,35 +254,39 @@ async def test_context_messages_of_the_erased_users_turns_leave_others_prompts(
         await decisions.present(reply, hold=False)
         return reply
 
-    async def prompt(reply: Reply) -> str:
+    async def snapshot_of(reply: Reply) -> PromptSnapshot:
         async with sessions() as session:
             node = await session.get(MessageNode, reply.candidate_id)
             assert node is not None
             snapshot = await session.get(PromptSnapshot, node.prompt_snapshot_id)
             assert snapshot is not None
-            return json.dumps([snapshot.messages, snapshot.context])
+            return snapshot
 
-    await say(ERASED, "ann", "Evening.")
+    async def record() -> dict[str, Any]:
+        [only] = [
+            r
+            async for _, r in iter_records(
+                sessions, "trl-sft", ExportFilter(), pseudonym_secret=SECRET
+            )
+        ]
+        return only
+
+    await say(ERASED, "ann", told)
     kept = await say(KEPT, "bo", "Hi all.")
     await CorrectionStore(sessions).rate(kept.candidate_id, actor=ALICE_ACTOR, rating=5, key="r")
-    assert "Door code: 4242" in await prompt(kept)
-    [record] = [
-        r
-        async for _, r in iter_records(sessions, "trl-sft", ExportFilter(), pseudonym_secret=SECRET)
-    ]
-    assert "4242" in json.dumps(record)
+    assert told in (await snapshot_of(kept)).context  # type: ignore[operator]
+    assert "4242" in json.dumps(await record())
 
     await engine.delete_data_for_user(requester="user", user_id=ERASED)
 
-    assert "4242" not in await prompt(kept) and "Likes tea" in await prompt(kept)
-    [record] = [
-        r
-        async for _, r in iter_records(sessions, "trl-sft", ExportFilter(), pseudonym_secret=SECRET)
-    ]
-    assert "4242" not in json.dumps(record)
-    assert {"role": "system", "content": ERASED_TEXT, "name": "context"} in record["messages"]
-    later = await say(KEPT, "bo", "Still here.")
-    assert "4242" not in await prompt(later) and ERASED_TEXT not in await prompt(later)
+    snapshot = await snapshot_of(kept)
+    assert "4242" not in json.dumps(snapshot.messages) and snapshot.context == ERASED_TEXT
+    exported = await record()
+    assert "4242" not in json.dumps(exported)
+    assert {"role": "system", "content": ERASED_TEXT, "name": "context"} in exported["messages"]
+    later = await snapshot_of(await say(KEPT, "bo", "Still here."))
+    contexts = [m["content"] for m in later.messages if m.get("name") == "context"]
+    assert contexts[0] == ERASED_TEXT  # bo's first turn's, as kept
 
 
 # -- the CLI: manifests and the reasons of an empty export ----------------------------------

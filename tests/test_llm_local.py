@@ -234,6 +234,7 @@ def test_the_engines_fullest_prompt_fits_the_context_as_the_model_counts_it(
     messages = engine.build_prompt(
         engine.personas.get("Marlowe"),
         user_name="ann",
+        user_id="u",
         history=history,
         text="Do you remember my dog?",
         memories=["- (user fact) Dog: Biscuit"],
