@@ -107,6 +107,10 @@ KNOWN_NOTICES = [
         r"This item no longer exists \(it was erased\)\.",
         r"This item was not given to you; run /review to get one\.",
         r"You have reviewed this item already\.",
+        r"Not scored: .+",
+        r"Scored: .+",
+        r"Every dimension has a score already\.",
+        r"That form has no dimensions left to score\.",
     )
 ]
 #: The generic apology of an unexpected error: a fuzz case must never reach it.
